@@ -1,0 +1,232 @@
+//! Per-merchant configuration: region, plan, source secrets, destinations and value policy.
+//!
+//! Stored in D1 (see `migrations/`); this module holds the typed form and its defaults.
+
+use crate::event::{CanonicalEvent, EventName};
+use crate::money::Amount;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Region {
+    #[default]
+    Us,
+    Eu,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Plan {
+    #[default]
+    Starter,
+    /// Also sold as "Growth".
+    #[serde(alias = "growth")]
+    Scale,
+    Pro,
+    Enterprise,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MerchantStatus {
+    #[default]
+    Active,
+    Disabled,
+}
+
+/// Which stored value becomes the destination's primary `value`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueField {
+    Mrr,
+    Arr,
+    ContractValue,
+    Net,
+    Gross,
+    /// The change in MRR (upgrades, downgrades).
+    MrrDelta,
+}
+
+/// Per merchant, per event type (optionally per destination), stable once chosen.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValuePolicy {
+    /// Event name → field, for every destination.
+    #[serde(default)]
+    pub events: BTreeMap<String, ValueField>,
+    /// Destination → event name → field; wins over `events`.
+    #[serde(default)]
+    pub destinations: BTreeMap<String, BTreeMap<String, ValueField>>,
+}
+
+impl ValuePolicy {
+    /// The field used for `event` at `destination`, falling back to the product defaults:
+    /// MRR everywhere, ARR for LinkedIn paid starts, net (tax excluded) for Paddle.
+    pub fn field_for(&self, event: &CanonicalEvent, destination: &str) -> ValueField {
+        let name = event.name.as_str();
+        if let Some(field) = self.destinations.get(destination).and_then(|m| m.get(name)) {
+            return *field;
+        }
+        if let Some(field) = self.events.get(name) {
+            return *field;
+        }
+        if destination == "linkedin"
+            && matches!(event.name, EventName::SubscriptionStarted | EventName::TrialConverted)
+        {
+            return ValueField::Arr;
+        }
+        if matches!(event.name, EventName::SubscriptionUpgraded | EventName::SubscriptionDowngraded) {
+            return ValueField::MrrDelta;
+        }
+        if event.source == "paddle" {
+            return ValueField::Net;
+        }
+        ValueField::Mrr
+    }
+
+    /// The primary value to send, negative for corrections (cancellations, refunds).
+    /// Falls back to MRR when the chosen field is absent for this event.
+    pub fn primary_value(&self, event: &CanonicalEvent, destination: &str) -> Option<Amount> {
+        let values = &event.values;
+        let chosen = match self.field_for(event, destination) {
+            ValueField::Mrr => values.mrr,
+            ValueField::Arr => values.arr,
+            ValueField::ContractValue => values.contract_value,
+            ValueField::Net => values.net_value,
+            ValueField::Gross => values.gross_value,
+            ValueField::MrrDelta => values.mrr_delta,
+        };
+        let value = chosen.or(values.mrr)?;
+        Some(if event.name.is_correction() && value.minor > 0 { value.negated() } else { value })
+    }
+}
+
+/// Stripe source settings. Several secrets are kept while an endpoint secret is rolled.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StripeSourceConfig {
+    pub endpoint_secrets: Vec<String>,
+    #[serde(default = "default_stripe_tolerance")]
+    pub tolerance_seconds: i64,
+}
+
+fn default_stripe_tolerance() -> i64 {
+    crate::sources::stripe::DEFAULT_TOLERANCE_SECONDS
+}
+
+/// Meta Conversions API settings for one pixel / dataset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaConfig {
+    pub pixel_id: String,
+    pub access_token: String,
+    #[serde(default = "default_meta_api_version")]
+    pub api_version: String,
+    #[serde(default = "default_action_source")]
+    pub action_source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_event_code: Option<String>,
+}
+
+fn default_meta_api_version() -> String {
+    crate::destinations::meta::DEFAULT_API_VERSION.to_string()
+}
+
+fn default_action_source() -> String {
+    "system_generated".to_string()
+}
+
+/// Everything the worker needs to know about one merchant.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MerchantConfig {
+    pub merchant_id: String,
+    #[serde(default)]
+    pub region: Region,
+    #[serde(default)]
+    pub plan: Plan,
+    #[serde(default)]
+    pub status: MerchantStatus,
+    #[serde(default)]
+    pub value_policy: ValuePolicy,
+    #[serde(default)]
+    pub stripe: Option<StripeSourceConfig>,
+    #[serde(default)]
+    pub meta: Option<MetaConfig>,
+}
+
+impl MerchantConfig {
+    /// Destinations this merchant has connected, by registry name.
+    pub fn connected_destinations(&self) -> Vec<&'static str> {
+        crate::destinations::REGISTRY
+            .iter()
+            .filter(|d| (d.is_connected)(self))
+            .map(|d| d.name)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Customer, SubscriptionDetails, Values};
+
+    fn event(name: EventName, source: &str) -> CanonicalEvent {
+        CanonicalEvent {
+            event_id: "tl_x".into(),
+            merchant_id: "m".into(),
+            name,
+            source: source.into(),
+            source_event_id: "evt".into(),
+            source_event_type: "t".into(),
+            occurred_at: 0,
+            customer: Customer::default(),
+            subscription: SubscriptionDetails::default(),
+            values: Values {
+                currency: Some("USD".into()),
+                mrr: Some(Amount::from_minor(4900, "usd")),
+                arr: Some(Amount::from_minor(58800, "usd")),
+                net_value: Some(Amount::from_minor(4000, "usd")),
+                ..Values::default()
+            },
+            livemode: false,
+        }
+    }
+
+    #[test]
+    fn defaults_follow_product_decisions() {
+        let policy = ValuePolicy::default();
+        let started = event(EventName::SubscriptionStarted, "stripe");
+        assert_eq!(policy.primary_value(&started, "meta").unwrap().to_string(), "49.00");
+        assert_eq!(policy.primary_value(&started, "linkedin").unwrap().to_string(), "588.00");
+        let paddle = event(EventName::SubscriptionRenewed, "paddle");
+        assert_eq!(policy.primary_value(&paddle, "meta").unwrap().to_string(), "40.00");
+    }
+
+    #[test]
+    fn corrections_are_negative() {
+        let policy = ValuePolicy::default();
+        let cancelled = event(EventName::SubscriptionCancelled, "stripe");
+        assert_eq!(policy.primary_value(&cancelled, "meta").unwrap().to_string(), "-49.00");
+    }
+
+    #[test]
+    fn overrides_win_and_missing_fields_fall_back_to_mrr() {
+        let mut policy = ValuePolicy::default();
+        policy.events.insert("subscription_started".into(), ValueField::Arr);
+        policy
+            .destinations
+            .entry("meta".into())
+            .or_default()
+            .insert("subscription_started".into(), ValueField::ContractValue);
+        let started = event(EventName::SubscriptionStarted, "stripe");
+        assert_eq!(policy.field_for(&started, "tiktok"), ValueField::Arr);
+        assert_eq!(policy.field_for(&started, "meta"), ValueField::ContractValue);
+        // contract_value is absent on this event: MRR is used rather than no value.
+        assert_eq!(policy.primary_value(&started, "meta").unwrap().to_string(), "49.00");
+    }
+
+    #[test]
+    fn growth_is_an_alias_of_scale() {
+        let plan: Plan = serde_json::from_str("\"growth\"").unwrap();
+        assert_eq!(plan, Plan::Scale);
+        assert!(Plan::Pro > Plan::Scale);
+    }
+}

@@ -1,0 +1,156 @@
+//! Delivery jobs on the queue, the retry schedule, and what to do with each outcome.
+
+use crate::destinations::Outcome;
+use crate::event::CanonicalEvent;
+use crate::hashing::sha256_hex;
+use serde::{Deserialize, Serialize};
+
+/// One canonical event bound for one destination: the unit of retry, so a failing
+/// destination never holds back the others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryJob {
+    pub job_id: String,
+    pub destination: String,
+    pub event: CanonicalEvent,
+}
+
+impl DeliveryJob {
+    pub fn new(event: CanonicalEvent, destination: &str) -> Self {
+        DeliveryJob { job_id: job_id(&event.event_id, destination), destination: destination.into(), event }
+    }
+}
+
+/// Deterministic per (event, destination): a redelivered message maps to the same row.
+pub fn job_id(event_id: &str, destination: &str) -> String {
+    format!("job_{}", &sha256_hex(&format!("{event_id}\u{1f}{destination}"))[..32])
+}
+
+/// Sent to the dead-letter queue when we give up on a job ourselves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub job: DeliveryJob,
+    pub attempts: u32,
+    pub last_error: String,
+    /// `permanent`, `exhausted`, or `queue_exhausted` when the queue moved it.
+    pub reason: String,
+}
+
+/// Exponential backoff with ±20 % jitter, then the dead-letter store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub base_delay_seconds: u32,
+    pub max_delay_seconds: u32,
+    /// Attempts in total, the first one included.
+    pub max_attempts: u32,
+}
+
+/// Cloudflare Queues accepts per-message delays up to 12 hours.
+pub const MAX_QUEUE_DELAY_SECONDS: u32 = 12 * 3600;
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { base_delay_seconds: 30, max_delay_seconds: 3 * 3600, max_attempts: 6 }
+    }
+}
+
+impl RetryPolicy {
+    /// Delay before attempt `attempt + 1`, given that `attempt` (1-based) just failed.
+    /// The jitter is derived from the job id so a burst of failures spreads out
+    /// without needing a random source.
+    pub fn backoff_seconds(&self, attempt: u32, jitter_key: &str) -> u32 {
+        let exponent = attempt.saturating_sub(1).min(20);
+        let raw = (self.base_delay_seconds as u64) << exponent;
+        let capped = raw.min(self.max_delay_seconds as u64) as i64;
+        let digest = sha256_hex(&format!("{jitter_key}:{attempt}"));
+        let unit = u16::from_str_radix(&digest[..4], 16).unwrap_or(0) as i64; // 0..=65535
+        let jitter = capped * 2 * (unit - 32768) / (10 * 32768); // ±20 %
+        (capped + jitter).clamp(1, MAX_QUEUE_DELAY_SECONDS as i64) as u32
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Delivered (or the platform already had it): acknowledge the message.
+    Done,
+    RetryIn { seconds: u32, reason: String },
+    DeadLetter { reason: String, last_error: String },
+}
+
+pub fn decide(outcome: &Outcome, attempt: u32, policy: &RetryPolicy, jitter_key: &str) -> Decision {
+    match outcome {
+        Outcome::Delivered | Outcome::AlreadyDelivered => Decision::Done,
+        Outcome::Permanent { reason } => {
+            Decision::DeadLetter { reason: "permanent".into(), last_error: reason.clone() }
+        }
+        Outcome::Retry { after_seconds, reason } => {
+            if attempt >= policy.max_attempts {
+                return Decision::DeadLetter { reason: "exhausted".into(), last_error: reason.clone() };
+            }
+            let backoff = policy.backoff_seconds(attempt, jitter_key);
+            let seconds = after_seconds.map_or(backoff, |after| after.max(backoff));
+            Decision::RetryIn { seconds: seconds.min(MAX_QUEUE_DELAY_SECONDS), reason: reason.clone() }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retry(after: Option<u32>) -> Outcome {
+        Outcome::Retry { after_seconds: after, reason: "HTTP 500".into() }
+    }
+
+    #[test]
+    fn backoff_grows_with_bounded_jitter() {
+        let policy = RetryPolicy::default();
+        for attempt in 1..=5 {
+            let nominal = (30u32 << (attempt - 1)).min(3 * 3600);
+            let delay = policy.backoff_seconds(attempt, "job_x");
+            assert!(delay >= nominal * 8 / 10 && delay <= nominal * 12 / 10, "{attempt}: {delay}");
+        }
+        assert!(policy.backoff_seconds(30, "job_x") <= 3 * 3600 * 12 / 10);
+        assert_eq!(policy.backoff_seconds(2, "job_x"), policy.backoff_seconds(2, "job_x"));
+    }
+
+    #[test]
+    fn retries_until_max_attempts_then_dead_letters() {
+        let policy = RetryPolicy { base_delay_seconds: 1, max_delay_seconds: 10, max_attempts: 3 };
+        assert!(matches!(decide(&retry(None), 1, &policy, "j"), Decision::RetryIn { .. }));
+        assert!(matches!(decide(&retry(None), 2, &policy, "j"), Decision::RetryIn { .. }));
+        assert_eq!(
+            decide(&retry(None), 3, &policy, "j"),
+            Decision::DeadLetter { reason: "exhausted".into(), last_error: "HTTP 500".into() }
+        );
+    }
+
+    #[test]
+    fn retry_after_is_honoured_and_capped() {
+        let policy = RetryPolicy { base_delay_seconds: 1, max_delay_seconds: 10, max_attempts: 5 };
+        match decide(&retry(Some(120)), 1, &policy, "j") {
+            Decision::RetryIn { seconds, .. } => assert_eq!(seconds, 120),
+            other => panic!("{other:?}"),
+        }
+        match decide(&retry(Some(10 * 86400)), 1, &policy, "j") {
+            Decision::RetryIn { seconds, .. } => assert_eq!(seconds, MAX_QUEUE_DELAY_SECONDS),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn permanent_and_success_outcomes() {
+        let policy = RetryPolicy::default();
+        assert_eq!(decide(&Outcome::Delivered, 1, &policy, "j"), Decision::Done);
+        assert_eq!(decide(&Outcome::AlreadyDelivered, 4, &policy, "j"), Decision::Done);
+        assert!(matches!(
+            decide(&Outcome::Permanent { reason: "bad".into() }, 1, &policy, "j"),
+            Decision::DeadLetter { .. }
+        ));
+    }
+
+    #[test]
+    fn job_ids_are_deterministic_per_destination() {
+        assert_eq!(job_id("tl_1", "meta"), job_id("tl_1", "meta"));
+        assert_ne!(job_id("tl_1", "meta"), job_id("tl_1", "google_ads"));
+    }
+}

@@ -1,0 +1,329 @@
+//! Meta Conversions API: `POST /{api-version}/{pixel_id}/events`.
+//!
+//! <https://developers.facebook.com/docs/marketing-api/conversions-api/parameters/server-event/>
+//! `event_time` is unix seconds; events older than 7 days make Meta reject the whole
+//! request, so they are refused here per event. `em` and `external_id` are SHA-256 of
+//! the trimmed, lower-cased value; `event_id` is our deterministic id, which Meta uses
+//! with `event_name` to deduplicate against the browser pixel and our own retries.
+
+use super::{
+    encode_query_value, parse_retry_after, BuildError, DestinationSpec, Endpoints, OutboundRequest,
+    Outcome,
+};
+use crate::config::{MerchantConfig, MetaConfig};
+use crate::event::{CanonicalEvent, EventName};
+use crate::hashing::{hash_email, hash_identifier};
+use serde_json::{json, Map, Value};
+
+pub const NAME: &str = "meta";
+pub const DEFAULT_BASE_URL: &str = "https://graph.facebook.com";
+pub const DEFAULT_API_VERSION: &str = "v25.0";
+pub const MAX_EVENT_AGE_SECONDS: i64 = 7 * 24 * 3600;
+
+pub const SPEC: DestinationSpec =
+    DestinationSpec { name: NAME, is_connected: |m| m.meta.is_some(), build, classify };
+
+/// Default mapping: standard events where Meta has one, custom names otherwise.
+pub fn event_name(name: EventName) -> &'static str {
+    match name {
+        EventName::TrialStarted => "StartTrial",
+        EventName::TrialConverted
+        | EventName::SubscriptionStarted
+        | EventName::SubscriptionReactivated => "Subscribe",
+        EventName::SubscriptionRenewed | EventName::SubscriptionUpgraded => "Purchase",
+        EventName::Signup => "CompleteRegistration",
+        EventName::SubscriptionDowngraded => "SubscriptionDowngraded",
+        EventName::SubscriptionPaused => "SubscriptionPaused",
+        EventName::SubscriptionCancelled => "SubscriptionCancelled",
+        EventName::PaymentFailed => "PaymentFailed",
+        EventName::Refund => "Refund",
+        EventName::ActivationMilestone => "ActivationMilestone",
+        EventName::PipelineStageChanged => "PipelineStageChanged",
+        EventName::SubscriptionCreated => "SubscriptionCreated",
+        EventName::SubscriptionUpdated => "SubscriptionUpdated",
+    }
+}
+
+fn build(
+    events: &[CanonicalEvent],
+    merchant: &MerchantConfig,
+    endpoints: &Endpoints,
+    now: i64,
+) -> Result<OutboundRequest, BuildError> {
+    let config = merchant.meta.as_ref().ok_or(BuildError::NotConfigured(NAME))?;
+    let data = events
+        .iter()
+        .map(|event| server_event(event, merchant, config, now))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut body = json!({ "data": data });
+    if let Some(code) = config.test_event_code.as_deref().filter(|c| !c.is_empty()) {
+        body["test_event_code"] = json!(code);
+    }
+    let base = endpoints.meta_graph.trim_end_matches('/');
+    let path = format!(
+        "{base}/{}/{}/events",
+        encode_query_value(&config.api_version),
+        encode_query_value(&config.pixel_id)
+    );
+    Ok(OutboundRequest {
+        method: "POST",
+        url: format!("{path}?access_token={}", encode_query_value(&config.access_token)),
+        log_url: path,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: body.to_string(),
+    })
+}
+
+/// One `data[]` entry.
+pub fn server_event(
+    event: &CanonicalEvent,
+    merchant: &MerchantConfig,
+    config: &MetaConfig,
+    now: i64,
+) -> Result<Value, BuildError> {
+    if !event.name.is_forwardable() {
+        return Err(BuildError::NotForwardable(event.name.as_str()));
+    }
+    let age = now - event.occurred_at;
+    if age > MAX_EVENT_AGE_SECONDS {
+        return Err(BuildError::TooOld {
+            destination: NAME,
+            age_seconds: age,
+            limit_seconds: MAX_EVENT_AGE_SECONDS,
+        });
+    }
+    let mut user_data = Map::new();
+    if let Some(em) = event.customer.email.as_deref().and_then(hash_email) {
+        user_data.insert("em".into(), json!([em]));
+    }
+    if let Some(external) = event.customer.customer_id.as_deref().and_then(hash_identifier) {
+        user_data.insert("external_id".into(), json!([external]));
+    }
+    if user_data.is_empty() {
+        return Err(BuildError::NoIdentity);
+    }
+
+    let mut custom_data = Map::new();
+    custom_data.insert("canonical_event".into(), json!(event.name.as_str()));
+    if let Some(value) = merchant.value_policy.primary_value(event, NAME) {
+        custom_data.insert("value".into(), json!(value.as_f64()));
+    }
+    if let Some(currency) = &event.values.currency {
+        custom_data.insert("currency".into(), json!(currency.to_ascii_uppercase()));
+    }
+    for (key, amount) in [
+        ("mrr", event.values.mrr),
+        ("arr", event.values.arr),
+        ("mrr_delta", event.values.mrr_delta),
+        ("contract_value", event.values.contract_value),
+    ] {
+        if let Some(amount) = amount {
+            custom_data.insert(key.into(), json!(amount.as_f64()));
+        }
+    }
+    if let Some(subscription_id) = &event.subscription.subscription_id {
+        custom_data.insert("subscription_id".into(), json!(subscription_id));
+    }
+    if let Some(plan_id) = &event.subscription.plan_id {
+        custom_data.insert("plan_id".into(), json!(plan_id));
+    }
+
+    Ok(json!({
+        "event_name": event_name(event.name),
+        "event_time": event.occurred_at,
+        "event_id": event.event_id,
+        "action_source": config.action_source,
+        "user_data": user_data,
+        "custom_data": custom_data,
+    }))
+}
+
+/// Graph API error codes that mean "try again later" (rate limits and transient faults).
+const RETRYABLE_CODES: &[i64] = &[1, 2, 4, 17, 32, 341, 368, 613, 80003];
+
+fn classify(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
+    if (200..300).contains(&status) {
+        return Outcome::Delivered;
+    }
+    let error = serde_json::from_str::<Value>(body).ok().and_then(|v| v.get("error").cloned());
+    let code = error.as_ref().and_then(|e| e.get("code")).and_then(Value::as_i64);
+    let subcode = error.as_ref().and_then(|e| e.get("error_subcode")).and_then(Value::as_i64);
+    let transient =
+        error.as_ref().and_then(|e| e.get("is_transient")).and_then(Value::as_bool) == Some(true);
+    let message = error
+        .as_ref()
+        .and_then(|e| e.get("message"))
+        .and_then(Value::as_str)
+        .unwrap_or("no error message");
+    let reason = format!(
+        "HTTP {status}, meta error {}{}: {}",
+        code.map_or("-".to_string(), |c| c.to_string()),
+        subcode.map_or(String::new(), |s| format!("/{s}")),
+        truncate(message, 300)
+    );
+    let retryable = status == 429
+        || status >= 500
+        || transient
+        || code.is_some_and(|c| RETRYABLE_CODES.contains(&c));
+    if retryable {
+        Outcome::Retry { after_seconds: parse_retry_after(retry_after), reason }
+    } else {
+        Outcome::Permanent { reason }
+    }
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    text.chars().take(max_chars).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Customer, SubscriptionDetails, Values};
+    use crate::money::Amount;
+
+    const NOW: i64 = 1_767_225_600;
+
+    fn merchant() -> MerchantConfig {
+        MerchantConfig {
+            merchant_id: "m_1".into(),
+            meta: Some(MetaConfig {
+                pixel_id: "123456789".into(),
+                access_token: "EAAB/secret+token".into(),
+                api_version: DEFAULT_API_VERSION.into(),
+                action_source: "system_generated".into(),
+                test_event_code: None,
+            }),
+            ..MerchantConfig::default()
+        }
+    }
+
+    fn trial() -> CanonicalEvent {
+        CanonicalEvent {
+            event_id: "tl_0123".into(),
+            merchant_id: "m_1".into(),
+            name: EventName::TrialStarted,
+            source: "stripe".into(),
+            source_event_id: "evt_1".into(),
+            source_event_type: "customer.subscription.created".into(),
+            occurred_at: NOW - 60,
+            customer: Customer {
+                customer_id: Some("cus_ABC".into()),
+                email: Some(" Jane.Doe@Example.com".into()),
+            },
+            subscription: SubscriptionDetails {
+                subscription_id: Some("sub_1".into()),
+                plan_id: Some("price_1".into()),
+                ..SubscriptionDetails::default()
+            },
+            values: Values {
+                currency: Some("USD".into()),
+                mrr: Some(Amount::from_minor(4900, "usd")),
+                arr: Some(Amount::from_minor(58800, "usd")),
+                ..Values::default()
+            },
+            livemode: false,
+        }
+    }
+
+    #[test]
+    fn builds_documented_request() {
+        let req = build(&[trial()], &merchant(), &Endpoints::default(), NOW).unwrap();
+        assert_eq!(req.method, "POST");
+        assert_eq!(
+            req.url,
+            "https://graph.facebook.com/v25.0/123456789/events?access_token=EAAB%2Fsecret%2Btoken"
+        );
+        assert!(!req.log_url.contains("secret"));
+        let body: Value = serde_json::from_str(&req.body).unwrap();
+        let ev = &body["data"][0];
+        assert_eq!(ev["event_name"], "StartTrial");
+        assert_eq!(ev["event_time"], NOW - 60);
+        assert_eq!(ev["event_id"], "tl_0123");
+        assert_eq!(ev["action_source"], "system_generated");
+        assert_eq!(
+            ev["user_data"]["em"][0],
+            "86e0b9e56c17cc4d12387e1949b85053fbe73bc3ce5a1188713a9d300cc6133d"
+        );
+        assert_eq!(ev["user_data"]["external_id"][0].as_str().unwrap().len(), 64);
+        assert_eq!(ev["custom_data"]["value"], 49.0);
+        assert_eq!(ev["custom_data"]["currency"], "USD");
+        assert_eq!(ev["custom_data"]["mrr"], 49.0);
+        assert_eq!(ev["custom_data"]["arr"], 588.0);
+        assert_eq!(ev["custom_data"]["canonical_event"], "trial_started");
+        assert!(body.get("test_event_code").is_none());
+    }
+
+    #[test]
+    fn cancellation_is_a_custom_event_with_negative_value() {
+        let mut ev = trial();
+        ev.name = EventName::SubscriptionCancelled;
+        ev.values.mrr_delta = Some(Amount::from_minor(-4900, "usd"));
+        let out = server_event(&ev, &merchant(), merchant().meta.as_ref().unwrap(), NOW).unwrap();
+        assert_eq!(out["event_name"], "SubscriptionCancelled");
+        assert_eq!(out["custom_data"]["value"], -49.0);
+        assert_eq!(out["custom_data"]["mrr_delta"], -49.0);
+    }
+
+    #[test]
+    fn test_event_code_is_passed_when_configured() {
+        let mut m = merchant();
+        m.meta.as_mut().unwrap().test_event_code = Some("TEST123".into());
+        let req = build(&[trial()], &m, &Endpoints::default(), NOW).unwrap();
+        let body: Value = serde_json::from_str(&req.body).unwrap();
+        assert_eq!(body["test_event_code"], "TEST123");
+    }
+
+    #[test]
+    fn refuses_events_older_than_seven_days() {
+        let mut ev = trial();
+        ev.occurred_at = NOW - MAX_EVENT_AGE_SECONDS - 1;
+        assert!(matches!(
+            build(&[ev], &merchant(), &Endpoints::default(), NOW),
+            Err(BuildError::TooOld { .. })
+        ));
+    }
+
+    #[test]
+    fn empty_email_is_not_hashed_and_no_identity_is_refused() {
+        let mut ev = trial();
+        ev.customer.email = Some("  ".into());
+        let out = server_event(&ev, &merchant(), merchant().meta.as_ref().unwrap(), NOW).unwrap();
+        assert!(out["user_data"].get("em").is_none());
+        ev.customer.customer_id = None;
+        assert_eq!(
+            server_event(&ev, &merchant(), merchant().meta.as_ref().unwrap(), NOW),
+            Err(BuildError::NoIdentity)
+        );
+    }
+
+    #[test]
+    fn operator_base_url_override_is_used() {
+        let endpoints = Endpoints { meta_graph: "http://127.0.0.1:9999/".into() };
+        let req = build(&[trial()], &merchant(), &endpoints, NOW).unwrap();
+        assert!(req.url.starts_with("http://127.0.0.1:9999/v25.0/123456789/events?"));
+    }
+
+    #[test]
+    fn classifies_responses() {
+        assert_eq!(classify(200, None, r#"{"events_received":1}"#), Outcome::Delivered);
+        assert!(matches!(classify(500, None, ""), Outcome::Retry { after_seconds: None, .. }));
+        assert!(matches!(
+            classify(429, Some("120"), "{}"),
+            Outcome::Retry { after_seconds: Some(120), .. }
+        ));
+        let throttled = r#"{"error":{"message":"User request limit reached","code":17}}"#;
+        assert!(matches!(classify(400, None, throttled), Outcome::Retry { .. }));
+        let transient = r#"{"error":{"message":"x","code":100,"is_transient":true}}"#;
+        assert!(matches!(classify(400, None, transient), Outcome::Retry { .. }));
+        let invalid = r#"{"error":{"message":"Invalid parameter","type":"OAuthException","code":100,"error_subcode":2804003,"fbtrace_id":"A1"}}"#;
+        match classify(400, None, invalid) {
+            Outcome::Permanent { reason } => {
+                assert!(reason.contains("100/2804003"), "{reason}");
+                assert!(reason.contains("Invalid parameter"));
+            }
+            other => panic!("expected permanent, got {other:?}"),
+        }
+        assert!(matches!(classify(400, None, "not json"), Outcome::Permanent { .. }));
+    }
+}

@@ -1,0 +1,89 @@
+//! Outbound destinations. Each module builds the platform's request from canonical events
+//! and classifies the platform's answer.
+//!
+//! Adding a destination: one module here plus one line in [`REGISTRY`].
+
+pub mod meta;
+
+use crate::config::MerchantConfig;
+use crate::event::CanonicalEvent;
+use thiserror::Error;
+
+/// Base URLs of the platforms. Only operator configuration (worker env vars) may change
+/// them, so tests can point at a local stand-in; merchant input never can.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    pub meta_graph: String,
+}
+
+impl Default for Endpoints {
+    fn default() -> Self {
+        Endpoints { meta_graph: meta::DEFAULT_BASE_URL.to_string() }
+    }
+}
+
+/// A fully built HTTP request. `log_url` is `url` with credentials removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundRequest {
+    pub method: &'static str,
+    pub url: String,
+    pub log_url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+/// What a platform's answer means for one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    /// The platform recognised our dedup key: success, nothing to resend.
+    AlreadyDelivered,
+    Retry { after_seconds: Option<u32>, reason: String },
+    Permanent { reason: String },
+}
+
+/// Why no request could be built. All are permanent for this event.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum BuildError {
+    #[error("destination {0} is not configured for this merchant")]
+    NotConfigured(&'static str),
+    #[error("event is {age_seconds}s old; {destination} refuses events older than {limit_seconds}s")]
+    TooOld { destination: &'static str, age_seconds: i64, limit_seconds: i64 },
+    #[error("no customer identifier to match on (need an email or a customer id)")]
+    NoIdentity,
+    #[error("event {0} is not forwarded to destinations")]
+    NotForwardable(&'static str),
+}
+
+pub struct DestinationSpec {
+    pub name: &'static str,
+    pub is_connected: fn(&MerchantConfig) -> bool,
+    pub build: fn(&[CanonicalEvent], &MerchantConfig, &Endpoints, i64) -> Result<OutboundRequest, BuildError>,
+    /// (HTTP status, `Retry-After` header, body) → outcome.
+    pub classify: fn(u16, Option<&str>, &str) -> Outcome,
+}
+
+pub const REGISTRY: &[DestinationSpec] = &[meta::SPEC];
+
+pub fn find(name: &str) -> Option<&'static DestinationSpec> {
+    REGISTRY.iter().find(|spec| spec.name == name)
+}
+
+/// `Retry-After` in seconds (HTTP-date forms are rare on these APIs and are ignored).
+pub fn parse_retry_after(header: Option<&str>) -> Option<u32> {
+    header.and_then(|v| v.trim().parse::<u32>().ok())
+}
+
+/// Percent-encodes a query value (RFC 3986 unreserved characters stay as they are).
+pub fn encode_query_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(byte as char)
+            }
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}

@@ -1,0 +1,19 @@
+//! JSON responses and the mapping of typed errors to them.
+
+use crate::error::IngestError;
+use serde_json::{json, Value};
+use worker::{Response, Result};
+
+pub fn json_response(status: u16, body: &Value) -> Result<Response> {
+    Ok(Response::from_json(body)?.with_status(status))
+}
+
+pub fn json_error(status: u16, code: &str, message: &str) -> Result<Response> {
+    json_response(status, &json!({ "error": { "code": code, "message": message } }))
+}
+
+pub fn ingest_error(err: &IngestError) -> Result<Response> {
+    let resp = Response::ok(err.body())?.with_status(err.status());
+    resp.headers().set("content-type", "application/json")?;
+    Ok(resp)
+}

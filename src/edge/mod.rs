@@ -1,0 +1,287 @@
+//! Cloudflare Workers bindings: HTTP routes, queue consumers, the ledger Durable
+//! Object, D1 and cron. Decisions are made in the core; this layer only does I/O.
+
+mod consumer;
+mod http;
+mod ledger;
+mod outbound;
+mod store;
+
+use crate::delivery::RetryPolicy;
+use crate::destinations::Endpoints;
+use crate::error::IngestError;
+use crate::hashing::constant_time_eq;
+use crate::ingest;
+use crate::ledger::ClaimOutcome;
+use crate::sources::Headers;
+use crate::time::utc_date;
+use http::{ingest_error, json_error, json_response};
+use ledger::LedgerClient;
+use serde_json::json;
+use store::Store;
+use worker::{
+    console_error, console_log, console_warn, event, Context, Date, Env, MessageBatch,
+    MessageBuilder, Method, QueueContentType, Request, Response, Result, ScheduleContext,
+    ScheduledEvent,
+};
+
+// The Durable Object class must be exported from the wasm module.
+#[allow(unused_imports)]
+pub use ledger::Ledger;
+
+pub const DELIVERIES_BINDING: &str = "DELIVERIES";
+pub const DAILY_CRON: &str = "0 9 * * *";
+
+pub fn now_ms() -> i64 {
+    Date::now().as_millis() as i64
+}
+
+/// Operator configuration from worker vars. Merchants cannot influence any of it.
+pub struct OperatorSettings {
+    pub endpoints: Endpoints,
+    pub retry: RetryPolicy,
+}
+
+pub fn operator_settings(env: &Env) -> OperatorSettings {
+    let var = |name: &str| env.var(name).ok().map(|v| v.to_string()).filter(|v| !v.is_empty());
+    let number = |name: &str| var(name).and_then(|v| v.parse::<u32>().ok());
+    let mut endpoints = Endpoints::default();
+    if let Some(url) = var("META_API_BASE_URL") {
+        endpoints.meta_graph = url;
+    }
+    let defaults = RetryPolicy::default();
+    OperatorSettings {
+        endpoints,
+        retry: RetryPolicy {
+            base_delay_seconds: number("RETRY_BASE_DELAY_SECONDS").unwrap_or(defaults.base_delay_seconds),
+            max_delay_seconds: number("RETRY_MAX_DELAY_SECONDS").unwrap_or(defaults.max_delay_seconds),
+            max_attempts: number("RETRY_MAX_ATTEMPTS").unwrap_or(defaults.max_attempts).max(1),
+        },
+    }
+}
+
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+    match route(req, &env).await {
+        Ok(response) => Ok(response),
+        Err(err) => {
+            console_error!("unhandled error: {err}");
+            json_error(500, "internal_error", "internal error")
+        }
+    }
+}
+
+async fn route(req: Request, env: &Env) -> Result<Response> {
+    let path = req.path();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (req.method(), segments.as_slice()) {
+        (Method::Get, ["healthz"]) => json_response(200, &json!({ "status": "ok" })),
+        (Method::Post, ["v1", "integrations", "stripe", "subscription-events"]) => {
+            webhook(req, env, "stripe").await
+        }
+        (Method::Get, ["v1", "admin", "merchants", merchant_id, view]) => {
+            let merchant_id = merchant_id.to_string();
+            let view = view.to_string();
+            admin_read(&req, env, &merchant_id, &view).await
+        }
+        (_, ["healthz"])
+        | (_, ["v1", "integrations", "stripe", "subscription-events"])
+        | (_, ["v1", "admin", "merchants", _, _]) => {
+            json_error(405, "method_not_allowed", "method not allowed on this route")
+        }
+        _ => json_error(404, "route_not_found", "no such route"),
+    }
+}
+
+/// Verify → map → dedup claim → record + enqueue → commit. Answers 2xx only after the
+/// events are in D1 and their delivery jobs are on the queue.
+async fn webhook(mut req: Request, env: &Env, source: &str) -> Result<Response> {
+    let url = req.url()?;
+    let Some(merchant_id) = url.query_pairs().find(|(k, _)| k == "merchant_id").map(|(_, v)| v.into_owned())
+    else {
+        return ingest_error(&IngestError::MissingMerchantId);
+    };
+    if let Some(length) = req.headers().get("content-length")?.and_then(|v| v.parse::<usize>().ok()) {
+        if let Err(err) = ingest::check_body_size(length) {
+            return ingest_error(&err);
+        }
+    }
+    let store = Store::from_env(env)?;
+    let Some(merchant) = store.load_merchant(&merchant_id).await? else {
+        return ingest_error(&IngestError::UnknownMerchant(merchant_id));
+    };
+    let body = req.bytes().await?;
+    let mut headers = Headers::new();
+    for (name, value) in req.headers().entries() {
+        headers.insert(&name, &value);
+    }
+    let now = now_ms();
+    let plan = match ingest::plan(source, &merchant, &headers, &body, now / 1000) {
+        Ok(plan) => plan,
+        Err(err) => {
+            if let IngestError::Signature(reason) = &err {
+                console_warn!("{source} webhook for merchant {merchant_id} refused: {reason}");
+            }
+            return ingest_error(&err);
+        }
+    };
+    let output = &plan.output;
+    let dedup_key = format!("{source}:{}", output.source_event_id);
+    let ledger = LedgerClient::for_key(env, &merchant_id, &output.ordering_key)?;
+    match ledger.claim(&dedup_key).await? {
+        ClaimOutcome::Duplicate => {
+            return json_response(
+                200,
+                &json!({ "status": "duplicate", "source_event_id": output.source_event_id }),
+            );
+        }
+        ClaimOutcome::InFlight => return ingest_error(&IngestError::InFlight),
+        ClaimOutcome::New => {}
+    }
+    if let Err(err) = record_and_enqueue(env, &store, &merchant_id, &plan, now).await {
+        console_error!("{source} event {} not accepted: {err}", output.source_event_id);
+        if let Err(release_err) = ledger.release(&dedup_key).await {
+            console_error!("ledger release failed: {release_err}");
+        }
+        return ingest_error(&IngestError::Unavailable("could not persist the event".into()));
+    }
+    if let Err(err) = ledger.commit(&dedup_key, output.subscription.clone()).await {
+        // The event is safe in D1 and on the queue; a redelivery after the lease is
+        // stopped by the consumer's per-job ledger.
+        console_error!("ledger commit failed for {dedup_key}: {err}");
+    }
+    let status = if output.ignored_reason.is_some() { "ignored" } else { "accepted" };
+    let events: Vec<_> = output
+        .events
+        .iter()
+        .map(|e| json!({ "event_id": e.event_id, "name": e.name.as_str(), "forwarded": e.name.is_forwardable() }))
+        .collect();
+    json_response(
+        if status == "accepted" { 202 } else { 200 },
+        &json!({
+            "status": status,
+            "source_event_id": output.source_event_id,
+            "reason": output.ignored_reason,
+            "events": events,
+            "deliveries_enqueued": plan.jobs.len(),
+        }),
+    )
+}
+
+async fn record_and_enqueue(
+    env: &Env,
+    store: &Store,
+    merchant_id: &str,
+    plan: &ingest::IngestPlan,
+    now: i64,
+) -> Result<()> {
+    store.record_ingest(merchant_id, &plan.output, &plan.jobs, now).await?;
+    if plan.jobs.is_empty() {
+        return Ok(());
+    }
+    let queue = env.queue(DELIVERIES_BINDING)?;
+    // Pre-serialised JSON as text: what arrives is exactly what was sent.
+    let mut messages = Vec::with_capacity(plan.jobs.len());
+    for job in &plan.jobs {
+        let body = serde_json::to_string(job).map_err(|e| worker::Error::RustError(e.to_string()))?;
+        messages.push(MessageBuilder::new(body).content_type(QueueContentType::Text).build());
+    }
+    for chunk in messages.chunks_mut(100) {
+        let batch: Vec<_> = chunk.iter_mut().map(|m| std::mem::replace(m, MessageBuilder::new(String::new()).build())).collect();
+        queue.send_batch(batch).await?;
+    }
+    Ok(())
+}
+
+/// Read-only operator views, authenticated by the `ADMIN_TOKEN` secret.
+async fn admin_read(req: &Request, env: &Env, merchant_id: &str, view: &str) -> Result<Response> {
+    let Ok(expected) = env.secret("ADMIN_TOKEN").map(|s| s.to_string()) else {
+        return json_error(503, "admin_disabled", "ADMIN_TOKEN is not configured on this worker");
+    };
+    let presented = req.headers().get("authorization")?.unwrap_or_default();
+    let token = presented.strip_prefix("Bearer ").unwrap_or("");
+    if expected.is_empty() || !constant_time_eq(token.as_bytes(), expected.as_bytes()) {
+        return json_error(401, "unauthorized", "a valid operator token is required");
+    }
+    let url = req.url()?;
+    let limit = url
+        .query_pairs()
+        .find(|(k, _)| k == "limit")
+        .and_then(|(_, v)| v.parse::<i64>().ok())
+        .unwrap_or(100)
+        .clamp(1, 500);
+    let sql: &'static str = match view {
+        "deliveries" => {
+            "SELECT job_id, event_id, destination, status, attempts, last_error, created_at, updated_at \
+             FROM deliveries WHERE merchant_id = ?1 ORDER BY updated_at DESC LIMIT ?2"
+        }
+        "delivery-attempts" => {
+            "SELECT job_id, event_id, destination, attempt, outcome, http_status, detail, request_url, duration_ms, attempted_at \
+             FROM delivery_attempts WHERE merchant_id = ?1 ORDER BY id DESC LIMIT ?2"
+        }
+        "dead-letters" => {
+            "SELECT job_id, event_id, destination, attempts, reason, last_error, dead_lettered_at, replayed_at \
+             FROM dead_letters WHERE merchant_id = ?1 ORDER BY dead_lettered_at DESC LIMIT ?2"
+        }
+        "events" => {
+            "SELECT event_id, name, source, source_event_id, source_event_type, occurred_at_s, payload, received_at \
+             FROM canonical_events WHERE merchant_id = ?1 ORDER BY received_at DESC LIMIT ?2"
+        }
+        "ignored-events" => {
+            "SELECT source, source_event_id, source_event_type, reason, received_at \
+             FROM ignored_events WHERE merchant_id = ?1 ORDER BY received_at DESC LIMIT ?2"
+        }
+        _ => return json_error(404, "route_not_found", "no such admin view"),
+    };
+    let rows = Store::from_env(env)?.list(sql, merchant_id, limit).await?;
+    json_response(200, &json!({ "merchant_id": merchant_id, "items": rows }))
+}
+
+#[event(queue)]
+async fn queue(batch: MessageBatch<String>, env: Env, _ctx: Context) -> Result<()> {
+    if batch.queue().ends_with("-dlq") {
+        consumer::consume_dead_letters(batch, &env).await;
+    } else {
+        consumer::consume_deliveries(batch, &env).await;
+    }
+    Ok(())
+}
+
+#[event(scheduled)]
+async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
+    let cron = event.cron();
+    if cron != DAILY_CRON {
+        console_warn!("scheduled: no job for cron {cron}");
+        return;
+    }
+    if let Err(err) = daily(&env, &cron, event.schedule() as i64).await {
+        console_error!("daily job failed: {err}");
+    }
+}
+
+/// Retention of bookkeeping rows, in days.
+const ATTEMPT_LOG_RETENTION_DAYS: i64 = 90;
+const IGNORED_RETENTION_DAYS: i64 = 30;
+
+/// Runs at most once per UTC day even if the trigger fires twice.
+async fn daily(env: &Env, cron: &str, scheduled_ms: i64) -> Result<()> {
+    let store = Store::from_env(env)?;
+    let run_date = utc_date(scheduled_ms / 1000);
+    if !store.claim_cron_run(cron, &run_date, now_ms()).await? {
+        console_log!("daily job for {run_date} already ran");
+        return Ok(());
+    }
+    let day_ms = 86_400_000;
+    let purged_attempts = store
+        .purge_older_than("delivery_attempts", "attempted_at", now_ms() - ATTEMPT_LOG_RETENTION_DAYS * day_ms)
+        .await?;
+    let purged_ignored =
+        store.purge_older_than("ignored_events", "received_at", now_ms() - IGNORED_RETENTION_DAYS * day_ms).await?;
+    let detail = json!({
+        "purged_delivery_attempts": purged_attempts,
+        "purged_ignored_events": purged_ignored,
+    });
+    store.finish_cron_run(cron, &run_date, &detail, now_ms()).await?;
+    console_log!("daily job {run_date}: {detail}");
+    Ok(())
+}

@@ -1,0 +1,46 @@
+//! Outbound HTTP to ad platforms, with a timeout (Workers' fetch has none by default).
+
+use crate::destinations::OutboundRequest;
+use futures_util::future::{select, Either};
+use std::time::Duration;
+use wasm_bindgen::JsValue;
+use worker::{AbortController, Delay, Fetch, Headers, Method, Request, RequestInit};
+
+pub const TIMEOUT: Duration = Duration::from_secs(15);
+
+pub struct Answer {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub body: String,
+}
+
+/// `Err` means no answer (network error or timeout): the platform may or may not have
+/// the event, which is why every request carries the platform's own dedup key.
+pub async fn send(request: &OutboundRequest) -> Result<Answer, String> {
+    let headers = Headers::new();
+    for (name, value) in &request.headers {
+        headers.set(name, value).map_err(|e| e.to_string())?;
+    }
+    let mut init = RequestInit::new();
+    let method = if request.method == "GET" { Method::Get } else { Method::Post };
+    init.with_method(method).with_headers(headers).with_body(Some(JsValue::from_str(&request.body)));
+    let req = Request::new_with_init(&request.url, &init).map_err(|e| e.to_string())?;
+    let controller = AbortController::default();
+    let signal = controller.signal();
+    let fetch = Fetch::Request(req);
+    let sending = Box::pin(fetch.send_with_signal(&signal));
+    let timer = Box::pin(Delay::from(TIMEOUT));
+    let raced = select(sending, timer).await;
+    match raced {
+        Either::Left((Ok(mut response), _)) => {
+            let retry_after = response.headers().get("retry-after").ok().flatten();
+            let body = response.text().await.unwrap_or_default();
+            Ok(Answer { status: response.status_code(), retry_after, body })
+        }
+        Either::Left((Err(err), _)) => Err(format!("network error: {err}")),
+        Either::Right(_) => {
+            controller.abort();
+            Err(format!("timed out after {}s", TIMEOUT.as_secs()))
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! The canonical lifecycle event every source maps to and every destination reads.
+
+use crate::hashing::sha256_hex;
+use crate::money::{Amount, Interval};
+use serde::{Deserialize, Serialize};
+
+/// Canonical taxonomy v1 (see shared product decisions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventName {
+    TrialStarted,
+    TrialConverted,
+    SubscriptionStarted,
+    SubscriptionRenewed,
+    SubscriptionUpgraded,
+    SubscriptionDowngraded,
+    SubscriptionPaused,
+    SubscriptionReactivated,
+    SubscriptionCancelled,
+    PaymentFailed,
+    Refund,
+    Signup,
+    ActivationMilestone,
+    PipelineStageChanged,
+    /// Created, neither trialing nor paid yet. Recorded, never forwarded.
+    SubscriptionCreated,
+    /// A change without revenue meaning. Recorded, never forwarded.
+    SubscriptionUpdated,
+}
+
+impl EventName {
+    pub const ALL: [EventName; 16] = [
+        EventName::TrialStarted,
+        EventName::TrialConverted,
+        EventName::SubscriptionStarted,
+        EventName::SubscriptionRenewed,
+        EventName::SubscriptionUpgraded,
+        EventName::SubscriptionDowngraded,
+        EventName::SubscriptionPaused,
+        EventName::SubscriptionReactivated,
+        EventName::SubscriptionCancelled,
+        EventName::PaymentFailed,
+        EventName::Refund,
+        EventName::Signup,
+        EventName::ActivationMilestone,
+        EventName::PipelineStageChanged,
+        EventName::SubscriptionCreated,
+        EventName::SubscriptionUpdated,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventName::TrialStarted => "trial_started",
+            EventName::TrialConverted => "trial_converted",
+            EventName::SubscriptionStarted => "subscription_started",
+            EventName::SubscriptionRenewed => "subscription_renewed",
+            EventName::SubscriptionUpgraded => "subscription_upgraded",
+            EventName::SubscriptionDowngraded => "subscription_downgraded",
+            EventName::SubscriptionPaused => "subscription_paused",
+            EventName::SubscriptionReactivated => "subscription_reactivated",
+            EventName::SubscriptionCancelled => "subscription_cancelled",
+            EventName::PaymentFailed => "payment_failed",
+            EventName::Refund => "refund",
+            EventName::Signup => "signup",
+            EventName::ActivationMilestone => "activation_milestone",
+            EventName::PipelineStageChanged => "pipeline_stage_changed",
+            EventName::SubscriptionCreated => "subscription_created",
+            EventName::SubscriptionUpdated => "subscription_updated",
+        }
+    }
+
+    /// Canonical names plus the landing page's accepted aliases.
+    pub fn parse(text: &str) -> Option<Self> {
+        let canonical = match text {
+            "paid_subscription" => "subscription_started",
+            "subscription_canceled" => "subscription_cancelled",
+            "expansion" => "subscription_upgraded",
+            other => other,
+        };
+        EventName::ALL.into_iter().find(|name| name.as_str() == canonical)
+    }
+
+    /// Whether destinations ever receive this event. Pipeline stages only enrich,
+    /// and the non-optimising records exist for state and reporting.
+    pub fn is_forwardable(self) -> bool {
+        !matches!(
+            self,
+            EventName::PipelineStageChanged
+                | EventName::SubscriptionCreated
+                | EventName::SubscriptionUpdated
+        )
+    }
+
+    /// Cancellations and refunds correct an earlier conversion: their value is sent negative.
+    pub fn is_correction(self) -> bool {
+        matches!(self, EventName::SubscriptionCancelled | EventName::Refund)
+    }
+}
+
+/// Who the event is about, as far as the source payload tells.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Customer {
+    /// The billing system's customer id (e.g. Stripe `cus_…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+}
+
+/// Money attached to an event, always with the billed currency (upper-case ISO-4217).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Values {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mrr: Option<Amount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arr: Option<Amount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract_value: Option<Amount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gross_value: Option<Amount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_value: Option<Amount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tax_amount: Option<Amount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mrr_delta: Option<Amount>,
+}
+
+/// Lifecycle details a destination or later enrichment may need.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionDetails {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing_interval: Option<Interval>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing_interval_count: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trial_start_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trial_end_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective_end_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_reason: Option<String>,
+}
+
+/// One canonical lifecycle event. Serialised as JSON into queue messages and D1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanonicalEvent {
+    /// Deterministic: the same source event always yields the same id (see [`event_id`]).
+    pub event_id: String,
+    pub merchant_id: String,
+    pub name: EventName,
+    pub source: String,
+    pub source_event_id: String,
+    pub source_event_type: String,
+    /// When it happened at the source, unix seconds.
+    pub occurred_at: i64,
+    #[serde(default)]
+    pub customer: Customer,
+    #[serde(default)]
+    pub subscription: SubscriptionDetails,
+    #[serde(default)]
+    pub values: Values,
+    #[serde(default)]
+    pub livemode: bool,
+}
+
+/// `tl_` + 32 hex chars of SHA-256 over (merchant, source, source event id, canonical name).
+/// Stable across retries and redeliveries, unique per logical conversion, and short
+/// enough for every platform's dedup key field.
+pub fn event_id(merchant_id: &str, source: &str, source_event_id: &str, name: EventName) -> String {
+    let digest = sha256_hex(&format!(
+        "{merchant_id}\u{1f}{source}\u{1f}{source_event_id}\u{1f}{}",
+        name.as_str()
+    ));
+    format!("tl_{}", &digest[..32])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_aliases_resolve() {
+        for name in EventName::ALL {
+            assert_eq!(EventName::parse(name.as_str()), Some(name));
+            let json = serde_json::to_string(&name).unwrap();
+            assert_eq!(json, format!("\"{}\"", name.as_str()));
+        }
+        assert_eq!(EventName::parse("paid_subscription"), Some(EventName::SubscriptionStarted));
+        assert_eq!(EventName::parse("subscription_canceled"), Some(EventName::SubscriptionCancelled));
+        assert_eq!(EventName::parse("expansion"), Some(EventName::SubscriptionUpgraded));
+        assert_eq!(EventName::parse("purchase"), None);
+    }
+
+    #[test]
+    fn event_id_is_deterministic_and_scoped() {
+        let a = event_id("m1", "stripe", "evt_1", EventName::TrialStarted);
+        assert_eq!(a, event_id("m1", "stripe", "evt_1", EventName::TrialStarted));
+        assert_eq!(a.len(), 35);
+        assert!(a.starts_with("tl_"));
+        assert_ne!(a, event_id("m2", "stripe", "evt_1", EventName::TrialStarted));
+        assert_ne!(a, event_id("m1", "stripe", "evt_2", EventName::TrialStarted));
+        assert_ne!(a, event_id("m1", "stripe", "evt_1", EventName::TrialConverted));
+        assert_ne!(a, event_id("m1", "paddle", "evt_1", EventName::TrialStarted));
+    }
+
+    #[test]
+    fn only_revenue_and_funnel_events_are_forwarded() {
+        assert!(EventName::TrialStarted.is_forwardable());
+        assert!(EventName::SubscriptionCancelled.is_forwardable());
+        assert!(!EventName::PipelineStageChanged.is_forwardable());
+        assert!(!EventName::SubscriptionCreated.is_forwardable());
+        assert!(EventName::Refund.is_correction());
+        assert!(!EventName::PaymentFailed.is_correction());
+    }
+}

@@ -1,0 +1,117 @@
+//! Identity normalisation and SHA-256 hashing shared by every destination.
+//!
+//! Rules: never hash an empty value; pass through a value that is already SHA-256 hex;
+//! normalise before hashing exactly as the platform's own pixel does, or the hashes
+//! will not match theirs.
+
+use sha2::{Digest, Sha256};
+
+pub fn sha256_hex(input: &str) -> String {
+    hex::encode(Sha256::digest(input.as_bytes()))
+}
+
+/// 64 lower-case hex characters: a value some upstream already hashed.
+pub fn is_sha256_hex(value: &str) -> bool {
+    value.len() == 64 && value.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Trimmed and lower-cased; `None` when empty or not an address.
+pub fn normalize_email(raw: &str) -> Option<String> {
+    let email = raw.trim().to_lowercase();
+    let (local, domain) = email.split_once('@')?;
+    if local.is_empty() || domain.is_empty() || email.contains(char::is_whitespace) {
+        return None;
+    }
+    Some(email)
+}
+
+/// SHA-256 of the normalised email, or the value itself when it is already a hash.
+pub fn hash_email(raw: &str) -> Option<String> {
+    let trimmed = raw.trim().to_lowercase();
+    if is_sha256_hex(&trimmed) {
+        return Some(trimmed);
+    }
+    normalize_email(&trimmed).map(|email| sha256_hex(&email))
+}
+
+/// Generic identifier (external_id): trimmed and lower-cased, as Meta's SDK normalises it.
+pub fn hash_identifier(raw: &str) -> Option<String> {
+    let value = raw.trim().to_lowercase();
+    if value.is_empty() {
+        return None;
+    }
+    if is_sha256_hex(&value) {
+        return Some(value);
+    }
+    Some(sha256_hex(&value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_known_vectors() {
+        assert_eq!(
+            sha256_hex(""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(
+            sha256_hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn email_is_trimmed_and_lowercased_before_hashing() {
+        // Vector computed independently: printf %s jane.doe@example.com | sha256sum
+        let expected =
+            "86e0b9e56c17cc4d12387e1949b85053fbe73bc3ce5a1188713a9d300cc6133d".to_string();
+        assert_eq!(hash_email("  Jane.Doe@Example.COM \n"), Some(expected.clone()));
+        assert_eq!(hash_email("jane.doe@example.com"), Some(expected));
+    }
+
+    #[test]
+    fn empty_and_invalid_values_are_never_hashed() {
+        assert_eq!(hash_email(""), None);
+        assert_eq!(hash_email("   "), None);
+        assert_eq!(hash_email("not-an-email"), None);
+        assert_eq!(hash_identifier(""), None);
+        assert_eq!(hash_identifier(" \t"), None);
+    }
+
+    #[test]
+    fn already_hashed_values_pass_through() {
+        let hashed = sha256_hex("jane.doe@example.com");
+        assert_eq!(hash_email(&hashed), Some(hashed.clone()));
+        assert_eq!(hash_email(&hashed.to_uppercase()), Some(hashed.clone()));
+        assert_eq!(hash_identifier(&hashed), Some(hashed));
+    }
+
+    #[test]
+    fn external_id_is_normalised() {
+        assert_eq!(
+            hash_identifier(" CUS_Abc ").as_deref(),
+            Some("de782ba4f953774a5064516dbdbfbc5966244a90b8ec8da591b6395663a0b438")
+        );
+    }
+}
+
+/// Compares secrets without an early exit on the first differing byte.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    // Hashing first makes the comparison length-independent too.
+    let (da, db) = (Sha256::digest(a), Sha256::digest(b));
+    da.iter().zip(db.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod constant_time_tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn compares_equal_and_unequal() {
+        assert!(constant_time_eq(b"token-1", b"token-1"));
+        assert!(!constant_time_eq(b"token-1", b"token-2"));
+        assert!(!constant_time_eq(b"token", b"token-longer"));
+    }
+}

@@ -1,0 +1,49 @@
+//! The pure part of webhook ingestion: limits, merchant checks, verify + map, and the
+//! delivery jobs the edge must enqueue before it may acknowledge.
+
+use crate::config::{MerchantConfig, MerchantStatus};
+use crate::delivery::DeliveryJob;
+use crate::error::IngestError;
+use crate::sources::{self, Headers, SourceOutput};
+
+/// Largest accepted webhook body. Real Stripe events stay far below it; anything larger
+/// is refused with 413 before it is read into memory twice.
+pub const MAX_BODY_BYTES: usize = 512 * 1024;
+
+pub fn check_body_size(size: usize) -> Result<(), IngestError> {
+    if size > MAX_BODY_BYTES {
+        return Err(IngestError::PayloadTooLarge { size, limit: MAX_BODY_BYTES });
+    }
+    Ok(())
+}
+
+/// What one accepted webhook turns into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngestPlan {
+    pub output: SourceOutput,
+    /// One per forwardable event per connected destination.
+    pub jobs: Vec<DeliveryJob>,
+}
+
+pub fn plan(
+    source_name: &str,
+    merchant: &MerchantConfig,
+    headers: &Headers,
+    body: &[u8],
+    now: i64,
+) -> Result<IngestPlan, IngestError> {
+    if merchant.status == MerchantStatus::Disabled {
+        return Err(IngestError::MerchantDisabled(merchant.merchant_id.clone()));
+    }
+    check_body_size(body.len())?;
+    let source = sources::find(source_name).ok_or_else(|| IngestError::UnknownSource(source_name.into()))?;
+    let output = (source.ingest)(merchant, headers, body, now)?;
+    let destinations = merchant.connected_destinations();
+    let jobs = output
+        .events
+        .iter()
+        .filter(|event| event.name.is_forwardable())
+        .flat_map(|event| destinations.iter().map(move |d| DeliveryJob::new(event.clone(), d)))
+        .collect();
+    Ok(IngestPlan { output, jobs })
+}

@@ -1,0 +1,21 @@
+//! TrackLayer: billing and CRM webhooks in, canonical lifecycle events, server-side
+//! conversions out.
+//!
+//! Everything outside [`edge`] is a pure core that builds and tests natively; the edge
+//! layer (wasm32 only) binds it to Cloudflare Workers: routes, queues, Durable Objects,
+//! D1 and cron.
+
+pub mod config;
+pub mod delivery;
+pub mod destinations;
+pub mod error;
+pub mod event;
+pub mod hashing;
+pub mod ingest;
+pub mod ledger;
+pub mod money;
+pub mod sources;
+pub mod time;
+
+#[cfg(target_arch = "wasm32")]
+mod edge;

@@ -1,0 +1,80 @@
+//! Inbound sources. Each module verifies raw bytes, parses, and maps to canonical events.
+//!
+//! Adding a source: one module here plus one line in [`REGISTRY`].
+
+pub mod stripe;
+
+use crate::config::MerchantConfig;
+use crate::error::IngestError;
+use crate::event::CanonicalEvent;
+
+/// Request headers, looked up case-insensitively.
+#[derive(Debug, Clone, Default)]
+pub struct Headers(Vec<(String, String)>);
+
+impl Headers {
+    pub fn new() -> Self {
+        Headers(Vec::new())
+    }
+
+    pub fn with(mut self, name: &str, value: &str) -> Self {
+        self.insert(name, value);
+        self
+    }
+
+    pub fn insert(&mut self, name: &str, value: &str) {
+        self.0.push((name.to_ascii_lowercase(), value.to_string()));
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.0.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// The latest known state of one subscription, as observed in one source event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SubscriptionObservation {
+    pub subscription_id: String,
+    pub status: String,
+    /// Source event creation time (unix s); state only moves forward in this order.
+    pub observed_at: i64,
+    pub source_event_id: String,
+}
+
+/// A customer identity the source told us about (e.g. Stripe `customer.updated`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CustomerRecord {
+    pub customer_id: String,
+    pub email: Option<String>,
+    pub observed_at: i64,
+}
+
+/// Everything one verified webhook produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceOutput {
+    pub source: &'static str,
+    pub source_event_id: String,
+    pub source_event_type: String,
+    pub occurred_at: i64,
+    /// Events sharing a key are deduplicated and ordered together (subscription,
+    /// else customer, else the merchant).
+    pub ordering_key: String,
+    pub events: Vec<CanonicalEvent>,
+    pub subscription: Option<SubscriptionObservation>,
+    pub customer: Option<CustomerRecord>,
+    /// Set when the event type carries no lifecycle meaning for us.
+    pub ignored_reason: Option<String>,
+}
+
+/// A registered source: its URL name and its verify + map function.
+pub struct SourceSpec {
+    pub name: &'static str,
+    pub ingest: fn(&MerchantConfig, &Headers, &[u8], i64) -> Result<SourceOutput, IngestError>,
+}
+
+pub const REGISTRY: &[SourceSpec] = &[stripe::SPEC];
+
+pub fn find(name: &str) -> Option<&'static SourceSpec> {
+    REGISTRY.iter().find(|spec| spec.name == name)
+}
