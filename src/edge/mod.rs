@@ -79,6 +79,7 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
         (Method::Post, ["v1", "integrations", "stripe", "subscription-events"]) => {
             webhook(req, env, "stripe").await
         }
+        (Method::Get, ["v1", "admin", "cron-runs"]) => admin_read(&req, env, "", "cron-runs").await,
         (Method::Get, ["v1", "admin", "merchants", merchant_id, view]) => {
             let merchant_id = merchant_id.to_string();
             let view = view.to_string();
@@ -230,6 +231,10 @@ async fn admin_read(req: &Request, env: &Env, merchant_id: &str, view: &str) -> 
         "ignored-events" => {
             "SELECT source, source_event_id, source_event_type, reason, received_at \
              FROM ignored_events WHERE merchant_id = ?1 ORDER BY received_at DESC LIMIT ?2"
+        }
+        "cron-runs" => {
+            "SELECT cron, run_date, started_at, finished_at, detail FROM cron_runs \
+             WHERE ?1 = ?1 ORDER BY started_at DESC LIMIT ?2"
         }
         _ => return json_error(404, "route_not_found", "no such admin view"),
     };

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Every test: native unit and mapping tests, and the end-to-end tests that run the
+# worker under `wrangler dev`. Installs the toolchain first (idempotent).
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+cd "$ROOT"
+bash scripts/setup.sh
+cargo test --all-targets -- --test-threads=1 "$@"

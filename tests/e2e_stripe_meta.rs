@@ -1,0 +1,223 @@
+//! End to end through the real Workers runtime: `wrangler dev` (workerd with local D1,
+//! Queues, Durable Objects, cron) and a recording stand-in for Meta's Graph API.
+//!
+//! Needs the toolchain from `bash scripts/setup.sh` (the README test command runs it).
+
+mod support;
+
+use serde_json::{json, Value};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use support::{eventually, http, StandIn, Worker};
+use tracklayer::hashing::sha256_hex;
+use tracklayer::sources::stripe;
+
+const SECRET: &str = "whsec_e2e_secret";
+const ADMIN: &str = "e2e-admin-token";
+const WAIT: Duration = Duration::from_secs(60);
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+fn seed() -> String {
+    let mut sql = String::new();
+    for (merchant, pixel) in [("m_ok", "px_ok"), ("m_flaky", "px_flaky"), ("m_bad", "px_bad")] {
+        sql.push_str(&format!(
+            "INSERT INTO merchants (merchant_id, region, plan, status, value_policy, created_at, updated_at) \
+             VALUES ('{merchant}', 'us', 'scale', 'active', '{{}}', 0, 0);\n\
+             INSERT INTO merchant_sources (merchant_id, source, config, updated_at) \
+             VALUES ('{merchant}', 'stripe', '{{\"endpoint_secrets\":[\"{SECRET}\"]}}', 0);\n\
+             INSERT INTO merchant_destinations (merchant_id, destination, enabled, config, updated_at) \
+             VALUES ('{merchant}', 'meta', 1, '{{\"pixel_id\":\"{pixel}\",\"access_token\":\"tok_{merchant}\"}}', 0);\n"
+        ));
+    }
+    sql
+}
+
+/// A fixture with a fresh event id and creation time.
+fn stripe_event(fixture: &str, event_id: &str) -> Vec<u8> {
+    let path = format!("{}/tests/fixtures/stripe/{fixture}", support::ROOT);
+    let mut event: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    event["id"] = json!(event_id);
+    event["created"] = json!(now() - 30);
+    serde_json::to_vec(&event).unwrap()
+}
+
+fn post_stripe(worker: &Worker, merchant: &str, body: &[u8], signature: Option<String>) -> support::HttpResponse {
+    let target = format!("/v1/integrations/stripe/subscription-events?merchant_id={merchant}");
+    let mut headers = vec![("content-type", "application/json".to_string())];
+    if let Some(sig) = signature {
+        headers.push(("Stripe-Signature", sig));
+    }
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    http("POST", worker.port, &target, &headers, body)
+}
+
+fn signed(body: &[u8]) -> Option<String> {
+    Some(stripe::sign(SECRET, now(), body))
+}
+
+fn admin(worker: &Worker, path: &str) -> Value {
+    let auth = format!("Bearer {ADMIN}");
+    let response = http("GET", worker.port, path, &[("authorization", &auth)], b"");
+    assert_eq!(response.status, 200, "{path}: {}", response.body);
+    response.json()
+}
+
+fn items(worker: &Worker, merchant: &str, view: &str) -> Vec<Value> {
+    admin(worker, &format!("/v1/admin/merchants/{merchant}/{view}"))["items"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn stripe_webhook_travels_to_meta_on_a_local_cloudflare_stack() {
+    let meta = StandIn::start();
+    meta.script("/px_flaky/", vec![(500, r#"{"error":{"message":"unknown","code":1}}"#), (500, "{}")]);
+    meta.script(
+        "/px_bad/",
+        vec![(
+            400,
+            r#"{"error":{"message":"Invalid parameter","type":"OAuthException","code":100,"error_subcode":2804019,"fbtrace_id":"AxYz"}}"#,
+        )],
+    );
+    let worker = Worker::start(
+        &seed(),
+        &[
+            ("META_API_BASE_URL", meta.base_url()),
+            ("RETRY_BASE_DELAY_SECONDS", "1".into()),
+            ("RETRY_MAX_ATTEMPTS", "4".into()),
+            ("ADMIN_TOKEN", ADMIN.into()),
+        ],
+    );
+
+    // 1. A signed trialing subscription → exactly one Meta request with the right body.
+    let trial = stripe_event("customer.subscription.created.trialing.json", "evt_e2e_trial_0001");
+    let accepted = post_stripe(&worker, "m_ok", &trial, signed(&trial));
+    assert_eq!(accepted.status, 202, "{}", accepted.body);
+    let accepted = accepted.json();
+    assert_eq!(accepted["status"], "accepted");
+    assert_eq!(accepted["events"][0]["name"], "trial_started");
+    let event_id = accepted["events"][0]["event_id"].as_str().unwrap().to_string();
+
+    let sent = eventually(WAIT, "the Meta request", || {
+        let requests = meta.requests_to("/px_ok/");
+        (!requests.is_empty()).then_some(requests)
+    });
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].method, "POST");
+    assert_eq!(sent[0].target, "/v25.0/px_ok/events?access_token=tok_m_ok");
+    let body: Value = serde_json::from_str(&sent[0].body).unwrap();
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1);
+    let ev = &data[0];
+    assert_eq!(ev["event_name"], "StartTrial");
+    assert_eq!(ev["event_id"], event_id.as_str());
+    assert_eq!(ev["action_source"], "system_generated");
+    let event_time = ev["event_time"].as_i64().unwrap();
+    assert!((now() - event_time - 30).abs() < 120, "event_time is unix seconds: {event_time}");
+    assert_eq!(ev["user_data"]["external_id"][0], sha256_hex("cus_spq8gwma1zbxyt"));
+    assert!(ev["user_data"].get("em").is_none(), "no email in this event, none may be invented");
+    assert_eq!(ev["custom_data"]["value"], 49.0);
+    assert_eq!(ev["custom_data"]["currency"], "USD");
+    assert_eq!(ev["custom_data"]["mrr"], 49.0);
+    assert_eq!(ev["custom_data"]["arr"], 588.0);
+    assert_eq!(ev["custom_data"]["canonical_event"], "trial_started");
+    assert_eq!(ev["custom_data"]["subscription_id"], "sub_1RtQ8iLkdIwHu7ixq2nWcH4E");
+
+    // 2. The same webhook redelivered (Stripe re-signs each attempt) → still one request.
+    let again = post_stripe(&worker, "m_ok", &trial, signed(&trial));
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.json()["status"], "duplicate");
+
+    // 3. Refusals, each with its own code, and nothing delivered for any of them.
+    let tampered = post_stripe(&worker, "m_ok", &stripe_event("customer.subscription.created.trialing.json", "evt_e2e_bad_sig"), signed(b"other body"));
+    assert_eq!((tampered.status, tampered.json()["error"]["code"].clone()), (401, json!("signature_invalid")));
+    let wrong_secret = post_stripe(&worker, "m_ok", &trial, Some(stripe::sign("whsec_wrong", now(), &trial)));
+    assert_eq!((wrong_secret.status, wrong_secret.json()["error"]["code"].clone()), (401, json!("signature_invalid")));
+    let stale = post_stripe(&worker, "m_ok", &trial, Some(stripe::sign(SECRET, now() - 3600, &trial)));
+    assert_eq!(
+        (stale.status, stale.json()["error"]["code"].clone()),
+        (401, json!("signature_timestamp_out_of_tolerance"))
+    );
+    let missing = post_stripe(&worker, "m_ok", &trial, None);
+    assert_eq!((missing.status, missing.json()["error"]["code"].clone()), (401, json!("signature_missing")));
+    let garbage = b"{not json";
+    let malformed = post_stripe(&worker, "m_ok", garbage, signed(garbage));
+    assert_eq!((malformed.status, malformed.json()["error"]["code"].clone()), (400, json!("malformed_payload")));
+    let unknown = post_stripe(&worker, "m_nobody", &trial, signed(&trial));
+    assert_eq!((unknown.status, unknown.json()["error"]["code"].clone()), (404, json!("merchant_not_found")));
+    let huge = vec![b' '; 600 * 1024];
+    let too_large = post_stripe(&worker, "m_ok", &huge, signed(&huge));
+    assert_eq!((too_large.status, too_large.json()["error"]["code"].clone()), (413, json!("payload_too_large")));
+    let other_type = stripe_event("payment_method.attached.json", "evt_e2e_pm_attached");
+    let ignored = post_stripe(&worker, "m_ok", &other_type, signed(&other_type));
+    assert_eq!(ignored.status, 200, "{}", ignored.body);
+    assert_eq!(ignored.json()["status"], "ignored");
+    let ignored_rows = items(&worker, "m_ok", "ignored-events");
+    assert_eq!(ignored_rows.len(), 1);
+    assert_eq!(ignored_rows[0]["source_event_type"], "payment_method.attached");
+
+    // 4. Meta answers 500 twice, then 200 → delivered once, three attempts logged.
+    let flaky = stripe_event("customer.subscription.created.active.json", "evt_e2e_flaky_0001");
+    assert_eq!(post_stripe(&worker, "m_flaky", &flaky, signed(&flaky)).status, 202);
+    let attempts = eventually(WAIT, "the flaky delivery to succeed", || {
+        let rows = items(&worker, "m_flaky", "delivery-attempts");
+        rows.iter().any(|r| r["outcome"] == "delivered").then_some(rows)
+    });
+    let mut outcomes: Vec<(i64, String)> = attempts
+        .iter()
+        .map(|r| (r["attempt"].as_i64().unwrap(), r["outcome"].as_str().unwrap().to_string()))
+        .collect();
+    outcomes.sort();
+    assert_eq!(
+        outcomes,
+        vec![(1, "retry".to_string()), (2, "retry".to_string()), (3, "delivered".to_string())]
+    );
+    assert_eq!(attempts.iter().filter(|r| r["http_status"] == 500).count(), 2);
+    assert!(attempts.iter().all(|r| !r["request_url"].as_str().unwrap_or("").contains("tok_")), "no token in logs");
+    assert_eq!(meta.requests_to("/px_flaky/").len(), 3);
+    let deliveries = items(&worker, "m_flaky", "deliveries");
+    assert_eq!((deliveries.len(), deliveries[0]["status"].clone()), (1, json!("delivered")));
+    let flaky_body: Value = serde_json::from_str(&meta.requests_to("/px_flaky/")[2].body).unwrap();
+    assert_eq!(flaky_body["data"][0]["event_name"], "Subscribe");
+    assert_eq!(flaky_body["data"][0]["custom_data"]["value"], 500.0); // 5 seats × 1,200/yr → MRR 500
+    assert_eq!(flaky_body["data"][0]["custom_data"]["arr"], 6000.0);
+    assert_eq!(flaky_body["data"][0]["user_data"]["em"][0], sha256_hex("ops@acme-analytics.io"));
+
+    // 5. Meta answers 400 → dead letter with the reason, after one attempt.
+    let bad = stripe_event("customer.subscription.deleted.json", "evt_e2e_bad_0001");
+    assert_eq!(post_stripe(&worker, "m_bad", &bad, signed(&bad)).status, 202);
+    let letters = eventually(WAIT, "the dead letter", || {
+        let rows = items(&worker, "m_bad", "dead-letters");
+        (!rows.is_empty()).then_some(rows)
+    });
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0]["reason"], "permanent");
+    assert_eq!(letters[0]["attempts"], 1);
+    let last_error = letters[0]["last_error"].as_str().unwrap();
+    assert!(last_error.contains("HTTP 400") && last_error.contains("100/2804019"), "{last_error}");
+    assert_eq!(meta.requests_to("/px_bad/").len(), 1);
+    let bad_body: Value = serde_json::from_str(&meta.requests_to("/px_bad/")[0].body).unwrap();
+    assert_eq!(bad_body["data"][0]["event_name"], "SubscriptionCancelled");
+    assert_eq!(bad_body["data"][0]["custom_data"]["value"], -49.0);
+    let bad_deliveries = items(&worker, "m_bad", "deliveries");
+    assert_eq!(bad_deliveries[0]["status"], "dead_lettered");
+
+    // Nothing above produced a second request for the first merchant.
+    assert_eq!(meta.requests_to("/px_ok/").len(), 1, "duplicates or refusals reached Meta");
+
+    // 6. The daily cron reaches the scheduled handler, once per day.
+    for _ in 0..2 {
+        let fired = http("GET", worker.port, "/cdn-cgi/handler/scheduled?cron=0+9+*+*+*", &[], b"");
+        assert_eq!(fired.status, 200, "{}", fired.body);
+    }
+    let runs = eventually(WAIT, "the cron run record", || {
+        let rows = admin(&worker, "/v1/admin/cron-runs")["items"].as_array().cloned().unwrap_or_default();
+        rows.iter().any(|r| !r["finished_at"].is_null()).then_some(rows)
+    });
+    assert_eq!(runs.len(), 1, "the daily job is idempotent per UTC day");
+    assert_eq!(runs[0]["cron"], "0 9 * * *");
+
+    // Operator endpoints refuse a missing or wrong token.
+    let denied = http("GET", worker.port, "/v1/admin/merchants/m_ok/deliveries", &[("authorization", "Bearer nope")], b"");
+    assert_eq!(denied.status, 401);
+}

@@ -1,0 +1,276 @@
+//! Harness for end-to-end tests: a `wrangler dev` worker on a free loopback port with
+//! fresh local state, a recording stand-in for the ad platform, and a tiny HTTP client.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub target: String,
+    pub body: String,
+}
+
+/// A platform stand-in: records every request, answers from a per-path-fragment script
+/// (first matching fragment wins; when a script runs out it answers 200).
+pub struct StandIn {
+    pub port: u16,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+    scripts: Arc<Mutex<Vec<(String, Vec<(u16, String)>)>>>,
+}
+
+impl StandIn {
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind stand-in");
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let scripts: Arc<Mutex<Vec<(String, Vec<(u16, String)>)>>> = Arc::new(Mutex::new(Vec::new()));
+        let (req_log, script_table) = (requests.clone(), scripts.clone());
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let Some(recorded) = read_request(&stream) else { continue };
+                let (status, body) = {
+                    let mut table = script_table.lock().unwrap();
+                    table
+                        .iter_mut()
+                        .find(|(fragment, _)| recorded.target.contains(fragment.as_str()))
+                        .and_then(|(_, answers)| (!answers.is_empty()).then(|| answers.remove(0)))
+                        .unwrap_or((200, r#"{"events_received":1,"messages":[],"fbtrace_id":"AbCdEf"}"#.into()))
+                };
+                req_log.lock().unwrap().push(recorded);
+                let mut stream = stream;
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        StandIn { port, requests, scripts }
+    }
+
+    pub fn script(&self, path_fragment: &str, answers: Vec<(u16, &str)>) {
+        let answers = answers.into_iter().map(|(s, b)| (s, b.to_string())).collect();
+        self.scripts.lock().unwrap().push((path_fragment.to_string(), answers));
+    }
+
+    pub fn requests_to(&self, path_fragment: &str) -> Vec<Recorded> {
+        self.requests.lock().unwrap().iter().filter(|r| r.target.contains(path_fragment)).cloned().collect()
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+fn read_request(stream: &TcpStream) -> Option<Recorded> {
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_string();
+    let target = parts.next()?.to_string();
+    let mut length = 0usize;
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header).ok()?;
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).ok()?;
+    Some(Recorded { method, target, body: String::from_utf8_lossy(&body).into_owned() })
+}
+
+pub struct HttpResponse {
+    pub status: u16,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// Minimal HTTP/1.1 client (Connection: close), enough for loopback tests.
+pub fn http(method: &str, port: u16, target: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to worker");
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut request = format!(
+        "{method} {target} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    HttpResponse { status, body }
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size_line, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size_line.trim(), 16).unwrap_or(0);
+        if size == 0 || after.len() < size {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A running `wrangler dev` with its own state directory, stopped on drop.
+pub struct Worker {
+    pub port: u16,
+    child: Child,
+    state_dir: PathBuf,
+    log_path: PathBuf,
+}
+
+fn run(script: &str, args: &[&str]) {
+    let status = Command::new("bash")
+        .arg("-c")
+        .arg(format!("source scripts/env.sh && {script} \"$@\""))
+        .arg("bash")
+        .args(args)
+        .current_dir(ROOT)
+        // wrangler may read stdin; never let it consume the caller's.
+        .stdin(Stdio::null())
+        .status()
+        .expect("run bash");
+    assert!(status.success(), "`{script} {}` failed; run `bash scripts/setup.sh` first", args.join(" "));
+}
+
+impl Worker {
+    /// Builds the worker (incremental), applies migrations and `seed_sql` to fresh state,
+    /// then starts `wrangler dev` with the given operator vars.
+    pub fn start(seed_sql: &str, vars: &[(&str, String)]) -> Self {
+        run("bash scripts/build-worker.sh", &[]);
+        let state_dir = std::env::temp_dir().join(format!("tracklayer-e2e-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&state_dir).unwrap();
+        let state = state_dir.to_str().unwrap();
+        run("wrangler d1 migrations apply DB --local --persist-to", &[state]);
+        let seed_path = state_dir.join("seed.sql");
+        std::fs::write(&seed_path, seed_sql).unwrap();
+        run("wrangler d1 execute DB --local --persist-to", &[state, "--file", seed_path.to_str().unwrap()]);
+
+        let port = free_port();
+        let log_path = state_dir.join("wrangler.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut command = String::from(
+            "source scripts/env.sh && export TRACKLAYER_SKIP_BUILD=1 && exec wrangler dev --local --ip 127.0.0.1 \
+             --show-interactive-dev-session=false --port \"$1\" --persist-to \"$2\"",
+        );
+        for (name, value) in vars {
+            command.push_str(&format!(" --var '{name}:{value}'"));
+        }
+        // setsid: a session of its own, without our controlling terminal (wrangler
+        // touches the tty), and one process group to stop on drop.
+        let child = Command::new("setsid")
+            .arg("bash")
+            .arg("-c")
+            .arg(command)
+            .arg("bash")
+            .arg(port.to_string())
+            .arg(state)
+            .current_dir(ROOT)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn wrangler dev");
+        let worker = Worker { port, child, state_dir, log_path };
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && http("GET", port, "/healthz", &[], b"").status == 200
+            {
+                return worker;
+            }
+            thread::sleep(Duration::from_millis(500));
+        }
+        panic!("wrangler dev did not become ready; log:\n{}", worker.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // wrangler starts workerd as a child: stop the whole process group.
+        let _ = Command::new("kill").args(["-TERM", &format!("-{}", self.child.id())]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        let _ = Command::new("kill").args(["-KILL", &format!("-{}", self.child.id())]).status();
+        let _ = self.child.wait();
+        if std::env::var_os("TRACKLAYER_KEEP_E2E_STATE").is_none() {
+            let _ = std::fs::remove_dir_all(&self.state_dir);
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn eventually<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        thread::sleep(Duration::from_millis(300));
+    }
+}
+
+pub fn map_of(value: &Value) -> HashMap<String, Value> {
+    value.as_object().map(|o| o.clone().into_iter().collect()).unwrap_or_default()
+}
