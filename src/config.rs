@@ -71,11 +71,17 @@ impl ValuePolicy {
             return *field;
         }
         if destination == "linkedin"
-            && matches!(event.name, EventName::SubscriptionStarted | EventName::TrialConverted)
+            && matches!(
+                event.name,
+                EventName::SubscriptionStarted | EventName::TrialConverted
+            )
         {
             return ValueField::Arr;
         }
-        if matches!(event.name, EventName::SubscriptionUpgraded | EventName::SubscriptionDowngraded) {
+        if matches!(
+            event.name,
+            EventName::SubscriptionUpgraded | EventName::SubscriptionDowngraded
+        ) {
             return ValueField::MrrDelta;
         }
         if event.source == "paddle" {
@@ -97,7 +103,11 @@ impl ValuePolicy {
             ValueField::MrrDelta => values.mrr_delta,
         };
         let value = chosen.or(values.mrr)?;
-        Some(if event.name.is_correction() && value.minor > 0 { value.negated() } else { value })
+        Some(if event.name.is_correction() && value.minor > 0 {
+            value.negated()
+        } else {
+            value
+        })
     }
 }
 
@@ -194,23 +204,43 @@ mod tests {
     fn defaults_follow_product_decisions() {
         let policy = ValuePolicy::default();
         let started = event(EventName::SubscriptionStarted, "stripe");
-        assert_eq!(policy.primary_value(&started, "meta").unwrap().to_string(), "49.00");
-        assert_eq!(policy.primary_value(&started, "linkedin").unwrap().to_string(), "588.00");
+        assert_eq!(
+            policy.primary_value(&started, "meta").unwrap().to_string(),
+            "49.00"
+        );
+        assert_eq!(
+            policy
+                .primary_value(&started, "linkedin")
+                .unwrap()
+                .to_string(),
+            "588.00"
+        );
         let paddle = event(EventName::SubscriptionRenewed, "paddle");
-        assert_eq!(policy.primary_value(&paddle, "meta").unwrap().to_string(), "40.00");
+        assert_eq!(
+            policy.primary_value(&paddle, "meta").unwrap().to_string(),
+            "40.00"
+        );
     }
 
     #[test]
     fn corrections_are_negative() {
         let policy = ValuePolicy::default();
         let cancelled = event(EventName::SubscriptionCancelled, "stripe");
-        assert_eq!(policy.primary_value(&cancelled, "meta").unwrap().to_string(), "-49.00");
+        assert_eq!(
+            policy
+                .primary_value(&cancelled, "meta")
+                .unwrap()
+                .to_string(),
+            "-49.00"
+        );
     }
 
     #[test]
     fn overrides_win_and_missing_fields_fall_back_to_mrr() {
         let mut policy = ValuePolicy::default();
-        policy.events.insert("subscription_started".into(), ValueField::Arr);
+        policy
+            .events
+            .insert("subscription_started".into(), ValueField::Arr);
         policy
             .destinations
             .entry("meta".into())
@@ -218,9 +248,15 @@ mod tests {
             .insert("subscription_started".into(), ValueField::ContractValue);
         let started = event(EventName::SubscriptionStarted, "stripe");
         assert_eq!(policy.field_for(&started, "tiktok"), ValueField::Arr);
-        assert_eq!(policy.field_for(&started, "meta"), ValueField::ContractValue);
+        assert_eq!(
+            policy.field_for(&started, "meta"),
+            ValueField::ContractValue
+        );
         // contract_value is absent on this event: MRR is used rather than no value.
-        assert_eq!(policy.primary_value(&started, "meta").unwrap().to_string(), "49.00");
+        assert_eq!(
+            policy.primary_value(&started, "meta").unwrap().to_string(),
+            "49.00"
+        );
     }
 
     #[test]

@@ -16,13 +16,20 @@ pub struct DeliveryJob {
 
 impl DeliveryJob {
     pub fn new(event: CanonicalEvent, destination: &str) -> Self {
-        DeliveryJob { job_id: job_id(&event.event_id, destination), destination: destination.into(), event }
+        DeliveryJob {
+            job_id: job_id(&event.event_id, destination),
+            destination: destination.into(),
+            event,
+        }
     }
 }
 
 /// Deterministic per (event, destination): a redelivered message maps to the same row.
 pub fn job_id(event_id: &str, destination: &str) -> String {
-    format!("job_{}", &sha256_hex(&format!("{event_id}\u{1f}{destination}"))[..32])
+    format!(
+        "job_{}",
+        &sha256_hex(&format!("{event_id}\u{1f}{destination}"))[..32]
+    )
 }
 
 /// Sent to the dead-letter queue when we give up on a job ourselves.
@@ -49,7 +56,11 @@ pub const MAX_QUEUE_DELAY_SECONDS: u32 = 12 * 3600;
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { base_delay_seconds: 30, max_delay_seconds: 3 * 3600, max_attempts: 6 }
+        RetryPolicy {
+            base_delay_seconds: 30,
+            max_delay_seconds: 3 * 3600,
+            max_attempts: 6,
+        }
     }
 }
 
@@ -72,23 +83,39 @@ impl RetryPolicy {
 pub enum Decision {
     /// Delivered (or the platform already had it): acknowledge the message.
     Done,
-    RetryIn { seconds: u32, reason: String },
-    DeadLetter { reason: String, last_error: String },
+    RetryIn {
+        seconds: u32,
+        reason: String,
+    },
+    DeadLetter {
+        reason: String,
+        last_error: String,
+    },
 }
 
 pub fn decide(outcome: &Outcome, attempt: u32, policy: &RetryPolicy, jitter_key: &str) -> Decision {
     match outcome {
         Outcome::Delivered | Outcome::AlreadyDelivered => Decision::Done,
-        Outcome::Permanent { reason } => {
-            Decision::DeadLetter { reason: "permanent".into(), last_error: reason.clone() }
-        }
-        Outcome::Retry { after_seconds, reason } => {
+        Outcome::Permanent { reason } => Decision::DeadLetter {
+            reason: "permanent".into(),
+            last_error: reason.clone(),
+        },
+        Outcome::Retry {
+            after_seconds,
+            reason,
+        } => {
             if attempt >= policy.max_attempts {
-                return Decision::DeadLetter { reason: "exhausted".into(), last_error: reason.clone() };
+                return Decision::DeadLetter {
+                    reason: "exhausted".into(),
+                    last_error: reason.clone(),
+                };
             }
             let backoff = policy.backoff_seconds(attempt, jitter_key);
             let seconds = after_seconds.map_or(backoff, |after| after.max(backoff));
-            Decision::RetryIn { seconds: seconds.min(MAX_QUEUE_DELAY_SECONDS), reason: reason.clone() }
+            Decision::RetryIn {
+                seconds: seconds.min(MAX_QUEUE_DELAY_SECONDS),
+                reason: reason.clone(),
+            }
         }
     }
 }
@@ -98,7 +125,10 @@ mod tests {
     use super::*;
 
     fn retry(after: Option<u32>) -> Outcome {
-        Outcome::Retry { after_seconds: after, reason: "HTTP 500".into() }
+        Outcome::Retry {
+            after_seconds: after,
+            reason: "HTTP 500".into(),
+        }
     }
 
     #[test]
@@ -107,26 +137,49 @@ mod tests {
         for attempt in 1..=5 {
             let nominal = (30u32 << (attempt - 1)).min(3 * 3600);
             let delay = policy.backoff_seconds(attempt, "job_x");
-            assert!(delay >= nominal * 8 / 10 && delay <= nominal * 12 / 10, "{attempt}: {delay}");
+            assert!(
+                delay >= nominal * 8 / 10 && delay <= nominal * 12 / 10,
+                "{attempt}: {delay}"
+            );
         }
         assert!(policy.backoff_seconds(30, "job_x") <= 3 * 3600 * 12 / 10);
-        assert_eq!(policy.backoff_seconds(2, "job_x"), policy.backoff_seconds(2, "job_x"));
+        assert_eq!(
+            policy.backoff_seconds(2, "job_x"),
+            policy.backoff_seconds(2, "job_x")
+        );
     }
 
     #[test]
     fn retries_until_max_attempts_then_dead_letters() {
-        let policy = RetryPolicy { base_delay_seconds: 1, max_delay_seconds: 10, max_attempts: 3 };
-        assert!(matches!(decide(&retry(None), 1, &policy, "j"), Decision::RetryIn { .. }));
-        assert!(matches!(decide(&retry(None), 2, &policy, "j"), Decision::RetryIn { .. }));
+        let policy = RetryPolicy {
+            base_delay_seconds: 1,
+            max_delay_seconds: 10,
+            max_attempts: 3,
+        };
+        assert!(matches!(
+            decide(&retry(None), 1, &policy, "j"),
+            Decision::RetryIn { .. }
+        ));
+        assert!(matches!(
+            decide(&retry(None), 2, &policy, "j"),
+            Decision::RetryIn { .. }
+        ));
         assert_eq!(
             decide(&retry(None), 3, &policy, "j"),
-            Decision::DeadLetter { reason: "exhausted".into(), last_error: "HTTP 500".into() }
+            Decision::DeadLetter {
+                reason: "exhausted".into(),
+                last_error: "HTTP 500".into()
+            }
         );
     }
 
     #[test]
     fn retry_after_is_honoured_and_capped() {
-        let policy = RetryPolicy { base_delay_seconds: 1, max_delay_seconds: 10, max_attempts: 5 };
+        let policy = RetryPolicy {
+            base_delay_seconds: 1,
+            max_delay_seconds: 10,
+            max_attempts: 5,
+        };
         match decide(&retry(Some(120)), 1, &policy, "j") {
             Decision::RetryIn { seconds, .. } => assert_eq!(seconds, 120),
             other => panic!("{other:?}"),
@@ -141,9 +194,19 @@ mod tests {
     fn permanent_and_success_outcomes() {
         let policy = RetryPolicy::default();
         assert_eq!(decide(&Outcome::Delivered, 1, &policy, "j"), Decision::Done);
-        assert_eq!(decide(&Outcome::AlreadyDelivered, 4, &policy, "j"), Decision::Done);
+        assert_eq!(
+            decide(&Outcome::AlreadyDelivered, 4, &policy, "j"),
+            Decision::Done
+        );
         assert!(matches!(
-            decide(&Outcome::Permanent { reason: "bad".into() }, 1, &policy, "j"),
+            decide(
+                &Outcome::Permanent {
+                    reason: "bad".into()
+                },
+                1,
+                &policy,
+                "j"
+            ),
             Decision::DeadLetter { .. }
         ));
     }

@@ -9,11 +9,19 @@ pub enum VerifyError {
     #[error("signature header {header} is missing")]
     MissingHeader { header: &'static str },
     #[error("signature header {header} is malformed: {detail}")]
-    MalformedHeader { header: &'static str, detail: &'static str },
+    MalformedHeader {
+        header: &'static str,
+        detail: &'static str,
+    },
     #[error("no signature matches the configured secret")]
     Mismatch,
-    #[error("signature timestamp is {skew_seconds}s away from now, tolerance is {tolerance_seconds}s")]
-    StaleTimestamp { skew_seconds: i64, tolerance_seconds: i64 },
+    #[error(
+        "signature timestamp is {skew_seconds}s away from now, tolerance is {tolerance_seconds}s"
+    )]
+    StaleTimestamp {
+        skew_seconds: i64,
+        tolerance_seconds: i64,
+    },
     #[error("no signing secret is configured for this source")]
     NoSecretConfigured,
 }
@@ -69,8 +77,12 @@ impl IngestError {
             IngestError::Signature(VerifyError::MissingHeader { .. }) => "signature_missing",
             IngestError::Signature(VerifyError::MalformedHeader { .. }) => "signature_malformed",
             IngestError::Signature(VerifyError::Mismatch) => "signature_invalid",
-            IngestError::Signature(VerifyError::StaleTimestamp { .. }) => "signature_timestamp_out_of_tolerance",
-            IngestError::Signature(VerifyError::NoSecretConfigured) => "signing_secret_not_configured",
+            IngestError::Signature(VerifyError::StaleTimestamp { .. }) => {
+                "signature_timestamp_out_of_tolerance"
+            }
+            IngestError::Signature(VerifyError::NoSecretConfigured) => {
+                "signing_secret_not_configured"
+            }
             IngestError::MalformedPayload(_) => "malformed_payload",
             IngestError::PayloadTooLarge { .. } => "payload_too_large",
             IngestError::InFlight => "event_in_flight",
@@ -89,10 +101,18 @@ mod tests {
 
     #[test]
     fn signature_failures_are_401_with_distinct_codes() {
-        let stale = IngestError::from(VerifyError::StaleTimestamp { skew_seconds: 900, tolerance_seconds: 300 });
+        let stale = IngestError::from(VerifyError::StaleTimestamp {
+            skew_seconds: 900,
+            tolerance_seconds: 300,
+        });
         let bad = IngestError::from(VerifyError::Mismatch);
-        let missing = IngestError::from(VerifyError::MissingHeader { header: "Stripe-Signature" });
-        assert_eq!((stale.status(), bad.status(), missing.status()), (401, 401, 401));
+        let missing = IngestError::from(VerifyError::MissingHeader {
+            header: "Stripe-Signature",
+        });
+        assert_eq!(
+            (stale.status(), bad.status(), missing.status()),
+            (401, 401, 401)
+        );
         assert_ne!(stale.code(), bad.code());
         assert_ne!(missing.code(), bad.code());
     }
@@ -103,6 +123,9 @@ mod tests {
         let body: serde_json::Value = serde_json::from_str(&err.body()).unwrap();
         assert_eq!(body["error"]["code"], "payload_too_large");
         assert_eq!(err.status(), 413);
-        assert!(body["error"]["message"].as_str().unwrap().contains("limit is 5"));
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("limit is 5"));
     }
 }

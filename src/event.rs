@@ -77,7 +77,9 @@ impl EventName {
             "expansion" => "subscription_upgraded",
             other => other,
         };
-        EventName::ALL.into_iter().find(|name| name.as_str() == canonical)
+        EventName::ALL
+            .into_iter()
+            .find(|name| name.as_str() == canonical)
     }
 
     /// Whether destinations ever receive this event. Pipeline stages only enrich,
@@ -195,22 +197,46 @@ mod tests {
             let json = serde_json::to_string(&name).unwrap();
             assert_eq!(json, format!("\"{}\"", name.as_str()));
         }
-        assert_eq!(EventName::parse("paid_subscription"), Some(EventName::SubscriptionStarted));
-        assert_eq!(EventName::parse("subscription_canceled"), Some(EventName::SubscriptionCancelled));
-        assert_eq!(EventName::parse("expansion"), Some(EventName::SubscriptionUpgraded));
+        assert_eq!(
+            EventName::parse("paid_subscription"),
+            Some(EventName::SubscriptionStarted)
+        );
+        assert_eq!(
+            EventName::parse("subscription_canceled"),
+            Some(EventName::SubscriptionCancelled)
+        );
+        assert_eq!(
+            EventName::parse("expansion"),
+            Some(EventName::SubscriptionUpgraded)
+        );
         assert_eq!(EventName::parse("purchase"), None);
     }
 
     #[test]
     fn event_id_is_deterministic_and_scoped() {
         let a = event_id("m1", "stripe", "evt_1", EventName::TrialStarted);
-        assert_eq!(a, event_id("m1", "stripe", "evt_1", EventName::TrialStarted));
+        assert_eq!(
+            a,
+            event_id("m1", "stripe", "evt_1", EventName::TrialStarted)
+        );
         assert_eq!(a.len(), 35);
         assert!(a.starts_with("tl_"));
-        assert_ne!(a, event_id("m2", "stripe", "evt_1", EventName::TrialStarted));
-        assert_ne!(a, event_id("m1", "stripe", "evt_2", EventName::TrialStarted));
-        assert_ne!(a, event_id("m1", "stripe", "evt_1", EventName::TrialConverted));
-        assert_ne!(a, event_id("m1", "paddle", "evt_1", EventName::TrialStarted));
+        assert_ne!(
+            a,
+            event_id("m2", "stripe", "evt_1", EventName::TrialStarted)
+        );
+        assert_ne!(
+            a,
+            event_id("m1", "stripe", "evt_2", EventName::TrialStarted)
+        );
+        assert_ne!(
+            a,
+            event_id("m1", "stripe", "evt_1", EventName::TrialConverted)
+        );
+        assert_ne!(
+            a,
+            event_id("m1", "paddle", "evt_1", EventName::TrialStarted)
+        );
     }
 
     #[test]

@@ -12,7 +12,10 @@ pub fn sha256_hex(input: &str) -> String {
 
 /// 64 lower-case hex characters: a value some upstream already hashed.
 pub fn is_sha256_hex(value: &str) -> bool {
-    value.len() == 64 && value.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    value.len() == 64
+        && value
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Trimmed and lower-cased; `None` when empty or not an address.
@@ -67,7 +70,10 @@ mod tests {
         // Vector computed independently: printf %s jane.doe@example.com | sha256sum
         let expected =
             "86e0b9e56c17cc4d12387e1949b85053fbe73bc3ce5a1188713a9d300cc6133d".to_string();
-        assert_eq!(hash_email("  Jane.Doe@Example.COM \n"), Some(expected.clone()));
+        assert_eq!(
+            hash_email("  Jane.Doe@Example.COM \n"),
+            Some(expected.clone())
+        );
         assert_eq!(hash_email("jane.doe@example.com"), Some(expected));
     }
 
@@ -101,7 +107,10 @@ mod tests {
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     // Hashing first makes the comparison length-independent too.
     let (da, db) = (Sha256::digest(a), Sha256::digest(b));
-    da.iter().zip(db.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    da.iter()
+        .zip(db.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 #[cfg(test)]

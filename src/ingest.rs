@@ -12,7 +12,10 @@ pub const MAX_BODY_BYTES: usize = 512 * 1024;
 
 pub fn check_body_size(size: usize) -> Result<(), IngestError> {
     if size > MAX_BODY_BYTES {
-        return Err(IngestError::PayloadTooLarge { size, limit: MAX_BODY_BYTES });
+        return Err(IngestError::PayloadTooLarge {
+            size,
+            limit: MAX_BODY_BYTES,
+        });
     }
     Ok(())
 }
@@ -36,14 +39,19 @@ pub fn plan(
         return Err(IngestError::MerchantDisabled(merchant.merchant_id.clone()));
     }
     check_body_size(body.len())?;
-    let source = sources::find(source_name).ok_or_else(|| IngestError::UnknownSource(source_name.into()))?;
+    let source =
+        sources::find(source_name).ok_or_else(|| IngestError::UnknownSource(source_name.into()))?;
     let output = (source.ingest)(merchant, headers, body, now)?;
     let destinations = merchant.connected_destinations();
     let jobs = output
         .events
         .iter()
         .filter(|event| event.name.is_forwardable())
-        .flat_map(|event| destinations.iter().map(move |d| DeliveryJob::new(event.clone(), d)))
+        .flat_map(|event| {
+            destinations
+                .iter()
+                .map(move |d| DeliveryJob::new(event.clone(), d))
+        })
         .collect();
     Ok(IngestPlan { output, jobs })
 }

@@ -47,11 +47,16 @@ pub struct SubscriptionState {
 
 /// An observation replaces the state only if it is newer; ties (same second) are
 /// broken by event id so replays of any order converge on the same state.
-pub fn should_apply(current: Option<&SubscriptionState>, incoming: &SubscriptionObservation) -> bool {
+pub fn should_apply(
+    current: Option<&SubscriptionState>,
+    incoming: &SubscriptionObservation,
+) -> bool {
     match current {
         None => true,
-        Some(state) => (incoming.observed_at, incoming.source_event_id.as_str())
-            > (state.observed_at, state.source_event_id.as_str()),
+        Some(state) => {
+            (incoming.observed_at, incoming.source_event_id.as_str())
+                > (state.observed_at, state.source_event_id.as_str())
+        }
     }
 }
 
@@ -62,9 +67,36 @@ mod tests {
     #[test]
     fn claim_rules() {
         assert_eq!(claim(None, 10), ClaimOutcome::New);
-        assert_eq!(claim(Some(SeenRecord { committed: true, lease_until_ms: 0 }), 10), ClaimOutcome::Duplicate);
-        assert_eq!(claim(Some(SeenRecord { committed: false, lease_until_ms: 20 }), 10), ClaimOutcome::InFlight);
-        assert_eq!(claim(Some(SeenRecord { committed: false, lease_until_ms: 5 }), 10), ClaimOutcome::New);
+        assert_eq!(
+            claim(
+                Some(SeenRecord {
+                    committed: true,
+                    lease_until_ms: 0
+                }),
+                10
+            ),
+            ClaimOutcome::Duplicate
+        );
+        assert_eq!(
+            claim(
+                Some(SeenRecord {
+                    committed: false,
+                    lease_until_ms: 20
+                }),
+                10
+            ),
+            ClaimOutcome::InFlight
+        );
+        assert_eq!(
+            claim(
+                Some(SeenRecord {
+                    committed: false,
+                    lease_until_ms: 5
+                }),
+                10
+            ),
+            ClaimOutcome::New
+        );
     }
 
     fn obs(status: &str, at: i64, id: &str) -> SubscriptionObservation {
@@ -78,11 +110,21 @@ mod tests {
 
     #[test]
     fn older_events_never_overwrite_newer_state() {
-        let cancelled = SubscriptionState { status: "canceled".into(), observed_at: 200, source_event_id: "evt_b".into() };
-        assert!(!should_apply(Some(&cancelled), &obs("trialing", 100, "evt_a")));
+        let cancelled = SubscriptionState {
+            status: "canceled".into(),
+            observed_at: 200,
+            source_event_id: "evt_b".into(),
+        };
+        assert!(!should_apply(
+            Some(&cancelled),
+            &obs("trialing", 100, "evt_a")
+        ));
         assert!(should_apply(Some(&cancelled), &obs("active", 300, "evt_c")));
         assert!(should_apply(None, &obs("trialing", 100, "evt_a")));
         // Same event again is not "newer".
-        assert!(!should_apply(Some(&cancelled), &obs("canceled", 200, "evt_b")));
+        assert!(!should_apply(
+            Some(&cancelled),
+            &obs("canceled", 200, "evt_b")
+        ));
     }
 }

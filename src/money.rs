@@ -34,7 +34,10 @@ pub struct Amount {
 
 impl Amount {
     pub fn from_minor(minor: i64, currency: &str) -> Self {
-        Amount { minor, exponent: currency_exponent(currency) }
+        Amount {
+            minor,
+            exponent: currency_exponent(currency),
+        }
     }
 
     pub fn zero(currency: &str) -> Self {
@@ -42,7 +45,10 @@ impl Amount {
     }
 
     pub fn negated(self) -> Self {
-        Amount { minor: -self.minor, ..self }
+        Amount {
+            minor: -self.minor,
+            ..self
+        }
     }
 
     pub fn is_zero(self) -> bool {
@@ -71,7 +77,10 @@ impl Amount {
         }
         let exponent = fraction.len() as u32;
         let magnitude: i64 = format!("{whole}{fraction}").parse().ok()?;
-        Some(Amount { minor: if negative { -magnitude } else { magnitude }, exponent })
+        Some(Amount {
+            minor: if negative { -magnitude } else { magnitude },
+            exponent,
+        })
     }
 }
 
@@ -161,7 +170,10 @@ pub fn recurring_from_period(
     let count = interval_count as i128;
     let arr = div_round_half_away(numerator, count);
     let mrr = div_round_half_away(numerator, count * 12);
-    Some(Recurring { mrr_minor: i64::try_from(mrr).ok()?, arr_minor: i64::try_from(arr).ok()? })
+    Some(Recurring {
+        mrr_minor: i64::try_from(mrr).ok()?,
+        arr_minor: i64::try_from(arr).ok()?,
+    })
 }
 
 fn div_round_half_away(numerator: i128, denominator: i128) -> i128 {
@@ -222,7 +234,11 @@ mod tests {
         ];
         for (amount, interval, count, mrr, arr) in cases {
             let r = recurring_from_period(amount, interval, count).unwrap();
-            assert_eq!((r.mrr_minor, r.arr_minor), (mrr, arr), "{amount} {interval:?} x{count}");
+            assert_eq!(
+                (r.mrr_minor, r.arr_minor),
+                (mrr, arr),
+                "{amount} {interval:?} x{count}"
+            );
         }
         assert_eq!(recurring_from_period(100, Interval::Month, 0), None);
     }

@@ -20,8 +20,12 @@ pub const DEFAULT_BASE_URL: &str = "https://graph.facebook.com";
 pub const DEFAULT_API_VERSION: &str = "v25.0";
 pub const MAX_EVENT_AGE_SECONDS: i64 = 7 * 24 * 3600;
 
-pub const SPEC: DestinationSpec =
-    DestinationSpec { name: NAME, is_connected: |m| m.meta.is_some(), build, classify };
+pub const SPEC: DestinationSpec = DestinationSpec {
+    name: NAME,
+    is_connected: |m| m.meta.is_some(),
+    build,
+    classify,
+};
 
 /// Default mapping: standard events where Meta has one, custom names otherwise.
 pub fn event_name(name: EventName) -> &'static str {
@@ -50,7 +54,10 @@ fn build(
     endpoints: &Endpoints,
     now: i64,
 ) -> Result<OutboundRequest, BuildError> {
-    let config = merchant.meta.as_ref().ok_or(BuildError::NotConfigured(NAME))?;
+    let config = merchant
+        .meta
+        .as_ref()
+        .ok_or(BuildError::NotConfigured(NAME))?;
     let data = events
         .iter()
         .map(|event| server_event(event, merchant, config, now))
@@ -67,7 +74,10 @@ fn build(
     );
     Ok(OutboundRequest {
         method: "POST",
-        url: format!("{path}?access_token={}", encode_query_value(&config.access_token)),
+        url: format!(
+            "{path}?access_token={}",
+            encode_query_value(&config.access_token)
+        ),
         log_url: path,
         headers: vec![("content-type".into(), "application/json".into())],
         body: body.to_string(),
@@ -96,7 +106,12 @@ pub fn server_event(
     if let Some(em) = event.customer.email.as_deref().and_then(hash_email) {
         user_data.insert("em".into(), json!([em]));
     }
-    if let Some(external) = event.customer.customer_id.as_deref().and_then(hash_identifier) {
+    if let Some(external) = event
+        .customer
+        .customer_id
+        .as_deref()
+        .and_then(hash_identifier)
+    {
         user_data.insert("external_id".into(), json!([external]));
     }
     if user_data.is_empty() {
@@ -145,11 +160,22 @@ fn classify(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
     if (200..300).contains(&status) {
         return Outcome::Delivered;
     }
-    let error = serde_json::from_str::<Value>(body).ok().and_then(|v| v.get("error").cloned());
-    let code = error.as_ref().and_then(|e| e.get("code")).and_then(Value::as_i64);
-    let subcode = error.as_ref().and_then(|e| e.get("error_subcode")).and_then(Value::as_i64);
-    let transient =
-        error.as_ref().and_then(|e| e.get("is_transient")).and_then(Value::as_bool) == Some(true);
+    let error = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").cloned());
+    let code = error
+        .as_ref()
+        .and_then(|e| e.get("code"))
+        .and_then(Value::as_i64);
+    let subcode = error
+        .as_ref()
+        .and_then(|e| e.get("error_subcode"))
+        .and_then(Value::as_i64);
+    let transient = error
+        .as_ref()
+        .and_then(|e| e.get("is_transient"))
+        .and_then(Value::as_bool)
+        == Some(true);
     let message = error
         .as_ref()
         .and_then(|e| e.get("message"))
@@ -166,7 +192,10 @@ fn classify(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
         || transient
         || code.is_some_and(|c| RETRYABLE_CODES.contains(&c));
     if retryable {
-        Outcome::Retry { after_seconds: parse_retry_after(retry_after), reason }
+        Outcome::Retry {
+            after_seconds: parse_retry_after(retry_after),
+            reason,
+        }
     } else {
         Outcome::Permanent { reason }
     }
@@ -245,7 +274,10 @@ mod tests {
             ev["user_data"]["em"][0],
             "86e0b9e56c17cc4d12387e1949b85053fbe73bc3ce5a1188713a9d300cc6133d"
         );
-        assert_eq!(ev["user_data"]["external_id"][0].as_str().unwrap().len(), 64);
+        assert_eq!(
+            ev["user_data"]["external_id"][0].as_str().unwrap().len(),
+            64
+        );
         assert_eq!(ev["custom_data"]["value"], 49.0);
         assert_eq!(ev["custom_data"]["currency"], "USD");
         assert_eq!(ev["custom_data"]["mrr"], 49.0);
@@ -299,23 +331,45 @@ mod tests {
 
     #[test]
     fn operator_base_url_override_is_used() {
-        let endpoints = Endpoints { meta_graph: "http://127.0.0.1:9999/".into() };
+        let endpoints = Endpoints {
+            meta_graph: "http://127.0.0.1:9999/".into(),
+        };
         let req = build(&[trial()], &merchant(), &endpoints, NOW).unwrap();
-        assert!(req.url.starts_with("http://127.0.0.1:9999/v25.0/123456789/events?"));
+        assert!(req
+            .url
+            .starts_with("http://127.0.0.1:9999/v25.0/123456789/events?"));
     }
 
     #[test]
     fn classifies_responses() {
-        assert_eq!(classify(200, None, r#"{"events_received":1}"#), Outcome::Delivered);
-        assert!(matches!(classify(500, None, ""), Outcome::Retry { after_seconds: None, .. }));
+        assert_eq!(
+            classify(200, None, r#"{"events_received":1}"#),
+            Outcome::Delivered
+        );
+        assert!(matches!(
+            classify(500, None, ""),
+            Outcome::Retry {
+                after_seconds: None,
+                ..
+            }
+        ));
         assert!(matches!(
             classify(429, Some("120"), "{}"),
-            Outcome::Retry { after_seconds: Some(120), .. }
+            Outcome::Retry {
+                after_seconds: Some(120),
+                ..
+            }
         ));
         let throttled = r#"{"error":{"message":"User request limit reached","code":17}}"#;
-        assert!(matches!(classify(400, None, throttled), Outcome::Retry { .. }));
+        assert!(matches!(
+            classify(400, None, throttled),
+            Outcome::Retry { .. }
+        ));
         let transient = r#"{"error":{"message":"x","code":100,"is_transient":true}}"#;
-        assert!(matches!(classify(400, None, transient), Outcome::Retry { .. }));
+        assert!(matches!(
+            classify(400, None, transient),
+            Outcome::Retry { .. }
+        ));
         let invalid = r#"{"error":{"message":"Invalid parameter","type":"OAuthException","code":100,"error_subcode":2804003,"fbtrace_id":"A1"}}"#;
         match classify(400, None, invalid) {
             Outcome::Permanent { reason } => {
@@ -324,6 +378,9 @@ mod tests {
             }
             other => panic!("expected permanent, got {other:?}"),
         }
-        assert!(matches!(classify(400, None, "not json"), Outcome::Permanent { .. }));
+        assert!(matches!(
+            classify(400, None, "not json"),
+            Outcome::Permanent { .. }
+        ));
     }
 }

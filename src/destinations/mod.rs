@@ -18,7 +18,9 @@ pub struct Endpoints {
 
 impl Default for Endpoints {
     fn default() -> Self {
-        Endpoints { meta_graph: meta::DEFAULT_BASE_URL.to_string() }
+        Endpoints {
+            meta_graph: meta::DEFAULT_BASE_URL.to_string(),
+        }
     }
 }
 
@@ -38,8 +40,13 @@ pub enum Outcome {
     Delivered,
     /// The platform recognised our dedup key: success, nothing to resend.
     AlreadyDelivered,
-    Retry { after_seconds: Option<u32>, reason: String },
-    Permanent { reason: String },
+    Retry {
+        after_seconds: Option<u32>,
+        reason: String,
+    },
+    Permanent {
+        reason: String,
+    },
 }
 
 /// Why no request could be built. All are permanent for this event.
@@ -47,8 +54,14 @@ pub enum Outcome {
 pub enum BuildError {
     #[error("destination {0} is not configured for this merchant")]
     NotConfigured(&'static str),
-    #[error("event is {age_seconds}s old; {destination} refuses events older than {limit_seconds}s")]
-    TooOld { destination: &'static str, age_seconds: i64, limit_seconds: i64 },
+    #[error(
+        "event is {age_seconds}s old; {destination} refuses events older than {limit_seconds}s"
+    )]
+    TooOld {
+        destination: &'static str,
+        age_seconds: i64,
+        limit_seconds: i64,
+    },
     #[error("no customer identifier to match on (need an email or a customer id)")]
     NoIdentity,
     #[error("event {0} is not forwarded to destinations")]
@@ -58,7 +71,12 @@ pub enum BuildError {
 pub struct DestinationSpec {
     pub name: &'static str,
     pub is_connected: fn(&MerchantConfig) -> bool,
-    pub build: fn(&[CanonicalEvent], &MerchantConfig, &Endpoints, i64) -> Result<OutboundRequest, BuildError>,
+    pub build: fn(
+        &[CanonicalEvent],
+        &MerchantConfig,
+        &Endpoints,
+        i64,
+    ) -> Result<OutboundRequest, BuildError>,
     /// (HTTP status, `Retry-After` header, body) → outcome.
     pub classify: fn(u16, Option<&str>, &str) -> Outcome,
 }

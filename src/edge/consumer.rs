@@ -38,12 +38,17 @@ pub async fn consume_deliveries(batch: MessageBatch<String>, env: &Env) {
         };
         match result {
             Ok(Step::Ack) => message.ack(),
-            Ok(Step::RetryIn(seconds)) => {
-                message.retry_with_options(&QueueRetryOptionsBuilder::new().with_delay_seconds(seconds).build())
-            }
+            Ok(Step::RetryIn(seconds)) => message.retry_with_options(
+                &QueueRetryOptionsBuilder::new()
+                    .with_delay_seconds(seconds)
+                    .build(),
+            ),
             Err(err) => {
                 // Our own bookkeeping failed (D1/queue): let the queue redeliver it.
-                console_error!("deliveries: {err}; message {} will be retried", message.id());
+                console_error!(
+                    "deliveries: {err}; message {} will be retried",
+                    message.id()
+                );
                 message.retry();
             }
         }
@@ -64,7 +69,11 @@ async fn deliver(
     let previous = store.delivery(&job.job_id).await?;
     if let Some(row) = &previous {
         if row.status != "pending" {
-            console_log!("job {} already {}; skipping duplicate message", job.job_id, row.status);
+            console_log!(
+                "job {} already {}; skipping duplicate message",
+                job.job_id,
+                row.status
+            );
             return Ok(Step::Ack);
         }
     }
@@ -80,7 +89,9 @@ async fn deliver(
     // Identity enrichment: an email learnt from an earlier customer event.
     if job.event.customer.email.is_none() {
         if let Some(customer_id) = job.event.customer.customer_id.clone() {
-            job.event.customer.email = store.customer_email(&merchant_id, &job.event.source, &customer_id).await?;
+            job.event.customer.email = store
+                .customer_email(&merchant_id, &job.event.source, &customer_id)
+                .await?;
         }
     }
 
@@ -89,10 +100,13 @@ async fn deliver(
     let built = match (merchant, spec) {
         (None, _) => Err(format!("merchant {merchant_id} no longer exists")),
         (_, None) => Err(format!("unknown destination {}", job.destination)),
-        (Some(merchant), Some(spec)) => {
-            (spec.build)(std::slice::from_ref(&job.event), merchant, &settings.endpoints, now / 1000)
-                .map_err(|e| e.to_string())
-        }
+        (Some(merchant), Some(spec)) => (spec.build)(
+            std::slice::from_ref(&job.event),
+            merchant,
+            &settings.endpoints,
+            now / 1000,
+        )
+        .map_err(|e| e.to_string()),
     };
 
     let started = now_ms();
@@ -101,11 +115,22 @@ async fn deliver(
         Ok(request) => {
             let answer = outbound::send(&request).await;
             let outcome = match (&answer, spec) {
-                (Ok(answer), Some(spec)) => (spec.classify)(answer.status, answer.retry_after.as_deref(), &answer.body),
-                (Err(reason), _) => Outcome::Retry { after_seconds: None, reason: reason.clone() },
-                (Ok(_), None) => Outcome::Permanent { reason: "unknown destination".into() },
+                (Ok(answer), Some(spec)) => {
+                    (spec.classify)(answer.status, answer.retry_after.as_deref(), &answer.body)
+                }
+                (Err(reason), _) => Outcome::Retry {
+                    after_seconds: None,
+                    reason: reason.clone(),
+                },
+                (Ok(_), None) => Outcome::Permanent {
+                    reason: "unknown destination".into(),
+                },
             };
-            (outcome, answer.ok().map(|a| a.status), Some(request.log_url))
+            (
+                outcome,
+                answer.ok().map(|a| a.status),
+                Some(request.log_url),
+            )
         }
     };
     let duration = now_ms() - started;
@@ -121,17 +146,38 @@ async fn deliver(
         _ => "pending",
     };
     store
-        .record_attempt(&job, attempt, label, http_status, detail, log_url.as_deref(), duration, new_status, now_ms())
+        .record_attempt(
+            &job,
+            attempt,
+            label,
+            http_status,
+            detail,
+            log_url.as_deref(),
+            duration,
+            new_status,
+            now_ms(),
+        )
         .await?;
     match decision {
         Decision::Done => Ok(Step::Ack),
         Decision::RetryIn { seconds, reason } => {
-            console_warn!("job {} attempt {attempt} failed ({reason}); retry in {seconds}s", job.job_id);
+            console_warn!(
+                "job {} attempt {attempt} failed ({reason}); retry in {seconds}s",
+                job.job_id
+            );
             Ok(Step::RetryIn(seconds))
         }
         Decision::DeadLetter { reason, last_error } => {
-            console_warn!("job {} dead-lettered after {attempt} attempt(s): {reason}", job.job_id);
-            let letter = DeadLetter { job, attempts: attempt, last_error, reason };
+            console_warn!(
+                "job {} dead-lettered after {attempt} attempt(s): {reason}",
+                job.job_id
+            );
+            let letter = DeadLetter {
+                job,
+                attempts: attempt,
+                last_error,
+                reason,
+            };
             send_to_dlq(env, &letter).await?;
             Ok(Step::Ack)
         }
@@ -139,9 +185,14 @@ async fn deliver(
 }
 
 async fn send_to_dlq(env: &Env, letter: &DeadLetter) -> worker::Result<()> {
-    let body = serde_json::to_string(letter).map_err(|e| worker::Error::RustError(e.to_string()))?;
+    let body =
+        serde_json::to_string(letter).map_err(|e| worker::Error::RustError(e.to_string()))?;
     env.queue(DLQ_BINDING)?
-        .send(MessageBuilder::new(body).content_type(QueueContentType::Text).build())
+        .send(
+            MessageBuilder::new(body)
+                .content_type(QueueContentType::Text)
+                .build(),
+        )
         .await
 }
 
@@ -172,7 +223,12 @@ fn poison_letter(body: &str) -> DeadLetter {
         },
     };
     let preview: String = body.chars().take(500).collect();
-    DeadLetter { job, attempts: 0, last_error: format!("unreadable queue message: {preview}"), reason: "poison".into() }
+    DeadLetter {
+        job,
+        attempts: 0,
+        last_error: format!("unreadable queue message: {preview}"),
+        reason: "poison".into(),
+    }
 }
 
 /// Dead-letter queue: our own `DeadLetter`s, or raw jobs the queue gave up on.
@@ -188,18 +244,23 @@ pub async fn consume_dead_letters(batch: MessageBatch<String>, env: &Env) {
     for message in batch.raw_iter() {
         let body = body_text(&message).unwrap_or_default();
         let letter = serde_json::from_str::<DeadLetter>(&body).ok().or_else(|| {
-            serde_json::from_str::<DeliveryJob>(&body).ok().map(|job| DeadLetter {
-                job,
-                attempts: 0,
-                last_error: "queue retries exhausted before the consumer gave up".into(),
-                reason: "queue_exhausted".into(),
-            })
+            serde_json::from_str::<DeliveryJob>(&body)
+                .ok()
+                .map(|job| DeadLetter {
+                    job,
+                    attempts: 0,
+                    last_error: "queue retries exhausted before the consumer gave up".into(),
+                    reason: "queue_exhausted".into(),
+                })
         });
         let letter = letter.unwrap_or_else(|| poison_letter(&body));
         match store.record_dead_letter(&letter, now_ms()).await {
             Ok(()) => message.ack(),
             Err(err) => {
-                console_error!("dead letters: could not record {}: {err}", letter.job.job_id);
+                console_error!(
+                    "dead letters: could not record {}: {err}",
+                    letter.job.job_id
+                );
                 message.retry();
             }
         }

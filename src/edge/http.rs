@@ -9,7 +9,10 @@ pub fn json_response(status: u16, body: &Value) -> Result<Response> {
 }
 
 pub fn json_error(status: u16, code: &str, message: &str) -> Result<Response> {
-    json_response(status, &json!({ "error": { "code": code, "message": message } }))
+    json_response(
+        status,
+        &json!({ "error": { "code": code, "message": message } }),
+    )
 }
 
 pub fn ingest_error(err: &IngestError) -> Result<Response> {

@@ -9,8 +9,8 @@ use serde_json::json;
 use std::time::Duration;
 use wasm_bindgen::JsValue;
 use worker::{
-    console_error, durable_object, Date, DurableObject, Env, Method, Request, RequestInit, Response,
-    Result, SqlStorage, SqlStorageValue, State, Stub,
+    console_error, durable_object, Date, DurableObject, Env, Method, Request, RequestInit,
+    Response, Result, SqlStorage, SqlStorageValue, State, Stub,
 };
 
 pub const BINDING: &str = "LEDGER";
@@ -71,11 +71,16 @@ impl Ledger {
             lease_until: i64,
         }
         let sql = self.sql();
-        let existing: Vec<Row> =
-            sql.exec("SELECT committed, lease_until FROM seen WHERE key = ?", vec![key.into()])?.to_array()?;
-        let record = existing
-            .first()
-            .map(|r| SeenRecord { committed: r.committed != 0, lease_until_ms: r.lease_until });
+        let existing: Vec<Row> = sql
+            .exec(
+                "SELECT committed, lease_until FROM seen WHERE key = ?",
+                vec![key.into()],
+            )?
+            .to_array()?;
+        let record = existing.first().map(|r| SeenRecord {
+            committed: r.committed != 0,
+            lease_until_ms: r.lease_until,
+        });
         let outcome = ledger::claim(record, now);
         if outcome == ClaimOutcome::New {
             sql.exec(
@@ -89,10 +94,18 @@ impl Ledger {
 
     fn commit(&self, request: &CommitRequest) -> Result<bool> {
         let sql = self.sql();
-        sql.exec("UPDATE seen SET committed = 1 WHERE key = ?", vec![request.key.as_str().into()])?;
-        let Some(observation) = &request.subscription else { return Ok(false) };
+        sql.exec(
+            "UPDATE seen SET committed = 1 WHERE key = ?",
+            vec![request.key.as_str().into()],
+        )?;
+        let Some(observation) = &request.subscription else {
+            return Ok(false);
+        };
         let current: Vec<SubscriptionState> = sql
-            .exec("SELECT status, observed_at, source_event_id FROM subscription WHERE id = 1", None)?
+            .exec(
+                "SELECT status, observed_at, source_event_id FROM subscription WHERE id = 1",
+                None,
+            )?
             .to_array()?;
         if !ledger::should_apply(current.first(), observation) {
             return Ok(false);
@@ -146,7 +159,10 @@ impl DurableObject for Ledger {
             }
             "/release" => {
                 let body: ClaimRequest = req.json().await?;
-                self.sql().exec("DELETE FROM seen WHERE key = ? AND committed = 0", vec![body.key.as_str().into()])?;
+                self.sql().exec(
+                    "DELETE FROM seen WHERE key = ? AND committed = 0",
+                    vec![body.key.as_str().into()],
+                )?;
                 Response::from_json(&json!({ "released": true }))
             }
             "/state" => {
@@ -169,9 +185,14 @@ impl DurableObject for Ledger {
         struct Count {
             n: i64,
         }
-        let remaining: Vec<Count> = sql.exec("SELECT count(*) AS n FROM seen", None)?.to_array()?;
+        let remaining: Vec<Count> = sql
+            .exec("SELECT count(*) AS n FROM seen", None)?
+            .to_array()?;
         if remaining.first().map_or(0, |c| c.n) > 0 {
-            self.state.storage().set_alarm(Duration::from_secs(24 * 3600)).await?;
+            self.state
+                .storage()
+                .set_alarm(Duration::from_secs(24 * 3600))
+                .await?;
         }
         Response::ok("purged")
     }
@@ -185,32 +206,55 @@ pub struct LedgerClient {
 impl LedgerClient {
     pub fn for_key(env: &Env, merchant_id: &str, ordering_key: &str) -> Result<Self> {
         let namespace = env.durable_object(BINDING)?;
-        let stub = namespace.id_from_name(&format!("{merchant_id}/{ordering_key}"))?.get_stub()?;
+        let stub = namespace
+            .id_from_name(&format!("{merchant_id}/{ordering_key}"))?
+            .get_stub()?;
         Ok(LedgerClient { stub })
     }
 
     async fn call<T: Serialize>(&self, path: &str, body: &T) -> Result<Response> {
         let mut init = RequestInit::new();
-        let payload = serde_json::to_string(body).map_err(|e| worker::Error::RustError(e.to_string()))?;
-        init.with_method(Method::Post).with_body(Some(JsValue::from_str(&payload)));
+        let payload =
+            serde_json::to_string(body).map_err(|e| worker::Error::RustError(e.to_string()))?;
+        init.with_method(Method::Post)
+            .with_body(Some(JsValue::from_str(&payload)));
         let request = Request::new_with_init(&format!("https://ledger{path}"), &init)?;
         let response = self.stub.fetch_with_request(request).await?;
         if response.status_code() != 200 {
-            return Err(worker::Error::RustError(format!("ledger {path} answered {}", response.status_code())));
+            return Err(worker::Error::RustError(format!(
+                "ledger {path} answered {}",
+                response.status_code()
+            )));
         }
         Ok(response)
     }
 
     pub async fn claim(&self, key: &str) -> Result<ClaimOutcome> {
-        let mut response = self.call("/claim", &ClaimRequest { key: key.into() }).await?;
+        let mut response = self
+            .call("/claim", &ClaimRequest { key: key.into() })
+            .await?;
         Ok(response.json::<ClaimResponse>().await?.outcome)
     }
 
-    pub async fn commit(&self, key: &str, subscription: Option<SubscriptionObservation>) -> Result<()> {
-        self.call("/commit", &CommitRequest { key: key.into(), subscription }).await.map(|_| ())
+    pub async fn commit(
+        &self,
+        key: &str,
+        subscription: Option<SubscriptionObservation>,
+    ) -> Result<()> {
+        self.call(
+            "/commit",
+            &CommitRequest {
+                key: key.into(),
+                subscription,
+            },
+        )
+        .await
+        .map(|_| ())
     }
 
     pub async fn release(&self, key: &str) -> Result<()> {
-        self.call("/release", &ClaimRequest { key: key.into() }).await.map(|_| ())
+        self.call("/release", &ClaimRequest { key: key.into() })
+            .await
+            .map(|_| ())
     }
 }

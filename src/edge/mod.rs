@@ -43,7 +43,12 @@ pub struct OperatorSettings {
 }
 
 pub fn operator_settings(env: &Env) -> OperatorSettings {
-    let var = |name: &str| env.var(name).ok().map(|v| v.to_string()).filter(|v| !v.is_empty());
+    let var = |name: &str| {
+        env.var(name)
+            .ok()
+            .map(|v| v.to_string())
+            .filter(|v| !v.is_empty())
+    };
     let number = |name: &str| var(name).and_then(|v| v.parse::<u32>().ok());
     let mut endpoints = Endpoints::default();
     if let Some(url) = var("META_API_BASE_URL") {
@@ -53,9 +58,13 @@ pub fn operator_settings(env: &Env) -> OperatorSettings {
     OperatorSettings {
         endpoints,
         retry: RetryPolicy {
-            base_delay_seconds: number("RETRY_BASE_DELAY_SECONDS").unwrap_or(defaults.base_delay_seconds),
-            max_delay_seconds: number("RETRY_MAX_DELAY_SECONDS").unwrap_or(defaults.max_delay_seconds),
-            max_attempts: number("RETRY_MAX_ATTEMPTS").unwrap_or(defaults.max_attempts).max(1),
+            base_delay_seconds: number("RETRY_BASE_DELAY_SECONDS")
+                .unwrap_or(defaults.base_delay_seconds),
+            max_delay_seconds: number("RETRY_MAX_DELAY_SECONDS")
+                .unwrap_or(defaults.max_delay_seconds),
+            max_attempts: number("RETRY_MAX_ATTEMPTS")
+                .unwrap_or(defaults.max_attempts)
+                .max(1),
         },
     }
 }
@@ -87,9 +96,11 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
         }
         (_, ["healthz"])
         | (_, ["v1", "integrations", "stripe", "subscription-events"])
-        | (_, ["v1", "admin", "merchants", _, _]) => {
-            json_error(405, "method_not_allowed", "method not allowed on this route")
-        }
+        | (_, ["v1", "admin", "merchants", _, _]) => json_error(
+            405,
+            "method_not_allowed",
+            "method not allowed on this route",
+        ),
         _ => json_error(404, "route_not_found", "no such route"),
     }
 }
@@ -98,11 +109,18 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
 /// events are in D1 and their delivery jobs are on the queue.
 async fn webhook(mut req: Request, env: &Env, source: &str) -> Result<Response> {
     let url = req.url()?;
-    let Some(merchant_id) = url.query_pairs().find(|(k, _)| k == "merchant_id").map(|(_, v)| v.into_owned())
+    let Some(merchant_id) = url
+        .query_pairs()
+        .find(|(k, _)| k == "merchant_id")
+        .map(|(_, v)| v.into_owned())
     else {
         return ingest_error(&IngestError::MissingMerchantId);
     };
-    if let Some(length) = req.headers().get("content-length")?.and_then(|v| v.parse::<usize>().ok()) {
+    if let Some(length) = req
+        .headers()
+        .get("content-length")?
+        .and_then(|v| v.parse::<usize>().ok())
+    {
         if let Err(err) = ingest::check_body_size(length) {
             return ingest_error(&err);
         }
@@ -140,18 +158,27 @@ async fn webhook(mut req: Request, env: &Env, source: &str) -> Result<Response> 
         ClaimOutcome::New => {}
     }
     if let Err(err) = record_and_enqueue(env, &store, &merchant_id, &plan, now).await {
-        console_error!("{source} event {} not accepted: {err}", output.source_event_id);
+        console_error!(
+            "{source} event {} not accepted: {err}",
+            output.source_event_id
+        );
         if let Err(release_err) = ledger.release(&dedup_key).await {
             console_error!("ledger release failed: {release_err}");
         }
-        return ingest_error(&IngestError::Unavailable("could not persist the event".into()));
+        return ingest_error(&IngestError::Unavailable(
+            "could not persist the event".into(),
+        ));
     }
     if let Err(err) = ledger.commit(&dedup_key, output.subscription.clone()).await {
         // The event is safe in D1 and on the queue; a redelivery after the lease is
         // stopped by the consumer's per-job ledger.
         console_error!("ledger commit failed for {dedup_key}: {err}");
     }
-    let status = if output.ignored_reason.is_some() { "ignored" } else { "accepted" };
+    let status = if output.ignored_reason.is_some() {
+        "ignored"
+    } else {
+        "accepted"
+    };
     let events: Vec<_> = output
         .events
         .iter()
@@ -176,7 +203,9 @@ async fn record_and_enqueue(
     plan: &ingest::IngestPlan,
     now: i64,
 ) -> Result<()> {
-    store.record_ingest(merchant_id, &plan.output, &plan.jobs, now).await?;
+    store
+        .record_ingest(merchant_id, &plan.output, &plan.jobs, now)
+        .await?;
     if plan.jobs.is_empty() {
         return Ok(());
     }
@@ -184,11 +213,19 @@ async fn record_and_enqueue(
     // Pre-serialised JSON as text: what arrives is exactly what was sent.
     let mut messages = Vec::with_capacity(plan.jobs.len());
     for job in &plan.jobs {
-        let body = serde_json::to_string(job).map_err(|e| worker::Error::RustError(e.to_string()))?;
-        messages.push(MessageBuilder::new(body).content_type(QueueContentType::Text).build());
+        let body =
+            serde_json::to_string(job).map_err(|e| worker::Error::RustError(e.to_string()))?;
+        messages.push(
+            MessageBuilder::new(body)
+                .content_type(QueueContentType::Text)
+                .build(),
+        );
     }
     for chunk in messages.chunks_mut(100) {
-        let batch: Vec<_> = chunk.iter_mut().map(|m| std::mem::replace(m, MessageBuilder::new(String::new()).build())).collect();
+        let batch: Vec<_> = chunk
+            .iter_mut()
+            .map(|m| std::mem::replace(m, MessageBuilder::new(String::new()).build()))
+            .collect();
         queue.send_batch(batch).await?;
     }
     Ok(())
@@ -197,7 +234,11 @@ async fn record_and_enqueue(
 /// Read-only operator views, authenticated by the `ADMIN_TOKEN` secret.
 async fn admin_read(req: &Request, env: &Env, merchant_id: &str, view: &str) -> Result<Response> {
     let Ok(expected) = env.secret("ADMIN_TOKEN").map(|s| s.to_string()) else {
-        return json_error(503, "admin_disabled", "ADMIN_TOKEN is not configured on this worker");
+        return json_error(
+            503,
+            "admin_disabled",
+            "ADMIN_TOKEN is not configured on this worker",
+        );
     };
     let presented = req.headers().get("authorization")?.unwrap_or_default();
     let token = presented.strip_prefix("Bearer ").unwrap_or("");
@@ -278,15 +319,26 @@ async fn daily(env: &Env, cron: &str, scheduled_ms: i64) -> Result<()> {
     }
     let day_ms = 86_400_000;
     let purged_attempts = store
-        .purge_older_than("delivery_attempts", "attempted_at", now_ms() - ATTEMPT_LOG_RETENTION_DAYS * day_ms)
+        .purge_older_than(
+            "delivery_attempts",
+            "attempted_at",
+            now_ms() - ATTEMPT_LOG_RETENTION_DAYS * day_ms,
+        )
         .await?;
-    let purged_ignored =
-        store.purge_older_than("ignored_events", "received_at", now_ms() - IGNORED_RETENTION_DAYS * day_ms).await?;
+    let purged_ignored = store
+        .purge_older_than(
+            "ignored_events",
+            "received_at",
+            now_ms() - IGNORED_RETENTION_DAYS * day_ms,
+        )
+        .await?;
     let detail = json!({
         "purged_delivery_attempts": purged_attempts,
         "purged_ignored_events": purged_ignored,
     });
-    store.finish_cron_run(cron, &run_date, &detail, now_ms()).await?;
+    store
+        .finish_cron_run(cron, &run_date, &detail, now_ms())
+        .await?;
     console_log!("daily job {run_date}: {detail}");
     Ok(())
 }

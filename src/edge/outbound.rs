@@ -22,8 +22,14 @@ pub async fn send(request: &OutboundRequest) -> Result<Answer, String> {
         headers.set(name, value).map_err(|e| e.to_string())?;
     }
     let mut init = RequestInit::new();
-    let method = if request.method == "GET" { Method::Get } else { Method::Post };
-    init.with_method(method).with_headers(headers).with_body(Some(JsValue::from_str(&request.body)));
+    let method = if request.method == "GET" {
+        Method::Get
+    } else {
+        Method::Post
+    };
+    init.with_method(method)
+        .with_headers(headers)
+        .with_body(Some(JsValue::from_str(&request.body)));
     let req = Request::new_with_init(&request.url, &init).map_err(|e| e.to_string())?;
     let controller = AbortController::default();
     let signal = controller.signal();
@@ -35,7 +41,11 @@ pub async fn send(request: &OutboundRequest) -> Result<Answer, String> {
         Either::Left((Ok(mut response), _)) => {
             let retry_after = response.headers().get("retry-after").ok().flatten();
             let body = response.text().await.unwrap_or_default();
-            Ok(Answer { status: response.status_code(), retry_after, body })
+            Ok(Answer {
+                status: response.status_code(),
+                retry_after,
+                body,
+            })
         }
         Either::Left((Err(err), _)) => Err(format!("network error: {err}")),
         Either::Right(_) => {

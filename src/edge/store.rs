@@ -53,7 +53,9 @@ pub struct DeliveryRow {
 
 impl Store {
     pub fn from_env(env: &Env) -> Result<Self> {
-        Ok(Store { db: env.d1(BINDING)? })
+        Ok(Store {
+            db: env.d1(BINDING)?,
+        })
     }
 
     /// The merchant with its sources and enabled destinations, or `None` if unknown.
@@ -100,7 +102,9 @@ impl Store {
         for row in destinations {
             match row.name.as_str() {
                 "meta" => merchant.meta = parse_config::<MetaConfig>(merchant_id, &row),
-                other => console_warn!("merchant {merchant_id}: unknown destination {other} in config"),
+                other => {
+                    console_warn!("merchant {merchant_id}: unknown destination {other} in config")
+                }
             }
         }
         Ok(Some(merchant))
@@ -117,7 +121,8 @@ impl Store {
     ) -> Result<()> {
         let mut statements = Vec::new();
         for event in &output.events {
-            let payload = serde_json::to_string(event).map_err(|e| worker::Error::RustError(e.to_string()))?;
+            let payload = serde_json::to_string(event)
+                .map_err(|e| worker::Error::RustError(e.to_string()))?;
             statements.push(
                 self.db
                     .prepare(
@@ -199,7 +204,12 @@ impl Store {
             ])
     }
 
-    pub async fn customer_email(&self, merchant_id: &str, source: &str, customer_id: &str) -> Result<Option<String>> {
+    pub async fn customer_email(
+        &self,
+        merchant_id: &str,
+        source: &str,
+        customer_id: &str,
+    ) -> Result<Option<String>> {
         #[derive(Deserialize)]
         struct Row {
             email: Option<String>,
@@ -276,7 +286,8 @@ impl Store {
     }
 
     pub async fn record_dead_letter(&self, letter: &DeadLetter, now_ms: i64) -> Result<()> {
-        let job_json = serde_json::to_string(&letter.job).map_err(|e| worker::Error::RustError(e.to_string()))?;
+        let job_json = serde_json::to_string(&letter.job)
+            .map_err(|e| worker::Error::RustError(e.to_string()))?;
         let job = &letter.job;
         let insert = self
             .db
@@ -315,7 +326,13 @@ impl Store {
         Ok(result.meta()?.and_then(|m| m.changes).unwrap_or(0) > 0)
     }
 
-    pub async fn finish_cron_run(&self, cron: &str, run_date: &str, detail: &Value, now_ms: i64) -> Result<()> {
+    pub async fn finish_cron_run(
+        &self,
+        cron: &str,
+        run_date: &str,
+        detail: &Value,
+        now_ms: i64,
+    ) -> Result<()> {
         self.db
             .prepare("UPDATE cron_runs SET finished_at = ?3, detail = ?4 WHERE cron = ?1 AND run_date = ?2")
             .bind(&[text(cron), text(run_date), int(now_ms), text(&detail.to_string())])?
@@ -325,7 +342,12 @@ impl Store {
     }
 
     /// Deletes rows older than `cutoff_ms` from a table with the given time column.
-    pub async fn purge_older_than(&self, table: &'static str, column: &'static str, cutoff_ms: i64) -> Result<i64> {
+    pub async fn purge_older_than(
+        &self,
+        table: &'static str,
+        column: &'static str,
+        cutoff_ms: i64,
+    ) -> Result<i64> {
         let result = self
             .db
             .prepare(format!("DELETE FROM {table} WHERE {column} < ?1"))
@@ -336,12 +358,26 @@ impl Store {
     }
 
     /// Rows for the operator read endpoints, newest first.
-    pub async fn list(&self, sql: &'static str, merchant_id: &str, limit: i64) -> Result<Vec<Value>> {
-        self.db.prepare(sql).bind(&[text(merchant_id), int(limit)])?.all().await?.results()
+    pub async fn list(
+        &self,
+        sql: &'static str,
+        merchant_id: &str,
+        limit: i64,
+    ) -> Result<Vec<Value>> {
+        self.db
+            .prepare(sql)
+            .bind(&[text(merchant_id), int(limit)])?
+            .all()
+            .await?
+            .results()
     }
 }
 
-fn enum_field<T: serde::de::DeserializeOwned>(merchant_id: &str, field: &str, value: &str) -> Result<T> {
+fn enum_field<T: serde::de::DeserializeOwned>(
+    merchant_id: &str,
+    field: &str,
+    value: &str,
+) -> Result<T> {
     serde_json::from_value(Value::String(value.to_string()))
         .map_err(|_| worker::Error::RustError(format!("merchant {merchant_id}: invalid {field}")))
 }
@@ -350,7 +386,10 @@ fn parse_config<T: serde::de::DeserializeOwned>(merchant_id: &str, row: &ConfigR
     match serde_json::from_str(&row.config) {
         Ok(config) => Some(config),
         Err(_) => {
-            console_warn!("merchant {merchant_id}: stored {} config is invalid; treating as not configured", row.name);
+            console_warn!(
+                "merchant {merchant_id}: stored {} config is invalid; treating as not configured",
+                row.name
+            );
             None
         }
     }

@@ -31,9 +31,17 @@ fn ingest(
     let config = merchant
         .stripe
         .as_ref()
-        .ok_or_else(|| IngestError::SourceNotConfigured { source_name: NAME.into() })?;
+        .ok_or_else(|| IngestError::SourceNotConfigured {
+            source_name: NAME.into(),
+        })?;
     let secrets: Vec<&str> = config.endpoint_secrets.iter().map(String::as_str).collect();
-    verify(headers.get(SIGNATURE_HEADER), body, &secrets, now, config.tolerance_seconds)?;
+    verify(
+        headers.get(SIGNATURE_HEADER),
+        body,
+        &secrets,
+        now,
+        config.tolerance_seconds,
+    )?;
     map_event(&merchant.merchant_id, body)
 }
 
@@ -45,12 +53,19 @@ pub fn verify(
     now: i64,
     tolerance_seconds: i64,
 ) -> Result<(), VerifyError> {
-    let header = header.ok_or(VerifyError::MissingHeader { header: SIGNATURE_HEADER })?;
-    let malformed = |detail| VerifyError::MalformedHeader { header: SIGNATURE_HEADER, detail };
+    let header = header.ok_or(VerifyError::MissingHeader {
+        header: SIGNATURE_HEADER,
+    })?;
+    let malformed = |detail| VerifyError::MalformedHeader {
+        header: SIGNATURE_HEADER,
+        detail,
+    };
     let mut timestamp: Option<&str> = None;
     let mut signatures: Vec<Vec<u8>> = Vec::new();
     for part in header.split(',') {
-        let Some((key, value)) = part.trim().split_once('=') else { continue };
+        let Some((key, value)) = part.trim().split_once('=') else {
+            continue;
+        };
         match key {
             "t" => timestamp = Some(value),
             // An undecodable v1 simply cannot match; the others still may.
@@ -59,7 +74,9 @@ pub fn verify(
         }
     }
     let timestamp = timestamp.ok_or_else(|| malformed("no t= timestamp"))?;
-    let signed_at: i64 = timestamp.parse().map_err(|_| malformed("t= is not a unix timestamp"))?;
+    let signed_at: i64 = timestamp
+        .parse()
+        .map_err(|_| malformed("t= is not a unix timestamp"))?;
     if signatures.is_empty() {
         return Err(malformed("no v1= signature"));
     }
@@ -81,7 +98,10 @@ pub fn verify(
     }
     let skew = now - signed_at;
     if skew.abs() > tolerance_seconds {
-        return Err(VerifyError::StaleTimestamp { skew_seconds: skew, tolerance_seconds });
+        return Err(VerifyError::StaleTimestamp {
+            skew_seconds: skew,
+            tolerance_seconds,
+        });
     }
     Ok(())
 }
@@ -93,7 +113,10 @@ pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    format!("t={timestamp},v1={}", hex::encode(mac.finalize().into_bytes()))
+    format!(
+        "t={timestamp},v1={}",
+        hex::encode(mac.finalize().into_bytes())
+    )
 }
 
 #[derive(Deserialize)]
@@ -214,7 +237,9 @@ pub fn map_event(merchant_id: &str, body: &[u8]) -> Result<SourceOutput, IngestE
                 observed_at: event.created,
                 source_event_id: event.id.clone(),
             });
-            output.events.push(subscription_event(merchant_id, &event, &sub, name));
+            output
+                .events
+                .push(subscription_event(merchant_id, &event, &sub, name));
         }
         "customer.created" | "customer.updated" => {
             let customer: StripeCustomer =
@@ -261,11 +286,18 @@ fn subscription_event(
         source_event_id: event.id.clone(),
         source_event_type: event.event_type.clone(),
         occurred_at: event.created,
-        customer: Customer { customer_id, email: email.filter(|e| !e.trim().is_empty()) },
+        customer: Customer {
+            customer_id,
+            email: email.filter(|e| !e.trim().is_empty()),
+        },
         subscription: SubscriptionDetails {
             subscription_id: Some(sub.id.clone()),
             status: Some(sub.status.clone()),
-            plan_id: sub.items.data.iter().find_map(|i| i.price.as_ref()?.id.clone()),
+            plan_id: sub
+                .items
+                .data
+                .iter()
+                .find_map(|i| i.price.as_ref()?.id.clone()),
             billing_interval: first_recurring.and_then(|r| Interval::parse(&r.interval)),
             billing_interval_count: first_recurring.map(|r| r.interval_count),
             trial_start_at: sub.trial_start,
@@ -275,7 +307,10 @@ fn subscription_event(
             } else {
                 None
             },
-            cancel_reason: sub.cancellation_details.as_ref().and_then(|d| d.reason.clone()),
+            cancel_reason: sub
+                .cancellation_details
+                .as_ref()
+                .and_then(|d| d.reason.clone()),
         },
         values,
         livemode: event.livemode,
@@ -289,15 +324,24 @@ fn recurring_values(sub: &Subscription) -> Values {
     let currency = sub
         .currency
         .clone()
-        .or_else(|| sub.items.data.iter().find_map(|i| i.price.as_ref().map(|p| p.currency.clone())))
+        .or_else(|| {
+            sub.items
+                .data
+                .iter()
+                .find_map(|i| i.price.as_ref().map(|p| p.currency.clone()))
+        })
         .map(|c| c.to_ascii_uppercase());
-    let Some(currency) = currency else { return Values::default() };
+    let Some(currency) = currency else {
+        return Values::default();
+    };
     let mut mrr_minor: i64 = 0;
     let mut arr_minor: i64 = 0;
     let mut priced_items = 0;
     for item in &sub.items.data {
         let Some(price) = &item.price else { continue };
-        let Some(recurring) = &price.recurring else { continue };
+        let Some(recurring) = &price.recurring else {
+            continue;
+        };
         if recurring.usage_type.as_deref() == Some("metered")
             || !price.currency.eq_ignore_ascii_case(&currency)
         {
@@ -306,13 +350,20 @@ fn recurring_values(sub: &Subscription) -> Values {
         let Some(unit_minor) = price.unit_amount.or_else(|| {
             // `unit_amount_decimal` may carry sub-minor precision ("1.5" cents); whole
             // minor units are what gets billed per unit.
-            price.unit_amount_decimal.as_deref().and_then(|d| d.split('.').next()?.parse().ok())
+            price
+                .unit_amount_decimal
+                .as_deref()
+                .and_then(|d| d.split('.').next()?.parse().ok())
         }) else {
             continue;
         };
-        let Some(interval) = Interval::parse(&recurring.interval) else { continue };
+        let Some(interval) = Interval::parse(&recurring.interval) else {
+            continue;
+        };
         let quantity = item.quantity.unwrap_or(1);
-        let Some(per_period) = unit_minor.checked_mul(quantity) else { continue };
+        let Some(per_period) = unit_minor.checked_mul(quantity) else {
+            continue;
+        };
         let Some(r) = recurring_from_period(per_period, interval, recurring.interval_count) else {
             continue;
         };
@@ -321,7 +372,10 @@ fn recurring_values(sub: &Subscription) -> Values {
         priced_items += 1;
     }
     if priced_items == 0 {
-        return Values { currency: Some(currency), ..Values::default() };
+        return Values {
+            currency: Some(currency),
+            ..Values::default()
+        };
     }
     Values {
         mrr: Some(Amount::from_minor(mrr_minor, &currency)),
@@ -364,7 +418,13 @@ mod tests {
         let header = sign(SECRET, NOW, BODY);
         let tampered = br#"{"id":"evt_1","type":"customer.subscription.deleted"}"#;
         assert_eq!(
-            verify(Some(&header), tampered, &[SECRET], NOW, DEFAULT_TOLERANCE_SECONDS),
+            verify(
+                Some(&header),
+                tampered,
+                &[SECRET],
+                NOW,
+                DEFAULT_TOLERANCE_SECONDS
+            ),
             Err(VerifyError::Mismatch)
         );
     }
@@ -380,10 +440,16 @@ mod tests {
         let stale = sign(SECRET, NOW - 301, BODY);
         assert_eq!(
             check(Some(&stale), &[SECRET]),
-            Err(VerifyError::StaleTimestamp { skew_seconds: 301, tolerance_seconds: 300 })
+            Err(VerifyError::StaleTimestamp {
+                skew_seconds: 301,
+                tolerance_seconds: 300
+            })
         );
         let future = sign(SECRET, NOW + 301, BODY);
-        assert!(matches!(check(Some(&future), &[SECRET]), Err(VerifyError::StaleTimestamp { .. })));
+        assert!(matches!(
+            check(Some(&future), &[SECRET]),
+            Err(VerifyError::StaleTimestamp { .. })
+        ));
         let edge = sign(SECRET, NOW - 300, BODY);
         assert_eq!(check(Some(&edge), &[SECRET]), Ok(()));
     }
@@ -406,32 +472,59 @@ mod tests {
     fn missing_and_garbage_headers_are_reported() {
         assert_eq!(
             check(None, &[SECRET]),
-            Err(VerifyError::MissingHeader { header: SIGNATURE_HEADER })
+            Err(VerifyError::MissingHeader {
+                header: SIGNATURE_HEADER
+            })
         );
-        for garbage in ["", "garbage", "t=abc,v1=00", "v1=abcd", "t=1767225600", "t=1767225600,v0=ab"] {
+        for garbage in [
+            "",
+            "garbage",
+            "t=abc,v1=00",
+            "v1=abcd",
+            "t=1767225600",
+            "t=1767225600,v0=ab",
+        ] {
             assert!(
-                matches!(check(Some(garbage), &[SECRET]), Err(VerifyError::MalformedHeader { .. })),
+                matches!(
+                    check(Some(garbage), &[SECRET]),
+                    Err(VerifyError::MalformedHeader { .. })
+                ),
                 "{garbage:?}"
             );
         }
         let non_hex = format!("t={NOW},v1=zz");
-        assert_eq!(check(Some(&non_hex), &[SECRET]), Err(VerifyError::MalformedHeader {
-            header: SIGNATURE_HEADER,
-            detail: "no v1= signature"
-        }));
+        assert_eq!(
+            check(Some(&non_hex), &[SECRET]),
+            Err(VerifyError::MalformedHeader {
+                header: SIGNATURE_HEADER,
+                detail: "no v1= signature"
+            })
+        );
     }
 
     #[test]
     fn empty_secret_list_is_a_configuration_error() {
         let header = sign(SECRET, NOW, BODY);
-        assert_eq!(check(Some(&header), &[]), Err(VerifyError::NoSecretConfigured));
-        assert_eq!(check(Some(&header), &[""]), Err(VerifyError::NoSecretConfigured));
+        assert_eq!(
+            check(Some(&header), &[]),
+            Err(VerifyError::NoSecretConfigured)
+        );
+        assert_eq!(
+            check(Some(&header), &[""]),
+            Err(VerifyError::NoSecretConfigured)
+        );
     }
 
     #[test]
     fn malformed_json_is_a_payload_error() {
-        assert!(matches!(map_event("m", b"{not json"), Err(IngestError::MalformedPayload(_))));
+        assert!(matches!(
+            map_event("m", b"{not json"),
+            Err(IngestError::MalformedPayload(_))
+        ));
         let wrong_shape = br#"{"id":"evt_1","type":"customer.subscription.created","created":1,"data":{"object":{"id":5}}}"#;
-        assert!(matches!(map_event("m", wrong_shape), Err(IngestError::MalformedPayload(_))));
+        assert!(matches!(
+            map_event("m", wrong_shape),
+            Err(IngestError::MalformedPayload(_))
+        ));
     }
 }

@@ -16,7 +16,11 @@ use std::time::{Duration, Instant};
 pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 #[derive(Debug, Clone)]
@@ -39,18 +43,24 @@ impl StandIn {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind stand-in");
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let scripts: Arc<Mutex<Vec<(String, Vec<(u16, String)>)>>> = Arc::new(Mutex::new(Vec::new()));
+        let scripts: Arc<Mutex<Vec<(String, Vec<(u16, String)>)>>> =
+            Arc::new(Mutex::new(Vec::new()));
         let (req_log, script_table) = (requests.clone(), scripts.clone());
         thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let Some(recorded) = read_request(&stream) else { continue };
+                let Some(recorded) = read_request(&stream) else {
+                    continue;
+                };
                 let (status, body) = {
                     let mut table = script_table.lock().unwrap();
                     table
                         .iter_mut()
                         .find(|(fragment, _)| recorded.target.contains(fragment.as_str()))
                         .and_then(|(_, answers)| (!answers.is_empty()).then(|| answers.remove(0)))
-                        .unwrap_or((200, r#"{"events_received":1,"messages":[],"fbtrace_id":"AbCdEf"}"#.into()))
+                        .unwrap_or((
+                            200,
+                            r#"{"events_received":1,"messages":[],"fbtrace_id":"AbCdEf"}"#.into(),
+                        ))
                 };
                 req_log.lock().unwrap().push(recorded);
                 let mut stream = stream;
@@ -61,16 +71,32 @@ impl StandIn {
                 );
             }
         });
-        StandIn { port, requests, scripts }
+        StandIn {
+            port,
+            requests,
+            scripts,
+        }
     }
 
     pub fn script(&self, path_fragment: &str, answers: Vec<(u16, &str)>) {
-        let answers = answers.into_iter().map(|(s, b)| (s, b.to_string())).collect();
-        self.scripts.lock().unwrap().push((path_fragment.to_string(), answers));
+        let answers = answers
+            .into_iter()
+            .map(|(s, b)| (s, b.to_string()))
+            .collect();
+        self.scripts
+            .lock()
+            .unwrap()
+            .push((path_fragment.to_string(), answers));
     }
 
     pub fn requests_to(&self, path_fragment: &str) -> Vec<Recorded> {
-        self.requests.lock().unwrap().iter().filter(|r| r.target.contains(path_fragment)).cloned().collect()
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.target.contains(path_fragment))
+            .cloned()
+            .collect()
     }
 
     pub fn base_url(&self) -> String {
@@ -79,7 +105,9 @@ impl StandIn {
 }
 
 fn read_request(stream: &TcpStream) -> Option<Recorded> {
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     reader.read_line(&mut line).ok()?;
@@ -102,7 +130,11 @@ fn read_request(stream: &TcpStream) -> Option<Recorded> {
     }
     let mut body = vec![0u8; length];
     reader.read_exact(&mut body).ok()?;
-    Some(Recorded { method, target, body: String::from_utf8_lossy(&body).into_owned() })
+    Some(Recorded {
+        method,
+        target,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }
 
 pub struct HttpResponse {
@@ -117,9 +149,17 @@ impl HttpResponse {
 }
 
 /// Minimal HTTP/1.1 client (Connection: close), enough for loopback tests.
-pub fn http(method: &str, port: u16, target: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+pub fn http(
+    method: &str,
+    port: u16,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to worker");
-    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
     let mut request = format!(
         "{method} {target} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\ncontent-length: {}\r\n",
         body.len()
@@ -130,30 +170,54 @@ pub fn http(method: &str, port: u16, target: &str, headers: &[(&str, &str)], bod
     request.push_str("\r\n");
     stream.write_all(request.as_bytes()).unwrap();
     stream.write_all(body).unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        dechunk(rest)
-    } else {
-        rest.to_string()
-    };
-    HttpResponse { status, body }
-}
-
-fn dechunk(mut rest: &str) -> String {
-    let mut out = String::new();
-    while let Some((size_line, after)) = rest.split_once("\r\n") {
-        let size = usize::from_str_radix(size_line.trim(), 16).unwrap_or(0);
-        if size == 0 || after.len() < size {
+    // Read the head, then exactly the body: the dev server may keep the socket open.
+    let mut reader = BufReader::new(stream);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
             break;
         }
-        out.push_str(&after[..size]);
-        rest = after[size..].trim_start_matches("\r\n");
+        head.push_str(&line);
     }
-    out
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    };
+    let body = if let Some(length) = header("content-length").and_then(|v| v.parse::<usize>().ok())
+    {
+        let mut buf = vec![0u8; length];
+        reader.read_exact(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf).into_owned()
+    } else if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        let mut out = Vec::new();
+        loop {
+            let mut size_line = String::new();
+            reader.read_line(&mut size_line).unwrap();
+            let size = usize::from_str_radix(size_line.trim(), 16).unwrap_or(0);
+            if size == 0 {
+                break;
+            }
+            let mut chunk = vec![0u8; size + 2];
+            reader.read_exact(&mut chunk).unwrap();
+            out.extend_from_slice(&chunk[..size]);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    } else {
+        let mut rest = String::new();
+        let _ = reader.read_to_string(&mut rest);
+        rest
+    };
+    HttpResponse { status, body }
 }
 
 /// A running `wrangler dev` with its own state directory, stopped on drop.
@@ -175,7 +239,11 @@ fn run(script: &str, args: &[&str]) {
         .stdin(Stdio::null())
         .status()
         .expect("run bash");
-    assert!(status.success(), "`{script} {}` failed; run `bash scripts/setup.sh` first", args.join(" "));
+    assert!(
+        status.success(),
+        "`{script} {}` failed; run `bash scripts/setup.sh` first",
+        args.join(" ")
+    );
 }
 
 impl Worker {
@@ -183,13 +251,23 @@ impl Worker {
     /// then starts `wrangler dev` with the given operator vars.
     pub fn start(seed_sql: &str, vars: &[(&str, String)]) -> Self {
         run("bash scripts/build-worker.sh", &[]);
-        let state_dir = std::env::temp_dir().join(format!("tracklayer-e2e-{}-{}", std::process::id(), free_port()));
+        let state_dir = std::env::temp_dir().join(format!(
+            "tracklayer-e2e-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
         std::fs::create_dir_all(&state_dir).unwrap();
         let state = state_dir.to_str().unwrap();
-        run("wrangler d1 migrations apply DB --local --persist-to", &[state]);
+        run(
+            "wrangler d1 migrations apply DB --local --persist-to",
+            &[state],
+        );
         let seed_path = state_dir.join("seed.sql");
         std::fs::write(&seed_path, seed_sql).unwrap();
-        run("wrangler d1 execute DB --local --persist-to", &[state, "--file", seed_path.to_str().unwrap()]);
+        run(
+            "wrangler d1 execute DB --local --persist-to",
+            &[state, "--file", seed_path.to_str().unwrap()],
+        );
 
         let port = free_port();
         let log_path = state_dir.join("wrangler.log");
@@ -216,7 +294,12 @@ impl Worker {
             .stderr(log)
             .spawn()
             .expect("spawn wrangler dev");
-        let worker = Worker { port, child, state_dir, log_path };
+        let worker = Worker {
+            port,
+            child,
+            state_dir,
+            log_path,
+        };
         let deadline = Instant::now() + Duration::from_secs(180);
         while Instant::now() < deadline {
             if TcpStream::connect(("127.0.0.1", port)).is_ok()
@@ -241,7 +324,9 @@ impl Worker {
 impl Drop for Worker {
     fn drop(&mut self) {
         // wrangler starts workerd as a child: stop the whole process group.
-        let _ = Command::new("kill").args(["-TERM", &format!("-{}", self.child.id())]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &format!("-{}", self.child.id())])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -249,7 +334,9 @@ impl Drop for Worker {
             }
             thread::sleep(Duration::from_millis(100));
         }
-        let _ = Command::new("kill").args(["-KILL", &format!("-{}", self.child.id())]).status();
+        let _ = Command::new("kill")
+            .args(["-KILL", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.wait();
         if std::env::var_os("TRACKLAYER_KEEP_E2E_STATE").is_none() {
             let _ = std::fs::remove_dir_all(&self.state_dir);
@@ -272,5 +359,8 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> O
 }
 
 pub fn map_of(value: &Value) -> HashMap<String, Value> {
-    value.as_object().map(|o| o.clone().into_iter().collect()).unwrap_or_default()
+    value
+        .as_object()
+        .map(|o| o.clone().into_iter().collect())
+        .unwrap_or_default()
 }
