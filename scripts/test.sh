@@ -5,4 +5,4 @@ set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
 bash scripts/setup.sh
-cargo test --all-targets -- --test-threads=1 "$@"
+cargo test --lib --tests -- --test-threads=1 "$@"
