@@ -54,7 +54,6 @@ impl IngestError {
     pub fn status(&self) -> u16 {
         match self {
             IngestError::MissingMerchantId | IngestError::MalformedPayload(_) => 400,
-            IngestError::Signature(VerifyError::NoSecretConfigured) => 401,
             IngestError::Signature(_) => 401,
             IngestError::MerchantDisabled(_) => 403,
             IngestError::UnknownMerchant(_)

@@ -211,21 +211,18 @@ async fn record_and_enqueue(
     }
     let queue = env.queue(DELIVERIES_BINDING)?;
     // Pre-serialised JSON as text: what arrives is exactly what was sent.
-    let mut messages = Vec::with_capacity(plan.jobs.len());
-    for job in &plan.jobs {
-        let body =
-            serde_json::to_string(job).map_err(|e| worker::Error::RustError(e.to_string()))?;
-        messages.push(
-            MessageBuilder::new(body)
-                .content_type(QueueContentType::Text)
-                .build(),
-        );
-    }
-    for chunk in messages.chunks_mut(100) {
-        let batch: Vec<_> = chunk
-            .iter_mut()
-            .map(|m| std::mem::replace(m, MessageBuilder::new(String::new()).build()))
-            .collect();
+    // sendBatch takes at most 100 messages.
+    for chunk in plan.jobs.chunks(100) {
+        let mut batch = Vec::with_capacity(chunk.len());
+        for job in chunk {
+            let body =
+                serde_json::to_string(job).map_err(|e| worker::Error::RustError(e.to_string()))?;
+            batch.push(
+                MessageBuilder::new(body)
+                    .content_type(QueueContentType::Text)
+                    .build(),
+            );
+        }
         queue.send_batch(batch).await?;
     }
     Ok(())

@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 use serde_json::Value;
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -356,11 +355,4 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> O
         }
         thread::sleep(Duration::from_millis(300));
     }
-}
-
-pub fn map_of(value: &Value) -> HashMap<String, Value> {
-    value
-        .as_object()
-        .map(|o| o.clone().into_iter().collect())
-        .unwrap_or_default()
 }
