@@ -84,7 +84,6 @@ fn items(worker: &Worker, merchant: &str, view: &str) -> Vec<Value> {
 }
 
 #[test]
-#[ignore = "teardown of wrangler dev currently takes down every process of the session (under investigation); run with --ignored"]
 fn stripe_webhook_travels_to_meta_on_a_local_cloudflare_stack() {
     let meta = StandIn::start();
     meta.script(

@@ -322,10 +322,11 @@ impl Worker {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        // wrangler starts workerd as a child: stop the whole process group.
-        let _ = Command::new("kill")
-            .args(["-TERM", &format!("-{}", self.child.id())])
-            .status();
+        // wrangler starts workerd as a child: signal the whole process group (setsid made
+        // the child its leader). kill(2) directly: procps `kill -TERM -PGID` left the group
+        // running here (the test then hung in wait), and `kill -s TERM -- -PGID` is a usage error.
+        let group = -(self.child.id() as libc::pid_t);
+        signal_group(group, libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -333,12 +334,20 @@ impl Drop for Worker {
             }
             thread::sleep(Duration::from_millis(100));
         }
-        let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{}", self.child.id())])
-            .status();
+        signal_group(group, libc::SIGKILL);
         let _ = self.child.wait();
         if std::env::var_os("TRACKLAYER_KEEP_E2E_STATE").is_none() {
             let _ = std::fs::remove_dir_all(&self.state_dir);
+        }
+    }
+}
+
+fn signal_group(group: libc::pid_t, signal: libc::c_int) {
+    // A group id of 0 or -1 would signal our own group or every process.
+    if group < -1 {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe {
+            libc::kill(group, signal);
         }
     }
 }
