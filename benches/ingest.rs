@@ -2,6 +2,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use tracklayer::config::{MerchantConfig, MetaConfig, StripeSourceConfig};
+use tracklayer::enrich::StoredContext;
 use tracklayer::ingest;
 use tracklayer::sources::{stripe, Headers};
 
@@ -31,14 +32,15 @@ fn bench_stripe(c: &mut Criterion) {
     let headers = Headers::new().with("Stripe-Signature", &stripe::sign(secret, now, &body));
     c.bench_function("stripe verify+parse+map (5.6 KB event)", |b| {
         b.iter(|| {
-            ingest::plan(
+            let output = ingest::verify_and_map(
                 "stripe",
                 black_box(&merchant),
                 black_box(&headers),
                 black_box(&body),
                 now,
             )
-            .unwrap()
+            .unwrap();
+            ingest::plan(output, &merchant, &StoredContext::default())
         })
     });
     c.bench_function("stripe verify only", |b| {

@@ -157,6 +157,8 @@ pub struct MerchantConfig {
     #[serde(default)]
     pub value_policy: ValuePolicy,
     #[serde(default)]
+    pub lifecycle: crate::enrich::LifecycleSettings,
+    #[serde(default)]
     pub stripe: Option<StripeSourceConfig>,
     #[serde(default)]
     pub meta: Option<MetaConfig>,
@@ -184,6 +186,7 @@ mod tests {
             merchant_id: "m".into(),
             name,
             source: source.into(),
+            occurrence_key: "evt".into(),
             source_event_id: "evt".into(),
             source_event_type: "t".into(),
             occurred_at: 0,
@@ -197,6 +200,7 @@ mod tests {
                 ..Values::default()
             },
             livemode: false,
+            properties: Default::default(),
         }
     }
 

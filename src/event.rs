@@ -3,6 +3,7 @@
 use crate::hashing::sha256_hex;
 use crate::money::{Amount, Interval};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Canonical taxonomy v1 (see shared product decisions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -156,11 +157,18 @@ pub struct SubscriptionDetails {
 /// One canonical lifecycle event. Serialised as JSON into queue messages and D1.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CanonicalEvent {
-    /// Deterministic: the same source event always yields the same id (see [`event_id`]).
+    /// Deterministic: the same occurrence always yields the same id (see [`event_id`]).
     pub event_id: String,
     pub merchant_id: String,
     pub name: EventName,
     pub source: String,
+    /// What identifies this occurrence at the source. Once-per-subscription milestones
+    /// (trial start, conversion, paid start, cancellation) use the subscription id, so the
+    /// same milestone reported by two webhook families (e.g. `customer.subscription.updated`
+    /// and `invoice.paid`) gets one event id and is counted once; renewals use the
+    /// subscription and period; everything else uses the source event id.
+    #[serde(default)]
+    pub occurrence_key: String,
     pub source_event_id: String,
     pub source_event_type: String,
     /// When it happened at the source, unix seconds.
@@ -173,14 +181,32 @@ pub struct CanonicalEvent {
     pub values: Values,
     #[serde(default)]
     pub livemode: bool,
+    /// Source facts worth keeping that have no typed field (invoice id, attempt count,
+    /// period start, milestone name, prior status …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
 }
 
-/// `tl_` + 32 hex chars of SHA-256 over (merchant, source, source event id, canonical name).
+impl CanonicalEvent {
+    /// Renames the event after enrichment learnt more (e.g. a renewal that is really the
+    /// first paid period after a trial), keeping the id deterministic.
+    pub fn reclassify(&mut self, name: EventName, occurrence_key: &str) {
+        self.name = name;
+        self.occurrence_key = occurrence_key.to_string();
+        self.event_id = event_id(&self.merchant_id, &self.source, occurrence_key, name);
+    }
+
+    pub fn property(&self, key: &str) -> Option<&str> {
+        self.properties.get(key).map(String::as_str)
+    }
+}
+
+/// `tl_` + 32 hex chars of SHA-256 over (merchant, source, occurrence key, canonical name).
 /// Stable across retries and redeliveries, unique per logical conversion, and short
 /// enough for every platform's dedup key field.
-pub fn event_id(merchant_id: &str, source: &str, source_event_id: &str, name: EventName) -> String {
+pub fn event_id(merchant_id: &str, source: &str, occurrence_key: &str, name: EventName) -> String {
     let digest = sha256_hex(&format!(
-        "{merchant_id}\u{1f}{source}\u{1f}{source_event_id}\u{1f}{}",
+        "{merchant_id}\u{1f}{source}\u{1f}{occurrence_key}\u{1f}{}",
         name.as_str()
     ));
     format!("tl_{}", &digest[..32])

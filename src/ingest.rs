@@ -3,6 +3,7 @@
 
 use crate::config::{MerchantConfig, MerchantStatus};
 use crate::delivery::DeliveryJob;
+use crate::enrich::{enrich, StoredContext};
 use crate::error::IngestError;
 use crate::sources::{self, Headers, SourceOutput};
 
@@ -28,20 +29,31 @@ pub struct IngestPlan {
     pub jobs: Vec<DeliveryJob>,
 }
 
-pub fn plan(
+/// Checks the merchant and the body, then verifies and maps with the source's module.
+pub fn verify_and_map(
     source_name: &str,
     merchant: &MerchantConfig,
     headers: &Headers,
     body: &[u8],
     now: i64,
-) -> Result<IngestPlan, IngestError> {
+) -> Result<SourceOutput, IngestError> {
     if merchant.status == MerchantStatus::Disabled {
         return Err(IngestError::MerchantDisabled(merchant.merchant_id.clone()));
     }
     check_body_size(body.len())?;
     let source =
         sources::find(source_name).ok_or_else(|| IngestError::UnknownSource(source_name.into()))?;
-    let output = (source.ingest)(merchant, headers, body, now)?;
+    (source.ingest)(merchant, headers, body, now)
+}
+
+/// Enriches the mapped events with stored context, then plans one delivery job per
+/// forwardable event per connected destination.
+pub fn plan(
+    mut output: SourceOutput,
+    merchant: &MerchantConfig,
+    context: &StoredContext,
+) -> IngestPlan {
+    enrich(&mut output.events, context, &merchant.lifecycle);
     let destinations = merchant.connected_destinations();
     let jobs = output
         .events
@@ -53,5 +65,5 @@ pub fn plan(
                 .map(move |d| DeliveryJob::new(event.clone(), d))
         })
         .collect();
-    Ok(IngestPlan { output, jobs })
+    IngestPlan { output, jobs }
 }

@@ -37,13 +37,8 @@ pub fn claim(existing: Option<SeenRecord>, now_ms: i64) -> ClaimOutcome {
     }
 }
 
-/// Stored state of one subscription.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SubscriptionState {
-    pub status: String,
-    pub observed_at: i64,
-    pub source_event_id: String,
-}
+/// Stored state of one subscription: its newest observation.
+pub type SubscriptionState = SubscriptionObservation;
 
 /// An observation replaces the state only if it is newer; ties (same second) are
 /// broken by event id so replays of any order converge on the same state.
@@ -105,16 +100,13 @@ mod tests {
             status: status.into(),
             observed_at: at,
             source_event_id: id.into(),
+            ..Default::default()
         }
     }
 
     #[test]
     fn older_events_never_overwrite_newer_state() {
-        let cancelled = SubscriptionState {
-            status: "canceled".into(),
-            observed_at: 200,
-            source_event_id: "evt_b".into(),
-        };
+        let cancelled = obs("canceled", 200, "evt_b");
         assert!(!should_apply(
             Some(&cancelled),
             &obs("trialing", 100, "evt_a")

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod delivery;
 pub mod destinations;
+pub mod enrich;
 pub mod error;
 pub mod event;
 pub mod hashing;

@@ -2,6 +2,7 @@
 //! signed the way Stripe signs and sent through the same ingest path the worker uses.
 
 use tracklayer::config::{MerchantConfig, MetaConfig, StripeSourceConfig};
+use tracklayer::enrich::StoredContext;
 use tracklayer::event::EventName;
 use tracklayer::ingest;
 use tracklayer::sources::{stripe, Headers};
@@ -41,7 +42,8 @@ fn ingest_fixture(name: &str) -> ingest::IngestPlan {
         .unwrap();
     let now = created + 5;
     let headers = Headers::new().with("stripe-signature", &stripe::sign(SECRET, now, &body));
-    ingest::plan("stripe", &merchant(), &headers, &body, now).expect(name)
+    let output = ingest::verify_and_map("stripe", &merchant(), &headers, &body, now).expect(name);
+    ingest::plan(output, &merchant(), &StoredContext::default())
 }
 
 struct Expect {
@@ -216,6 +218,319 @@ fn redelivery_yields_identical_event_ids() {
 #[test]
 fn oversized_body_is_refused_before_verification() {
     let body = vec![b' '; ingest::MAX_BODY_BYTES + 1];
-    let err = ingest::plan("stripe", &merchant(), &Headers::new(), &body, 0).unwrap_err();
+    let err = ingest::verify_and_map("stripe", &merchant(), &Headers::new(), &body, 0).unwrap_err();
     assert_eq!(err.status(), 413);
+}
+
+/// One lifecycle fixture: the canonical event it must become (`None`: acknowledged and
+/// recorded as ignored), its occurrence key, and fields of the serialised event.
+struct Lifecycle {
+    fixture: &'static str,
+    name: Option<EventName>,
+    occurrence_key: &'static str,
+    fields: &'static [(&'static str, &'static str)],
+}
+
+const SUB: &str = "sub_1RtQ8iLkdIwHu7ixq2nWcH4E";
+
+#[test]
+fn lifecycle_events_map_to_one_canonical_event_each() {
+    let table = [
+        Lifecycle {
+            fixture: "customer.subscription.updated.trial-converted.json",
+            name: Some(EventName::TrialConverted),
+            occurrence_key: SUB,
+            fields: &[
+                ("/values/mrr", "49.00"),
+                ("/values/arr", "588.00"),
+                ("/properties/prior_status", "trialing"),
+                ("/subscription/status", "active"),
+            ],
+        },
+        Lifecycle {
+            fixture: "customer.subscription.updated.upgrade.json",
+            name: Some(EventName::SubscriptionUpgraded),
+            occurrence_key: "evt_1SpUpgradeSeats0001",
+            fields: &[
+                ("/values/mrr", "147.00"),
+                ("/values/mrr_delta", "98.00"),
+                ("/properties/previous_mrr", "49.00"),
+            ],
+        },
+        Lifecycle {
+            fixture: "customer.subscription.updated.downgrade.json",
+            name: Some(EventName::SubscriptionDowngraded),
+            occurrence_key: "evt_1SpDowngradePlan001",
+            fields: &[
+                ("/values/mrr", "49.00"),
+                ("/values/mrr_delta", "-100.00"),
+                ("/subscription/plan_id", "price_1RkT9aLkdIwHu7ixGrowthM"),
+            ],
+        },
+        Lifecycle {
+            fixture: "customer.subscription.updated.cancel-scheduled.json",
+            name: Some(EventName::SubscriptionUpdated),
+            occurrence_key: "evt_1SpCancelSched0001",
+            fields: &[
+                ("/properties/cancel_scheduled_for", "1773532800"),
+                ("/subscription/cancel_reason", "cancellation_requested"),
+            ],
+        },
+        Lifecycle {
+            fixture: "customer.subscription.updated.cancel-reverted.json",
+            name: Some(EventName::SubscriptionReactivated),
+            occurrence_key: "evt_1SpCancelUndone001",
+            fields: &[
+                ("/properties/prior_status", "cancel_scheduled"),
+                ("/values/mrr", "49.00"),
+            ],
+        },
+        Lifecycle {
+            fixture: "customer.subscription.updated.pause-collection.json",
+            name: Some(EventName::SubscriptionPaused),
+            occurrence_key: "evt_1SpPauseCollect001",
+            fields: &[("/properties/pause_kind", "pause_collection")],
+        },
+        Lifecycle {
+            fixture: "customer.subscription.paused.json",
+            name: Some(EventName::SubscriptionPaused),
+            occurrence_key: "evt_1SpSubPaused00001",
+            fields: &[("/subscription/status", "paused")],
+        },
+        Lifecycle {
+            fixture: "customer.subscription.resumed.json",
+            name: Some(EventName::SubscriptionReactivated),
+            occurrence_key: "evt_1SpSubResumed0001",
+            fields: &[("/properties/prior_status", "paused")],
+        },
+        Lifecycle {
+            fixture: "invoice.paid.renewal.json",
+            name: Some(EventName::SubscriptionRenewed),
+            occurrence_key: "sub_1RtQ8iLkdIwHu7ixq2nWcH4E@1771113600",
+            fields: &[
+                ("/values/currency", "USD"),
+                ("/values/gross_value", "53.90"),
+                ("/values/net_value", "49.00"),
+                ("/values/tax_amount", "4.90"),
+                ("/customer/email", "jane.doe@example.com"),
+                ("/subscription/subscription_id", SUB),
+                ("/properties/invoice_id", "in_1SpRenewalFeb00001"),
+                ("/properties/period_start", "1771113600"),
+            ],
+        },
+        Lifecycle {
+            fixture: "invoice.paid.renewal.legacy-2024-06-20.json",
+            name: Some(EventName::SubscriptionRenewed),
+            occurrence_key: "sub_1RtQ8iLkdIwHu7ixq2nWcH4E@1771113600",
+            fields: &[
+                ("/values/gross_value", "49.00"),
+                ("/values/mrr", "49.00"),
+                ("/values/arr", "588.00"),
+                ("/subscription/subscription_id", SUB),
+            ],
+        },
+        Lifecycle {
+            fixture: "invoice.payment_failed.json",
+            name: Some(EventName::PaymentFailed),
+            occurrence_key: "in_1SpRenewalMar00001#2",
+            fields: &[
+                ("/values/gross_value", "53.90"),
+                ("/properties/attempt_count", "2"),
+                ("/properties/next_payment_attempt", "1773964800"),
+                ("/subscription/subscription_id", SUB),
+            ],
+        },
+        Lifecycle {
+            fixture: "refund.created.partial.json",
+            name: Some(EventName::Refund),
+            occurrence_key: "re_3SpRfnLkdIwHu7ix0Partial",
+            fields: &[
+                ("/values/gross_value", "20.00"),
+                ("/properties/charge_id", "ch_3SpRenLkdIwHu7ix1ChgFeb"),
+                ("/properties/refund_reason", "requested_by_customer"),
+            ],
+        },
+        Lifecycle {
+            fixture: "charge.refunded.partial.json",
+            name: Some(EventName::Refund),
+            occurrence_key: "ch_3SpRenLkdIwHu7ix1ChgFeb:refunded:2000",
+            fields: &[
+                ("/values/gross_value", "20.00"),
+                ("/customer/email", "jane.doe@example.com"),
+                ("/customer/customer_id", "cus_SpQ8gWmA1ZbXyT"),
+            ],
+        },
+        Lifecycle {
+            fixture: "invoice.paid.trial-invoice.json",
+            name: None,
+            occurrence_key: "",
+            fields: &[],
+        },
+        Lifecycle {
+            fixture: "invoice.payment_succeeded.renewal.json",
+            name: None,
+            occurrence_key: "",
+            fields: &[],
+        },
+    ];
+    for case in table {
+        let plan = ingest_fixture(case.fixture);
+        let Some(name) = case.name else {
+            assert!(plan.output.events.is_empty(), "{}", case.fixture);
+            assert!(plan.output.ignored_reason.is_some(), "{}", case.fixture);
+            assert!(plan.jobs.is_empty(), "{}", case.fixture);
+            continue;
+        };
+        assert_eq!(plan.output.events.len(), 1, "{}", case.fixture);
+        let event = &plan.output.events[0];
+        assert_eq!(event.name, name, "{}", case.fixture);
+        assert_eq!(
+            event.occurrence_key, case.occurrence_key,
+            "{}",
+            case.fixture
+        );
+        let json = serde_json::to_value(event).unwrap();
+        for (pointer, expected) in case.fields {
+            assert_eq!(
+                json.pointer(pointer).and_then(|v| v.as_str()),
+                Some(*expected),
+                "{} {pointer}",
+                case.fixture
+            );
+        }
+        let forwarded = usize::from(name.is_forwardable());
+        assert_eq!(plan.jobs.len(), forwarded, "{}", case.fixture);
+    }
+}
+
+fn mapped(name: &str) -> tracklayer::sources::SourceOutput {
+    let body = fixture(name);
+    let created = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["created"]
+        .as_i64()
+        .unwrap();
+    let headers = Headers::new().with("stripe-signature", &stripe::sign(SECRET, created, &body));
+    ingest::verify_and_map("stripe", &merchant(), &headers, &body, created).expect(name)
+}
+
+#[test]
+fn the_trial_end_invoice_and_the_status_change_are_one_conversion() {
+    let trial = mapped("customer.subscription.created.trialing.json");
+    let context = StoredContext {
+        subscription: trial.subscription.clone(),
+        customer: None,
+    };
+    let from_invoice = ingest::plan(mapped("invoice.paid.trial-end.json"), &merchant(), &context);
+    let from_update = ingest::plan(
+        mapped("customer.subscription.updated.trial-converted.json"),
+        &merchant(),
+        &context,
+    );
+    let invoice_event = &from_invoice.output.events[0];
+    assert_eq!(invoice_event.name, EventName::TrialConverted);
+    assert_eq!(
+        invoice_event.event_id,
+        from_update.output.events[0].event_id
+    );
+    assert_eq!(from_invoice.jobs[0].job_id, from_update.jobs[0].job_id);
+    // The invoice side learns MRR from the stored subscription state.
+    assert_eq!(invoice_event.values.mrr.unwrap().to_string(), "49.00");
+    assert_eq!(
+        invoice_event.values.gross_value.unwrap().to_string(),
+        "49.00"
+    );
+
+    // Without the trial in context, the same invoice is a renewal (nothing is invented).
+    let cold = ingest::plan(
+        mapped("invoice.paid.trial-end.json"),
+        &merchant(),
+        &StoredContext::default(),
+    );
+    assert_eq!(cold.output.events[0].name, EventName::SubscriptionRenewed);
+
+    // A later period is a renewal, and inherits the MRR of the current state.
+    let renewal = ingest::plan(mapped("invoice.paid.renewal.json"), &merchant(), &context);
+    assert_eq!(
+        renewal.output.events[0].name,
+        EventName::SubscriptionRenewed
+    );
+    assert_eq!(
+        renewal.output.events[0].values.mrr.unwrap().to_string(),
+        "49.00"
+    );
+}
+
+#[test]
+fn both_refund_webhooks_of_one_refund_count_once_when_stripe_names_it() {
+    let refund = mapped("refund.created.partial.json");
+    // Before API version 2022-11-15, charge.refunded lists its refunds.
+    let mut legacy: serde_json::Value =
+        serde_json::from_slice(&fixture("charge.refunded.partial.json")).unwrap();
+    let refund_object =
+        serde_json::from_slice::<serde_json::Value>(&fixture("refund.created.partial.json"))
+            .unwrap()["data"]["object"]
+            .clone();
+    legacy["api_version"] = "2020-08-27".into();
+    legacy["data"]["object"]["refunds"] = serde_json::json!({
+        "object": "list", "data": [refund_object], "has_more": false, "total_count": 1
+    });
+    let body = serde_json::to_vec(&legacy).unwrap();
+    let created = legacy["created"].as_i64().unwrap();
+    let headers = Headers::new().with("stripe-signature", &stripe::sign(SECRET, created, &body));
+    let from_charge =
+        ingest::verify_and_map("stripe", &merchant(), &headers, &body, created).unwrap();
+    assert_eq!(from_charge.events[0].event_id, refund.events[0].event_id);
+    assert_eq!(from_charge.ordering_key, refund.ordering_key);
+    assert_eq!(
+        from_charge.events[0].customer.email.as_deref(),
+        Some("jane.doe@example.com")
+    );
+}
+
+#[test]
+fn a_new_subscription_soon_after_a_cancellation_is_a_reactivation() {
+    let started = mapped("customer.subscription.created.active.json");
+    let occurred = started.events[0].occurred_at;
+    let customer = |days_ago: i64, sub: &str| tracklayer::enrich::KnownCustomer {
+        email: Some("ops@acme-analytics.io".into()),
+        last_cancelled_at: Some(occurred - days_ago * 86_400),
+        last_cancelled_subscription: Some(sub.into()),
+    };
+    let within = ingest::plan(
+        started.clone(),
+        &merchant(),
+        &StoredContext {
+            subscription: None,
+            customer: Some(customer(20, "sub_old")),
+        },
+    );
+    let event = &within.output.events[0];
+    assert_eq!(event.name, EventName::SubscriptionReactivated);
+    assert_eq!(event.property("prior_status"), Some("canceled"));
+    assert_eq!(event.property("previous_subscription_id"), Some("sub_old"));
+    assert_eq!(within.jobs.len(), 1);
+
+    let outside = ingest::plan(
+        started.clone(),
+        &merchant(),
+        &StoredContext {
+            subscription: None,
+            customer: Some(customer(200, "sub_old")),
+        },
+    );
+    assert_eq!(
+        outside.output.events[0].name,
+        EventName::SubscriptionStarted
+    );
+
+    let mut no_window = merchant();
+    no_window.lifecycle.recovery_window_days = 0;
+    let off = ingest::plan(
+        started,
+        &no_window,
+        &StoredContext {
+            subscription: None,
+            customer: Some(customer(20, "sub_old")),
+        },
+    );
+    assert_eq!(off.output.events[0].name, EventName::SubscriptionStarted);
 }

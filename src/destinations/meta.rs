@@ -233,6 +233,7 @@ mod tests {
             merchant_id: "m_1".into(),
             name: EventName::TrialStarted,
             source: "stripe".into(),
+            occurrence_key: "sub_1".into(),
             source_event_id: "evt_1".into(),
             source_event_type: "customer.subscription.created".into(),
             occurred_at: NOW - 60,
@@ -252,6 +253,7 @@ mod tests {
                 ..Values::default()
             },
             livemode: false,
+            properties: Default::default(),
         }
     }
 

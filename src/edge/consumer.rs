@@ -86,12 +86,14 @@ async fn deliver(
     let settings = operator_settings(env);
     let now = now_ms();
 
-    // Identity enrichment: an email learnt from an earlier customer event.
+    // Identity enrichment, again at send time: a customer event may have arrived after
+    // the subscription event that carried no email.
     if job.event.customer.email.is_none() {
         if let Some(customer_id) = job.event.customer.customer_id.clone() {
             job.event.customer.email = store
-                .customer_email(&merchant_id, &job.event.source, &customer_id)
-                .await?;
+                .known_customer(&merchant_id, &job.event.source, &customer_id)
+                .await?
+                .and_then(|c| c.email);
         }
     }
 
@@ -213,6 +215,7 @@ fn poison_letter(body: &str) -> DeadLetter {
             merchant_id: "unknown".into(),
             name: crate::event::EventName::SubscriptionUpdated,
             source: "unknown".into(),
+            occurrence_key: "unknown".into(),
             source_event_id: "unknown".into(),
             source_event_type: "unknown".into(),
             occurred_at: 0,
@@ -220,6 +223,7 @@ fn poison_letter(body: &str) -> DeadLetter {
             subscription: Default::default(),
             values: Default::default(),
             livemode: false,
+            properties: Default::default(),
         },
     };
     let preview: String = body.chars().take(500).collect();

@@ -29,6 +29,9 @@ struct CommitRequest {
 #[derive(Serialize, Deserialize)]
 pub struct ClaimResponse {
     pub outcome: ClaimOutcome,
+    /// The subscription's stored state, the context the caller maps against.
+    #[serde(default)]
+    pub subscription: Option<SubscriptionState>,
 }
 
 #[durable_object]
@@ -57,11 +60,25 @@ impl Ledger {
             None,
         )?;
         sql.exec(
-            "CREATE TABLE IF NOT EXISTS subscription (id INTEGER PRIMARY KEY CHECK (id = 1), status TEXT NOT NULL, \
-             observed_at INTEGER NOT NULL, source_event_id TEXT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS subscription_state (id INTEGER PRIMARY KEY CHECK (id = 1), \
+             state TEXT NOT NULL)",
             None,
         )?;
         Ok(())
+    }
+
+    fn current_state(&self) -> Result<Option<SubscriptionState>> {
+        #[derive(Deserialize)]
+        struct Row {
+            state: String,
+        }
+        let rows: Vec<Row> = self
+            .sql()
+            .exec("SELECT state FROM subscription_state WHERE id = 1", None)?
+            .to_array()?;
+        Ok(rows
+            .first()
+            .and_then(|row| serde_json::from_str(&row.state).ok()))
     }
 
     fn claim(&self, key: &str, now: i64) -> Result<ClaimOutcome> {
@@ -101,24 +118,15 @@ impl Ledger {
         let Some(observation) = &request.subscription else {
             return Ok(false);
         };
-        let current: Vec<SubscriptionState> = sql
-            .exec(
-                "SELECT status, observed_at, source_event_id FROM subscription WHERE id = 1",
-                None,
-            )?
-            .to_array()?;
-        if !ledger::should_apply(current.first(), observation) {
+        if !ledger::should_apply(self.current_state()?.as_ref(), observation) {
             return Ok(false);
         }
+        let state = serde_json::to_string(observation)
+            .map_err(|e| worker::Error::RustError(e.to_string()))?;
         sql.exec(
-            "INSERT INTO subscription (id, status, observed_at, source_event_id) VALUES (1, ?, ?, ?) \
-             ON CONFLICT (id) DO UPDATE SET status = excluded.status, observed_at = excluded.observed_at, \
-             source_event_id = excluded.source_event_id",
-            vec![
-                observation.status.as_str().into(),
-                int(observation.observed_at)?,
-                observation.source_event_id.as_str().into(),
-            ],
+            "INSERT INTO subscription_state (id, state) VALUES (1, ?) \
+             ON CONFLICT (id) DO UPDATE SET state = excluded.state",
+            vec![state.into()],
         )?;
         Ok(true)
     }
@@ -150,7 +158,11 @@ impl DurableObject for Ledger {
                 if outcome == ClaimOutcome::New {
                     self.schedule_purge().await?;
                 }
-                Response::from_json(&ClaimResponse { outcome })
+                let subscription = self.current_state()?;
+                Response::from_json(&ClaimResponse {
+                    outcome,
+                    subscription,
+                })
             }
             "/commit" => {
                 let body: CommitRequest = req.json().await?;
@@ -165,13 +177,7 @@ impl DurableObject for Ledger {
                 )?;
                 Response::from_json(&json!({ "released": true }))
             }
-            "/state" => {
-                let current: Vec<SubscriptionState> = self
-                    .sql()
-                    .exec("SELECT status, observed_at, source_event_id FROM subscription WHERE id = 1", None)?
-                    .to_array()?;
-                Response::from_json(&json!({ "subscription": current.first() }))
-            }
+            "/state" => Response::from_json(&json!({ "subscription": self.current_state()? })),
             _ => Response::error("not found", 404),
         }
     }
@@ -229,11 +235,11 @@ impl LedgerClient {
         Ok(response)
     }
 
-    pub async fn claim(&self, key: &str) -> Result<ClaimOutcome> {
+    pub async fn claim(&self, key: &str) -> Result<ClaimResponse> {
         let mut response = self
             .call("/claim", &ClaimRequest { key: key.into() })
             .await?;
-        Ok(response.json::<ClaimResponse>().await?.outcome)
+        response.json::<ClaimResponse>().await
     }
 
     pub async fn commit(

@@ -9,6 +9,7 @@ mod store;
 
 use crate::delivery::RetryPolicy;
 use crate::destinations::Endpoints;
+use crate::enrich::StoredContext;
 use crate::error::IngestError;
 use crate::hashing::constant_time_eq;
 use crate::ingest;
@@ -135,8 +136,8 @@ async fn webhook(mut req: Request, env: &Env, source: &str) -> Result<Response> 
         headers.insert(&name, &value);
     }
     let now = now_ms();
-    let plan = match ingest::plan(source, &merchant, &headers, &body, now / 1000) {
-        Ok(plan) => plan,
+    let output = match ingest::verify_and_map(source, &merchant, &headers, &body, now / 1000) {
+        Ok(output) => output,
         Err(err) => {
             if let IngestError::Signature(reason) = &err {
                 console_warn!("{source} webhook for merchant {merchant_id} refused: {reason}");
@@ -144,34 +145,58 @@ async fn webhook(mut req: Request, env: &Env, source: &str) -> Result<Response> 
             return ingest_error(&err);
         }
     };
-    let output = &plan.output;
-    let dedup_key = format!("{source}:{}", output.source_event_id);
+    let source_event_id = output.source_event_id.clone();
+    let dedup_key = format!("{source}:{source_event_id}");
     let ledger = LedgerClient::for_key(env, &merchant_id, &output.ordering_key)?;
-    match ledger.claim(&dedup_key).await? {
+    let claim = ledger.claim(&dedup_key).await?;
+    match claim.outcome {
         ClaimOutcome::Duplicate => {
             return json_response(
                 200,
-                &json!({ "status": "duplicate", "source_event_id": output.source_event_id }),
+                &json!({ "status": "duplicate", "source_event_id": source_event_id }),
             );
         }
         ClaimOutcome::InFlight => return ingest_error(&IngestError::InFlight),
         ClaimOutcome::New => {}
     }
-    if let Err(err) = record_and_enqueue(env, &store, &merchant_id, &plan, now).await {
-        console_error!(
-            "{source} event {} not accepted: {err}",
-            output.source_event_id
-        );
-        if let Err(release_err) = ledger.release(&dedup_key).await {
-            console_error!("ledger release failed: {release_err}");
-        }
-        return ingest_error(&IngestError::Unavailable(
-            "could not persist the event".into(),
-        ));
+    let accepted = async {
+        let customer = match output
+            .events
+            .iter()
+            .find_map(|e| e.customer.customer_id.clone())
+        {
+            Some(customer_id) => {
+                store
+                    .known_customer(&merchant_id, source, &customer_id)
+                    .await?
+            }
+            None => None,
+        };
+        let context = StoredContext {
+            subscription: claim.subscription,
+            customer,
+        };
+        let plan = ingest::plan(output, &merchant, &context);
+        let enqueued = record_and_enqueue(env, &store, &merchant_id, &plan, now).await?;
+        Ok::<_, worker::Error>((plan, enqueued))
     }
+    .await;
+    let (plan, enqueued) = match accepted {
+        Ok(done) => done,
+        Err(err) => {
+            console_error!("{source} event {source_event_id} not accepted: {err}");
+            if let Err(release_err) = ledger.release(&dedup_key).await {
+                console_error!("ledger release failed: {release_err}");
+            }
+            return ingest_error(&IngestError::Unavailable(
+                "could not persist the event".into(),
+            ));
+        }
+    };
+    let output = &plan.output;
     if let Err(err) = ledger.commit(&dedup_key, output.subscription.clone()).await {
         // The event is safe in D1 and on the queue; a redelivery after the lease is
-        // stopped by the consumer's per-job ledger.
+        // stopped by the enqueue bookkeeping and the consumer's per-job ledger.
         console_error!("ledger commit failed for {dedup_key}: {err}");
     }
     let status = if output.ignored_reason.is_some() {
@@ -182,8 +207,19 @@ async fn webhook(mut req: Request, env: &Env, source: &str) -> Result<Response> 
     let events: Vec<_> = output
         .events
         .iter()
-        .map(|e| json!({ "event_id": e.event_id, "name": e.name.as_str(), "forwarded": e.name.is_forwardable() }))
+        .map(|e| {
+            json!({
+                "event_id": e.event_id,
+                "name": e.name.as_str(),
+                "forwarded": e.name.is_forwardable() && enqueued.contains(&e.event_id),
+            })
+        })
         .collect();
+    let deliveries_enqueued = plan
+        .jobs
+        .iter()
+        .filter(|job| enqueued.contains(&job.event.event_id))
+        .count();
     json_response(
         if status == "accepted" { 202 } else { 200 },
         &json!({
@@ -191,28 +227,40 @@ async fn webhook(mut req: Request, env: &Env, source: &str) -> Result<Response> 
             "source_event_id": output.source_event_id,
             "reason": output.ignored_reason,
             "events": events,
-            "deliveries_enqueued": plan.jobs.len(),
+            "deliveries_enqueued": deliveries_enqueued,
         }),
     )
 }
 
+/// Records the plan in D1, then enqueues the jobs of events not enqueued before (the
+/// same conversion may already have come through another webhook), then marks them.
+/// Returns the ids of the events whose jobs this call enqueued.
 async fn record_and_enqueue(
     env: &Env,
     store: &Store,
     merchant_id: &str,
     plan: &ingest::IngestPlan,
     now: i64,
-) -> Result<()> {
+) -> Result<Vec<String>> {
     store
         .record_ingest(merchant_id, &plan.output, &plan.jobs, now)
         .await?;
-    if plan.jobs.is_empty() {
-        return Ok(());
-    }
+    let ids: Vec<&str> = plan
+        .output
+        .events
+        .iter()
+        .map(|e| e.event_id.as_str())
+        .collect();
+    let pending = store.events_to_enqueue(&ids).await?;
+    let jobs: Vec<_> = plan
+        .jobs
+        .iter()
+        .filter(|job| pending.contains(&job.event.event_id))
+        .collect();
     let queue = env.queue(DELIVERIES_BINDING)?;
     // Pre-serialised JSON as text: what arrives is exactly what was sent.
     // sendBatch takes at most 100 messages.
-    for chunk in plan.jobs.chunks(100) {
+    for chunk in jobs.chunks(100) {
         let mut batch = Vec::with_capacity(chunk.len());
         for job in chunk {
             let body =
@@ -225,9 +273,10 @@ async fn record_and_enqueue(
         }
         queue.send_batch(batch).await?;
     }
-    Ok(())
+    let pending_refs: Vec<&str> = pending.iter().map(String::as_str).collect();
+    store.mark_enqueued(&pending_refs, now).await?;
+    Ok(pending)
 }
-
 /// Read-only operator views, authenticated by the `ADMIN_TOKEN` secret.
 async fn admin_read(req: &Request, env: &Env, merchant_id: &str, view: &str) -> Result<Response> {
     let Ok(expected) = env.secret("ADMIN_TOKEN").map(|s| s.to_string()) else {

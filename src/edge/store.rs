@@ -2,6 +2,8 @@
 
 use crate::config::{MerchantConfig, MetaConfig, StripeSourceConfig};
 use crate::delivery::{DeadLetter, DeliveryJob};
+use crate::enrich::KnownCustomer;
+use crate::event::{CanonicalEvent, EventName};
 use crate::sources::{CustomerRecord, SourceOutput};
 use serde::Deserialize;
 use serde_json::Value;
@@ -37,6 +39,7 @@ struct MerchantRow {
     plan: String,
     status: String,
     value_policy: String,
+    lifecycle: String,
 }
 
 #[derive(Deserialize)]
@@ -63,7 +66,7 @@ impl Store {
     pub async fn load_merchant(&self, merchant_id: &str) -> Result<Option<MerchantConfig>> {
         let row: Option<MerchantRow> = self
             .db
-            .prepare("SELECT merchant_id, region, plan, status, value_policy FROM merchants WHERE merchant_id = ?1")
+            .prepare("SELECT merchant_id, region, plan, status, value_policy, lifecycle FROM merchants WHERE merchant_id = ?1")
             .bind(&[text(merchant_id)])?
             .first(None)
             .await?;
@@ -75,6 +78,9 @@ impl Store {
             status: enum_field(merchant_id, "status", &row.status)?,
             value_policy: serde_json::from_str(&row.value_policy).map_err(|_| {
                 worker::Error::RustError(format!("merchant {merchant_id}: invalid value_policy"))
+            })?,
+            lifecycle: serde_json::from_str(&row.lifecycle).map_err(|_| {
+                worker::Error::RustError(format!("merchant {merchant_id}: invalid lifecycle"))
             })?,
             stripe: None,
             meta: None,
@@ -173,6 +179,13 @@ impl Store {
         if let Some(customer) = &output.customer {
             statements.push(self.upsert_customer(merchant_id, output.source, customer, now_ms)?);
         }
+        for event in &output.events {
+            if event.name == EventName::SubscriptionCancelled {
+                if let Some(statement) = self.remember_cancellation(merchant_id, event, now_ms)? {
+                    statements.push(statement);
+                }
+            }
+        }
         if !statements.is_empty() {
             self.db.batch(statements).await?;
         }
@@ -204,23 +217,102 @@ impl Store {
             ])
     }
 
-    pub async fn customer_email(
+    /// The newest cancellation per customer, for the reactivation rule.
+    fn remember_cancellation(
+        &self,
+        merchant_id: &str,
+        event: &CanonicalEvent,
+        now_ms: i64,
+    ) -> Result<Option<worker::D1PreparedStatement>> {
+        let Some(customer_id) = &event.customer.customer_id else {
+            return Ok(None);
+        };
+        let cancelled_at = event
+            .subscription
+            .effective_end_at
+            .unwrap_or(event.occurred_at);
+        let statement = self
+            .db
+            .prepare(
+                "INSERT INTO customers (merchant_id, source, customer_id, email, observed_at_s, updated_at, \
+                 last_cancelled_at_s, last_cancelled_subscription) VALUES (?1, ?2, ?3, NULL, 0, ?4, ?5, ?6) \
+                 ON CONFLICT (merchant_id, source, customer_id) DO UPDATE SET \
+                 last_cancelled_at_s = excluded.last_cancelled_at_s, \
+                 last_cancelled_subscription = excluded.last_cancelled_subscription, updated_at = excluded.updated_at \
+                 WHERE customers.last_cancelled_at_s IS NULL OR excluded.last_cancelled_at_s >= customers.last_cancelled_at_s",
+            )
+            .bind(&[
+                text(merchant_id),
+                text(&event.source),
+                text(customer_id),
+                int(now_ms),
+                int(cancelled_at),
+                opt_text(event.subscription.subscription_id.as_deref()),
+            ])?;
+        Ok(Some(statement))
+    }
+
+    pub async fn known_customer(
         &self,
         merchant_id: &str,
         source: &str,
         customer_id: &str,
-    ) -> Result<Option<String>> {
+    ) -> Result<Option<KnownCustomer>> {
         #[derive(Deserialize)]
         struct Row {
             email: Option<String>,
+            last_cancelled_at_s: Option<i64>,
+            last_cancelled_subscription: Option<String>,
         }
         let row: Option<Row> = self
             .db
-            .prepare("SELECT email FROM customers WHERE merchant_id = ?1 AND source = ?2 AND customer_id = ?3")
+            .prepare(
+                "SELECT email, last_cancelled_at_s, last_cancelled_subscription FROM customers \
+                 WHERE merchant_id = ?1 AND source = ?2 AND customer_id = ?3",
+            )
             .bind(&[text(merchant_id), text(source), text(customer_id)])?
             .first(None)
             .await?;
-        Ok(row.and_then(|r| r.email))
+        Ok(row.map(|r| KnownCustomer {
+            email: r.email,
+            last_cancelled_at: r.last_cancelled_at_s,
+            last_cancelled_subscription: r.last_cancelled_subscription,
+        }))
+    }
+
+    /// Of these events, the ones whose delivery jobs are not on the queue yet. One
+    /// logical conversion reported by two webhooks is enqueued once.
+    pub async fn events_to_enqueue(&self, event_ids: &[&str]) -> Result<Vec<String>> {
+        #[derive(Deserialize)]
+        struct Row {
+            event_id: String,
+        }
+        let mut pending = Vec::new();
+        for event_id in event_ids {
+            let row: Option<Row> = self
+                .db
+                .prepare("SELECT event_id FROM canonical_events WHERE event_id = ?1 AND enqueued_at IS NULL")
+                .bind(&[text(event_id)])?
+                .first(None)
+                .await?;
+            pending.extend(row.map(|r| r.event_id));
+        }
+        Ok(pending)
+    }
+
+    pub async fn mark_enqueued(&self, event_ids: &[&str], now_ms: i64) -> Result<()> {
+        let mut statements = Vec::new();
+        for event_id in event_ids {
+            statements.push(
+                self.db
+                    .prepare("UPDATE canonical_events SET enqueued_at = ?2 WHERE event_id = ?1 AND enqueued_at IS NULL")
+                    .bind(&[text(event_id), int(now_ms)])?,
+            );
+        }
+        if !statements.is_empty() {
+            self.db.batch(statements).await?;
+        }
+        Ok(())
     }
 
     pub async fn delivery(&self, job_id: &str) -> Result<Option<DeliveryRow>> {

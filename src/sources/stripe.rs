@@ -133,20 +133,42 @@ struct StripeEvent {
 #[derive(Deserialize)]
 struct EventData {
     object: Value,
+    /// Only on `*.updated`: the changed attributes' previous values.
+    #[serde(default)]
+    previous_attributes: Option<Value>,
 }
 
-/// `customer` is an id, or the whole object when the merchant expands it.
+/// `customer`, `charge`, `subscription`: an id, or the whole object when expanded.
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum CustomerField {
+enum Expandable {
     Id(String),
-    Object { id: String, email: Option<String> },
+    Object {
+        id: String,
+        #[serde(default)]
+        email: Option<String>,
+    },
+}
+
+impl Expandable {
+    fn id(&self) -> &str {
+        match self {
+            Expandable::Id(id) | Expandable::Object { id, .. } => id,
+        }
+    }
+
+    fn email(&self) -> Option<&str> {
+        match self {
+            Expandable::Id(_) => None,
+            Expandable::Object { email, .. } => email.as_deref(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
 struct Subscription {
     id: String,
-    customer: Option<CustomerField>,
+    customer: Option<Expandable>,
     status: String,
     #[serde(default)]
     items: ItemList,
@@ -154,6 +176,12 @@ struct Subscription {
     trial_end: Option<i64>,
     canceled_at: Option<i64>,
     ended_at: Option<i64>,
+    cancel_at: Option<i64>,
+    #[serde(default)]
+    cancel_at_period_end: bool,
+    /// Before `2025-03-31.basil`; later versions carry it per item.
+    current_period_end: Option<i64>,
+    pause_collection: Option<Value>,
     cancellation_details: Option<CancellationDetails>,
     currency: Option<String>,
 }
@@ -168,6 +196,7 @@ struct ItemList {
 struct SubscriptionItem {
     price: Option<Price>,
     quantity: Option<i64>,
+    current_period_end: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -202,95 +231,279 @@ struct StripeCustomer {
     email: Option<String>,
 }
 
+#[derive(Deserialize)]
+struct Invoice {
+    id: String,
+    customer: Option<Expandable>,
+    customer_email: Option<String>,
+    currency: String,
+    #[serde(default)]
+    amount_paid: i64,
+    #[serde(default)]
+    amount_due: i64,
+    billing_reason: Option<String>,
+    attempt_count: Option<i64>,
+    next_payment_attempt: Option<i64>,
+    /// Before `2025-03-31.basil`.
+    subscription: Option<Expandable>,
+    /// `2025-03-31.basil` and later: `parent.subscription_details.subscription`.
+    parent: Option<InvoiceParent>,
+    /// Before basil: one tax total.
+    tax: Option<i64>,
+    /// Basil and later: taxes itemised.
+    total_taxes: Option<Vec<TaxAmount>>,
+    #[serde(default)]
+    lines: InvoiceLines,
+}
+
+#[derive(Deserialize)]
+struct InvoiceParent {
+    subscription_details: Option<SubscriptionDetailsRef>,
+}
+
+#[derive(Deserialize)]
+struct SubscriptionDetailsRef {
+    subscription: Option<Expandable>,
+}
+
+#[derive(Deserialize)]
+struct TaxAmount {
+    amount: i64,
+}
+
+#[derive(Deserialize, Default)]
+struct InvoiceLines {
+    #[serde(default)]
+    data: Vec<InvoiceLine>,
+}
+
+#[derive(Deserialize)]
+struct InvoiceLine {
+    period: Option<Period>,
+    /// Before basil the line carries the price itself.
+    price: Option<Price>,
+    quantity: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct Period {
+    start: i64,
+    end: i64,
+}
+
+impl Invoice {
+    fn subscription_id(&self) -> Option<&str> {
+        self.parent
+            .as_ref()
+            .and_then(|p| p.subscription_details.as_ref())
+            .and_then(|d| d.subscription.as_ref())
+            .or(self.subscription.as_ref())
+            .map(Expandable::id)
+    }
+
+    fn tax_minor(&self) -> i64 {
+        match &self.total_taxes {
+            Some(taxes) => taxes.iter().map(|t| t.amount).sum(),
+            None => self.tax.unwrap_or(0),
+        }
+    }
+
+    /// The service period the invoice pays for (line periods, not the invoice's own
+    /// `period_start`, which for cycle invoices describes the period just ended).
+    fn service_period(&self) -> Option<&Period> {
+        self.lines.data.iter().find_map(|l| l.period.as_ref())
+    }
+}
+
+#[derive(Deserialize)]
+struct Refund {
+    id: String,
+    amount: i64,
+    currency: String,
+    charge: Option<Expandable>,
+    status: Option<String>,
+    reason: Option<String>,
+    /// Only used to pick the newest refund in a pre-2022-11-15 `charge.refunds` list.
+    #[serde(default)]
+    created: i64,
+}
+
+#[derive(Deserialize)]
+struct Charge {
+    id: String,
+    currency: String,
+    #[serde(default)]
+    amount_refunded: i64,
+    customer: Option<Expandable>,
+    billing_details: Option<BillingDetails>,
+    receipt_email: Option<String>,
+    invoice: Option<Expandable>,
+    /// Included before API version 2022-11-15 only.
+    refunds: Option<RefundList>,
+}
+
+#[derive(Deserialize)]
+struct BillingDetails {
+    email: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RefundList {
+    #[serde(default)]
+    data: Vec<Refund>,
+}
+
 fn malformed(err: impl std::fmt::Display) -> IngestError {
     IngestError::MalformedPayload(err.to_string())
 }
 
-/// Maps a verified Stripe event body to canonical events.
-pub fn map_event(merchant_id: &str, body: &[u8]) -> Result<SourceOutput, IngestError> {
-    let event: StripeEvent = serde_json::from_slice(body).map_err(malformed)?;
-    let mut output = SourceOutput {
-        source: NAME,
-        source_event_id: event.id.clone(),
-        source_event_type: event.event_type.clone(),
-        occurred_at: event.created,
-        ordering_key: "merchant".into(),
-        events: Vec::new(),
-        subscription: None,
-        customer: None,
-        ignored_reason: None,
-    };
-    match event.event_type.as_str() {
-        "customer.subscription.created" | "customer.subscription.deleted" => {
-            let sub: Subscription =
-                serde_json::from_value(event.data.object.clone()).map_err(malformed)?;
-            let name = match (event.event_type.as_str(), sub.status.as_str()) {
-                ("customer.subscription.deleted", _) => EventName::SubscriptionCancelled,
-                (_, "trialing") => EventName::TrialStarted,
-                (_, "active") => EventName::SubscriptionStarted,
-                _ => EventName::SubscriptionCreated,
-            };
-            output.ordering_key = format!("subscription:{}", sub.id);
-            output.subscription = Some(SubscriptionObservation {
-                subscription_id: sub.id.clone(),
-                status: sub.status.clone(),
-                observed_at: event.created,
-                source_event_id: event.id.clone(),
-            });
-            output
-                .events
-                .push(subscription_event(merchant_id, &event, &sub, name));
-        }
-        "customer.created" | "customer.updated" => {
-            let customer: StripeCustomer =
-                serde_json::from_value(event.data.object.clone()).map_err(malformed)?;
-            output.ordering_key = format!("customer:{}", customer.id);
-            output.customer = Some(CustomerRecord {
-                customer_id: customer.id,
-                email: customer.email.filter(|e| !e.trim().is_empty()),
-                observed_at: event.created,
-            });
-        }
-        other => {
-            output.ignored_reason = Some(format!("stripe event type {other} is not mapped"));
-        }
-    }
-    Ok(output)
+fn parse<T: serde::de::DeserializeOwned>(value: &Value) -> Result<T, IngestError> {
+    T::deserialize(value).map_err(malformed)
 }
 
-fn subscription_event(
-    merchant_id: &str,
-    event: &StripeEvent,
-    sub: &Subscription,
-    name: EventName,
-) -> CanonicalEvent {
-    let (customer_id, email) = match &sub.customer {
-        Some(CustomerField::Id(id)) => (Some(id.clone()), None),
-        Some(CustomerField::Object { id, email }) => (Some(id.clone()), email.clone()),
-        None => (None, None),
-    };
-    let mut values = recurring_values(sub);
-    if name == EventName::SubscriptionCancelled {
-        values.mrr_delta = values.mrr.map(Amount::negated);
-    }
-    let first_recurring = sub
-        .items
-        .data
-        .iter()
-        .find_map(|item| item.price.as_ref().and_then(|p| p.recurring.as_ref()));
-    CanonicalEvent {
-        event_id: event_id(merchant_id, NAME, &event.id, name),
-        merchant_id: merchant_id.to_string(),
-        name,
-        source: NAME.to_string(),
-        source_event_id: event.id.clone(),
-        source_event_type: event.event_type.clone(),
-        occurred_at: event.created,
-        customer: Customer {
-            customer_id,
-            email: email.filter(|e| !e.trim().is_empty()),
+fn non_empty(value: Option<&str>) -> Option<String> {
+    value
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+}
+
+/// Maps a verified Stripe event body to canonical events.
+///
+/// One event family per fact, so nothing counts twice: starts, conversions, plan
+/// changes, pauses and cancellations come from `customer.subscription.*`; renewals and
+/// payment failures from invoices (`invoice.paid`, not `invoice.payment_succeeded`);
+/// refunds from `refund.created`, or `charge.refunded` when it lists the refund.
+pub fn map_event(merchant_id: &str, body: &[u8]) -> Result<SourceOutput, IngestError> {
+    let event: StripeEvent = serde_json::from_slice(body).map_err(malformed)?;
+    let mut mapper = Mapper {
+        merchant_id,
+        event: &event,
+        output: SourceOutput {
+            source: NAME,
+            source_event_id: event.id.clone(),
+            source_event_type: event.event_type.clone(),
+            occurred_at: event.created,
+            ordering_key: "merchant".into(),
+            events: Vec::new(),
+            subscription: None,
+            customer: None,
+            ignored_reason: None,
         },
-        subscription: SubscriptionDetails {
+    };
+    let object = &event.data.object;
+    match event.event_type.as_str() {
+        "customer.subscription.created" => {
+            let sub: Subscription = parse(object)?;
+            let name = match sub.status.as_str() {
+                "trialing" => EventName::TrialStarted,
+                "active" => EventName::SubscriptionStarted,
+                _ => EventName::SubscriptionCreated,
+            };
+            mapper.subscription(&sub, name, None);
+        }
+        "customer.subscription.updated" => {
+            let sub: Subscription = parse(object)?;
+            let previous = event.data.previous_attributes.clone().unwrap_or_default();
+            mapper.subscription_update(&sub, &previous)?;
+        }
+        "customer.subscription.paused" => {
+            let sub: Subscription = parse(object)?;
+            mapper.subscription(&sub, EventName::SubscriptionPaused, None);
+        }
+        "customer.subscription.resumed" => {
+            let sub: Subscription = parse(object)?;
+            mapper.subscription(&sub, EventName::SubscriptionReactivated, Some("paused"));
+        }
+        "customer.subscription.deleted" => {
+            let sub: Subscription = parse(object)?;
+            mapper.subscription(&sub, EventName::SubscriptionCancelled, None);
+        }
+        "invoice.paid" => mapper.invoice_paid(&parse(object)?),
+        "invoice.payment_failed" => mapper.invoice_failed(&parse(object)?),
+        "refund.created" => {
+            let refund: Refund = parse(object)?;
+            mapper.refund(&refund, None);
+        }
+        "charge.refunded" => {
+            let charge: Charge = parse(object)?;
+            let previous = event.data.previous_attributes.as_ref();
+            mapper.charge_refunded(&charge, previous);
+        }
+        "customer.created" | "customer.updated" => {
+            let customer: StripeCustomer = parse(object)?;
+            mapper.output.ordering_key = format!("customer:{}", customer.id);
+            mapper.output.customer = Some(CustomerRecord {
+                customer_id: customer.id,
+                email: non_empty(customer.email.as_deref()),
+                observed_at: event.created,
+            });
+        }
+        "invoice.payment_succeeded" => {
+            mapper.ignore("counted from invoice.paid, which Stripe sends for the same payment")
+        }
+        "customer.subscription.trial_will_end" => {
+            mapper.ignore("a reminder before the trial ends, not a lifecycle change")
+        }
+        other => mapper.ignore(&format!("stripe event type {other} is not mapped")),
+    }
+    Ok(mapper.output)
+}
+
+struct Mapper<'a> {
+    merchant_id: &'a str,
+    event: &'a StripeEvent,
+    output: SourceOutput,
+}
+
+impl Mapper<'_> {
+    fn ignore(&mut self, reason: &str) {
+        self.output.ignored_reason = Some(reason.to_string());
+    }
+
+    fn new_event(&self, name: EventName, occurrence_key: &str) -> CanonicalEvent {
+        CanonicalEvent {
+            event_id: event_id(self.merchant_id, NAME, occurrence_key, name),
+            merchant_id: self.merchant_id.to_string(),
+            name,
+            source: NAME.to_string(),
+            occurrence_key: occurrence_key.to_string(),
+            source_event_id: self.event.id.clone(),
+            source_event_type: self.event.event_type.clone(),
+            occurred_at: self.event.created,
+            customer: Customer::default(),
+            subscription: SubscriptionDetails::default(),
+            values: Values::default(),
+            livemode: self.event.livemode,
+            properties: Default::default(),
+        }
+    }
+
+    /// Milestones that happen once per subscription share its id as occurrence key.
+    fn occurrence_key(&self, name: EventName, sub: &Subscription) -> String {
+        match name {
+            EventName::TrialStarted
+            | EventName::TrialConverted
+            | EventName::SubscriptionStarted
+            | EventName::SubscriptionCancelled => sub.id.clone(),
+            _ => self.event.id.clone(),
+        }
+    }
+
+    fn subscription(&mut self, sub: &Subscription, name: EventName, prior_status: Option<&str>) {
+        let values = recurring_values(&sub.items.data, sub.currency.as_deref());
+        self.observe(sub, &values);
+        let mut event = self.new_event(name, &self.occurrence_key(name, sub));
+        event.customer = Customer {
+            customer_id: sub.customer.as_ref().map(|c| c.id().to_string()),
+            email: non_empty(sub.customer.as_ref().and_then(Expandable::email)),
+        };
+        let first_recurring = sub
+            .items
+            .data
+            .iter()
+            .find_map(|item| item.price.as_ref().and_then(|p| p.recurring.as_ref()));
+        event.subscription = SubscriptionDetails {
             subscription_id: Some(sub.id.clone()),
             status: Some(sub.status.clone()),
             plan_id: sub
@@ -311,22 +524,359 @@ fn subscription_event(
                 .cancellation_details
                 .as_ref()
                 .and_then(|d| d.reason.clone()),
-        },
-        values,
-        livemode: event.livemode,
+        };
+        event.values = values;
+        if name == EventName::SubscriptionCancelled {
+            event.values.mrr_delta = event.values.mrr.map(Amount::negated);
+        }
+        if let Some(prior) = prior_status {
+            event.properties.insert("prior_status".into(), prior.into());
+        }
+        self.output.events.push(event);
     }
+
+    fn observe(&mut self, sub: &Subscription, values: &Values) {
+        self.output.ordering_key = format!("subscription:{}", sub.id);
+        self.output.subscription = Some(SubscriptionObservation {
+            subscription_id: sub.id.clone(),
+            status: sub.status.clone(),
+            observed_at: self.event.created,
+            source_event_id: self.event.id.clone(),
+            trial_end_at: sub.trial_end,
+            currency: values.currency.clone(),
+            mrr: values.mrr,
+            arr: values.arr,
+        });
+    }
+
+    /// `customer.subscription.updated`: what changed is in `previous_attributes`.
+    fn subscription_update(
+        &mut self,
+        sub: &Subscription,
+        previous: &Value,
+    ) -> Result<(), IngestError> {
+        let previous_status = previous.get("status").and_then(Value::as_str);
+        let changed = |key: &str| previous.get(key).is_some();
+        if let Some(before) = previous_status {
+            match (before, sub.status.as_str()) {
+                ("trialing", "active") => {
+                    self.subscription(sub, EventName::TrialConverted, Some(before));
+                    return Ok(());
+                }
+                ("incomplete", "active") => {
+                    // First payment of a subscription created `incomplete` (e.g. SCA).
+                    self.subscription(sub, EventName::SubscriptionStarted, Some(before));
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+        if changed("items") && previous_status.is_none() {
+            let old_items: ItemList = parse(&previous["items"])?;
+            let before = recurring_values(&old_items.data, sub.currency.as_deref());
+            let after = recurring_values(&sub.items.data, sub.currency.as_deref());
+            if let (Some(old_mrr), Some(new_mrr)) = (before.mrr, after.mrr) {
+                let delta = new_mrr.minor - old_mrr.minor;
+                if delta != 0 {
+                    let name = if delta > 0 {
+                        EventName::SubscriptionUpgraded
+                    } else {
+                        EventName::SubscriptionDowngraded
+                    };
+                    self.subscription(sub, name, None);
+                    if let Some(event) = self.output.events.last_mut() {
+                        event.values.mrr_delta = Some(Amount {
+                            minor: delta,
+                            exponent: new_mrr.exponent,
+                        });
+                        event
+                            .properties
+                            .insert("previous_mrr".into(), old_mrr.to_string());
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        if changed("pause_collection") {
+            let was_paused = !previous["pause_collection"].is_null();
+            let is_paused = sub.pause_collection.as_ref().is_some_and(|p| !p.is_null());
+            if !was_paused && is_paused {
+                self.subscription(sub, EventName::SubscriptionPaused, None);
+                self.tag_last("pause_kind", "pause_collection");
+                return Ok(());
+            }
+            if was_paused && !is_paused {
+                self.subscription(sub, EventName::SubscriptionReactivated, Some("paused"));
+                return Ok(());
+            }
+        }
+        let cancel_was_scheduled = previous
+            .get("cancel_at_period_end")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+            || previous.get("cancel_at").is_some_and(|v| !v.is_null());
+        let cancel_is_scheduled = sub.cancel_at_period_end || sub.cancel_at.is_some();
+        if (changed("cancel_at_period_end") || changed("cancel_at"))
+            && cancel_was_scheduled
+            && !cancel_is_scheduled
+            && sub.status != "canceled"
+        {
+            self.subscription(
+                sub,
+                EventName::SubscriptionReactivated,
+                Some("cancel_scheduled"),
+            );
+            return Ok(());
+        }
+        // Anything else (scheduled cancellation, renewal bookkeeping, metadata, status
+        // moves counted by their own events) is recorded without revenue meaning.
+        self.subscription(sub, EventName::SubscriptionUpdated, previous_status);
+        if cancel_is_scheduled && !cancel_was_scheduled {
+            let end = sub.cancel_at.or_else(|| {
+                sub.current_period_end
+                    .or_else(|| sub.items.data.iter().find_map(|i| i.current_period_end))
+            });
+            if let Some(end) = end {
+                self.tag_last("cancel_scheduled_for", &end.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    fn tag_last(&mut self, key: &str, value: &str) {
+        if let Some(event) = self.output.events.last_mut() {
+            event.properties.insert(key.into(), value.into());
+        }
+    }
+
+    fn invoice_event(&mut self, invoice: &Invoice, name: EventName, key: &str) -> CanonicalEvent {
+        let mut event = self.new_event(name, key);
+        if let Some(sub_id) = invoice.subscription_id() {
+            self.output.ordering_key = format!("subscription:{sub_id}");
+            event.subscription.subscription_id = Some(sub_id.to_string());
+        }
+        event.customer = Customer {
+            customer_id: invoice.customer.as_ref().map(|c| c.id().to_string()),
+            email: non_empty(
+                invoice
+                    .customer_email
+                    .as_deref()
+                    .or(invoice.customer.as_ref().and_then(Expandable::email)),
+            ),
+        };
+        event
+            .properties
+            .insert("invoice_id".into(), invoice.id.clone());
+        event
+    }
+
+    fn invoice_paid(&mut self, invoice: &Invoice) {
+        let reason = invoice.billing_reason.as_deref().unwrap_or("");
+        if invoice.amount_paid <= 0 {
+            return self.ignore("invoice paid with amount 0 carries no revenue");
+        }
+        let Some(sub_id) = invoice.subscription_id().map(str::to_string) else {
+            return self.ignore("invoice is not for a subscription");
+        };
+        match reason {
+            "subscription_cycle" => {}
+            "subscription_create" => {
+                self.output.ordering_key = format!("subscription:{sub_id}");
+                return self.ignore(
+                    "first invoice: the start is counted from customer.subscription.created/updated",
+                );
+            }
+            "subscription_update" => {
+                self.output.ordering_key = format!("subscription:{sub_id}");
+                return self.ignore(
+                    "proration invoice: the change is counted from customer.subscription.updated",
+                );
+            }
+            other => {
+                return self.ignore(&format!(
+                    "invoice billing_reason {other:?} is not a renewal"
+                ))
+            }
+        }
+        let period = invoice.service_period();
+        let key = match period {
+            Some(p) => format!("{sub_id}@{}", p.start),
+            None => format!("{sub_id}@{}", invoice.id),
+        };
+        let mut event = self.invoice_event(invoice, EventName::SubscriptionRenewed, &key);
+        let currency = invoice.currency.to_ascii_uppercase();
+        let tax = invoice.tax_minor();
+        event.values = Values {
+            gross_value: Some(Amount::from_minor(invoice.amount_paid, &currency)),
+            net_value: Some(Amount::from_minor(invoice.amount_paid - tax, &currency)),
+            tax_amount: Some(Amount::from_minor(tax, &currency)),
+            ..line_recurring_values(&invoice.lines.data, &currency)
+        };
+        if let Some(p) = period {
+            event
+                .properties
+                .insert("period_start".into(), p.start.to_string());
+            event
+                .properties
+                .insert("period_end".into(), p.end.to_string());
+        }
+        self.output.events.push(event);
+    }
+
+    fn invoice_failed(&mut self, invoice: &Invoice) {
+        let attempt = invoice.attempt_count.unwrap_or(1);
+        let key = format!("{}#{attempt}", invoice.id);
+        let mut event = self.invoice_event(invoice, EventName::PaymentFailed, &key);
+        let currency = invoice.currency.to_ascii_uppercase();
+        event.values = Values {
+            gross_value: Some(Amount::from_minor(invoice.amount_due, &currency)),
+            currency: Some(currency),
+            ..Values::default()
+        };
+        event
+            .properties
+            .insert("attempt_count".into(), attempt.to_string());
+        if let Some(reason) = &invoice.billing_reason {
+            event
+                .properties
+                .insert("billing_reason".into(), reason.clone());
+        }
+        if let Some(next) = invoice.next_payment_attempt {
+            event
+                .properties
+                .insert("next_payment_attempt".into(), next.to_string());
+        }
+        self.output.events.push(event);
+    }
+
+    fn refund(&mut self, refund: &Refund, charge: Option<&Charge>) {
+        if matches!(refund.status.as_deref(), Some("failed" | "canceled")) {
+            return self.ignore("refund did not go through");
+        }
+        let charge_id = refund
+            .charge
+            .as_ref()
+            .map(|c| c.id().to_string())
+            .or_else(|| charge.map(|c| c.id.clone()));
+        self.output.ordering_key = match &charge_id {
+            Some(id) => format!("charge:{id}"),
+            None => format!("refund:{}", refund.id),
+        };
+        let mut event = self.new_event(EventName::Refund, &refund.id);
+        let currency = refund.currency.to_ascii_uppercase();
+        event.values = Values {
+            gross_value: Some(Amount::from_minor(refund.amount, &currency)),
+            currency: Some(currency),
+            ..Values::default()
+        };
+        event
+            .properties
+            .insert("refund_id".into(), refund.id.clone());
+        if let Some(id) = charge_id {
+            event.properties.insert("charge_id".into(), id);
+        }
+        if let Some(reason) = &refund.reason {
+            event
+                .properties
+                .insert("refund_reason".into(), reason.clone());
+        }
+        if let Some(charge) = charge {
+            fill_charge_context(&mut event, charge);
+        }
+        self.output.events.push(event);
+    }
+
+    /// `charge.refunded` names the refund only in API versions before 2022-11-15; then it
+    /// shares `refund.created`'s occurrence key (the refund id). Without the list, the
+    /// refunded amount is the growth of `amount_refunded`.
+    fn charge_refunded(&mut self, charge: &Charge, previous: Option<&Value>) {
+        if let Some(newest) = charge
+            .refunds
+            .as_ref()
+            .and_then(|list| list.data.iter().max_by_key(|r| (r.created, r.id.as_str())))
+        {
+            return self.refund(newest, Some(charge));
+        }
+        let before = previous
+            .and_then(|p| p.get("amount_refunded"))
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        let amount = charge.amount_refunded - before;
+        if amount <= 0 {
+            return self.ignore("charge.refunded without a newly refunded amount");
+        }
+        self.output.ordering_key = format!("charge:{}", charge.id);
+        let key = format!("{}:refunded:{}", charge.id, charge.amount_refunded);
+        let mut event = self.new_event(EventName::Refund, &key);
+        let currency = charge.currency.to_ascii_uppercase();
+        event.values = Values {
+            gross_value: Some(Amount::from_minor(amount, &currency)),
+            currency: Some(currency),
+            ..Values::default()
+        };
+        event
+            .properties
+            .insert("charge_id".into(), charge.id.clone());
+        fill_charge_context(&mut event, charge);
+        self.output.events.push(event);
+    }
+}
+
+fn fill_charge_context(event: &mut CanonicalEvent, charge: &Charge) {
+    event.customer.customer_id = charge.customer.as_ref().map(|c| c.id().to_string());
+    event.customer.email = non_empty(
+        charge
+            .billing_details
+            .as_ref()
+            .and_then(|b| b.email.as_deref())
+            .or(charge.receipt_email.as_deref())
+            .or(charge.customer.as_ref().and_then(Expandable::email)),
+    );
+    if let Some(invoice) = &charge.invoice {
+        event
+            .properties
+            .insert("invoice_id".into(), invoice.id().to_string());
+    }
+}
+
+/// MRR/ARR from pre-basil invoice lines that carry their price; basil lines don't, and
+/// the renewal inherits the subscription's known MRR during enrichment instead.
+fn line_recurring_values(lines: &[InvoiceLine], currency: &str) -> Values {
+    let items: Vec<SubscriptionItem> = lines
+        .iter()
+        .filter_map(|line| {
+            let price = line.price.as_ref()?;
+            price.recurring.as_ref()?;
+            Some(SubscriptionItem {
+                price: Some(Price {
+                    id: price.id.clone(),
+                    currency: price.currency.clone(),
+                    unit_amount: price.unit_amount,
+                    unit_amount_decimal: price.unit_amount_decimal.clone(),
+                    recurring: price.recurring.as_ref().map(|r| PriceRecurring {
+                        interval: r.interval.clone(),
+                        interval_count: r.interval_count,
+                        usage_type: r.usage_type.clone(),
+                    }),
+                }),
+                quantity: line.quantity,
+                current_period_end: None,
+            })
+        })
+        .collect();
+    let mut values = recurring_values(&items, Some(currency));
+    values.currency = Some(currency.to_string());
+    values
 }
 
 /// MRR/ARR summed over licensed recurring items (`unit_amount` × quantity). Metered and
 /// tiered items have no knowable price at this point and are left out; if nothing is
 /// knowable the values stay empty rather than claiming zero revenue.
-fn recurring_values(sub: &Subscription) -> Values {
-    let currency = sub
-        .currency
-        .clone()
+fn recurring_values(items: &[SubscriptionItem], currency: Option<&str>) -> Values {
+    let currency = currency
+        .map(str::to_string)
         .or_else(|| {
-            sub.items
-                .data
+            items
                 .iter()
                 .find_map(|i| i.price.as_ref().map(|p| p.currency.clone()))
         })
@@ -337,7 +887,7 @@ fn recurring_values(sub: &Subscription) -> Values {
     let mut mrr_minor: i64 = 0;
     let mut arr_minor: i64 = 0;
     let mut priced_items = 0;
-    for item in &sub.items.data {
+    for item in items {
         let Some(price) = &item.price else { continue };
         let Some(recurring) = &price.recurring else {
             continue;

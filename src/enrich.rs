@@ -1,0 +1,159 @@
+//! Reading a mapped event in the context of what we already know: the subscription's
+//! stored state (from the ledger) and the customer's stored record (from D1). Pure, so
+//! the rules are tested natively; the edge only loads the context.
+
+use crate::event::{CanonicalEvent, EventName};
+use crate::ledger::SubscriptionState;
+use serde::{Deserialize, Serialize};
+
+/// A renewal whose paid period starts within this distance of the trial end is the
+/// trial's first paid period, i.e. the conversion.
+const TRIAL_END_SLACK_SECONDS: i64 = 24 * 3600;
+
+/// Per-merchant lifecycle rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LifecycleSettings {
+    /// A customer who starts paying again within this many days of a cancellation is
+    /// reactivated, not newly acquired. 0 turns the rule off.
+    #[serde(default = "default_recovery_window_days")]
+    pub recovery_window_days: u32,
+}
+
+fn default_recovery_window_days() -> u32 {
+    90
+}
+
+impl Default for LifecycleSettings {
+    fn default() -> Self {
+        LifecycleSettings {
+            recovery_window_days: default_recovery_window_days(),
+        }
+    }
+}
+
+/// What is stored about a billing customer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownCustomer {
+    pub email: Option<String>,
+    /// When this customer's last subscription was cancelled (unix s), and which one.
+    pub last_cancelled_at: Option<i64>,
+    pub last_cancelled_subscription: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct StoredContext {
+    pub subscription: Option<SubscriptionState>,
+    pub customer: Option<KnownCustomer>,
+}
+
+pub fn enrich(
+    events: &mut [CanonicalEvent],
+    context: &StoredContext,
+    settings: &LifecycleSettings,
+) {
+    for event in events.iter_mut() {
+        fill_email(event, context);
+        recognise_trial_conversion(event, context);
+        inherit_recurring_values(event, context);
+        recognise_reactivation(event, context, settings);
+    }
+}
+
+fn fill_email(event: &mut CanonicalEvent, context: &StoredContext) {
+    if event.customer.email.is_none() {
+        event.customer.email = context.customer.as_ref().and_then(|c| c.email.clone());
+    }
+}
+
+fn recognise_trial_conversion(event: &mut CanonicalEvent, context: &StoredContext) {
+    if event.name != EventName::SubscriptionRenewed {
+        return;
+    }
+    let (Some(state), Some(sub_id)) = (&context.subscription, &event.subscription.subscription_id)
+    else {
+        return;
+    };
+    let Some(trial_end) = state.trial_end_at else {
+        return;
+    };
+    let Some(period_start) = event
+        .property("period_start")
+        .and_then(|p| p.parse::<i64>().ok())
+    else {
+        return;
+    };
+    if (period_start - trial_end).abs() <= TRIAL_END_SLACK_SECONDS {
+        let sub_id = sub_id.clone();
+        event.reclassify(EventName::TrialConverted, &sub_id);
+        event.subscription.trial_end_at = Some(trial_end);
+        event
+            .properties
+            .insert("prior_status".into(), "trialing".into());
+    }
+}
+
+/// Invoices in current Stripe API versions don't carry the price's interval: the MRR
+/// comes from the subscription's last known state, when in the same currency.
+fn inherit_recurring_values(event: &mut CanonicalEvent, context: &StoredContext) {
+    if !matches!(
+        event.name,
+        EventName::SubscriptionRenewed | EventName::TrialConverted | EventName::PaymentFailed
+    ) {
+        return;
+    }
+    let Some(state) = &context.subscription else {
+        return;
+    };
+    if state.currency.is_none() || state.currency != event.values.currency {
+        return;
+    }
+    if event.values.mrr.is_none() {
+        event.values.mrr = state.mrr;
+    }
+    if event.values.arr.is_none() {
+        event.values.arr = state.arr;
+    }
+}
+
+fn recognise_reactivation(
+    event: &mut CanonicalEvent,
+    context: &StoredContext,
+    settings: &LifecycleSettings,
+) {
+    if event.name != EventName::SubscriptionStarted
+        || event.property("prior_status").is_some()
+        || settings.recovery_window_days == 0
+    {
+        return;
+    }
+    let Some(customer) = &context.customer else {
+        return;
+    };
+    let Some(cancelled_at) = customer.last_cancelled_at else {
+        return;
+    };
+    let sub_id = event
+        .subscription
+        .subscription_id
+        .clone()
+        .unwrap_or_default();
+    if customer.last_cancelled_subscription.as_deref() == Some(sub_id.as_str()) {
+        return;
+    }
+    let window = i64::from(settings.recovery_window_days) * 86_400;
+    let since = event.occurred_at - cancelled_at;
+    if (0..=window).contains(&since) {
+        event.reclassify(EventName::SubscriptionReactivated, &sub_id);
+        event
+            .properties
+            .insert("prior_status".into(), "canceled".into());
+        event
+            .properties
+            .insert("reactivation_source".into(), "new_subscription".into());
+        if let Some(previous) = &customer.last_cancelled_subscription {
+            event
+                .properties
+                .insert("previous_subscription_id".into(), previous.clone());
+        }
+    }
+}
