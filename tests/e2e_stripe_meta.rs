@@ -6,6 +6,7 @@
 mod support;
 
 use serde_json::{json, Value};
+use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use support::{eventually, http, StandIn, Worker};
 use tracklayer::hashing::sha256_hex;
@@ -28,6 +29,7 @@ fn seed() -> String {
         ("m_ok", "px_ok"),
         ("m_flaky", "px_flaky"),
         ("m_bad", "px_bad"),
+        ("m_conv", "px_conv"),
     ] {
         sql.push_str(&format!(
             "INSERT INTO merchants (merchant_id, region, plan, status, value_policy, created_at, updated_at) \
@@ -327,7 +329,58 @@ fn stripe_webhook_travels_to_meta_on_a_local_cloudflare_stack() {
         "duplicates or refusals reached Meta"
     );
 
-    // 6. The daily cron reaches the scheduled handler, once per day.
+    // 6. One conversion reported by two webhooks (the trial-end invoice, then the status
+    // change) reaches Meta once, as Subscribe with the trial's MRR.
+    let trial = stripe_event(
+        "customer.subscription.created.trialing.json",
+        "evt_e2e_conv_trial",
+    );
+    assert_eq!(
+        post_stripe(&worker, "m_conv", &trial, signed(&trial)).status,
+        202
+    );
+    let paid = stripe_event("invoice.paid.trial-end.json", "evt_e2e_conv_invoice");
+    let first = post_stripe(&worker, "m_conv", &paid, signed(&paid));
+    assert_eq!(first.status, 202, "{}", first.body);
+    let first = first.json();
+    assert_eq!(first["events"][0]["name"], "trial_converted");
+    assert_eq!(first["events"][0]["forwarded"], true);
+    let update = stripe_event(
+        "customer.subscription.updated.trial-converted.json",
+        "evt_e2e_conv_update",
+    );
+    let second = post_stripe(&worker, "m_conv", &update, signed(&update));
+    assert_eq!(second.status, 202, "{}", second.body);
+    let second = second.json();
+    assert_eq!(second["events"][0]["name"], "trial_converted");
+    assert_eq!(
+        second["events"][0]["event_id"],
+        first["events"][0]["event_id"]
+    );
+    assert_eq!(second["events"][0]["forwarded"], false);
+    assert_eq!(second["deliveries_enqueued"], 0);
+    let conversions = eventually(WAIT, "trial and conversion at Meta", || {
+        let requests = meta.requests_to("/px_conv/");
+        (requests.len() >= 2).then_some(requests)
+    });
+    thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        meta.requests_to("/px_conv/").len(),
+        2,
+        "the conversion was sent twice"
+    );
+    let subscribe: Value = conversions
+        .iter()
+        .map(|r| serde_json::from_str::<Value>(&r.body).unwrap())
+        .find(|b| b["data"][0]["event_name"] == "Subscribe")
+        .expect("a Subscribe request");
+    assert_eq!(subscribe["data"][0]["custom_data"]["value"], 49.0);
+    assert_eq!(
+        subscribe["data"][0]["event_id"],
+        first["events"][0]["event_id"]
+    );
+
+    // 7. The daily cron reaches the scheduled handler, once per day.
     for _ in 0..2 {
         let fired = http(
             "GET",
