@@ -119,6 +119,18 @@ pub struct StripeSourceConfig {
     pub tolerance_seconds: i64,
 }
 
+/// Paddle source settings: the notification destination's secret key(s).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaddleSourceConfig {
+    pub secret_keys: Vec<String>,
+    #[serde(default = "default_paddle_tolerance")]
+    pub tolerance_seconds: i64,
+}
+
+fn default_paddle_tolerance() -> i64 {
+    crate::sources::paddle::DEFAULT_TOLERANCE_SECONDS
+}
+
 fn default_stripe_tolerance() -> i64 {
     crate::sources::stripe::DEFAULT_TOLERANCE_SECONDS
 }
@@ -160,6 +172,8 @@ pub struct MerchantConfig {
     pub lifecycle: crate::enrich::LifecycleSettings,
     #[serde(default)]
     pub stripe: Option<StripeSourceConfig>,
+    #[serde(default)]
+    pub paddle: Option<PaddleSourceConfig>,
     #[serde(default)]
     pub meta: Option<MetaConfig>,
 }

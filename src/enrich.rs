@@ -53,6 +53,7 @@ pub fn enrich(
 ) {
     for event in events.iter_mut() {
         fill_email(event, context);
+        recognise_plan_change(event, context);
         recognise_trial_conversion(event, context);
         inherit_recurring_values(event, context);
         recognise_reactivation(event, context, settings);
@@ -63,6 +64,43 @@ fn fill_email(event: &mut CanonicalEvent, context: &StoredContext) {
     if event.customer.email.is_none() {
         event.customer.email = context.customer.as_ref().and_then(|c| c.email.clone());
     }
+}
+
+/// Sources without previous attributes (Paddle) mark updates to be compared with the
+/// stored state: a changed MRR in the same currency is an upgrade or a downgrade.
+fn recognise_plan_change(event: &mut CanonicalEvent, context: &StoredContext) {
+    if event.name != EventName::SubscriptionUpdated
+        || event.property("compare_mrr_with_state") != Some("true")
+    {
+        return;
+    }
+    let Some(state) = &context.subscription else {
+        return;
+    };
+    let (Some(before), Some(after)) = (state.mrr, event.values.mrr) else {
+        return;
+    };
+    if state.currency != event.values.currency || before.exponent != after.exponent {
+        return;
+    }
+    let delta = after.minor - before.minor;
+    if delta == 0 {
+        return;
+    }
+    let name = if delta > 0 {
+        EventName::SubscriptionUpgraded
+    } else {
+        EventName::SubscriptionDowngraded
+    };
+    let key = event.source_event_id.clone();
+    event.reclassify(name, &key);
+    event.values.mrr_delta = Some(crate::money::Amount {
+        minor: delta,
+        exponent: after.exponent,
+    });
+    event
+        .properties
+        .insert("previous_mrr".into(), before.to_string());
 }
 
 fn recognise_trial_conversion(event: &mut CanonicalEvent, context: &StoredContext) {

@@ -89,6 +89,12 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
         (Method::Post, ["v1", "integrations", "stripe", "subscription-events"]) => {
             webhook(req, env, "stripe").await
         }
+        (Method::Post, ["v1", "integrations", source, "events"]) => {
+            match crate::sources::find(source) {
+                Some(spec) => webhook(req, env, spec.name).await,
+                None => json_error(404, "unknown_source", "no such source integration"),
+            }
+        }
         (Method::Get, ["v1", "admin", "cron-runs"]) => admin_read(&req, env, "", "cron-runs").await,
         (Method::Get, ["v1", "admin", "merchants", merchant_id, view]) => {
             let merchant_id = merchant_id.to_string();
@@ -97,6 +103,7 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
         }
         (_, ["healthz"])
         | (_, ["v1", "integrations", "stripe", "subscription-events"])
+        | (_, ["v1", "integrations", _, "events"])
         | (_, ["v1", "admin", "merchants", _, _]) => json_error(
             405,
             "method_not_allowed",

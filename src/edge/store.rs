@@ -1,6 +1,6 @@
 //! D1 access: merchant configuration, event records, the delivery ledger and log.
 
-use crate::config::{MerchantConfig, MetaConfig, StripeSourceConfig};
+use crate::config::{MerchantConfig, MetaConfig, PaddleSourceConfig, StripeSourceConfig};
 use crate::delivery::{DeadLetter, DeliveryJob};
 use crate::enrich::KnownCustomer;
 use crate::event::{CanonicalEvent, EventName};
@@ -83,6 +83,7 @@ impl Store {
                 worker::Error::RustError(format!("merchant {merchant_id}: invalid lifecycle"))
             })?,
             stripe: None,
+            paddle: None,
             meta: None,
         };
         let sources: Vec<ConfigRow> = self
@@ -95,6 +96,7 @@ impl Store {
         for row in sources {
             match row.name.as_str() {
                 "stripe" => merchant.stripe = parse_config::<StripeSourceConfig>(merchant_id, &row),
+                "paddle" => merchant.paddle = parse_config::<PaddleSourceConfig>(merchant_id, &row),
                 other => console_warn!("merchant {merchant_id}: unknown source {other} in config"),
             }
         }

@@ -2,6 +2,7 @@
 //!
 //! Adding a source: one module here plus one line in [`REGISTRY`].
 
+pub mod paddle;
 pub mod stripe;
 
 use crate::config::MerchantConfig;
@@ -86,7 +87,7 @@ pub struct SourceSpec {
     pub ingest: fn(&MerchantConfig, &Headers, &[u8], i64) -> Result<SourceOutput, IngestError>,
 }
 
-pub const REGISTRY: &[SourceSpec] = &[stripe::SPEC];
+pub const REGISTRY: &[SourceSpec] = &[stripe::SPEC, paddle::SPEC];
 
 pub fn find(name: &str) -> Option<&'static SourceSpec> {
     REGISTRY.iter().find(|spec| spec.name == name)

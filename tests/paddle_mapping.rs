@@ -1,0 +1,247 @@
+//! Table-driven mapping over realistic Paddle Billing notifications
+//! (tests/fixtures/paddle/), signed the way Paddle signs and sent through the ingest path.
+
+use tracklayer::config::{MerchantConfig, MetaConfig, PaddleSourceConfig};
+use tracklayer::enrich::{KnownCustomer, StoredContext};
+use tracklayer::event::EventName;
+use tracklayer::ingest;
+use tracklayer::sources::{paddle, Headers, SourceOutput};
+use tracklayer::time::parse_rfc3339;
+
+const SECRET: &str = "pdl_ntfset_01jh7q2c4e6g8j1l3n5q7s9u2w_fixture";
+const SUB: &str = "sub_01jh8x5t2kq3ve9r7m4c6n1bza";
+
+fn merchant() -> MerchantConfig {
+    MerchantConfig {
+        merchant_id: "m_paddle".into(),
+        paddle: Some(PaddleSourceConfig {
+            secret_keys: vec![SECRET.into()],
+            tolerance_seconds: paddle::DEFAULT_TOLERANCE_SECONDS,
+        }),
+        meta: Some(MetaConfig {
+            pixel_id: "1234".into(),
+            access_token: "token".into(),
+            api_version: "v25.0".into(),
+            action_source: "system_generated".into(),
+            test_event_code: None,
+        }),
+        ..MerchantConfig::default()
+    }
+}
+
+fn mapped(name: &str) -> SourceOutput {
+    let body = std::fs::read(format!(
+        "{}/tests/fixtures/paddle/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap_or_else(|e| panic!("fixture {name}: {e}"));
+    let occurred = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["occurred_at"]
+        .as_str()
+        .and_then(parse_rfc3339)
+        .unwrap();
+    let headers = Headers::new().with(
+        "Paddle-Signature",
+        &paddle::sign(SECRET, occurred + 1, &body),
+    );
+    ingest::verify_and_map("paddle", &merchant(), &headers, &body, occurred + 2).expect(name)
+}
+
+struct Case {
+    fixture: &'static str,
+    name: Option<EventName>,
+    occurrence_key: &'static str,
+    fields: &'static [(&'static str, &'static str)],
+}
+
+#[test]
+fn paddle_notifications_map_to_canonical_events() {
+    let table = [
+        Case {
+            fixture: "subscription.created.trialing.json",
+            name: Some(EventName::TrialStarted),
+            occurrence_key: SUB,
+            fields: &[
+                ("/values/currency", "EUR"),
+                ("/values/mrr", "87.00"),
+                ("/values/arr", "1044.00"),
+                ("/customer/customer_id", "ctm_01jh8x2w9s6p4k7y3b5d8f1gqe"),
+            ],
+        },
+        Case {
+            fixture: "subscription.activated.json",
+            name: Some(EventName::TrialConverted),
+            occurrence_key: SUB,
+            fields: &[("/values/mrr", "87.00"), ("/subscription/status", "active")],
+        },
+        Case {
+            fixture: "subscription.updated.cancel-scheduled.json",
+            name: Some(EventName::SubscriptionUpdated),
+            occurrence_key: "evt_01jn4d8e1g4j6l8n1q3s5u7w9y",
+            fields: &[
+                ("/properties/scheduled_change", "cancel"),
+                ("/properties/scheduled_change_at", "1773911564"),
+            ],
+        },
+        Case {
+            fixture: "subscription.canceled.json",
+            name: Some(EventName::SubscriptionCancelled),
+            occurrence_key: SUB,
+            fields: &[
+                ("/values/mrr_delta", "-145.00"),
+                ("/subscription/effective_end_at", ""),
+            ],
+        },
+        Case {
+            fixture: "transaction.paid.renewal.json",
+            name: Some(EventName::SubscriptionRenewed),
+            occurrence_key: "sub_01jh8x5t2kq3ve9r7m4c6n1bza@1771492364",
+            fields: &[
+                ("/values/gross_value", "172.55"),
+                ("/values/tax_amount", "27.55"),
+                ("/values/net_value", "145.00"),
+                ("/properties/origin", "subscription_recurring"),
+            ],
+        },
+        Case {
+            fixture: "transaction.updated.past-due.json",
+            name: Some(EventName::PaymentFailed),
+            occurrence_key: "txn_01jr7g1h3k5m7p9r2t4v6x8z1b#past_due",
+            fields: &[("/values/gross_value", "172.55")],
+        },
+        Case {
+            fixture: "adjustment.updated.refund-approved.json",
+            name: Some(EventName::Refund),
+            occurrence_key: "adj_01jq2a4c6e8g1j3l5n7q9s2u4w",
+            fields: &[
+                ("/values/gross_value", "59.50"),
+                ("/values/net_value", "50.00"),
+                (
+                    "/properties/transaction_id",
+                    "txn_01jp5e9a1c3e5g7j9l2n4q6s8u",
+                ),
+            ],
+        },
+        Case {
+            fixture: "adjustment.created.refund-pending.json",
+            name: None,
+            occurrence_key: "",
+            fields: &[],
+        },
+    ];
+    for case in table {
+        let output = mapped(case.fixture);
+        let Some(name) = case.name else {
+            assert!(output.events.is_empty(), "{}", case.fixture);
+            assert!(output.ignored_reason.is_some(), "{}", case.fixture);
+            continue;
+        };
+        assert_eq!(output.events.len(), 1, "{}", case.fixture);
+        let event = &output.events[0];
+        assert_eq!(event.name, name, "{}", case.fixture);
+        assert_eq!(
+            event.occurrence_key, case.occurrence_key,
+            "{}",
+            case.fixture
+        );
+        let json = serde_json::to_value(event).unwrap();
+        for (pointer, expected) in case.fields {
+            let found = json
+                .pointer(pointer)
+                .unwrap_or_else(|| panic!("{} {pointer}", case.fixture));
+            let text = found
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| found.to_string());
+            if !expected.is_empty() {
+                assert_eq!(text, *expected, "{} {pointer}", case.fixture);
+            }
+        }
+    }
+}
+
+#[test]
+fn customer_notifications_record_the_email() {
+    let output = mapped("customer.created.json");
+    assert!(output.events.is_empty());
+    let customer = output.customer.unwrap();
+    assert_eq!(customer.email.as_deref(), Some("lena.vogel@example.de"));
+}
+
+#[test]
+fn trial_end_payment_and_activation_are_one_conversion_valued_net_of_tax() {
+    let trial = mapped("subscription.created.trialing.json");
+    let context = StoredContext {
+        subscription: trial.subscription.clone(),
+        customer: Some(KnownCustomer {
+            email: Some("lena.vogel@example.de".into()),
+            ..KnownCustomer::default()
+        }),
+    };
+    let paid = ingest::plan(
+        mapped("transaction.paid.trial-end.json"),
+        &merchant(),
+        &context,
+    );
+    let activated = ingest::plan(mapped("subscription.activated.json"), &merchant(), &context);
+    let conversion = &paid.output.events[0];
+    assert_eq!(conversion.name, EventName::TrialConverted);
+    assert_eq!(conversion.event_id, activated.output.events[0].event_id);
+    assert_eq!(
+        conversion.customer.email.as_deref(),
+        Some("lena.vogel@example.de")
+    );
+    // Paddle's default primary value is net of tax.
+    let policy = &merchant().value_policy;
+    assert_eq!(
+        policy
+            .primary_value(conversion, "meta")
+            .unwrap()
+            .to_string(),
+        "87.00"
+    );
+    assert_eq!(conversion.values.gross_value.unwrap().to_string(), "103.53");
+}
+
+#[test]
+fn a_seat_change_is_an_upgrade_against_the_stored_state() {
+    let activated = mapped("subscription.activated.json");
+    let context = StoredContext {
+        subscription: activated.subscription.clone(),
+        customer: None,
+    };
+    let plan = ingest::plan(
+        mapped("subscription.updated.seats.json"),
+        &merchant(),
+        &context,
+    );
+    let event = &plan.output.events[0];
+    assert_eq!(event.name, EventName::SubscriptionUpgraded);
+    assert_eq!(event.values.mrr_delta.unwrap().to_string(), "58.00");
+    assert_eq!(event.property("previous_mrr"), Some("87.00"));
+    assert_eq!(plan.jobs.len(), 1);
+    // Without stored state nothing is invented: a plain, unforwarded update.
+    let cold = ingest::plan(
+        mapped("subscription.updated.seats.json"),
+        &merchant(),
+        &StoredContext::default(),
+    );
+    assert_eq!(cold.output.events[0].name, EventName::SubscriptionUpdated);
+    assert!(cold.jobs.is_empty());
+}
+
+#[test]
+fn signature_is_checked_on_the_raw_bytes() {
+    let body = br#"{"event_id":"evt_x","event_type":"subscription.created","occurred_at":"2026-01-05T09:12:46Z","data":{}}"#;
+    let header = paddle::sign(SECRET, 1_767_604_366, body);
+    let mut tampered = body.to_vec();
+    tampered[10] = b'y';
+    let err = ingest::verify_and_map(
+        "paddle",
+        &merchant(),
+        &Headers::new().with("Paddle-Signature", &header),
+        &tampered,
+        1_767_604_366,
+    )
+    .unwrap_err();
+    assert_eq!(err.status(), 401);
+}
