@@ -87,6 +87,10 @@ impl ValuePolicy {
         if event.source == "paddle" {
             return ValueField::Net;
         }
+        // A refund or a failed payment is about an amount of money, not a plan's MRR.
+        if matches!(event.name, EventName::Refund | EventName::PaymentFailed) {
+            return ValueField::Gross;
+        }
         ValueField::Mrr
     }
 

@@ -338,6 +338,11 @@ impl Mapper<'_> {
         self.output.ignored_reason = Some(reason.to_string());
     }
 
+    fn skip(&mut self, reason: &str) -> Result<(), IngestError> {
+        self.ignore(reason);
+        Ok(())
+    }
+
     fn new_event(&self, name: EventName, occurrence_key: &str) -> CanonicalEvent {
         CanonicalEvent {
             event_id: event_id(self.merchant_id, NAME, occurrence_key, name),
@@ -473,12 +478,12 @@ impl Mapper<'_> {
 
     fn transaction_paid(&mut self, txn: &Transaction) -> Result<(), IngestError> {
         let Some(sub_id) = txn.subscription_id.clone() else {
-            return Ok(self.ignore("one-off transaction, not a subscription payment"));
+            return self.skip("one-off transaction, not a subscription payment");
         };
         let totals = money_values(&txn.details.totals, &txn.currency_code)?;
         if totals.gross_value.is_none_or(|g| g.minor <= 0) {
             self.output.ordering_key = format!("subscription:{sub_id}");
-            return Ok(self.ignore("transaction paid with amount 0 carries no revenue"));
+            return self.skip("transaction paid with amount 0 carries no revenue");
         }
         // `transaction.completed` follows `transaction.paid` for the same payment.
         let period_start = txn
@@ -496,10 +501,10 @@ impl Mapper<'_> {
             Some("web" | "api") => (EventName::SubscriptionStarted, sub_id.clone()),
             other => {
                 self.output.ordering_key = format!("subscription:{sub_id}");
-                return Ok(self.ignore(&format!(
+                return self.skip(&format!(
                     "transaction origin {} is not a start or renewal (changes are counted from subscription.updated)",
                     other.unwrap_or("unknown")
-                )));
+                ));
             }
         };
         let mut event = self.transaction_event(txn, name, &key);
@@ -515,10 +520,10 @@ impl Mapper<'_> {
 
     fn transaction_past_due(&mut self, txn: &Transaction) -> Result<(), IngestError> {
         if txn.status != "past_due" {
-            return Ok(self.ignore(&format!(
+            return self.skip(&format!(
                 "transaction status {} is not a payment failure",
                 txn.status
-            )));
+            ));
         }
         let key = format!("{}#past_due", txn.id);
         let mut event = self.transaction_event(txn, EventName::PaymentFailed, &key);
@@ -534,16 +539,16 @@ impl Mapper<'_> {
             _ => format!("adjustment:{}", adjustment.id),
         };
         if adjustment.action != "refund" {
-            return Ok(self.ignore(&format!(
+            return self.skip(&format!(
                 "adjustment action {} is not a refund",
                 adjustment.action
-            )));
+            ));
         }
         if adjustment.status != "approved" {
-            return Ok(self.ignore(&format!(
+            return self.skip(&format!(
                 "refund adjustment is {}; counted once approved",
                 adjustment.status
-            )));
+            ));
         }
         let mut event = self.new_event(EventName::Refund, &adjustment.id);
         event.subscription.subscription_id = adjustment.subscription_id.clone();
