@@ -94,6 +94,18 @@ impl EventName {
         )
     }
 
+    /// Milestones a subscription reaches at most once: their occurrence key is the
+    /// subscription id, so every webhook reporting one yields the same event id.
+    pub fn is_once_per_subscription(self) -> bool {
+        matches!(
+            self,
+            EventName::TrialStarted
+                | EventName::TrialConverted
+                | EventName::SubscriptionStarted
+                | EventName::SubscriptionCancelled
+        )
+    }
+
     /// Cancellations and refunds correct an earlier conversion: their value is sent negative.
     pub fn is_correction(self) -> bool {
         matches!(self, EventName::SubscriptionCancelled | EventName::Refund)

@@ -289,16 +289,22 @@ impl Store {
         struct Row {
             event_id: String,
         }
-        let mut pending = Vec::new();
-        for event_id in event_ids {
-            let row: Option<Row> = self
-                .db
-                .prepare("SELECT event_id FROM canonical_events WHERE event_id = ?1 AND enqueued_at IS NULL")
-                .bind(&[text(event_id)])?
-                .first(None)
-                .await?;
-            pending.extend(row.map(|r| r.event_id));
+        if event_ids.is_empty() {
+            return Ok(Vec::new());
         }
+        let ids = serde_json::to_string(event_ids)
+            .map_err(|e| worker::Error::RustError(e.to_string()))?;
+        let rows: Vec<Row> = self
+            .db
+            .prepare(
+                "SELECT event_id FROM canonical_events WHERE enqueued_at IS NULL \
+                 AND event_id IN (SELECT value FROM json_each(?1))",
+            )
+            .bind(&[text(&ids)])?
+            .all()
+            .await?
+            .results()?;
+        let pending: Vec<String> = rows.into_iter().map(|r| r.event_id).collect();
         Ok(pending)
     }
 

@@ -3,6 +3,7 @@
 //! Adding a source: one module here plus one line in [`REGISTRY`].
 
 pub mod paddle;
+pub mod signature;
 pub mod stripe;
 
 use crate::config::MerchantConfig;
@@ -88,6 +89,23 @@ pub struct SourceSpec {
 }
 
 pub const REGISTRY: &[SourceSpec] = &[stripe::SPEC, paddle::SPEC];
+
+fn malformed(err: impl std::fmt::Display) -> IngestError {
+    IngestError::MalformedPayload(err.to_string())
+}
+
+/// Deserialises a verified payload's object; a wrong shape is the sender's error (400).
+fn parse<T: serde::de::DeserializeOwned>(value: &serde_json::Value) -> Result<T, IngestError> {
+    T::deserialize(value).map_err(malformed)
+}
+
+/// Trimmed, or `None` when absent or blank (never store or hash an empty identity).
+fn non_empty(value: Option<&str>) -> Option<String> {
+    value
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+}
 
 pub fn find(name: &str) -> Option<&'static SourceSpec> {
     REGISTRY.iter().find(|spec| spec.name == name)

@@ -7,17 +7,18 @@
 //! deduplicated on `event_id` anyway. Money arrives as strings in the lowest denomination.
 //! <https://developer.paddle.com/webhooks/about/signature-verification>
 
-use super::{CustomerRecord, Headers, SourceOutput, SourceSpec, SubscriptionObservation};
+use super::signature::TimestampedHmac;
+use super::{
+    malformed, non_empty, parse, CustomerRecord, Headers, SourceOutput, SourceSpec,
+    SubscriptionObservation,
+};
 use crate::config::MerchantConfig;
 use crate::error::{IngestError, VerifyError};
 use crate::event::{event_id, CanonicalEvent, Customer, EventName, SubscriptionDetails, Values};
-use crate::hashing::constant_time_eq;
 use crate::money::{recurring_from_period, Amount, Interval};
 use crate::time::parse_rfc3339;
-use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use serde_json::Value;
-use sha2::Sha256;
 
 pub const NAME: &str = "paddle";
 pub const SIGNATURE_HEADER: &str = "Paddle-Signature";
@@ -48,14 +49,16 @@ fn ingest(
     map_event(&merchant.merchant_id, body)
 }
 
-fn signature(secret: &str, timestamp: &str, body: &[u8]) -> [u8; 32] {
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC accepts keys of any length");
-    mac.update(timestamp.as_bytes());
-    mac.update(b":");
-    mac.update(body);
-    mac.finalize().into_bytes().into()
-}
+const SCHEME: TimestampedHmac = TimestampedHmac {
+    header: SIGNATURE_HEADER,
+    part_separator: ';',
+    timestamp_key: "ts",
+    signature_key: "h1",
+    signed_separator: ":",
+    no_timestamp: "no ts= timestamp",
+    bad_timestamp: "ts= is not a unix timestamp",
+    no_signature: "no h1= signature",
+};
 
 pub fn verify(
     header: Option<&str>,
@@ -64,54 +67,12 @@ pub fn verify(
     now: i64,
     tolerance_seconds: i64,
 ) -> Result<(), VerifyError> {
-    let header = header.ok_or(VerifyError::MissingHeader {
-        header: SIGNATURE_HEADER,
-    })?;
-    let malformed = |detail| VerifyError::MalformedHeader {
-        header: SIGNATURE_HEADER,
-        detail,
-    };
-    let mut timestamp = None;
-    let mut candidates: Vec<Vec<u8>> = Vec::new();
-    for part in header.split(';') {
-        match part.trim().split_once('=') {
-            Some(("ts", value)) => timestamp = Some(value),
-            Some(("h1", value)) => candidates.extend(hex::decode(value).ok()),
-            _ => {}
-        }
-    }
-    let timestamp = timestamp.ok_or_else(|| malformed("no ts= timestamp"))?;
-    let signed_at: i64 = timestamp
-        .parse()
-        .map_err(|_| malformed("ts= is not a unix timestamp"))?;
-    if candidates.is_empty() {
-        return Err(malformed("no h1= signature"));
-    }
-    let secrets: Vec<&str> = secrets.iter().copied().filter(|s| !s.is_empty()).collect();
-    if secrets.is_empty() {
-        return Err(VerifyError::NoSecretConfigured);
-    }
-    let matched = secrets.iter().any(|secret| {
-        let expected = signature(secret, timestamp, body);
-        candidates.iter().any(|c| constant_time_eq(c, &expected))
-    });
-    if !matched {
-        return Err(VerifyError::Mismatch);
-    }
-    let skew = now - signed_at;
-    if skew.abs() > tolerance_seconds {
-        return Err(VerifyError::StaleTimestamp {
-            skew_seconds: skew,
-            tolerance_seconds,
-        });
-    }
-    Ok(())
+    SCHEME.verify(header, body, secrets, now, tolerance_seconds)
 }
 
 /// Builds a header the way Paddle does; used by tests and fixtures.
 pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
-    let ts = timestamp.to_string();
-    format!("ts={ts};h1={}", hex::encode(signature(secret, &ts, body)))
+    SCHEME.sign(secret, timestamp, body)
 }
 
 #[derive(Deserialize)]
@@ -222,14 +183,6 @@ struct PaddleCustomer {
     email: Option<String>,
 }
 
-fn malformed(err: impl std::fmt::Display) -> IngestError {
-    IngestError::MalformedPayload(err.to_string())
-}
-
-fn parse<T: serde::de::DeserializeOwned>(value: &Value) -> Result<T, IngestError> {
-    T::deserialize(value).map_err(malformed)
-}
-
 fn minor(text: &str) -> Result<i64, IngestError> {
     text.parse()
         .map_err(|_| malformed(format!("amount {text:?} is not an integer of minor units")))
@@ -311,10 +264,7 @@ pub fn map_event(merchant_id: &str, body: &[u8]) -> Result<SourceOutput, IngestE
             mapper.output.ordering_key = format!("customer:{}", customer.id);
             mapper.output.customer = Some(CustomerRecord {
                 customer_id: customer.id,
-                email: customer
-                    .email
-                    .map(|e| e.trim().to_string())
-                    .filter(|e| !e.is_empty()),
+                email: non_empty(customer.email.as_deref()),
                 observed_at: occurred_at,
             });
         }
@@ -376,12 +326,10 @@ impl Mapper<'_> {
             mrr: values.mrr,
             arr: values.arr,
         });
-        let key = match name {
-            EventName::TrialStarted
-            | EventName::TrialConverted
-            | EventName::SubscriptionStarted
-            | EventName::SubscriptionCancelled => sub.id.clone(),
-            _ => self.note.event_id.clone(),
+        let key = if name.is_once_per_subscription() {
+            sub.id.clone()
+        } else {
+            self.note.event_id.clone()
         };
         let mut event = self.new_event(name, &key);
         let first_cycle = sub

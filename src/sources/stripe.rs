@@ -6,15 +6,17 @@
 //! `2025-03-31.basil` and later (period fields on subscription items) and still accept
 //! older ones. <https://docs.stripe.com/webhooks#verify-manually>
 
-use super::{CustomerRecord, Headers, SourceOutput, SourceSpec, SubscriptionObservation};
+use super::signature::TimestampedHmac;
+use super::{
+    malformed, non_empty, parse, CustomerRecord, Headers, SourceOutput, SourceSpec,
+    SubscriptionObservation,
+};
 use crate::config::MerchantConfig;
 use crate::error::{IngestError, VerifyError};
 use crate::event::{event_id, CanonicalEvent, Customer, EventName, SubscriptionDetails, Values};
 use crate::money::{recurring_from_period, Amount, Interval};
-use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use serde_json::Value;
-use sha2::Sha256;
 
 pub const NAME: &str = "stripe";
 pub const SIGNATURE_HEADER: &str = "Stripe-Signature";
@@ -45,6 +47,17 @@ fn ingest(
     map_event(&merchant.merchant_id, body)
 }
 
+const SCHEME: TimestampedHmac = TimestampedHmac {
+    header: SIGNATURE_HEADER,
+    part_separator: ',',
+    timestamp_key: "t",
+    signature_key: "v1",
+    signed_separator: ".",
+    no_timestamp: "no t= timestamp",
+    bad_timestamp: "t= is not a unix timestamp",
+    no_signature: "no v1= signature",
+};
+
 /// Verifies the `Stripe-Signature` header over the raw body, in constant time per candidate.
 pub fn verify(
     header: Option<&str>,
@@ -53,70 +66,12 @@ pub fn verify(
     now: i64,
     tolerance_seconds: i64,
 ) -> Result<(), VerifyError> {
-    let header = header.ok_or(VerifyError::MissingHeader {
-        header: SIGNATURE_HEADER,
-    })?;
-    let malformed = |detail| VerifyError::MalformedHeader {
-        header: SIGNATURE_HEADER,
-        detail,
-    };
-    let mut timestamp: Option<&str> = None;
-    let mut signatures: Vec<Vec<u8>> = Vec::new();
-    for part in header.split(',') {
-        let Some((key, value)) = part.trim().split_once('=') else {
-            continue;
-        };
-        match key {
-            "t" => timestamp = Some(value),
-            // An undecodable v1 simply cannot match; the others still may.
-            "v1" => signatures.extend(hex::decode(value).ok()),
-            _ => {}
-        }
-    }
-    let timestamp = timestamp.ok_or_else(|| malformed("no t= timestamp"))?;
-    let signed_at: i64 = timestamp
-        .parse()
-        .map_err(|_| malformed("t= is not a unix timestamp"))?;
-    if signatures.is_empty() {
-        return Err(malformed("no v1= signature"));
-    }
-    if secrets.iter().all(|s| s.is_empty()) {
-        return Err(VerifyError::NoSecretConfigured);
-    }
-    let matched = secrets.iter().filter(|s| !s.is_empty()).any(|secret| {
-        signatures.iter().any(|candidate| {
-            let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
-                .expect("HMAC accepts keys of any length");
-            mac.update(timestamp.as_bytes());
-            mac.update(b".");
-            mac.update(body);
-            mac.verify_slice(candidate).is_ok()
-        })
-    });
-    if !matched {
-        return Err(VerifyError::Mismatch);
-    }
-    let skew = now - signed_at;
-    if skew.abs() > tolerance_seconds {
-        return Err(VerifyError::StaleTimestamp {
-            skew_seconds: skew,
-            tolerance_seconds,
-        });
-    }
-    Ok(())
+    SCHEME.verify(header, body, secrets, now, tolerance_seconds)
 }
 
 /// Builds a header the way Stripe does; used by tests, fixtures and the demo script.
 pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC accepts keys of any length");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!(
-        "t={timestamp},v1={}",
-        hex::encode(mac.finalize().into_bytes())
-    )
+    SCHEME.sign(secret, timestamp, body)
 }
 
 #[derive(Deserialize)]
@@ -353,21 +308,6 @@ struct RefundList {
     data: Vec<Refund>,
 }
 
-fn malformed(err: impl std::fmt::Display) -> IngestError {
-    IngestError::MalformedPayload(err.to_string())
-}
-
-fn parse<T: serde::de::DeserializeOwned>(value: &Value) -> Result<T, IngestError> {
-    T::deserialize(value).map_err(malformed)
-}
-
-fn non_empty(value: Option<&str>) -> Option<String> {
-    value
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .map(str::to_string)
-}
-
 /// Maps a verified Stripe event body to canonical events.
 ///
 /// One event family per fact, so nothing counts twice: starts, conversions, plan
@@ -479,19 +419,16 @@ impl Mapper<'_> {
         }
     }
 
-    /// Milestones that happen once per subscription share its id as occurrence key.
     fn occurrence_key(&self, name: EventName, sub: &Subscription) -> String {
-        match name {
-            EventName::TrialStarted
-            | EventName::TrialConverted
-            | EventName::SubscriptionStarted
-            | EventName::SubscriptionCancelled => sub.id.clone(),
-            _ => self.event.id.clone(),
+        if name.is_once_per_subscription() {
+            sub.id.clone()
+        } else {
+            self.event.id.clone()
         }
     }
 
     fn subscription(&mut self, sub: &Subscription, name: EventName, prior_status: Option<&str>) {
-        let values = recurring_values(&sub.items.data, sub.currency.as_deref());
+        let values = recurring_values(&item_prices(&sub.items.data), sub.currency.as_deref());
         self.observe(sub, &values);
         let mut event = self.new_event(name, &self.occurrence_key(name, sub));
         event.customer = Customer {
@@ -573,8 +510,8 @@ impl Mapper<'_> {
         }
         if changed("items") && previous_status.is_none() {
             let old_items: ItemList = parse(&previous["items"])?;
-            let before = recurring_values(&old_items.data, sub.currency.as_deref());
-            let after = recurring_values(&sub.items.data, sub.currency.as_deref());
+            let before = recurring_values(&item_prices(&old_items.data), sub.currency.as_deref());
+            let after = recurring_values(&item_prices(&sub.items.data), sub.currency.as_deref());
             if let (Some(old_mrr), Some(new_mrr)) = (before.mrr, after.mrr) {
                 let delta = new_mrr.minor - old_mrr.minor;
                 if delta != 0 {
@@ -727,12 +664,7 @@ impl Mapper<'_> {
         let attempt = invoice.attempt_count.unwrap_or(1);
         let key = format!("{}#{attempt}", invoice.id);
         let mut event = self.invoice_event(invoice, EventName::PaymentFailed, &key);
-        let currency = invoice.currency.to_ascii_uppercase();
-        event.values = Values {
-            gross_value: Some(Amount::from_minor(invoice.amount_due, &currency)),
-            currency: Some(currency),
-            ..Values::default()
-        };
+        event.values = amount_values(invoice.amount_due, &invoice.currency);
         event
             .properties
             .insert("attempt_count".into(), attempt.to_string());
@@ -763,12 +695,7 @@ impl Mapper<'_> {
             None => format!("refund:{}", refund.id),
         };
         let mut event = self.new_event(EventName::Refund, &refund.id);
-        let currency = refund.currency.to_ascii_uppercase();
-        event.values = Values {
-            gross_value: Some(Amount::from_minor(refund.amount, &currency)),
-            currency: Some(currency),
-            ..Values::default()
-        };
+        event.values = amount_values(refund.amount, &refund.currency);
         event
             .properties
             .insert("refund_id".into(), refund.id.clone());
@@ -808,12 +735,7 @@ impl Mapper<'_> {
         self.output.ordering_key = format!("charge:{}", charge.id);
         let key = format!("{}:refunded:{}", charge.id, charge.amount_refunded);
         let mut event = self.new_event(EventName::Refund, &key);
-        let currency = charge.currency.to_ascii_uppercase();
-        event.values = Values {
-            gross_value: Some(Amount::from_minor(amount, &currency)),
-            currency: Some(currency),
-            ..Values::default()
-        };
+        event.values = amount_values(amount, &charge.currency);
         event
             .properties
             .insert("charge_id".into(), charge.id.clone());
@@ -839,47 +761,41 @@ fn fill_charge_context(event: &mut CanonicalEvent, charge: &Charge) {
     }
 }
 
+/// An amount of money (paid, due or refunded) in a Stripe currency code.
+fn amount_values(minor: i64, currency: &str) -> Values {
+    let currency = currency.to_ascii_uppercase();
+    Values {
+        gross_value: Some(Amount::from_minor(minor, &currency)),
+        currency: Some(currency),
+        ..Values::default()
+    }
+}
+
+/// Each subscription item's price and quantity.
+fn item_prices(items: &[SubscriptionItem]) -> Vec<(&Price, Option<i64>)> {
+    items
+        .iter()
+        .filter_map(|item| Some((item.price.as_ref()?, item.quantity)))
+        .collect()
+}
+
 /// MRR/ARR from pre-basil invoice lines that carry their price; basil lines don't, and
 /// the renewal inherits the subscription's known MRR during enrichment instead.
 fn line_recurring_values(lines: &[InvoiceLine], currency: &str) -> Values {
-    let items: Vec<SubscriptionItem> = lines
+    let prices: Vec<(&Price, Option<i64>)> = lines
         .iter()
-        .filter_map(|line| {
-            let price = line.price.as_ref()?;
-            price.recurring.as_ref()?;
-            Some(SubscriptionItem {
-                price: Some(Price {
-                    id: price.id.clone(),
-                    currency: price.currency.clone(),
-                    unit_amount: price.unit_amount,
-                    unit_amount_decimal: price.unit_amount_decimal.clone(),
-                    recurring: price.recurring.as_ref().map(|r| PriceRecurring {
-                        interval: r.interval.clone(),
-                        interval_count: r.interval_count,
-                        usage_type: r.usage_type.clone(),
-                    }),
-                }),
-                quantity: line.quantity,
-                current_period_end: None,
-            })
-        })
+        .filter_map(|line| Some((line.price.as_ref()?, line.quantity)))
         .collect();
-    let mut values = recurring_values(&items, Some(currency));
-    values.currency = Some(currency.to_string());
-    values
+    recurring_values(&prices, Some(currency))
 }
 
-/// MRR/ARR summed over licensed recurring items (`unit_amount` × quantity). Metered and
-/// tiered items have no knowable price at this point and are left out; if nothing is
+/// MRR/ARR summed over licensed recurring prices (`unit_amount` × quantity). Metered and
+/// tiered prices have no knowable amount at this point and are left out; if nothing is
 /// knowable the values stay empty rather than claiming zero revenue.
-fn recurring_values(items: &[SubscriptionItem], currency: Option<&str>) -> Values {
+fn recurring_values(prices: &[(&Price, Option<i64>)], currency: Option<&str>) -> Values {
     let currency = currency
         .map(str::to_string)
-        .or_else(|| {
-            items
-                .iter()
-                .find_map(|i| i.price.as_ref().map(|p| p.currency.clone()))
-        })
+        .or_else(|| prices.first().map(|(p, _)| p.currency.clone()))
         .map(|c| c.to_ascii_uppercase());
     let Some(currency) = currency else {
         return Values::default();
@@ -887,8 +803,7 @@ fn recurring_values(items: &[SubscriptionItem], currency: Option<&str>) -> Value
     let mut mrr_minor: i64 = 0;
     let mut arr_minor: i64 = 0;
     let mut priced_items = 0;
-    for item in items {
-        let Some(price) = &item.price else { continue };
+    for &(price, quantity) in prices {
         let Some(recurring) = &price.recurring else {
             continue;
         };
@@ -910,8 +825,7 @@ fn recurring_values(items: &[SubscriptionItem], currency: Option<&str>) -> Value
         let Some(interval) = Interval::parse(&recurring.interval) else {
             continue;
         };
-        let quantity = item.quantity.unwrap_or(1);
-        let Some(per_period) = unit_minor.checked_mul(quantity) else {
+        let Some(per_period) = unit_minor.checked_mul(quantity.unwrap_or(1)) else {
             continue;
         };
         let Some(r) = recurring_from_period(per_period, interval, recurring.interval_count) else {
