@@ -1,10 +1,13 @@
 //! Verify + parse + map of one Stripe webhook, natively: `cargo bench --bench ingest`.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use tracklayer::config::{MerchantConfig, MetaConfig, StripeSourceConfig};
+use tracklayer::config::MerchantConfig;
 use tracklayer::enrich::StoredContext;
 use tracklayer::ingest;
-use tracklayer::sources::{stripe, Headers};
+use tracklayer::sources::{stripe, Headers, WebhookRequest};
+
+const URL: &str =
+    "https://edge.tracklayer.test/v1/integrations/stripe/subscription-events?merchant_id=m_bench";
 
 fn bench_stripe(c: &mut Criterion) {
     let body = std::fs::read(concat!(
@@ -16,30 +19,27 @@ fn bench_stripe(c: &mut Criterion) {
     let secret = "whsec_bench";
     let merchant = MerchantConfig {
         merchant_id: "m_bench".into(),
-        stripe: Some(StripeSourceConfig {
-            endpoint_secrets: vec![secret.into()],
-            tolerance_seconds: 300,
-        }),
-        meta: Some(MetaConfig {
-            pixel_id: "1".into(),
-            access_token: "t".into(),
-            api_version: "v25.0".into(),
-            action_source: "system_generated".into(),
-            test_event_code: None,
-        }),
         ..MerchantConfig::default()
-    };
+    }
+    .with_source(
+        "stripe",
+        serde_json::json!({ "endpoint_secrets": [secret] }),
+    )
+    .with_destination(
+        "meta",
+        serde_json::json!({ "pixel_id": "1", "access_token": "t" }),
+    );
     let headers = Headers::new().with("Stripe-Signature", &stripe::sign(secret, now, &body));
     c.bench_function("stripe verify+parse+map (5.6 KB event)", |b| {
         b.iter(|| {
             let output = ingest::verify_and_map(
                 "stripe",
                 black_box(&merchant),
-                black_box(&headers),
-                black_box(&body),
+                black_box(&WebhookRequest::post(URL, &headers, &body)),
                 now,
             )
-            .unwrap();
+            .unwrap()
+            .remove(0);
             ingest::plan(output, &merchant, &StoredContext::default())
         })
     });

@@ -2,8 +2,11 @@
 //!
 //! Stored in D1 (see `migrations/`); this module holds the typed form and its defaults.
 
+use crate::destinations::BuildError;
+use crate::error::IngestError;
 use crate::event::{CanonicalEvent, EventName};
 use crate::money::Amount;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -115,51 +118,6 @@ impl ValuePolicy {
     }
 }
 
-/// Stripe source settings. Several secrets are kept while an endpoint secret is rolled.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StripeSourceConfig {
-    pub endpoint_secrets: Vec<String>,
-    #[serde(default = "default_stripe_tolerance")]
-    pub tolerance_seconds: i64,
-}
-
-/// Paddle source settings: the notification destination's secret key(s).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PaddleSourceConfig {
-    pub secret_keys: Vec<String>,
-    #[serde(default = "default_paddle_tolerance")]
-    pub tolerance_seconds: i64,
-}
-
-fn default_paddle_tolerance() -> i64 {
-    crate::sources::paddle::DEFAULT_TOLERANCE_SECONDS
-}
-
-fn default_stripe_tolerance() -> i64 {
-    crate::sources::stripe::DEFAULT_TOLERANCE_SECONDS
-}
-
-/// Meta Conversions API settings for one pixel / dataset.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MetaConfig {
-    pub pixel_id: String,
-    pub access_token: String,
-    #[serde(default = "default_meta_api_version")]
-    pub api_version: String,
-    #[serde(default = "default_action_source")]
-    pub action_source: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub test_event_code: Option<String>,
-}
-
-fn default_meta_api_version() -> String {
-    crate::destinations::meta::DEFAULT_API_VERSION.to_string()
-}
-
-fn default_action_source() -> String {
-    "system_generated".to_string()
-}
-
 /// Everything the worker needs to know about one merchant.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MerchantConfig {
@@ -174,12 +132,12 @@ pub struct MerchantConfig {
     pub value_policy: ValuePolicy,
     #[serde(default)]
     pub lifecycle: crate::enrich::LifecycleSettings,
+    /// Source name → that source's settings (secrets, tolerances), parsed by the source.
     #[serde(default)]
-    pub stripe: Option<StripeSourceConfig>,
+    pub sources: BTreeMap<String, serde_json::Value>,
+    /// Enabled destination name → its settings and credentials, parsed by the destination.
     #[serde(default)]
-    pub paddle: Option<PaddleSourceConfig>,
-    #[serde(default)]
-    pub meta: Option<MetaConfig>,
+    pub destinations: BTreeMap<String, serde_json::Value>,
 }
 
 impl MerchantConfig {
@@ -187,9 +145,45 @@ impl MerchantConfig {
     pub fn connected_destinations(&self) -> Vec<&'static str> {
         crate::destinations::REGISTRY
             .iter()
-            .filter(|d| (d.is_connected)(self))
+            .filter(|d| self.destinations.contains_key(d.name))
             .map(|d| d.name)
             .collect()
+    }
+
+    /// The typed settings of `source`. A stored config that does not parse is the
+    /// operator's to fix; the error never repeats it, since it holds secrets.
+    pub fn source_config<T: DeserializeOwned>(&self, source: &str) -> Result<T, IngestError> {
+        let raw = self
+            .sources
+            .get(source)
+            .ok_or_else(|| IngestError::SourceNotConfigured {
+                source_name: source.into(),
+            })?;
+        T::deserialize(raw).map_err(|_| IngestError::SourceMisconfigured {
+            source_name: source.into(),
+        })
+    }
+
+    /// The typed settings of `destination`, on the same terms as [`Self::source_config`].
+    pub fn destination_config<T: DeserializeOwned>(
+        &self,
+        destination: &'static str,
+    ) -> Result<T, BuildError> {
+        let raw = self
+            .destinations
+            .get(destination)
+            .ok_or(BuildError::NotConfigured(destination))?;
+        T::deserialize(raw).map_err(|_| BuildError::Misconfigured(destination))
+    }
+
+    pub fn with_source(mut self, source: &str, config: serde_json::Value) -> Self {
+        self.sources.insert(source.into(), config);
+        self
+    }
+
+    pub fn with_destination(mut self, destination: &str, config: serde_json::Value) -> Self {
+        self.destinations.insert(destination.into(), config);
+        self
     }
 }
 

@@ -36,6 +36,8 @@ pub enum IngestError {
     MerchantDisabled(String),
     #[error("source {source_name} is not configured for this merchant")]
     SourceNotConfigured { source_name: String },
+    #[error("the {source_name} settings of this merchant are invalid; the operator must fix them")]
+    SourceMisconfigured { source_name: String },
     #[error("unknown source {0}")]
     UnknownSource(String),
     #[error(transparent)]
@@ -61,7 +63,7 @@ impl IngestError {
             | IngestError::UnknownSource(_) => 404,
             IngestError::InFlight => 409,
             IngestError::PayloadTooLarge { .. } => 413,
-            IngestError::Unavailable(_) => 503,
+            IngestError::Unavailable(_) | IngestError::SourceMisconfigured { .. } => 503,
         }
     }
 
@@ -72,6 +74,7 @@ impl IngestError {
             IngestError::UnknownMerchant(_) => "merchant_not_found",
             IngestError::MerchantDisabled(_) => "merchant_disabled",
             IngestError::SourceNotConfigured { .. } => "source_not_configured",
+            IngestError::SourceMisconfigured { .. } => "source_misconfigured",
             IngestError::UnknownSource(_) => "source_not_found",
             IngestError::Signature(VerifyError::MissingHeader { .. }) => "signature_missing",
             IngestError::Signature(VerifyError::MalformedHeader { .. }) => "signature_malformed",

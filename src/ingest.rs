@@ -5,7 +5,7 @@ use crate::config::{MerchantConfig, MerchantStatus};
 use crate::delivery::DeliveryJob;
 use crate::enrich::{enrich, StoredContext};
 use crate::error::IngestError;
-use crate::sources::{self, Headers, SourceOutput};
+use crate::sources::{self, SourceOutput, WebhookRequest};
 
 /// Largest accepted webhook body. Real Stripe events stay far below it; anything larger
 /// is refused with 413 before it is read into memory twice.
@@ -33,17 +33,16 @@ pub struct IngestPlan {
 pub fn verify_and_map(
     source_name: &str,
     merchant: &MerchantConfig,
-    headers: &Headers,
-    body: &[u8],
+    request: &WebhookRequest,
     now: i64,
-) -> Result<SourceOutput, IngestError> {
+) -> Result<Vec<SourceOutput>, IngestError> {
     if merchant.status == MerchantStatus::Disabled {
         return Err(IngestError::MerchantDisabled(merchant.merchant_id.clone()));
     }
-    check_body_size(body.len())?;
+    check_body_size(request.body.len())?;
     let source =
         sources::find(source_name).ok_or_else(|| IngestError::UnknownSource(source_name.into()))?;
-    (source.ingest)(merchant, headers, body, now)
+    (source.ingest)(merchant, request, now)
 }
 
 /// Enriches the mapped events with stored context, then plans one delivery job per

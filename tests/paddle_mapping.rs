@@ -1,7 +1,9 @@
 //! Table-driven mapping over realistic Paddle Billing notifications
 //! (tests/fixtures/paddle/), signed the way Paddle signs and sent through the ingest path.
 
-use tracklayer::config::{MerchantConfig, MetaConfig, PaddleSourceConfig};
+mod mapping;
+
+use tracklayer::config::MerchantConfig;
 use tracklayer::enrich::{KnownCustomer, StoredContext};
 use tracklayer::event::EventName;
 use tracklayer::ingest;
@@ -14,19 +16,13 @@ const SUB: &str = "sub_01jh8x5t2kq3ve9r7m4c6n1bza";
 fn merchant() -> MerchantConfig {
     MerchantConfig {
         merchant_id: "m_paddle".into(),
-        paddle: Some(PaddleSourceConfig {
-            secret_keys: vec![SECRET.into()],
-            tolerance_seconds: paddle::DEFAULT_TOLERANCE_SECONDS,
-        }),
-        meta: Some(MetaConfig {
-            pixel_id: "1234".into(),
-            access_token: "token".into(),
-            api_version: "v25.0".into(),
-            action_source: "system_generated".into(),
-            test_event_code: None,
-        }),
         ..MerchantConfig::default()
     }
+    .with_source("paddle", serde_json::json!({ "secret_keys": [SECRET] }))
+    .with_destination(
+        "meta",
+        serde_json::json!({ "pixel_id": "1234", "access_token": "token" }),
+    )
 }
 
 fn mapped(name: &str) -> SourceOutput {
@@ -43,7 +39,7 @@ fn mapped(name: &str) -> SourceOutput {
         "Paddle-Signature",
         &paddle::sign(SECRET, occurred + 1, &body),
     );
-    ingest::verify_and_map("paddle", &merchant(), &headers, &body, occurred + 2).expect(name)
+    mapping::ingest_one("paddle", &merchant(), &headers, &body, occurred + 2).expect(name)
 }
 
 struct Case {
@@ -235,7 +231,7 @@ fn signature_is_checked_on_the_raw_bytes() {
     let header = paddle::sign(SECRET, 1_767_604_366, body);
     let mut tampered = body.to_vec();
     tampered[10] = b'y';
-    let err = ingest::verify_and_map(
+    let err = mapping::ingest_one(
         "paddle",
         &merchant(),
         &Headers::new().with("Paddle-Signature", &header),

@@ -1,7 +1,9 @@
 //! Table-driven mapping over realistic Stripe fixtures (tests/fixtures/stripe/), each
 //! signed the way Stripe signs and sent through the same ingest path the worker uses.
 
-use tracklayer::config::{MerchantConfig, MetaConfig, StripeSourceConfig};
+mod mapping;
+
+use tracklayer::config::MerchantConfig;
 use tracklayer::enrich::StoredContext;
 use tracklayer::event::EventName;
 use tracklayer::ingest;
@@ -12,19 +14,16 @@ const SECRET: &str = "whsec_fixture_secret";
 fn merchant() -> MerchantConfig {
     MerchantConfig {
         merchant_id: "m_fixture".into(),
-        stripe: Some(StripeSourceConfig {
-            endpoint_secrets: vec![SECRET.into()],
-            tolerance_seconds: 300,
-        }),
-        meta: Some(MetaConfig {
-            pixel_id: "1234".into(),
-            access_token: "token".into(),
-            api_version: "v25.0".into(),
-            action_source: "system_generated".into(),
-            test_event_code: None,
-        }),
         ..MerchantConfig::default()
     }
+    .with_source(
+        "stripe",
+        serde_json::json!({ "endpoint_secrets": [SECRET] }),
+    )
+    .with_destination(
+        "meta",
+        serde_json::json!({ "pixel_id": "1234", "access_token": "token" }),
+    )
 }
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -42,7 +41,7 @@ fn ingest_fixture(name: &str) -> ingest::IngestPlan {
         .unwrap();
     let now = created + 5;
     let headers = Headers::new().with("stripe-signature", &stripe::sign(SECRET, now, &body));
-    let output = ingest::verify_and_map("stripe", &merchant(), &headers, &body, now).expect(name);
+    let output = mapping::ingest_one("stripe", &merchant(), &headers, &body, now).expect(name);
     ingest::plan(output, &merchant(), &StoredContext::default())
 }
 
@@ -218,7 +217,7 @@ fn redelivery_yields_identical_event_ids() {
 #[test]
 fn oversized_body_is_refused_before_verification() {
     let body = vec![b' '; ingest::MAX_BODY_BYTES + 1];
-    let err = ingest::verify_and_map("stripe", &merchant(), &Headers::new(), &body, 0).unwrap_err();
+    let err = mapping::ingest_one("stripe", &merchant(), &Headers::new(), &body, 0).unwrap_err();
     assert_eq!(err.status(), 413);
 }
 
@@ -409,7 +408,7 @@ fn mapped(name: &str) -> tracklayer::sources::SourceOutput {
         .as_i64()
         .unwrap();
     let headers = Headers::new().with("stripe-signature", &stripe::sign(SECRET, created, &body));
-    ingest::verify_and_map("stripe", &merchant(), &headers, &body, created).expect(name)
+    mapping::ingest_one("stripe", &merchant(), &headers, &body, created).expect(name)
 }
 
 #[test]
@@ -476,8 +475,7 @@ fn both_refund_webhooks_of_one_refund_count_once_when_stripe_names_it() {
     let body = serde_json::to_vec(&legacy).unwrap();
     let created = legacy["created"].as_i64().unwrap();
     let headers = Headers::new().with("stripe-signature", &stripe::sign(SECRET, created, &body));
-    let from_charge =
-        ingest::verify_and_map("stripe", &merchant(), &headers, &body, created).unwrap();
+    let from_charge = mapping::ingest_one("stripe", &merchant(), &headers, &body, created).unwrap();
     assert_eq!(from_charge.events[0].event_id, refund.events[0].event_id);
     assert_eq!(from_charge.ordering_key, refund.ordering_key);
     assert_eq!(

@@ -10,9 +10,10 @@ use super::{
     encode_query_value, parse_retry_after, BuildError, DestinationSpec, Endpoints, OutboundRequest,
     Outcome,
 };
-use crate::config::{MerchantConfig, MetaConfig};
+use crate::config::MerchantConfig;
 use crate::event::{CanonicalEvent, EventName};
 use crate::hashing::{hash_email, hash_identifier};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 pub const NAME: &str = "meta";
@@ -20,9 +21,29 @@ pub const DEFAULT_BASE_URL: &str = "https://graph.facebook.com";
 pub const DEFAULT_API_VERSION: &str = "v25.0";
 pub const MAX_EVENT_AGE_SECONDS: i64 = 7 * 24 * 3600;
 
+/// Meta Conversions API settings for one pixel / dataset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaConfig {
+    pub pixel_id: String,
+    pub access_token: String,
+    #[serde(default = "default_api_version")]
+    pub api_version: String,
+    #[serde(default = "default_action_source")]
+    pub action_source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_event_code: Option<String>,
+}
+
+fn default_api_version() -> String {
+    DEFAULT_API_VERSION.to_string()
+}
+
+fn default_action_source() -> String {
+    "system_generated".to_string()
+}
+
 pub const SPEC: DestinationSpec = DestinationSpec {
     name: NAME,
-    is_connected: |m| m.meta.is_some(),
     build,
     classify,
 };
@@ -54,13 +75,10 @@ fn build(
     endpoints: &Endpoints,
     now: i64,
 ) -> Result<OutboundRequest, BuildError> {
-    let config = merchant
-        .meta
-        .as_ref()
-        .ok_or(BuildError::NotConfigured(NAME))?;
+    let config: MetaConfig = merchant.destination_config(NAME)?;
     let data = events
         .iter()
-        .map(|event| server_event(event, merchant, config, now))
+        .map(|event| server_event(event, merchant, &config, now))
         .collect::<Result<Vec<_>, _>>()?;
     let mut body = json!({ "data": data });
     if let Some(code) = config.test_event_code.as_deref().filter(|c| !c.is_empty()) {
@@ -216,15 +234,16 @@ mod tests {
     fn merchant() -> MerchantConfig {
         MerchantConfig {
             merchant_id: "m_1".into(),
-            meta: Some(MetaConfig {
-                pixel_id: "123456789".into(),
-                access_token: "EAAB/secret+token".into(),
-                api_version: DEFAULT_API_VERSION.into(),
-                action_source: "system_generated".into(),
-                test_event_code: None,
-            }),
             ..MerchantConfig::default()
         }
+        .with_destination(
+            "meta",
+            json!({ "pixel_id": "123456789", "access_token": "EAAB/secret+token" }),
+        )
+    }
+
+    fn config() -> MetaConfig {
+        merchant().destination_config(NAME).unwrap()
     }
 
     fn trial() -> CanonicalEvent {
@@ -293,7 +312,7 @@ mod tests {
         let mut ev = trial();
         ev.name = EventName::SubscriptionCancelled;
         ev.values.mrr_delta = Some(Amount::from_minor(-4900, "usd"));
-        let out = server_event(&ev, &merchant(), merchant().meta.as_ref().unwrap(), NOW).unwrap();
+        let out = server_event(&ev, &merchant(), &config(), NOW).unwrap();
         assert_eq!(out["event_name"], "SubscriptionCancelled");
         assert_eq!(out["custom_data"]["value"], -49.0);
         assert_eq!(out["custom_data"]["mrr_delta"], -49.0);
@@ -302,7 +321,7 @@ mod tests {
     #[test]
     fn test_event_code_is_passed_when_configured() {
         let mut m = merchant();
-        m.meta.as_mut().unwrap().test_event_code = Some("TEST123".into());
+        m.destinations.get_mut("meta").unwrap()["test_event_code"] = json!("TEST123");
         let req = build(&[trial()], &m, &Endpoints::default(), NOW).unwrap();
         let body: Value = serde_json::from_str(&req.body).unwrap();
         assert_eq!(body["test_event_code"], "TEST123");
@@ -322,11 +341,11 @@ mod tests {
     fn empty_email_is_not_hashed_and_no_identity_is_refused() {
         let mut ev = trial();
         ev.customer.email = Some("  ".into());
-        let out = server_event(&ev, &merchant(), merchant().meta.as_ref().unwrap(), NOW).unwrap();
+        let out = server_event(&ev, &merchant(), &config(), NOW).unwrap();
         assert!(out["user_data"].get("em").is_none());
         ev.customer.customer_id = None;
         assert_eq!(
-            server_event(&ev, &merchant(), merchant().meta.as_ref().unwrap(), NOW),
+            server_event(&ev, &merchant(), &config(), NOW),
             Err(BuildError::NoIdentity)
         );
     }

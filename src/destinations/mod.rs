@@ -54,6 +54,8 @@ pub enum Outcome {
 pub enum BuildError {
     #[error("destination {0} is not configured for this merchant")]
     NotConfigured(&'static str),
+    #[error("the {0} settings of this merchant are invalid; the operator must fix them")]
+    Misconfigured(&'static str),
     #[error(
         "event is {age_seconds}s old; {destination} refuses events older than {limit_seconds}s"
     )]
@@ -70,7 +72,6 @@ pub enum BuildError {
 
 pub struct DestinationSpec {
     pub name: &'static str,
-    pub is_connected: fn(&MerchantConfig) -> bool,
     pub build: fn(
         &[CanonicalEvent],
         &MerchantConfig,

@@ -7,6 +7,7 @@ mod ledger;
 mod outbound;
 mod store;
 
+use crate::config::MerchantConfig;
 use crate::delivery::RetryPolicy;
 use crate::destinations::Endpoints;
 use crate::enrich::StoredContext;
@@ -14,7 +15,7 @@ use crate::error::IngestError;
 use crate::hashing::constant_time_eq;
 use crate::ingest;
 use crate::ledger::ClaimOutcome;
-use crate::sources::Headers;
+use crate::sources::{Headers, SourceOutput, SourceSpec, WebhookRequest};
 use crate::time::utc_date;
 use http::{ingest_error, json_error, json_response};
 use ledger::LedgerClient;
@@ -87,11 +88,11 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
     match (req.method(), segments.as_slice()) {
         (Method::Get, ["healthz"]) => json_response(200, &json!({ "status": "ok" })),
         (Method::Post, ["v1", "integrations", "stripe", "subscription-events"]) => {
-            webhook(req, env, "stripe").await
+            webhook(req, env, &crate::sources::stripe::SPEC).await
         }
         (Method::Post, ["v1", "integrations", source, "events"]) => {
             match crate::sources::find(source) {
-                Some(spec) => webhook(req, env, spec.name).await,
+                Some(spec) => webhook(req, env, spec).await,
                 None => json_error(404, "unknown_source", "no such source integration"),
             }
         }
@@ -113,9 +114,9 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
     }
 }
 
-/// Verify → map → dedup claim → record + enqueue → commit. Answers 2xx only after the
-/// events are in D1 and their delivery jobs are on the queue.
-async fn webhook(mut req: Request, env: &Env, source: &str) -> Result<Response> {
+/// Verify → map → per notification: dedup claim → record + enqueue → commit. Answers
+/// 2xx only after every notification's events are in D1 and their jobs on the queue.
+async fn webhook(mut req: Request, env: &Env, source: &'static SourceSpec) -> Result<Response> {
     let url = req.url()?;
     let Some(merchant_id) = url
         .query_pairs()
@@ -142,28 +143,76 @@ async fn webhook(mut req: Request, env: &Env, source: &str) -> Result<Response> 
     for (name, value) in req.headers().entries() {
         headers.insert(&name, &value);
     }
+    let url_text = url.to_string();
+    let method = req.method().to_string();
+    let request = WebhookRequest {
+        method: &method,
+        url: &url_text,
+        headers: &headers,
+        body: &body,
+    };
     let now = now_ms();
-    let output = match ingest::verify_and_map(source, &merchant, &headers, &body, now / 1000) {
-        Ok(output) => output,
+    let name = source.name;
+    let outputs = match ingest::verify_and_map(name, &merchant, &request, now / 1000) {
+        Ok(outputs) => outputs,
         Err(err) => {
             if let IngestError::Signature(reason) = &err {
-                console_warn!("{source} webhook for merchant {merchant_id} refused: {reason}");
+                console_warn!("{name} webhook for merchant {merchant_id} refused: {reason}");
             }
             return ingest_error(&err);
         }
     };
+    let mut summaries = Vec::with_capacity(outputs.len());
+    for output in outputs {
+        match accept(env, &store, &merchant, output, now).await? {
+            Ok(summary) => summaries.push(summary),
+            // Earlier notifications of a batch are recorded; the source's retry of the
+            // whole batch finds them as duplicates.
+            Err(err) => return ingest_error(&err),
+        }
+    }
+    if let Some(acknowledgement) = source.acknowledgement {
+        let (content_type, body) = acknowledgement();
+        let response = Response::ok(body)?;
+        response.headers().set("content-type", content_type)?;
+        return Ok(response);
+    }
+    let accepted = summaries.iter().any(|s| s["status"] == "accepted");
+    let status = if accepted { 202 } else { 200 };
+    match summaries.as_slice() {
+        [single] => json_response(status, single),
+        _ => json_response(
+            status,
+            &json!({
+                "status": if accepted { "accepted" } else { "ignored" },
+                "notifications": summaries,
+            }),
+        ),
+    }
+}
+
+/// One notification: claim its source id, enrich, record, enqueue, commit. The inner
+/// error is the answer to give the source (in flight, or not persisted: retry).
+async fn accept(
+    env: &Env,
+    store: &Store,
+    merchant: &MerchantConfig,
+    output: SourceOutput,
+    now: i64,
+) -> Result<std::result::Result<serde_json::Value, IngestError>> {
+    let merchant_id = merchant.merchant_id.as_str();
+    let source = output.source;
     let source_event_id = output.source_event_id.clone();
     let dedup_key = format!("{source}:{source_event_id}");
-    let ledger = LedgerClient::for_key(env, &merchant_id, &output.ordering_key)?;
+    let ledger = LedgerClient::for_key(env, merchant_id, &output.ordering_key)?;
     let claim = ledger.claim(&dedup_key).await?;
     match claim.outcome {
         ClaimOutcome::Duplicate => {
-            return json_response(
-                200,
-                &json!({ "status": "duplicate", "source_event_id": source_event_id }),
-            );
+            return Ok(Ok(
+                json!({ "status": "duplicate", "source_event_id": source_event_id }),
+            ));
         }
-        ClaimOutcome::InFlight => return ingest_error(&IngestError::InFlight),
+        ClaimOutcome::InFlight => return Ok(Err(IngestError::InFlight)),
         ClaimOutcome::New => {}
     }
     let accepted = async {
@@ -174,7 +223,7 @@ async fn webhook(mut req: Request, env: &Env, source: &str) -> Result<Response> 
         {
             Some(customer_id) => {
                 store
-                    .known_customer(&merchant_id, source, &customer_id)
+                    .known_customer(merchant_id, source, &customer_id)
                     .await?
             }
             None => None,
@@ -183,8 +232,8 @@ async fn webhook(mut req: Request, env: &Env, source: &str) -> Result<Response> 
             subscription: claim.subscription,
             customer,
         };
-        let plan = ingest::plan(output, &merchant, &context);
-        let enqueued = record_and_enqueue(env, &store, &merchant_id, &plan, now).await?;
+        let plan = ingest::plan(output, merchant, &context);
+        let enqueued = record_and_enqueue(env, store, merchant_id, &plan, now).await?;
         Ok::<_, worker::Error>((plan, enqueued))
     }
     .await;
@@ -195,9 +244,9 @@ async fn webhook(mut req: Request, env: &Env, source: &str) -> Result<Response> 
             if let Err(release_err) = ledger.release(&dedup_key).await {
                 console_error!("ledger release failed: {release_err}");
             }
-            return ingest_error(&IngestError::Unavailable(
+            return Ok(Err(IngestError::Unavailable(
                 "could not persist the event".into(),
-            ));
+            )));
         }
     };
     let output = &plan.output;
@@ -227,16 +276,13 @@ async fn webhook(mut req: Request, env: &Env, source: &str) -> Result<Response> 
         .iter()
         .filter(|job| enqueued.contains(&job.event.event_id))
         .count();
-    json_response(
-        if status == "accepted" { 202 } else { 200 },
-        &json!({
-            "status": status,
-            "source_event_id": output.source_event_id,
-            "reason": output.ignored_reason,
-            "events": events,
-            "deliveries_enqueued": deliveries_enqueued,
-        }),
-    )
+    Ok(Ok(json!({
+        "status": status,
+        "source_event_id": output.source_event_id,
+        "reason": output.ignored_reason,
+        "events": events,
+        "deliveries_enqueued": deliveries_enqueued,
+    })))
 }
 
 /// Records the plan in D1, then enqueues the jobs of events not enqueued before (the

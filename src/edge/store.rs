@@ -1,6 +1,6 @@
 //! D1 access: merchant configuration, event records, the delivery ledger and log.
 
-use crate::config::{MerchantConfig, MetaConfig, PaddleSourceConfig, StripeSourceConfig};
+use crate::config::MerchantConfig;
 use crate::delivery::{DeadLetter, DeliveryJob};
 use crate::enrich::KnownCustomer;
 use crate::event::{CanonicalEvent, EventName};
@@ -82,9 +82,8 @@ impl Store {
             lifecycle: serde_json::from_str(&row.lifecycle).map_err(|_| {
                 worker::Error::RustError(format!("merchant {merchant_id}: invalid lifecycle"))
             })?,
-            stripe: None,
-            paddle: None,
-            meta: None,
+            sources: Default::default(),
+            destinations: Default::default(),
         };
         let sources: Vec<ConfigRow> = self
             .db
@@ -94,10 +93,8 @@ impl Store {
             .await?
             .results()?;
         for row in sources {
-            match row.name.as_str() {
-                "stripe" => merchant.stripe = parse_config::<StripeSourceConfig>(merchant_id, &row),
-                "paddle" => merchant.paddle = parse_config::<PaddleSourceConfig>(merchant_id, &row),
-                other => console_warn!("merchant {merchant_id}: unknown source {other} in config"),
+            if let Some(config) = parse_config(merchant_id, &row) {
+                merchant.sources.insert(row.name, config);
             }
         }
         let destinations: Vec<ConfigRow> = self
@@ -108,11 +105,8 @@ impl Store {
             .await?
             .results()?;
         for row in destinations {
-            match row.name.as_str() {
-                "meta" => merchant.meta = parse_config::<MetaConfig>(merchant_id, &row),
-                other => {
-                    console_warn!("merchant {merchant_id}: unknown destination {other} in config")
-                }
+            if let Some(config) = parse_config(merchant_id, &row) {
+                merchant.destinations.insert(row.name, config);
             }
         }
         Ok(Some(merchant))
@@ -482,12 +476,13 @@ fn enum_field<T: serde::de::DeserializeOwned>(
         .map_err(|_| worker::Error::RustError(format!("merchant {merchant_id}: invalid {field}")))
 }
 
-fn parse_config<T: serde::de::DeserializeOwned>(merchant_id: &str, row: &ConfigRow) -> Option<T> {
+/// The stored JSON of one source or destination; its module checks the shape when used.
+fn parse_config(merchant_id: &str, row: &ConfigRow) -> Option<Value> {
     match serde_json::from_str(&row.config) {
         Ok(config) => Some(config),
         Err(_) => {
             console_warn!(
-                "merchant {merchant_id}: stored {} config is invalid; treating as not configured",
+                "merchant {merchant_id}: stored {} config is not JSON; treating as not configured",
                 row.name
             );
             None

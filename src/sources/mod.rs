@@ -82,10 +82,35 @@ pub struct SourceOutput {
     pub ignored_reason: Option<String>,
 }
 
+/// One webhook request as received: what every signature scheme may cover.
+#[derive(Debug, Clone, Copy)]
+pub struct WebhookRequest<'a> {
+    pub method: &'a str,
+    /// The full URL the source called, query included (HubSpot signs it).
+    pub url: &'a str,
+    pub headers: &'a Headers,
+    pub body: &'a [u8],
+}
+
+impl<'a> WebhookRequest<'a> {
+    pub fn post(url: &'a str, headers: &'a Headers, body: &'a [u8]) -> Self {
+        WebhookRequest {
+            method: "POST",
+            url,
+            headers,
+            body,
+        }
+    }
+}
+
 /// A registered source: its URL name and its verify + map function.
 pub struct SourceSpec {
     pub name: &'static str,
-    pub ingest: fn(&MerchantConfig, &Headers, &[u8], i64) -> Result<SourceOutput, IngestError>,
+    /// Verifies the request and maps it. Sources that batch (HubSpot, Salesforce) yield
+    /// one output per notification, each deduplicated and ordered on its own.
+    pub ingest: fn(&MerchantConfig, &WebhookRequest, i64) -> Result<Vec<SourceOutput>, IngestError>,
+    /// A success body the source insists on (content type, body); JSON otherwise.
+    pub acknowledgement: Option<fn() -> (&'static str, String)>,
 }
 
 pub const REGISTRY: &[SourceSpec] = &[stripe::SPEC, paddle::SPEC];

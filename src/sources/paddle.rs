@@ -9,44 +9,54 @@
 
 use super::signature::TimestampedHmac;
 use super::{
-    malformed, non_empty, parse, CustomerRecord, Headers, SourceOutput, SourceSpec,
-    SubscriptionObservation,
+    malformed, non_empty, parse, CustomerRecord, SourceOutput, SourceSpec, SubscriptionObservation,
+    WebhookRequest,
 };
 use crate::config::MerchantConfig;
 use crate::error::{IngestError, VerifyError};
 use crate::event::{event_id, CanonicalEvent, Customer, EventName, SubscriptionDetails, Values};
 use crate::money::{recurring_from_period, Amount, Interval};
 use crate::time::parse_rfc3339;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub const NAME: &str = "paddle";
 pub const SIGNATURE_HEADER: &str = "Paddle-Signature";
 pub const DEFAULT_TOLERANCE_SECONDS: i64 = 30;
 
-pub const SPEC: SourceSpec = SourceSpec { name: NAME, ingest };
+pub const SPEC: SourceSpec = SourceSpec {
+    name: NAME,
+    ingest,
+    acknowledgement: None,
+};
+
+/// Paddle source settings: the notification destination's secret key(s).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    pub secret_keys: Vec<String>,
+    #[serde(default = "default_tolerance")]
+    pub tolerance_seconds: i64,
+}
+
+fn default_tolerance() -> i64 {
+    DEFAULT_TOLERANCE_SECONDS
+}
 
 fn ingest(
     merchant: &MerchantConfig,
-    headers: &Headers,
-    body: &[u8],
+    request: &WebhookRequest,
     now: i64,
-) -> Result<SourceOutput, IngestError> {
-    let config = merchant
-        .paddle
-        .as_ref()
-        .ok_or_else(|| IngestError::SourceNotConfigured {
-            source_name: NAME.into(),
-        })?;
+) -> Result<Vec<SourceOutput>, IngestError> {
+    let config: Config = merchant.source_config(NAME)?;
     let secrets: Vec<&str> = config.secret_keys.iter().map(String::as_str).collect();
     verify(
-        headers.get(SIGNATURE_HEADER),
-        body,
+        request.headers.get(SIGNATURE_HEADER),
+        request.body,
         &secrets,
         now,
         config.tolerance_seconds,
     )?;
-    map_event(&merchant.merchant_id, body)
+    Ok(vec![map_event(&merchant.merchant_id, request.body)?])
 }
 
 const SCHEME: TimestampedHmac = TimestampedHmac {
