@@ -98,7 +98,7 @@ impl ValuePolicy {
     }
 
     /// The primary value to send, negative for corrections (cancellations, refunds).
-    /// Falls back to MRR when the chosen field is absent for this event.
+    /// Falls back to MRR, then net, then gross when the chosen field is absent.
     pub fn primary_value(&self, event: &CanonicalEvent, destination: &str) -> Option<Amount> {
         let values = &event.values;
         let chosen = match self.field_for(event, destination) {
@@ -109,7 +109,11 @@ impl ValuePolicy {
             ValueField::Gross => values.gross_value,
             ValueField::MrrDelta => values.mrr_delta,
         };
-        let value = chosen.or(values.mrr)?;
+        // Sources without prices on subscriptions (Lemon Squeezy) still know what was paid.
+        let value = chosen
+            .or(values.mrr)
+            .or(values.net_value)
+            .or(values.gross_value)?;
         Some(if event.name.is_correction() && value.minor > 0 {
             value.negated()
         } else {

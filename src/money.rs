@@ -61,6 +61,26 @@ impl Amount {
         self.to_string().parse().unwrap_or(0.0)
     }
 
+    /// Parses a major-unit decimal string as sent by Recharge ("42.00") or Pipedrive
+    /// (42.5) into the currency's minor units, exactly. More decimals than the currency
+    /// has are refused unless they are zeros: no silent rounding of money.
+    pub fn from_major_str(text: &str, currency: &str) -> Option<Self> {
+        let parsed = Amount::parse_decimal(text.trim())?;
+        let exponent = currency_exponent(currency);
+        let minor = if parsed.exponent <= exponent {
+            parsed
+                .minor
+                .checked_mul(10i64.checked_pow(exponent - parsed.exponent)?)?
+        } else {
+            let scale = 10i64.checked_pow(parsed.exponent - exponent)?;
+            if parsed.minor % scale != 0 {
+                return None;
+            }
+            parsed.minor / scale
+        };
+        Some(Amount { minor, exponent })
+    }
+
     /// Parses the canonical decimal form ("49.00", "-1200", "3.250").
     pub fn parse_decimal(text: &str) -> Option<Self> {
         let (negative, digits) = match text.strip_prefix('-') {
@@ -189,6 +209,28 @@ fn div_round_half_away(numerator: i128, denominator: i128) -> i128 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn major_unit_strings_become_exact_minor_units() {
+        let usd = |t| Amount::from_major_str(t, "USD").map(|a| a.minor);
+        assert_eq!(usd("42.00"), Some(4200));
+        assert_eq!(usd("42"), Some(4200));
+        assert_eq!(usd("42.5"), Some(4250));
+        assert_eq!(usd("0.10"), Some(10));
+        assert_eq!(usd("42.000"), Some(4200));
+        assert_eq!(usd("42.001"), None);
+        assert_eq!(usd("abc"), None);
+        assert_eq!(
+            Amount::from_major_str("1500", "JPY").map(|a| a.minor),
+            Some(1500)
+        );
+        assert_eq!(Amount::from_major_str("1500.50", "JPY"), None);
+        assert_eq!(
+            Amount::from_major_str("1.5", "KWD").map(|a| a.minor),
+            Some(1500)
+        );
+        assert_eq!(Amount::from_major_str("99999999999999999", "USD"), None);
+    }
 
     #[test]
     fn formats_per_currency_exponent() {

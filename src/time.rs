@@ -26,6 +26,17 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// Like [`parse_rfc3339`], but a timestamp without an offset (`2021-05-04T10:11:12`, as
+/// older Recharge API versions send) is read as UTC.
+pub fn parse_timestamp_utc(text: &str) -> Option<i64> {
+    parse_rfc3339(text).or_else(|| {
+        let has_offset = text.len() > 19 && text[19..].contains(['Z', 'z', '+', '-']);
+        (!has_offset)
+            .then(|| parse_rfc3339(&format!("{text}Z")))
+            .flatten()
+    })
+}
+
 /// Unix seconds of an RFC 3339 timestamp (`2026-01-15T10:18:49.621022Z`, `…+02:00`).
 /// Fractions are dropped.
 pub fn parse_rfc3339(text: &str) -> Option<i64> {
@@ -86,6 +97,19 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn naive_timestamps_are_utc() {
+        assert_eq!(
+            parse_timestamp_utc("2026-01-01T00:00:00"),
+            Some(1_767_225_600)
+        );
+        assert_eq!(
+            parse_timestamp_utc("2026-01-01T01:00:00+01:00"),
+            Some(1_767_225_600)
+        );
+        assert_eq!(parse_timestamp_utc("2026-01-01"), None);
+    }
 
     #[test]
     fn rfc3339_timestamps() {

@@ -2,13 +2,14 @@
 //!
 //! Adding a source: one module here plus one line in [`REGISTRY`].
 
+pub mod lemonsqueezy;
 pub mod paddle;
 pub mod signature;
 pub mod stripe;
 
 use crate::config::MerchantConfig;
 use crate::error::IngestError;
-use crate::event::CanonicalEvent;
+use crate::event::{event_id, CanonicalEvent, Customer, EventName, SubscriptionDetails, Values};
 
 /// Request headers, looked up case-insensitively.
 #[derive(Debug, Clone, Default)]
@@ -113,7 +114,68 @@ pub struct SourceSpec {
     pub acknowledgement: Option<fn() -> (&'static str, String)>,
 }
 
-pub const REGISTRY: &[SourceSpec] = &[stripe::SPEC, paddle::SPEC];
+pub const REGISTRY: &[SourceSpec] = &[stripe::SPEC, paddle::SPEC, lemonsqueezy::SPEC];
+
+/// The identity of one source notification, shared by every event mapped from it.
+pub(crate) struct Notice<'a> {
+    pub merchant_id: &'a str,
+    pub source: &'static str,
+    pub event_id: String,
+    pub event_type: String,
+    pub occurred_at: i64,
+    pub livemode: bool,
+}
+
+impl Notice<'_> {
+    /// An event of this notification; `occurrence_key` decides its id (see [`event_id`]).
+    pub fn event(&self, name: EventName, occurrence_key: &str) -> CanonicalEvent {
+        CanonicalEvent {
+            event_id: event_id(self.merchant_id, self.source, occurrence_key, name),
+            merchant_id: self.merchant_id.to_string(),
+            name,
+            source: self.source.to_string(),
+            occurrence_key: occurrence_key.to_string(),
+            source_event_id: self.event_id.clone(),
+            source_event_type: self.event_type.clone(),
+            occurred_at: self.occurred_at,
+            customer: Customer::default(),
+            subscription: SubscriptionDetails::default(),
+            values: Values::default(),
+            livemode: self.livemode,
+            properties: Default::default(),
+        }
+    }
+
+    /// The subscription id for once-per-subscription milestones, else `fallback`.
+    pub fn occurrence_key(&self, name: EventName, subscription_id: &str, fallback: &str) -> String {
+        if name.is_once_per_subscription() {
+            subscription_id.to_string()
+        } else {
+            fallback.to_string()
+        }
+    }
+
+    pub fn output(&self, ordering_key: String) -> SourceOutput {
+        SourceOutput {
+            source: self.source,
+            source_event_id: self.event_id.clone(),
+            source_event_type: self.event_type.clone(),
+            occurred_at: self.occurred_at,
+            ordering_key,
+            events: Vec::new(),
+            subscription: None,
+            customer: None,
+            ignored_reason: None,
+        }
+    }
+
+    pub fn ignored(&self, ordering_key: String, reason: impl Into<String>) -> SourceOutput {
+        SourceOutput {
+            ignored_reason: Some(reason.into()),
+            ..self.output(ordering_key)
+        }
+    }
+}
 
 fn malformed(err: impl std::fmt::Display) -> IngestError {
     IngestError::MalformedPayload(err.to_string())

@@ -101,3 +101,106 @@ impl TimestampedHmac {
         Ok(())
     }
 }
+
+/// Hex HMAC-SHA256 of the raw body (Lemon Squeezy's `X-Signature`), any secret matching.
+pub fn verify_hex_hmac(
+    header: &'static str,
+    presented: Option<&str>,
+    body: &[u8],
+    secrets: &[String],
+) -> Result<(), VerifyError> {
+    let presented = presented.ok_or(VerifyError::MissingHeader { header })?;
+    let presented = hex::decode(presented.trim()).map_err(|_| VerifyError::MalformedHeader {
+        header,
+        detail: "not a hex digest",
+    })?;
+    let secrets = usable(secrets)?;
+    let matched = secrets.iter().any(|secret| {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
+            .expect("HMAC accepts keys of any length");
+        mac.update(body);
+        constant_time_eq(&presented, &mac.finalize().into_bytes())
+    });
+    matched.then_some(()).ok_or(VerifyError::Mismatch)
+}
+
+/// Hex SHA-256 of `secret ‖ body` (Recharge's legacy header, HubSpot v1): a keyed hash,
+/// not an HMAC, but still only computable with the secret.
+pub fn verify_prefixed_sha256(
+    header: &'static str,
+    presented: Option<&str>,
+    prefix_secret_then: &[&[u8]],
+    secrets: &[String],
+) -> Result<(), VerifyError> {
+    let presented = presented.ok_or(VerifyError::MissingHeader { header })?;
+    let presented = hex::decode(presented.trim()).map_err(|_| VerifyError::MalformedHeader {
+        header,
+        detail: "not a hex digest",
+    })?;
+    let secrets = usable(secrets)?;
+    let matched = secrets.iter().any(|secret| {
+        use sha2::Digest;
+        let mut hasher = Sha256::new();
+        hasher.update(secret.as_bytes());
+        for part in prefix_secret_then {
+            hasher.update(part);
+        }
+        constant_time_eq(&presented, &hasher.finalize())
+    });
+    matched.then_some(()).ok_or(VerifyError::Mismatch)
+}
+
+/// HTTP Basic credentials (Chargebee, Pipedrive): no body signature exists, so the
+/// configured user and password are the only proof of origin.
+pub fn verify_basic_auth(
+    authorization: Option<&str>,
+    credentials: &[BasicCredentials],
+) -> Result<(), VerifyError> {
+    const HEADER: &str = "Authorization";
+    use base64::Engine;
+    let credentials: Vec<&BasicCredentials> = credentials
+        .iter()
+        .filter(|c| !c.password.is_empty())
+        .collect();
+    if credentials.is_empty() {
+        return Err(VerifyError::NoSecretConfigured);
+    }
+    let value = authorization.ok_or(VerifyError::MissingHeader { header: HEADER })?;
+    let encoded = value
+        .trim()
+        .strip_prefix("Basic ")
+        .ok_or(VerifyError::MalformedHeader {
+            header: HEADER,
+            detail: "not Basic credentials",
+        })?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| VerifyError::MalformedHeader {
+            header: HEADER,
+            detail: "credentials are not base64",
+        })?;
+    let matched = credentials.iter().any(|c| {
+        let expected = format!("{}:{}", c.username, c.password);
+        constant_time_eq(&decoded, expected.as_bytes())
+    });
+    matched.then_some(()).ok_or(VerifyError::Mismatch)
+}
+
+/// One accepted user/password pair; several are kept while a password is rotated.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BasicCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+fn usable(secrets: &[String]) -> Result<Vec<&str>, VerifyError> {
+    let usable: Vec<&str> = secrets
+        .iter()
+        .map(String::as_str)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if usable.is_empty() {
+        return Err(VerifyError::NoSecretConfigured);
+    }
+    Ok(usable)
+}

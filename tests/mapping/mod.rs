@@ -45,3 +45,42 @@ pub fn ingest_one(
         outputs.remove(0)
     })
 }
+
+/// One row of a mapping table: the fixture, the event it must yield (`None`: recorded as
+/// ignored), its occurrence key, and JSON-pointer fields of the canonical event ("" =
+/// only present).
+pub struct Case {
+    pub fixture: &'static str,
+    pub name: Option<tracklayer::event::EventName>,
+    pub occurrence_key: &'static str,
+    pub fields: &'static [(&'static str, &'static str)],
+}
+
+pub fn check(case: &Case, output: &SourceOutput) {
+    let Some(name) = case.name else {
+        assert!(output.events.is_empty(), "{}", case.fixture);
+        assert!(output.ignored_reason.is_some(), "{}", case.fixture);
+        return;
+    };
+    assert_eq!(output.events.len(), 1, "{}", case.fixture);
+    let event = &output.events[0];
+    assert_eq!(event.name, name, "{}", case.fixture);
+    assert_eq!(
+        event.occurrence_key, case.occurrence_key,
+        "{}",
+        case.fixture
+    );
+    let json = serde_json::to_value(event).unwrap();
+    for (pointer, expected) in case.fields {
+        let found = json
+            .pointer(pointer)
+            .unwrap_or_else(|| panic!("{} {pointer} missing in {json}", case.fixture));
+        let text = found
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| found.to_string());
+        if !expected.is_empty() {
+            assert_eq!(text, *expected, "{} {pointer}", case.fixture);
+        }
+    }
+}
