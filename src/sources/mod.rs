@@ -4,6 +4,7 @@
 
 pub mod lemonsqueezy;
 pub mod paddle;
+pub mod recharge;
 pub mod signature;
 pub mod stripe;
 
@@ -114,7 +115,12 @@ pub struct SourceSpec {
     pub acknowledgement: Option<fn() -> (&'static str, String)>,
 }
 
-pub const REGISTRY: &[SourceSpec] = &[stripe::SPEC, paddle::SPEC, lemonsqueezy::SPEC];
+pub const REGISTRY: &[SourceSpec] = &[
+    stripe::SPEC,
+    paddle::SPEC,
+    lemonsqueezy::SPEC,
+    recharge::SPEC,
+];
 
 /// The identity of one source notification, shared by every event mapped from it.
 pub(crate) struct Notice<'a> {
