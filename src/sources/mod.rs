@@ -2,6 +2,7 @@
 //!
 //! Adding a source: one module here plus one line in [`REGISTRY`].
 
+pub mod chargebee;
 pub mod lemonsqueezy;
 pub mod paddle;
 pub mod recharge;
@@ -120,6 +121,7 @@ pub const REGISTRY: &[SourceSpec] = &[
     paddle::SPEC,
     lemonsqueezy::SPEC,
     recharge::SPEC,
+    chargebee::SPEC,
 ];
 
 /// The identity of one source notification, shared by every event mapped from it.
