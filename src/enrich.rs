@@ -4,11 +4,24 @@
 
 use crate::event::{CanonicalEvent, EventName};
 use crate::ledger::SubscriptionState;
+use crate::sources::crm::CrmContext;
 use serde::{Deserialize, Serialize};
 
 /// A renewal whose paid period starts within this distance of the trial end is the
 /// trial's first paid period, i.e. the conversion.
 const TRIAL_END_SLACK_SECONDS: i64 = 24 * 3600;
+
+/// Which system's events are the merchant's conversions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConversionSource {
+    /// Billing owns starts, renewals, failures, pauses, cancellations and refunds; CRM
+    /// stage changes only enrich.
+    #[default]
+    Billing,
+    /// No billing source: mapped CRM stages (e.g. Closed Won) are the conversions.
+    Crm,
+}
 
 /// Per-merchant lifecycle rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,6 +30,8 @@ pub struct LifecycleSettings {
     /// reactivated, not newly acquired. 0 turns the rule off.
     #[serde(default = "default_recovery_window_days")]
     pub recovery_window_days: u32,
+    #[serde(default)]
+    pub conversions_from: ConversionSource,
 }
 
 fn default_recovery_window_days() -> u32 {
@@ -27,6 +42,7 @@ impl Default for LifecycleSettings {
     fn default() -> Self {
         LifecycleSettings {
             recovery_window_days: default_recovery_window_days(),
+            conversions_from: ConversionSource::default(),
         }
     }
 }
@@ -44,20 +60,58 @@ pub struct KnownCustomer {
 pub struct StoredContext {
     pub subscription: Option<SubscriptionState>,
     pub customer: Option<KnownCustomer>,
+    /// The newest CRM deal context for this customer, if a CRM told us one.
+    pub crm: Option<CrmContext>,
 }
 
 pub fn enrich(
-    events: &mut [CanonicalEvent],
+    events: &mut Vec<CanonicalEvent>,
     context: &StoredContext,
     settings: &LifecycleSettings,
 ) {
+    events.retain_mut(|event| previous_stage_allows(event, context));
     for event in events.iter_mut() {
+        attach_crm_context(event, context);
         fill_email(event, context);
         recognise_plan_change(event, context);
         recognise_trial_conversion(event, context);
         inherit_recurring_values(event, context);
         recognise_reactivation(event, context, settings);
     }
+}
+
+/// A CRM conversion that only counts from certain stages (a contact reopened from churn)
+/// is kept only when the record's stored stage is one of them.
+fn previous_stage_allows(event: &mut CanonicalEvent, context: &StoredContext) -> bool {
+    let Some(allowed) = event.properties.remove("only_if_previous_stage_in") else {
+        return true;
+    };
+    let previous = context.subscription.as_ref().map(|s| s.status.as_str());
+    let kept = previous.is_some_and(|p| allowed.split(',').any(|a| a == p));
+    if let (true, Some(previous)) = (kept, previous) {
+        event
+            .properties
+            .insert("prior_status".into(), previous.to_string());
+    }
+    kept
+}
+
+/// Billing events of a customer the CRM knows carry the deal's context.
+fn attach_crm_context(event: &mut CanonicalEvent, context: &StoredContext) {
+    let Some(crm) = &context.crm else { return };
+    if event.name == EventName::PipelineStageChanged || event.property("crm_deal_id").is_some() {
+        return;
+    }
+    for (key, value) in &crm.fields {
+        event
+            .properties
+            .entry(format!("crm_{key}"))
+            .or_insert_with(|| value.clone());
+    }
+    event
+        .properties
+        .entry("crm_source".into())
+        .or_insert_with(|| crm.crm.clone());
 }
 
 fn fill_email(event: &mut CanonicalEvent, context: &StoredContext) {

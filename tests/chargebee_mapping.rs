@@ -166,6 +166,7 @@ fn a_seat_change_is_an_upgrade_against_the_stored_state() {
     let context = StoredContext {
         subscription: before.subscription.clone(),
         customer: None,
+        crm: None,
     };
     let plan = ingest::plan(
         mapped("subscription_changed.upgrade.json"),

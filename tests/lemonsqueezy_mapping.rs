@@ -157,6 +157,7 @@ fn first_payment_after_the_trial_is_the_conversion_valued_net_of_tax() {
     let context = StoredContext {
         subscription: trial.subscription.clone(),
         customer: None,
+        crm: None,
     };
     let plan = ingest::plan(
         mapped("subscription_payment_success.renewal.json"),

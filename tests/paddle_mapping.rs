@@ -172,6 +172,7 @@ fn trial_end_payment_and_activation_are_one_conversion_valued_net_of_tax() {
             email: Some("lena.vogel@example.de".into()),
             ..KnownCustomer::default()
         }),
+        crm: None,
     };
     let paid = ingest::plan(
         mapped("transaction.paid.trial-end.json"),
@@ -204,6 +205,7 @@ fn a_seat_change_is_an_upgrade_against_the_stored_state() {
     let context = StoredContext {
         subscription: activated.subscription.clone(),
         customer: None,
+        crm: None,
     };
     let plan = ingest::plan(
         mapped("subscription.updated.seats.json"),

@@ -144,6 +144,7 @@ fn quantity_change_is_an_upgrade_against_the_stored_state() {
     let context = StoredContext {
         subscription: started.subscription.clone(),
         customer: None,
+        crm: None,
     };
     let plan = ingest::plan(
         mapped("subscription.updated.quantity.json"),
@@ -161,6 +162,7 @@ fn renewals_inherit_mrr_and_customers_record_email() {
     let context = StoredContext {
         subscription: started.subscription.clone(),
         customer: None,
+        crm: None,
     };
     let plan = ingest::plan(mapped("charge.paid.recurring.json"), &merchant(), &context);
     assert_eq!(

@@ -417,6 +417,7 @@ fn the_trial_end_invoice_and_the_status_change_are_one_conversion() {
     let context = StoredContext {
         subscription: trial.subscription.clone(),
         customer: None,
+        crm: None,
     };
     let from_invoice = ingest::plan(mapped("invoice.paid.trial-end.json"), &merchant(), &context);
     let from_update = ingest::plan(
@@ -499,6 +500,7 @@ fn a_new_subscription_soon_after_a_cancellation_is_a_reactivation() {
         &StoredContext {
             subscription: None,
             customer: Some(customer(20, "sub_old")),
+            crm: None,
         },
     );
     let event = &within.output.events[0];
@@ -513,6 +515,7 @@ fn a_new_subscription_soon_after_a_cancellation_is_a_reactivation() {
         &StoredContext {
             subscription: None,
             customer: Some(customer(200, "sub_old")),
+            crm: None,
         },
     );
     assert_eq!(
@@ -528,6 +531,7 @@ fn a_new_subscription_soon_after_a_cancellation_is_a_reactivation() {
         &StoredContext {
             subscription: None,
             customer: Some(customer(20, "sub_old")),
+            crm: None,
         },
     );
     assert_eq!(off.output.events[0].name, EventName::SubscriptionStarted);

@@ -15,6 +15,7 @@ use crate::error::IngestError;
 use crate::hashing::constant_time_eq;
 use crate::ingest;
 use crate::ledger::ClaimOutcome;
+use crate::sources::crm::CrmContext;
 use crate::sources::{Headers, SourceOutput, SourceSpec, WebhookRequest};
 use crate::time::utc_date;
 use http::{ingest_error, json_error, json_response};
@@ -228,9 +229,34 @@ async fn accept(
             }
             None => None,
         };
+        // CRM deal context travels on billing events of the same customer.
+        let crm = if output.crm_context.is_some() {
+            None
+        } else {
+            let mut keys = Vec::new();
+            for event in &output.events {
+                let email = event
+                    .customer
+                    .email
+                    .as_deref()
+                    .or(customer.as_ref().and_then(|c| c.email.as_deref()));
+                keys.extend(email.map(CrmContext::email_key));
+                keys.extend(
+                    event
+                        .customer
+                        .customer_id
+                        .as_deref()
+                        .map(CrmContext::customer_key),
+                );
+            }
+            keys.sort();
+            keys.dedup();
+            store.crm_context(merchant_id, &keys).await?
+        };
         let context = StoredContext {
             subscription: claim.subscription,
             customer,
+            crm,
         };
         let plan = ingest::plan(output, merchant, &context);
         let enqueued = record_and_enqueue(env, store, merchant_id, &plan, now).await?;

@@ -4,6 +4,7 @@ use crate::config::MerchantConfig;
 use crate::delivery::{DeadLetter, DeliveryJob};
 use crate::enrich::KnownCustomer;
 use crate::event::{CanonicalEvent, EventName};
+use crate::sources::crm::CrmContext;
 use crate::sources::{CustomerRecord, SourceOutput};
 use serde::Deserialize;
 use serde_json::Value;
@@ -175,6 +176,30 @@ impl Store {
         if let Some(customer) = &output.customer {
             statements.push(self.upsert_customer(merchant_id, output.source, customer, now_ms)?);
         }
+        if let Some(context) = &output.crm_context {
+            let json = serde_json::to_string(context)
+                .map_err(|e| worker::Error::RustError(e.to_string()))?;
+            for key in &context.identity_keys {
+                // Newest deal context wins; an older redelivery never overwrites it.
+                statements.push(
+                    self.db
+                        .prepare(
+                            "INSERT INTO crm_context (merchant_id, identity_key, crm, context, observed_at_s, updated_at) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (merchant_id, identity_key) DO UPDATE SET \
+                             crm = excluded.crm, context = excluded.context, observed_at_s = excluded.observed_at_s, \
+                             updated_at = excluded.updated_at WHERE excluded.observed_at_s >= crm_context.observed_at_s",
+                        )
+                        .bind(&[
+                            text(merchant_id),
+                            text(key),
+                            text(&context.crm),
+                            text(&json),
+                            int(context.observed_at),
+                            int(now_ms),
+                        ])?,
+                );
+            }
+        }
         for event in &output.events {
             if event.name == EventName::SubscriptionCancelled {
                 if let Some(statement) = self.remember_cancellation(merchant_id, event, now_ms)? {
@@ -274,6 +299,33 @@ impl Store {
             last_cancelled_at: r.last_cancelled_at_s,
             last_cancelled_subscription: r.last_cancelled_subscription,
         }))
+    }
+
+    /// The newest CRM deal context stored under any of these identity keys.
+    pub async fn crm_context(
+        &self,
+        merchant_id: &str,
+        keys: &[String],
+    ) -> Result<Option<CrmContext>> {
+        #[derive(Deserialize)]
+        struct Row {
+            context: String,
+        }
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        let keys =
+            serde_json::to_string(keys).map_err(|e| worker::Error::RustError(e.to_string()))?;
+        let row: Option<Row> = self
+            .db
+            .prepare(
+                "SELECT context FROM crm_context WHERE merchant_id = ?1 \
+                 AND identity_key IN (SELECT value FROM json_each(?2)) ORDER BY observed_at_s DESC LIMIT 1",
+            )
+            .bind(&[text(merchant_id), text(&keys)])?
+            .first(None)
+            .await?;
+        Ok(row.and_then(|r| serde_json::from_str(&r.context).ok()))
     }
 
     /// Of these events, the ones whose delivery jobs are not on the queue yet. One

@@ -3,6 +3,8 @@
 //! Adding a source: one module here plus one line in [`REGISTRY`].
 
 pub mod chargebee;
+pub mod crm;
+pub mod hubspot;
 pub mod lemonsqueezy;
 pub mod paddle;
 pub mod recharge;
@@ -83,6 +85,8 @@ pub struct SourceOutput {
     pub customer: Option<CustomerRecord>,
     /// Set when the event type carries no lifecycle meaning for us.
     pub ignored_reason: Option<String>,
+    /// Deal context a CRM notification leaves for later billing events.
+    pub crm_context: Option<crm::CrmContext>,
 }
 
 /// One webhook request as received: what every signature scheme may cover.
@@ -122,6 +126,7 @@ pub const REGISTRY: &[SourceSpec] = &[
     lemonsqueezy::SPEC,
     recharge::SPEC,
     chargebee::SPEC,
+    hubspot::SPEC,
 ];
 
 /// The identity of one source notification, shared by every event mapped from it.
@@ -174,6 +179,7 @@ impl Notice<'_> {
             subscription: None,
             customer: None,
             ignored_reason: None,
+            crm_context: None,
         }
     }
 

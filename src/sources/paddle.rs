@@ -224,6 +224,7 @@ pub fn map_event(merchant_id: &str, body: &[u8]) -> Result<SourceOutput, IngestE
             subscription: None,
             customer: None,
             ignored_reason: None,
+            crm_context: None,
         },
     };
     match note.event_type.as_str() {
