@@ -98,7 +98,8 @@ impl ValuePolicy {
     }
 
     /// The primary value to send, negative for corrections (cancellations, refunds).
-    /// Falls back to MRR, then net, then gross when the chosen field is absent.
+    /// Falls back to MRR, contract value (CRM deals), net, then gross when the chosen
+    /// field is absent.
     pub fn primary_value(&self, event: &CanonicalEvent, destination: &str) -> Option<Amount> {
         let values = &event.values;
         let chosen = match self.field_for(event, destination) {
@@ -112,6 +113,7 @@ impl ValuePolicy {
         // Sources without prices on subscriptions (Lemon Squeezy) still know what was paid.
         let value = chosen
             .or(values.mrr)
+            .or(values.contract_value)
             .or(values.net_value)
             .or(values.gross_value)?;
         Some(if event.name.is_correction() && value.minor > 0 {

@@ -85,31 +85,35 @@ fn a_webhooks_api_batch_yields_one_notification_per_event() {
 }
 
 #[test]
-fn crm_owned_merchants_get_the_conversion_once_per_deal_and_stage() {
-    let outputs = mapped("webhooks-api.batch.json", &merchant(true));
-    let won = &outputs[0];
-    assert_eq!(won.events.len(), 2);
-    let conversion = &won.events[1];
+fn crm_owned_merchants_get_conversions_from_workflow_bodies_once_per_deal_and_stage() {
+    let workflow = mapped("workflow.deal-closedwon.json", &merchant(true)).remove(0);
+    assert_eq!(workflow.events.len(), 2);
+    let conversion = &workflow.events[1];
     assert_eq!(conversion.name, EventName::SubscriptionStarted);
     assert_eq!(
         conversion.occurrence_key,
         "deal:19485320761:dealstage:closedwon"
     );
-    let plan = ingest::plan(won.clone(), &merchant(true), &StoredContext::default());
+    let plan = ingest::plan(workflow.clone(), &merchant(true), &StoredContext::default());
     assert_eq!(plan.jobs.len(), 1);
-    // The workflow webhook for the same deal and stage is the same conversion.
-    let workflow = &mapped("workflow.deal-closedwon.json", &merchant(true))[0];
-    assert_eq!(workflow.events[1].event_id, conversion.event_id);
+    // Without the CRM owning conversions, the same body is only recorded.
+    let billing_owned = mapped("workflow.deal-closedwon.json", &merchant(false)).remove(0);
+    assert_eq!(billing_owned.events.len(), 1);
 
-    let lost = &mapped("webhooks-api.deal-lost.json", &merchant(true))[0];
-    assert_eq!(lost.events[1].name, EventName::SubscriptionCancelled);
+    // The Webhooks API has no identity and no amount: recorded, with the reason.
+    let won = mapped("webhooks-api.batch.json", &merchant(true)).remove(0);
+    assert_eq!(won.events.len(), 1);
+    assert!(won.events[0]
+        .property("conversion_skipped")
+        .unwrap()
+        .contains("ids only"));
 }
 
 #[test]
 fn a_contact_back_to_customer_is_reactivated_only_from_churned() {
     let merchant = merchant(true);
     let churned = mapped("webhooks-api.contact-churned.json", &merchant).remove(0);
-    let reopened = mapped("webhooks-api.batch.json", &merchant).remove(3);
+    let reopened = mapped("workflow.contact-customer.json", &merchant).remove(0);
     assert_eq!(reopened.ordering_key, "contact:10651");
     let from_churn = StoredContext {
         subscription: churned.subscription.clone(),

@@ -77,6 +77,9 @@ pub struct StageChange {
     pub currency: Option<String>,
     /// owner, segment, forecast_category, source_campaign, deal_id …
     pub context: BTreeMap<String, String>,
+    /// Why this change cannot be a conversion even for a CRM-owned merchant (e.g. the
+    /// payload has ids only: no identity to match and no amount).
+    pub not_a_conversion: Option<&'static str>,
 }
 
 /// Builds the output of one stage change: the pipeline event, the conversion for
@@ -116,7 +119,13 @@ pub(crate) fn stage_output(
             .insert(format!("crm_{key}"), value.clone());
     }
     let crm_owned = merchant.lifecycle.conversions_from == ConversionSource::Crm;
-    if let (true, Some(rule)) = (crm_owned, rules.get(&change.stage_key)) {
+    let rule = rules.get(&change.stage_key);
+    if let (true, Some(_), Some(reason)) = (crm_owned, rule, change.not_a_conversion) {
+        pipeline
+            .properties
+            .insert("conversion_skipped".into(), reason.into());
+    }
+    if let (true, Some(rule), None) = (crm_owned, rule, change.not_a_conversion) {
         // One conversion per record and stage, however often the CRM re-sends it.
         let key = format!("{}:{}", change.record, change.stage_key);
         let mut conversion = pipeline.clone();

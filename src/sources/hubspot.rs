@@ -11,7 +11,8 @@
 //! Two payloads are understood:
 //! - Webhooks API: a JSON array of up to 100 events (`eventId`, `subscriptionType`,
 //!   `objectId`, `propertyName`, `propertyValue`, `occurredAt` ms). Ids only: no email
-//!   and no amount. Each event is deduplicated on its `eventId`.
+//!   and no amount, so these stage changes are recorded but never become conversions
+//!   (nothing to match or value them with). Each event is deduplicated on its `eventId`.
 //! - A workflow "Send a webhook" action: one CRM object with its `properties` (values
 //!   plain or `{ "value": … }`), which does carry email, amount and owner. It has no event
 //!   id: its dedup key is the SHA-256 of the body, which HubSpot's retries repeat exactly.
@@ -361,6 +362,9 @@ fn api_event(merchant: &MerchantConfig, config: &Config, event: &ApiEvent) -> So
             stage_key: format!("{property}:{stage}"),
             stage,
             context,
+            not_a_conversion: Some(
+                "the Webhooks API sends ids only; send conversions from a workflow webhook",
+            ),
             ..StageChange::default()
         },
     )
@@ -449,6 +453,7 @@ fn workflow(
             amount,
             currency,
             context,
+            not_a_conversion: None,
         },
     ))
 }

@@ -1,0 +1,220 @@
+//! End to end for the non-Stripe sources through `wrangler dev`: Paddle's trial, its
+//! conversion reported twice, and a HubSpot Webhooks API batch for a CRM-owned merchant,
+//! each reaching a recording Meta stand-in exactly once.
+//!
+//! Needs the toolchain from `bash scripts/setup.sh` (the README test command runs it).
+
+mod support;
+
+use serde_json::{json, Value};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use support::{eventually, http, StandIn, Worker};
+use tracklayer::sources::{hubspot, paddle};
+
+const PADDLE_SECRET: &str = "pdl_ntfset_e2e_secret";
+const HUBSPOT_SECRET: &str = "hubspot-e2e-client-secret";
+const WAIT: Duration = Duration::from_secs(60);
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn seed() -> String {
+    format!(
+        "INSERT INTO merchants (merchant_id, region, plan, status, value_policy, lifecycle, created_at, updated_at) VALUES \
+           ('m_paddle', 'us', 'scale', 'active', '{{}}', '{{}}', 0, 0), \
+           ('m_hs', 'us', 'scale', 'active', '{{}}', '{{\"conversions_from\":\"crm\"}}', 0, 0);\n\
+         INSERT INTO merchant_sources (merchant_id, source, config, updated_at) VALUES \
+           ('m_paddle', 'paddle', '{{\"secret_keys\":[\"{PADDLE_SECRET}\"]}}', 0), \
+           ('m_hs', 'hubspot', '{{\"client_secrets\":[\"{HUBSPOT_SECRET}\"]}}', 0);\n\
+         INSERT INTO merchant_destinations (merchant_id, destination, enabled, config, updated_at) VALUES \
+           ('m_paddle', 'meta', 1, '{{\"pixel_id\":\"px_paddle\",\"access_token\":\"tok_p\"}}', 0), \
+           ('m_hs', 'meta', 1, '{{\"pixel_id\":\"px_hs\",\"access_token\":\"tok_h\"}}', 0);\n"
+    )
+}
+
+/// A Paddle fixture as sent now (fresh occurred_at; ids kept so the two notifications of
+/// one conversion stay related).
+fn paddle_event(fixture: &str) -> Vec<u8> {
+    let path = format!("{}/tests/fixtures/paddle/{fixture}", support::ROOT);
+    let mut event: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    event["occurred_at"] = json!(tracklayer::time::utc_date(now()) + "T00:00:00Z");
+    serde_json::to_vec(&event).unwrap()
+}
+
+fn post(
+    worker: &Worker,
+    target: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> support::HttpResponse {
+    let mut all: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+    all.extend(headers.iter().map(|(k, v)| (*k, v.as_str())));
+    http("POST", worker.port, target, &all, body)
+}
+
+#[test]
+fn paddle_and_hubspot_reach_meta_once_through_the_local_stack() {
+    let meta = StandIn::start();
+    let worker = Worker::start(
+        &seed(),
+        &[
+            ("META_API_BASE_URL", meta.base_url()),
+            ("RETRY_BASE_DELAY_SECONDS", "1".into()),
+        ],
+    );
+
+    // Paddle: trial start, then the trial-end payment and the activation — one conversion.
+    let paddle_target = "/v1/integrations/paddle/events?merchant_id=m_paddle";
+    let send_paddle = |fixture: &str| {
+        let body = paddle_event(fixture);
+        let signature = paddle::sign(PADDLE_SECRET, now(), &body);
+        post(
+            &worker,
+            paddle_target,
+            &[("Paddle-Signature", signature)],
+            &body,
+        )
+    };
+    let trial = send_paddle("subscription.created.trialing.json");
+    assert_eq!(trial.status, 202, "{}", trial.body);
+    assert_eq!(trial.json()["events"][0]["name"], "trial_started");
+    let paid = send_paddle("transaction.paid.trial-end.json");
+    assert_eq!(paid.status, 202, "{}", paid.body);
+    assert_eq!(paid.json()["events"][0]["name"], "trial_converted");
+    let activated = send_paddle("subscription.activated.json");
+    assert_eq!(
+        activated.json()["events"][0]["name"],
+        "trial_converted",
+        "{}",
+        activated.body
+    );
+    assert_eq!(
+        activated.json()["deliveries_enqueued"],
+        0,
+        "already enqueued by the payment"
+    );
+    let stale = {
+        let body = paddle_event("subscription.canceled.json");
+        let signature = paddle::sign(PADDLE_SECRET, now() - 600, &body);
+        post(
+            &worker,
+            paddle_target,
+            &[("Paddle-Signature", signature)],
+            &body,
+        )
+    };
+    assert_eq!(stale.status, 401);
+    assert_eq!(
+        stale.json()["error"]["code"],
+        "signature_timestamp_out_of_tolerance"
+    );
+
+    let sent = eventually(WAIT, "two Paddle events at Meta", || {
+        let requests = meta.requests_to("/px_paddle/");
+        let names: Vec<String> = requests
+            .iter()
+            .flat_map(|r| {
+                let body: Value = serde_json::from_str(&r.body).unwrap();
+                body["data"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e["event_name"].as_str().unwrap().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        (names.len() >= 2).then_some(names)
+    });
+    let mut sent_sorted = sent.clone();
+    sent_sorted.sort();
+    assert_eq!(sent_sorted, ["StartTrial", "Subscribe"]);
+
+    // HubSpot: a signed Webhooks API batch of four events for a CRM-owned merchant.
+    let hubspot_target = "/v1/integrations/hubspot/events?merchant_id=m_hs";
+    let url = format!("http://127.0.0.1:{}{hubspot_target}", worker.port);
+    let batch = std::fs::read(format!(
+        "{}/tests/fixtures/hubspot/webhooks-api.batch.json",
+        support::ROOT
+    ))
+    .unwrap();
+    let send_hubspot = |body: &[u8], signed_body: &[u8]| {
+        let at = now() * 1000;
+        post(
+            &worker,
+            hubspot_target,
+            &[
+                (
+                    "X-HubSpot-Signature-v3",
+                    hubspot::sign_v3(HUBSPOT_SECRET, "POST", &url, signed_body, at),
+                ),
+                ("X-HubSpot-Request-Timestamp", at.to_string()),
+            ],
+            body,
+        )
+    };
+    let accepted = send_hubspot(&batch, &batch);
+    assert_eq!(accepted.status, 202, "{}\n{}", accepted.body, worker.log());
+    let notifications = accepted.json()["notifications"].as_array().unwrap().clone();
+    assert_eq!(notifications.len(), 4);
+    // Ids only: the Closed Won is recorded as a stage change, not sent as a conversion.
+    assert_eq!(
+        notifications[0]["events"][0]["name"],
+        "pipeline_stage_changed"
+    );
+    assert_eq!(notifications[0]["deliveries_enqueued"], 0);
+    assert_eq!(notifications[1]["status"], "ignored");
+    let again = send_hubspot(&batch, &batch);
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert!(again.json()["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|n| n["status"] == "duplicate"));
+    let tampered = send_hubspot(&batch, b"[]");
+    assert_eq!(tampered.status, 401);
+
+    // The workflow webhook of that Closed Won carries email and amount: one Subscribe.
+    let workflow = std::fs::read(format!(
+        "{}/tests/fixtures/hubspot/workflow.deal-closedwon.json",
+        support::ROOT
+    ))
+    .unwrap();
+    let mut workflow: Value = serde_json::from_slice(&workflow).unwrap();
+    workflow["occurredAt"] = json!(now() * 1000 - 5_000);
+    let workflow = serde_json::to_vec(&workflow).unwrap();
+    let won = send_hubspot(&workflow, &workflow);
+    assert_eq!(won.status, 202, "{}", won.body);
+    assert_eq!(won.json()["events"][1]["name"], "subscription_started");
+    assert_eq!(
+        send_hubspot(&workflow, &workflow).json()["status"],
+        "duplicate"
+    );
+
+    let sent = eventually(WAIT, "the HubSpot conversion at Meta", || {
+        let requests = meta.requests_to("/px_hs/");
+        (!requests.is_empty()).then_some(requests)
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(meta.requests_to("/px_hs/").len(), 1, "sent once");
+    let body: Value = serde_json::from_str(&sent[0].body).unwrap();
+    let events = body["data"].as_array().unwrap();
+    assert_eq!(
+        events.len(),
+        1,
+        "pipeline stage changes are never forwarded"
+    );
+    assert_eq!(events[0]["event_name"], "Subscribe");
+    assert_eq!(
+        events[0]["custom_data"]["canonical_event"],
+        "subscription_started"
+    );
+    assert_eq!(events[0]["custom_data"]["value"], 24000.0);
+    assert_eq!(
+        events[0]["user_data"]["em"][0],
+        tracklayer::hashing::sha256_hex("priya@helixlabs.example")
+    );
+}
