@@ -8,6 +8,7 @@ pub mod hubspot;
 pub mod lemonsqueezy;
 pub mod paddle;
 pub mod recharge;
+pub mod salesforce;
 pub mod signature;
 pub mod stripe;
 
@@ -127,6 +128,7 @@ pub const REGISTRY: &[SourceSpec] = &[
     recharge::SPEC,
     chargebee::SPEC,
     hubspot::SPEC,
+    salesforce::SPEC,
 ];
 
 /// The identity of one source notification, shared by every event mapped from it.
