@@ -120,6 +120,13 @@ pub(crate) fn stage_output(
     }
     let crm_owned = merchant.lifecycle.conversions_from == ConversionSource::Crm;
     let rule = rules.get(&change.stage_key);
+    let mut change = change;
+    if change.email.is_none() && change.billing_customer_id.is_none() {
+        // A conversion no platform can match would only end in the dead-letter store.
+        change.not_a_conversion = change.not_a_conversion.or(Some(
+            "no email or billing customer id to match the conversion on",
+        ));
+    }
     if let (true, Some(_), Some(reason)) = (crm_owned, rule, change.not_a_conversion) {
         pipeline
             .properties

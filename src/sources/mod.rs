@@ -7,6 +7,7 @@ pub mod crm;
 pub mod hubspot;
 pub mod lemonsqueezy;
 pub mod paddle;
+pub mod pipedrive;
 pub mod recharge;
 pub mod salesforce;
 pub mod signature;
@@ -129,6 +130,7 @@ pub const REGISTRY: &[SourceSpec] = &[
     chargebee::SPEC,
     hubspot::SPEC,
     salesforce::SPEC,
+    pipedrive::SPEC,
 ];
 
 /// The identity of one source notification, shared by every event mapped from it.
