@@ -137,7 +137,7 @@ fn recognise_plan_change(event: &mut CanonicalEvent, context: &StoredContext) {
     if state.currency != event.values.currency || before.exponent != after.exponent {
         return;
     }
-    let delta = after.minor - before.minor;
+    let delta = after.minor.saturating_sub(before.minor);
     if delta == 0 {
         return;
     }
@@ -174,7 +174,7 @@ fn recognise_trial_conversion(event: &mut CanonicalEvent, context: &StoredContex
     else {
         return;
     };
-    if (period_start - trial_end).abs() <= TRIAL_END_SLACK_SECONDS {
+    if period_start.saturating_sub(trial_end).unsigned_abs() <= TRIAL_END_SLACK_SECONDS as u64 {
         let sub_id = sub_id.clone();
         event.reclassify(EventName::TrialConverted, &sub_id);
         event.subscription.trial_end_at = Some(trial_end);
@@ -233,7 +233,7 @@ fn recognise_reactivation(
         return;
     }
     let window = i64::from(settings.recovery_window_days) * 86_400;
-    let since = event.occurred_at - cancelled_at;
+    let since = event.occurred_at.saturating_sub(cancelled_at);
     if (0..=window).contains(&since) {
         event.reclassify(EventName::SubscriptionReactivated, &sub_id);
         event

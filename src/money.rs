@@ -46,7 +46,7 @@ impl Amount {
 
     pub fn negated(self) -> Self {
         Amount {
-            minor: -self.minor,
+            minor: self.minor.saturating_neg(),
             ..self
         }
     }

@@ -216,7 +216,7 @@ fn recurring_values(sub: &Subscription) -> Values {
         .filter(|item| item.item_type != "charge")
         .map(|item| {
             item.amount
-                .or_else(|| Some(item.unit_price? * item.quantity.unwrap_or(1)))
+                .or_else(|| Some(item.unit_price?.saturating_mul(item.quantity.unwrap_or(1))))
         })
         .sum();
     let interval = sub.billing_period_unit.as_deref().and_then(Interval::parse);
@@ -229,7 +229,7 @@ fn recurring_values(sub: &Subscription) -> Values {
     let amount = |minor| Amount::from_minor(minor, &currency);
     let (mrr, arr) = match (recurring, sub.mrr) {
         (Some(r), _) => (Some(amount(r.mrr_minor)), Some(amount(r.arr_minor))),
-        (None, Some(mrr)) => (Some(amount(mrr)), Some(amount(mrr * 12))),
+        (None, Some(mrr)) => (Some(amount(mrr)), Some(amount(mrr.saturating_mul(12)))),
         (None, None) => (None, None),
     };
     Values {
@@ -297,7 +297,7 @@ fn subscription(
         event.values.tax_amount = invoice.tax.map(money);
         event.values.net_value = invoice
             .total
-            .map(|total| money(total - invoice.tax.unwrap_or(0)));
+            .map(|total| money(total.saturating_sub(invoice.tax.unwrap_or(0))));
         event
             .properties
             .insert("invoice_id".into(), invoice.id.clone());

@@ -231,8 +231,8 @@ fn verify(request: &WebhookRequest, config: &Config, now: i64) -> Result<(), Ver
         if !matched {
             return Err(VerifyError::Mismatch);
         }
-        let skew_ms = now * 1000 - signed_at_ms;
-        if skew_ms.abs() > MAX_AGE_MS {
+        let skew_ms = now.saturating_mul(1000).saturating_sub(signed_at_ms);
+        if skew_ms.unsigned_abs() > MAX_AGE_MS as u64 {
             return Err(VerifyError::StaleTimestamp {
                 skew_seconds: skew_ms / 1000,
                 tolerance_seconds: MAX_AGE_MS / 1000,

@@ -317,7 +317,7 @@ fn invoice_event(
     event.values = Values {
         currency: Some(currency.clone()),
         gross_value: Some(money(invoice.total)),
-        net_value: Some(money(invoice.total - invoice.tax)),
+        net_value: Some(money(invoice.total.saturating_sub(invoice.tax))),
         tax_amount: Some(money(invoice.tax)),
         ..Values::default()
     };

@@ -542,7 +542,7 @@ fn money_values(totals: &Totals, currency: &str) -> Result<Values, IngestError> 
     Ok(Values {
         gross_value: Some(Amount::from_minor(gross, &currency)),
         tax_amount: Some(Amount::from_minor(tax, &currency)),
-        net_value: Some(Amount::from_minor(gross - tax, &currency)),
+        net_value: Some(Amount::from_minor(gross.saturating_sub(tax), &currency)),
         currency: Some(currency),
         ..Values::default()
     })

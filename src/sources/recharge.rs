@@ -383,7 +383,7 @@ fn charge(
         // total_price includes the tax whether or not prices were tax-inclusive.
         net_value: match (total, tax) {
             (Some(total), Some(tax)) => Some(Amount {
-                minor: total.minor - tax.minor,
+                minor: total.minor.saturating_sub(tax.minor),
                 ..total
             }),
             (total, None) => total,

@@ -91,8 +91,8 @@ impl TimestampedHmac {
         if !matched {
             return Err(VerifyError::Mismatch);
         }
-        let skew = now - signed_at;
-        if skew.abs() > tolerance_seconds {
+        let skew = now.saturating_sub(signed_at);
+        if skew.unsigned_abs() > tolerance_seconds.unsigned_abs() {
             return Err(VerifyError::StaleTimestamp {
                 skew_seconds: skew,
                 tolerance_seconds,

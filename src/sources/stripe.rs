@@ -524,7 +524,7 @@ impl Mapper<'_> {
             let before = recurring_values(&item_prices(&old_items.data), sub.currency.as_deref());
             let after = recurring_values(&item_prices(&sub.items.data), sub.currency.as_deref());
             if let (Some(old_mrr), Some(new_mrr)) = (before.mrr, after.mrr) {
-                let delta = new_mrr.minor - old_mrr.minor;
+                let delta = new_mrr.minor.saturating_sub(old_mrr.minor);
                 if delta != 0 {
                     let name = if delta > 0 {
                         EventName::SubscriptionUpgraded
@@ -656,7 +656,10 @@ impl Mapper<'_> {
         let tax = invoice.tax_minor();
         event.values = Values {
             gross_value: Some(Amount::from_minor(invoice.amount_paid, &currency)),
-            net_value: Some(Amount::from_minor(invoice.amount_paid - tax, &currency)),
+            net_value: Some(Amount::from_minor(
+                invoice.amount_paid.saturating_sub(tax),
+                &currency,
+            )),
             tax_amount: Some(Amount::from_minor(tax, &currency)),
             ..line_recurring_values(&invoice.lines.data, &currency)
         };
@@ -739,7 +742,7 @@ impl Mapper<'_> {
             .and_then(|p| p.get("amount_refunded"))
             .and_then(Value::as_i64)
             .unwrap_or(0);
-        let amount = charge.amount_refunded - before;
+        let amount = charge.amount_refunded.saturating_sub(before);
         if amount <= 0 {
             return self.ignore("charge.refunded without a newly refunded amount");
         }
