@@ -218,7 +218,7 @@ fn recurring_values(sub: &Subscription) -> Values {
             item.amount
                 .or_else(|| Some(item.unit_price?.saturating_mul(item.quantity.unwrap_or(1))))
         })
-        .sum();
+        .try_fold(0i64, |total, amount| Some(total.saturating_add(amount?)));
     let interval = sub.billing_period_unit.as_deref().and_then(Interval::parse);
     let recurring = match (per_period, interval, sub.billing_period) {
         (Some(amount), Some(interval), Some(every)) if !sub.subscription_items.is_empty() => {

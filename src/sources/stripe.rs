@@ -268,7 +268,9 @@ impl Invoice {
 
     fn tax_minor(&self) -> i64 {
         match &self.total_taxes {
-            Some(taxes) => taxes.iter().map(|t| t.amount).sum(),
+            Some(taxes) => taxes
+                .iter()
+                .fold(0i64, |total, t| total.saturating_add(t.amount)),
             None => self.tax.unwrap_or(0),
         }
     }
