@@ -1,10 +1,14 @@
-//! Verify + parse + map of one Stripe webhook, natively: `cargo bench --bench ingest`.
+//! Verify + parse + map (+ plan) of one webhook per source, natively:
+//! `cargo bench --bench ingest`.
 
+use base64::Engine;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use tracklayer::config::MerchantConfig;
 use tracklayer::enrich::StoredContext;
 use tracklayer::ingest;
-use tracklayer::sources::{stripe, Headers, WebhookRequest};
+use tracklayer::sources::{
+    hubspot, lemonsqueezy, paddle, recharge, stripe, Headers, WebhookRequest,
+};
 
 const URL: &str =
     "https://edge.tracklayer.test/v1/integrations/stripe/subscription-events?merchant_id=m_bench";
@@ -57,5 +61,93 @@ fn bench_stripe(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_stripe);
+/// Every other source: verify + map + plan of one realistic fixture.
+fn bench_sources(c: &mut Criterion) {
+    let now = 1_768_563_400;
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("u:p")
+    );
+    let merchant = MerchantConfig {
+        merchant_id: "m_bench".into(),
+        ..MerchantConfig::default()
+    }
+    .with_source("paddle", serde_json::json!({ "secret_keys": ["s"] }))
+    .with_source(
+        "lemonsqueezy",
+        serde_json::json!({ "signing_secrets": ["s"] }),
+    )
+    .with_source("recharge", serde_json::json!({ "client_secrets": ["s"] }))
+    .with_source(
+        "chargebee",
+        serde_json::json!({ "basic_auth": [{ "username": "u", "password": "p" }] }),
+    )
+    .with_source("hubspot", serde_json::json!({ "client_secrets": ["s"] }))
+    .with_source(
+        "salesforce",
+        serde_json::json!({ "organization_id": "00D5g000004XyZaEAK", "endpoint_tokens": ["tok"] }),
+    )
+    .with_source(
+        "pipedrive",
+        serde_json::json!({ "basic_auth": [{ "username": "u", "password": "p" }] }),
+    )
+    .with_destination(
+        "meta",
+        serde_json::json!({ "pixel_id": "1", "access_token": "t" }),
+    );
+    let url = "https://edge.tracklayer.test/v1/integrations/x/events?merchant_id=m_bench&token=tok";
+    let cases: [(&str, &str); 7] = [
+        ("paddle", "transaction.paid.renewal.json"),
+        ("lemonsqueezy", "subscription_payment_success.renewal.json"),
+        ("recharge", "charge.paid.recurring.json"),
+        ("chargebee", "subscription_renewed.json"),
+        ("hubspot", "webhooks-api.batch.json"),
+        ("salesforce", "outbound-message.opportunities.xml"),
+        ("pipedrive", "v2.deal.change.won.json"),
+    ];
+    for (source, fixture) in cases {
+        let body = std::fs::read(format!(
+            "{}/tests/fixtures/{source}/{fixture}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .expect("fixture");
+        let headers = match source {
+            "paddle" => Headers::new().with("Paddle-Signature", &paddle::sign("s", now, &body)),
+            "lemonsqueezy" => Headers::new().with("X-Signature", &lemonsqueezy::sign("s", &body)),
+            "recharge" => Headers::new()
+                .with("X-Recharge-Hmac-Sha256", &recharge::sign_legacy("s", &body))
+                .with("X-Recharge-Topic", "charge/paid"),
+            "hubspot" => Headers::new()
+                .with(
+                    "X-HubSpot-Signature-v3",
+                    &hubspot::sign_v3("s", "POST", url, &body, now * 1000),
+                )
+                .with("X-HubSpot-Request-Timestamp", &(now * 1000).to_string()),
+            "salesforce" => Headers::new(),
+            _ => Headers::new().with("Authorization", &basic),
+        };
+        let name = format!("{source} verify+map+plan ({} B {fixture})", body.len());
+        c.bench_function(&name, |b| {
+            b.iter(|| {
+                let outputs = ingest::verify_and_map(
+                    source,
+                    black_box(&merchant),
+                    black_box(&WebhookRequest::post(url, &headers, &body)),
+                    now,
+                )
+                .unwrap();
+                outputs
+                    .into_iter()
+                    .map(|o| {
+                        ingest::plan(o, &merchant, &StoredContext::default())
+                            .jobs
+                            .len()
+                    })
+                    .sum::<usize>()
+            })
+        });
+    }
+}
+
+criterion_group!(benches, bench_stripe, bench_sources);
 criterion_main!(benches);
