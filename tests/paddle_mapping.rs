@@ -3,6 +3,8 @@
 
 mod mapping;
 
+use mapping::Case;
+
 use tracklayer::config::MerchantConfig;
 use tracklayer::enrich::{KnownCustomer, StoredContext};
 use tracklayer::event::EventName;
@@ -40,13 +42,6 @@ fn mapped(name: &str) -> SourceOutput {
         &paddle::sign(SECRET, occurred + 1, &body),
     );
     mapping::ingest_one("paddle", &merchant(), &headers, &body, occurred + 2).expect(name)
-}
-
-struct Case {
-    fixture: &'static str,
-    name: Option<EventName>,
-    occurrence_key: &'static str,
-    fields: &'static [(&'static str, &'static str)],
 }
 
 #[test]
@@ -124,34 +119,8 @@ fn paddle_notifications_map_to_canonical_events() {
             fields: &[],
         },
     ];
-    for case in table {
-        let output = mapped(case.fixture);
-        let Some(name) = case.name else {
-            assert!(output.events.is_empty(), "{}", case.fixture);
-            assert!(output.ignored_reason.is_some(), "{}", case.fixture);
-            continue;
-        };
-        assert_eq!(output.events.len(), 1, "{}", case.fixture);
-        let event = &output.events[0];
-        assert_eq!(event.name, name, "{}", case.fixture);
-        assert_eq!(
-            event.occurrence_key, case.occurrence_key,
-            "{}",
-            case.fixture
-        );
-        let json = serde_json::to_value(event).unwrap();
-        for (pointer, expected) in case.fields {
-            let found = json
-                .pointer(pointer)
-                .unwrap_or_else(|| panic!("{} {pointer}", case.fixture));
-            let text = found
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| found.to_string());
-            if !expected.is_empty() {
-                assert_eq!(text, *expected, "{} {pointer}", case.fixture);
-            }
-        }
+    for case in &table {
+        mapping::check(case, &mapped(case.fixture));
     }
 }
 

@@ -109,44 +109,48 @@ pub fn verify_hex_hmac(
     body: &[u8],
     secrets: &[String],
 ) -> Result<(), VerifyError> {
-    let presented = presented.ok_or(VerifyError::MissingHeader { header })?;
-    let presented = hex::decode(presented.trim()).map_err(|_| VerifyError::MalformedHeader {
-        header,
-        detail: "not a hex digest",
-    })?;
-    let secrets = usable(secrets)?;
-    let matched = secrets.iter().any(|secret| {
+    verify_hex_digest(header, presented, secrets, |secret| {
         let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
             .expect("HMAC accepts keys of any length");
         mac.update(body);
-        constant_time_eq(&presented, &mac.finalize().into_bytes())
-    });
-    matched.then_some(()).ok_or(VerifyError::Mismatch)
+        mac.finalize().into_bytes().to_vec()
+    })
 }
 
-/// Hex SHA-256 of `secret ‖ body` (Recharge's legacy header, HubSpot v1): a keyed hash,
-/// not an HMAC, but still only computable with the secret.
+/// Hex SHA-256 of `secret ‖ parts…` (Recharge's legacy header, HubSpot v1/v2): a keyed
+/// hash, not an HMAC, but still only computable with the secret.
 pub fn verify_prefixed_sha256(
     header: &'static str,
     presented: Option<&str>,
-    prefix_secret_then: &[&[u8]],
+    parts_after_secret: &[&[u8]],
     secrets: &[String],
+) -> Result<(), VerifyError> {
+    verify_hex_digest(header, presented, secrets, |secret| {
+        use sha2::Digest;
+        let mut hasher = Sha256::new();
+        hasher.update(secret.as_bytes());
+        for part in parts_after_secret {
+            hasher.update(part);
+        }
+        hasher.finalize().to_vec()
+    })
+}
+
+/// A hex digest header against `digest(secret)` for every configured secret.
+fn verify_hex_digest(
+    header: &'static str,
+    presented: Option<&str>,
+    secrets: &[String],
+    digest: impl Fn(&str) -> Vec<u8>,
 ) -> Result<(), VerifyError> {
     let presented = presented.ok_or(VerifyError::MissingHeader { header })?;
     let presented = hex::decode(presented.trim()).map_err(|_| VerifyError::MalformedHeader {
         header,
         detail: "not a hex digest",
     })?;
-    let secrets = usable(secrets)?;
-    let matched = secrets.iter().any(|secret| {
-        use sha2::Digest;
-        let mut hasher = Sha256::new();
-        hasher.update(secret.as_bytes());
-        for part in prefix_secret_then {
-            hasher.update(part);
-        }
-        constant_time_eq(&presented, &hasher.finalize())
-    });
+    let matched = usable(secrets)?
+        .iter()
+        .any(|secret| constant_time_eq(&presented, &digest(secret)));
     matched.then_some(()).ok_or(VerifyError::Mismatch)
 }
 
