@@ -217,10 +217,14 @@ async fn accept(
         ClaimOutcome::New => {}
     }
     let accepted = async {
+        // CRM notifications carry the billing customer id of another source: there is
+        // no stored customer or deal context to read for them.
+        let from_crm = output.crm_context.is_some();
         let customer = match output
             .events
             .iter()
             .find_map(|e| e.customer.customer_id.clone())
+            .filter(|_| !from_crm)
         {
             Some(customer_id) => {
                 store
@@ -230,7 +234,7 @@ async fn accept(
             None => None,
         };
         // CRM deal context travels on billing events of the same customer.
-        let crm = if output.crm_context.is_some() {
+        let crm = if from_crm {
             None
         } else {
             let mut keys = Vec::new();
