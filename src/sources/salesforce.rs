@@ -219,7 +219,8 @@ pub fn parse_outbound_message(body: &[u8]) -> Result<OutboundMessage, IngestErro
                 path.push(name);
             }
             XmlEvent::End(_) => {
-                if path.pop().as_deref() == Some("Notification") {
+                let closed = path.pop();
+                if closed.as_deref() == Some("Notification") {
                     message.notifications.extend(current.take());
                 }
             }
