@@ -18,7 +18,7 @@
 //!   id: its dedup key is the SHA-256 of the body, which HubSpot's retries repeat exactly.
 
 use super::crm::{stage_output, StageChange, StageRule};
-use super::signature::verify_prefixed_sha256;
+use super::signature::{usable, verify_prefixed_sha256};
 use super::{malformed, non_empty, Notice, SourceOutput, SourceSpec, WebhookRequest};
 use crate::config::MerchantConfig;
 use crate::error::{IngestError, VerifyError};
@@ -210,15 +210,7 @@ fn verify(request: &WebhookRequest, config: &Config, now: i64) -> Result<(), Ver
         let presented = base64::engine::general_purpose::STANDARD
             .decode(presented.trim())
             .map_err(|_| malformed("not base64"))?;
-        let secrets: Vec<&String> = config
-            .client_secrets
-            .iter()
-            .filter(|s| !s.is_empty())
-            .collect();
-        if secrets.is_empty() {
-            return Err(VerifyError::NoSecretConfigured);
-        }
-        let matched = secrets.iter().any(|secret| {
+        let matched = usable(&config.client_secrets)?.iter().any(|secret| {
             let expected = v3_signature(
                 secret,
                 request.method,

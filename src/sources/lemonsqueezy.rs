@@ -272,13 +272,11 @@ fn invoice_event(
 ) -> Result<SourceOutput, IngestError> {
     let subscription_id = id_text(&invoice.subscription_id)
         .ok_or_else(|| malformed("subscription invoice without subscription_id"))?;
-    let output = notice.output(format!("subscription:{subscription_id}"));
+    let ordering_key = format!("subscription:{subscription_id}");
+    let ignored = |reason: &str| Ok(notice.ignored(ordering_key.clone(), reason));
     let (name, key) = match notice.event_type.as_str() {
         "subscription_payment_success" | "subscription_payment_recovered" if invoice.total <= 0 => {
-            return Ok(ignored(
-                output,
-                "a zero-amount invoice (trial start) is not revenue",
-            ))
+            return ignored("a zero-amount invoice (trial start) is not revenue")
         }
         "subscription_payment_success" | "subscription_payment_recovered" => {
             match invoice.billing_reason.as_str() {
@@ -289,9 +287,8 @@ fn invoice_event(
                     format!("{subscription_id}:invoice:{invoice_id}"),
                 ),
                 other => {
-                    return Ok(ignored(
-                        output,
-                        &format!("invoice billing_reason {other} (proration) is not mapped"),
+                    return ignored(&format!(
+                        "invoice billing_reason {other} (proration) is not mapped"
                     ))
                 }
             }
@@ -301,12 +298,7 @@ fn invoice_event(
             EventName::Refund,
             format!("invoice:{invoice_id}:refund:{}", invoice.updated_at),
         ),
-        other => {
-            return Ok(ignored(
-                output,
-                &format!("lemonsqueezy {other} is not mapped"),
-            ))
-        }
+        other => return ignored(&format!("lemonsqueezy {other} is not mapped")),
     };
     let currency = invoice.currency.to_ascii_uppercase();
     let money = |minor: i64| Amount::from_minor(minor, &currency);
@@ -356,14 +348,9 @@ fn invoice_event(
                 .insert("period_start".into(), at.to_string());
         }
     }
-    let mut output = output;
+    let mut output = notice.output(ordering_key);
     output.events.push(event);
     Ok(output)
-}
-
-fn ignored(mut output: SourceOutput, reason: &str) -> SourceOutput {
-    output.ignored_reason = Some(reason.to_string());
-    output
 }
 
 #[cfg(test)]

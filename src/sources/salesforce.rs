@@ -12,6 +12,7 @@
 //! `{"id", "occurred_at", "object", "record": {Id, StageName, Amount, …}}`.
 
 use super::crm::{stage_output, StageChange, StageRule};
+use super::signature::usable;
 use super::{malformed, non_empty, Notice, SourceOutput, SourceSpec, WebhookRequest};
 use crate::config::MerchantConfig;
 use crate::error::{IngestError, VerifyError};
@@ -149,12 +150,8 @@ fn check_token(
     header: &'static str,
     config: &Config,
 ) -> Result<(), VerifyError> {
-    let tokens: Vec<&String> = config
-        .endpoint_tokens
-        .iter()
-        .filter(|t| !t.is_empty())
-        .collect();
-    if tokens.is_empty() || config.organization_id.is_empty() {
+    let tokens = usable(&config.endpoint_tokens)?;
+    if config.organization_id.is_empty() {
         return Err(VerifyError::NoSecretConfigured);
     }
     let presented = presented.ok_or(VerifyError::MissingHeader { header })?;

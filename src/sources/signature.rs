@@ -80,11 +80,7 @@ impl TimestampedHmac {
         if candidates.is_empty() {
             return Err(malformed(self.no_signature));
         }
-        let secrets: Vec<&str> = secrets.iter().copied().filter(|s| !s.is_empty()).collect();
-        if secrets.is_empty() {
-            return Err(VerifyError::NoSecretConfigured);
-        }
-        let matched = secrets.iter().any(|secret| {
+        let matched = usable(secrets)?.iter().any(|secret| {
             let expected = self.signature(secret, timestamp, body);
             candidates.iter().any(|c| constant_time_eq(c, &expected))
         });
@@ -197,10 +193,13 @@ pub struct BasicCredentials {
     pub password: String,
 }
 
-fn usable(secrets: &[String]) -> Result<Vec<&str>, VerifyError> {
+/// The configured secrets that are not blank; none at all is a configuration error.
+pub(crate) fn usable<'a, S: AsRef<str> + 'a>(
+    secrets: impl IntoIterator<Item = &'a S>,
+) -> Result<Vec<&'a str>, VerifyError> {
     let usable: Vec<&str> = secrets
-        .iter()
-        .map(String::as_str)
+        .into_iter()
+        .map(AsRef::as_ref)
         .filter(|s| !s.is_empty())
         .collect();
     if usable.is_empty() {
