@@ -23,6 +23,8 @@ fn bench_stripe(c: &mut Criterion) {
     let secret = "whsec_bench";
     let merchant = MerchantConfig {
         merchant_id: "m_bench".into(),
+        // Stripe ingest is a Scale feature.
+        plan: tracklayer::config::Plan::Scale,
         ..MerchantConfig::default()
     }
     .with_source(

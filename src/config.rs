@@ -146,12 +146,21 @@ pub struct MerchantConfig {
     pub destinations: BTreeMap<String, serde_json::Value>,
 }
 
+/// Whether `value` parses as the settings type `T` of a source or destination. The
+/// message is serde's, which names fields but never echoes values.
+pub fn check_config<T: DeserializeOwned>(value: &serde_json::Value) -> Result<(), String> {
+    T::deserialize(value).map(|_| ()).map_err(|e| e.to_string())
+}
+
 impl MerchantConfig {
     /// Destinations this merchant has connected, by registry name.
     pub fn connected_destinations(&self) -> Vec<&'static str> {
         crate::destinations::REGISTRY
             .iter()
             .filter(|d| self.destinations.contains_key(d.name))
+            // A destination above the merchant's plan (after a downgrade) stays
+            // configured but receives nothing.
+            .filter(|d| d.required_feature.is_none_or(|f| self.plan.includes(f)))
             .map(|d| d.name)
             .collect()
     }

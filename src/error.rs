@@ -50,6 +50,10 @@ pub enum IngestError {
     InFlight,
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),
+    #[error(transparent)]
+    PlanRequired(#[from] crate::plans::PlanError),
+    #[error("too many requests for this merchant; retry after {retry_after_seconds}s")]
+    RateLimited { retry_after_seconds: u32 },
 }
 
 impl IngestError {
@@ -57,12 +61,13 @@ impl IngestError {
         match self {
             IngestError::MissingMerchantId | IngestError::MalformedPayload(_) => 400,
             IngestError::Signature(_) => 401,
-            IngestError::MerchantDisabled(_) => 403,
+            IngestError::MerchantDisabled(_) | IngestError::PlanRequired(_) => 403,
             IngestError::UnknownMerchant(_)
             | IngestError::SourceNotConfigured { .. }
             | IngestError::UnknownSource(_) => 404,
             IngestError::InFlight => 409,
             IngestError::PayloadTooLarge { .. } => 413,
+            IngestError::RateLimited { .. } => 429,
             IngestError::Unavailable(_) | IngestError::SourceMisconfigured { .. } => 503,
         }
     }
@@ -89,6 +94,8 @@ impl IngestError {
             IngestError::PayloadTooLarge { .. } => "payload_too_large",
             IngestError::InFlight => "event_in_flight",
             IngestError::Unavailable(_) => "temporarily_unavailable",
+            IngestError::PlanRequired(_) => "plan_required",
+            IngestError::RateLimited { .. } => "rate_limited",
         }
     }
 

@@ -42,6 +42,9 @@ pub fn verify_and_map(
     check_body_size(request.body.len())?;
     let source =
         sources::find(source_name).ok_or_else(|| IngestError::UnknownSource(source_name.into()))?;
+    if let Some(feature) = source.required_feature {
+        merchant.plan.require(feature)?;
+    }
     (source.ingest)(merchant, request, now)
 }
 

@@ -20,6 +20,8 @@ const URL: &str = "https://edge.tracklayer.test/v1/integrations/x/events?merchan
 fn merchant() -> MerchantConfig {
     let mut merchant = MerchantConfig {
         merchant_id: "m".into(),
+        // Stripe ingest is a Scale feature.
+        plan: tracklayer::config::Plan::Scale,
         ..MerchantConfig::default()
     }
     .with_source("stripe", serde_json::json!({ "endpoint_secrets": ["s"] }))

@@ -173,6 +173,8 @@ fn workflow_bodies_carry_value_and_context_for_later_billing_events() {
     // A later Stripe renewal for that customer carries the deal's context.
     let stripe = MerchantConfig {
         merchant_id: "m_hs".into(),
+        // Stripe ingest is a Scale feature.
+        plan: tracklayer::config::Plan::Scale,
         ..MerchantConfig::default()
     }
     .with_source(

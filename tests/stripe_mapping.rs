@@ -14,6 +14,8 @@ const SECRET: &str = "whsec_fixture_secret";
 fn merchant() -> MerchantConfig {
     MerchantConfig {
         merchant_id: "m_fixture".into(),
+        // Stripe ingest is a Scale feature.
+        plan: tracklayer::config::Plan::Scale,
         ..MerchantConfig::default()
     }
     .with_source(
@@ -549,5 +551,24 @@ fn refunds_and_failed_payments_are_valued_by_their_amount() {
     assert_eq!(
         policy.primary_value(failed, "meta").unwrap().to_string(),
         "53.90"
+    );
+}
+
+#[test]
+fn stripe_ingest_needs_the_scale_plan() {
+    let starter = MerchantConfig {
+        plan: tracklayer::config::Plan::Starter,
+        ..merchant()
+    };
+    let body = fixture("customer.subscription.created.trialing.json");
+    let created = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["created"]
+        .as_i64()
+        .unwrap();
+    let headers = Headers::new().with("stripe-signature", &stripe::sign(SECRET, created, &body));
+    let err = mapping::ingest_one("stripe", &starter, &headers, &body, created).unwrap_err();
+    assert_eq!((err.status(), err.code()), (403, "plan_required"));
+    assert_eq!(
+        err.to_string(),
+        "feature stripe_ingest requires plan Scale (merchant is on Starter)"
     );
 }

@@ -46,6 +46,9 @@ pub const SPEC: DestinationSpec = DestinationSpec {
     name: NAME,
     build,
     classify,
+    secret_fields: &["access_token"],
+    validate_config: crate::config::check_config::<MetaConfig>,
+    required_feature: None,
 };
 
 /// Default mapping: standard events where Meta has one, custom names otherwise.

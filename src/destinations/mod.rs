@@ -80,6 +80,12 @@ pub struct DestinationSpec {
     ) -> Result<OutboundRequest, BuildError>,
     /// (HTTP status, `Retry-After` header, body) → outcome.
     pub classify: fn(u16, Option<&str>, &str) -> Outcome,
+    /// Top-level config fields holding credentials: sealed at rest, masked in the API.
+    pub secret_fields: &'static [&'static str],
+    /// Parses a config as the module would, so the admin API refuses what would not run.
+    pub validate_config: fn(&serde_json::Value) -> Result<(), String>,
+    /// The plan feature delivering to this destination needs, if any.
+    pub required_feature: Option<crate::plans::Feature>,
 }
 
 pub const REGISTRY: &[DestinationSpec] = &[meta::SPEC];

@@ -21,6 +21,9 @@ pub const SPEC: SourceSpec = SourceSpec {
     name: NAME,
     ingest,
     acknowledgement: None,
+    secret_fields: &["basic_auth"],
+    validate_config: crate::config::check_config::<Config>,
+    required_feature: None,
 };
 
 /// Chargebee settings: the webhook's Basic credentials (several while rotating).

@@ -43,6 +43,9 @@ pub const SPEC: SourceSpec = SourceSpec {
     name: NAME,
     ingest,
     acknowledgement: None,
+    secret_fields: &["client_secrets"],
+    validate_config: crate::config::check_config::<Config>,
+    required_feature: None,
 };
 
 /// HubSpot settings: the app's client secret(s), signature versions, stage rules and

@@ -29,6 +29,9 @@ pub const SPEC: SourceSpec = SourceSpec {
     name: NAME,
     ingest,
     acknowledgement: None,
+    secret_fields: &["signing_secrets"],
+    validate_config: crate::config::check_config::<Config>,
+    required_feature: None,
 };
 
 /// Lemon Squeezy settings: the signing secret(s) given when the webhook was created.

@@ -8,6 +8,7 @@ pub mod hubspot;
 pub mod lemonsqueezy;
 pub mod paddle;
 pub mod pipedrive;
+pub mod product;
 pub mod recharge;
 pub mod salesforce;
 pub mod signature;
@@ -120,6 +121,12 @@ pub struct SourceSpec {
     pub ingest: fn(&MerchantConfig, &WebhookRequest, i64) -> Result<Vec<SourceOutput>, IngestError>,
     /// A success body the source insists on (content type, body); JSON otherwise.
     pub acknowledgement: Option<fn() -> (&'static str, String)>,
+    /// Top-level config fields holding secrets: sealed at rest, masked in the API.
+    pub secret_fields: &'static [&'static str],
+    /// Parses a config as the module would, so the admin API refuses what would not run.
+    pub validate_config: fn(&serde_json::Value) -> Result<(), String>,
+    /// The plan feature ingesting from this source needs, if any.
+    pub required_feature: Option<crate::plans::Feature>,
 }
 
 pub const REGISTRY: &[SourceSpec] = &[

@@ -28,6 +28,9 @@ pub const SPEC: SourceSpec = SourceSpec {
     name: NAME,
     ingest,
     acknowledgement: None,
+    secret_fields: &["secret_keys"],
+    validate_config: crate::config::check_config::<Config>,
+    required_feature: None,
 };
 
 /// Paddle source settings: the notification destination's secret key(s).

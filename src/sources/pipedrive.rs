@@ -25,6 +25,9 @@ pub const SPEC: SourceSpec = SourceSpec {
     name: NAME,
     ingest,
     acknowledgement: None,
+    secret_fields: &["basic_auth"],
+    validate_config: crate::config::check_config::<Config>,
+    required_feature: None,
 };
 
 /// Pipedrive settings.

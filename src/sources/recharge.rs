@@ -32,6 +32,9 @@ pub const SPEC: SourceSpec = SourceSpec {
     name: NAME,
     ingest,
     acknowledgement: None,
+    secret_fields: &["client_secrets"],
+    validate_config: crate::config::check_config::<Config>,
+    required_feature: None,
 };
 
 /// Recharge settings: the API client secret(s) that sign webhooks.

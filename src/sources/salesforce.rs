@@ -33,6 +33,9 @@ pub const SPEC: SourceSpec = SourceSpec {
     name: NAME,
     ingest,
     acknowledgement: Some(acknowledgement),
+    secret_fields: &["endpoint_tokens"],
+    validate_config: crate::config::check_config::<Config>,
+    required_feature: None,
 };
 
 /// The answer Salesforce requires before it stops retrying a message.

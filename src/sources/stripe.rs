@@ -26,6 +26,9 @@ pub const SPEC: SourceSpec = SourceSpec {
     name: NAME,
     ingest,
     acknowledgement: None,
+    secret_fields: &["endpoint_secrets"],
+    validate_config: crate::config::check_config::<Config>,
+    required_feature: Some(crate::plans::Feature::StripeIngest),
 };
 
 /// Stripe source settings. Several secrets are kept while an endpoint secret is rolled.
