@@ -5,6 +5,7 @@
 //! layer (wasm32 only) binds it to Cloudflare Workers: routes, queues, Durable Objects,
 //! D1 and cron.
 
+pub mod admin;
 pub mod api_keys;
 pub mod config;
 pub mod delivery;
@@ -17,6 +18,8 @@ pub mod ingest;
 pub mod ledger;
 pub mod money;
 pub mod plans;
+pub mod retention;
+pub mod routes;
 pub mod secrets;
 pub mod sources;
 pub mod time;

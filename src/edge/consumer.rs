@@ -3,8 +3,10 @@
 //! Every message is acked or retried on its own; the handler never returns an error,
 //! which would retry the whole batch.
 
-use super::{now_ms, operator_settings, outbound, store::Store};
-use crate::config::MerchantConfig;
+use super::regions::{dead_letter_binding, queue_region};
+use super::routing::Routing;
+use super::{keyring, now_ms, operator_settings, outbound, store::Store};
+use crate::config::{MerchantConfig, Region};
 use crate::delivery::{decide, DeadLetter, Decision, DeliveryJob};
 use crate::destinations::{self, Outcome};
 use crate::hashing::sha256_hex;
@@ -14,14 +16,14 @@ use worker::{
     QueueContentType, QueueRetryOptionsBuilder, RawMessage,
 };
 
-pub const DLQ_BINDING: &str = "DELIVERIES_DLQ";
-
 fn body_text(message: &RawMessage) -> Option<String> {
     message.body().as_string()
 }
 
+/// Each region's queue is consumed against that region's database only.
 pub async fn consume_deliveries(batch: MessageBatch<String>, env: &Env) {
-    let store = match Store::from_env(env) {
+    let region = queue_region(&batch.queue());
+    let store = match Store::for_region(env, region) {
         Ok(store) => store,
         Err(err) => {
             console_error!("deliveries: D1 unavailable ({err}); retrying batch");
@@ -33,7 +35,7 @@ pub async fn consume_deliveries(batch: MessageBatch<String>, env: &Env) {
     for message in batch.raw_iter() {
         let body = body_text(&message);
         let result = match body.as_deref().map(serde_json::from_str::<DeliveryJob>) {
-            Some(Ok(job)) => deliver(env, &store, &mut merchants, job).await,
+            Some(Ok(job)) => deliver(env, region, &store, &mut merchants, job).await,
             _ => record_poison(&store, body.as_deref().unwrap_or("<non-text body>")).await,
         };
         match result {
@@ -62,12 +64,22 @@ enum Step {
 
 async fn deliver(
     env: &Env,
+    region: Region,
     store: &Store,
     merchants: &mut HashMap<String, Option<MerchantConfig>>,
     mut job: DeliveryJob,
 ) -> worker::Result<Step> {
     let previous = store.delivery(&job.job_id).await?;
-    if let Some(row) = &previous {
+    // Every job's row is written before it is enqueued: a missing row means the data
+    // was erased (GDPR) or the merchant deleted since. Nothing may be sent.
+    let Some(row) = &previous else {
+        console_log!(
+            "job {} has no delivery record (erased); dropping it",
+            job.job_id
+        );
+        return Ok(Step::Ack);
+    };
+    {
         if row.status != "pending" {
             console_log!(
                 "job {} already {}; skipping duplicate message",
@@ -80,7 +92,20 @@ async fn deliver(
     let attempt = previous.map_or(0, |r| r.attempts.max(0) as u32) + 1;
     let merchant_id = job.event.merchant_id.clone();
     if !merchants.contains_key(&merchant_id) {
-        let loaded = store.load_merchant(&merchant_id).await?;
+        let loaded = match Routing::from_env(env)?.route(&merchant_id).await? {
+            // A job is only ever delivered from its merchant's own region.
+            Some(route) if route.region == region => {
+                store.load_merchant(&route, keyring(env).as_ref()).await?
+            }
+            Some(_) => {
+                console_error!(
+                    "job {} of merchant {merchant_id} arrived in the wrong region",
+                    job.job_id
+                );
+                None
+            }
+            None => None,
+        };
         merchants.insert(merchant_id.clone(), loaded);
     }
     let settings = operator_settings(env);
@@ -180,16 +205,16 @@ async fn deliver(
                 last_error,
                 reason,
             };
-            send_to_dlq(env, &letter).await?;
+            send_to_dlq(env, region, &letter).await?;
             Ok(Step::Ack)
         }
     }
 }
 
-async fn send_to_dlq(env: &Env, letter: &DeadLetter) -> worker::Result<()> {
+async fn send_to_dlq(env: &Env, region: Region, letter: &DeadLetter) -> worker::Result<()> {
     let body =
         serde_json::to_string(letter).map_err(|e| worker::Error::RustError(e.to_string()))?;
-    env.queue(DLQ_BINDING)?
+    env.queue(dead_letter_binding(region))?
         .send(
             MessageBuilder::new(body)
                 .content_type(QueueContentType::Text)
@@ -237,7 +262,7 @@ fn poison_letter(body: &str) -> DeadLetter {
 
 /// Dead-letter queue: our own `DeadLetter`s, or raw jobs the queue gave up on.
 pub async fn consume_dead_letters(batch: MessageBatch<String>, env: &Env) {
-    let store = match Store::from_env(env) {
+    let store = match Store::for_region(env, queue_region(&batch.queue())) {
         Ok(store) => store,
         Err(err) => {
             console_error!("dead letters: D1 unavailable ({err}); retrying batch");

@@ -20,3 +20,12 @@ pub fn ingest_error(err: &IngestError) -> Result<Response> {
     resp.headers().set("content-type", "application/json")?;
     Ok(resp)
 }
+
+pub fn with_header(response: Response, name: &str, value: &str) -> Result<Response> {
+    response.headers().set(name, value)?;
+    Ok(response)
+}
+
+pub fn api_error(err: &crate::admin::ApiError) -> Result<Response> {
+    json_response(err.status(), &err.body())
+}

@@ -2,6 +2,8 @@
 //! dedup records and the subscription's latest state in its own SQLite. Single-threaded
 //! execution makes claim-then-commit race free; the rules live in `crate::ledger`.
 
+use super::regions::ledger_namespace;
+use crate::config::Region;
 use crate::ledger::{self, ClaimOutcome, SeenRecord, SubscriptionState};
 use crate::sources::SubscriptionObservation;
 use serde::{Deserialize, Serialize};
@@ -178,6 +180,13 @@ impl DurableObject for Ledger {
                 Response::from_json(&json!({ "released": true }))
             }
             "/state" => Response::from_json(&json!({ "subscription": self.current_state()? })),
+            // Whole-merchant deletion: nothing of this ledger stays behind.
+            "/forget" => {
+                self.state.storage().delete_alarm().await?;
+                self.state.storage().delete_all().await?;
+                self.ensure_schema()?;
+                Response::from_json(&json!({ "forgotten": true }))
+            }
             _ => Response::error("not found", 404),
         }
     }
@@ -210,8 +219,14 @@ pub struct LedgerClient {
 }
 
 impl LedgerClient {
-    pub fn for_key(env: &Env, merchant_id: &str, ordering_key: &str) -> Result<Self> {
-        let namespace = env.durable_object(BINDING)?;
+    /// The ledger of one ordering key, in the merchant's region's jurisdiction.
+    pub fn for_key(
+        env: &Env,
+        region: Region,
+        merchant_id: &str,
+        ordering_key: &str,
+    ) -> Result<Self> {
+        let namespace = ledger_namespace(env, BINDING, region)?;
         let stub = namespace
             .id_from_name(&format!("{merchant_id}/{ordering_key}"))?
             .get_stub()?;
@@ -256,6 +271,10 @@ impl LedgerClient {
         )
         .await
         .map(|_| ())
+    }
+
+    pub async fn forget(&self) -> Result<()> {
+        self.call("/forget", &json!({})).await.map(|_| ())
     }
 
     pub async fn release(&self, key: &str) -> Result<()> {

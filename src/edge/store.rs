@@ -1,32 +1,43 @@
 //! D1 access: merchant configuration, event records, the delivery ledger and log.
 
-use crate::config::MerchantConfig;
+use super::regions::db_binding;
+use super::routing::Route;
+use crate::admin::{ListQuery, SqlParam};
+use crate::config::{MerchantConfig, Region};
 use crate::delivery::{DeadLetter, DeliveryJob};
 use crate::enrich::KnownCustomer;
 use crate::event::{CanonicalEvent, EventName};
+use crate::retention::Purge;
+use crate::secrets::{config_context, Keyring};
 use crate::sources::crm::CrmContext;
 use crate::sources::{CustomerRecord, SourceOutput};
 use serde::Deserialize;
 use serde_json::Value;
 use wasm_bindgen::JsValue;
-use worker::{console_warn, D1Database, Env, Result};
+use worker::{console_error, D1Database, Env, Result};
 
-pub const BINDING: &str = "DB";
-
-fn text(value: &str) -> JsValue {
+pub fn text(value: &str) -> JsValue {
     JsValue::from_str(value)
 }
 
-fn int(value: i64) -> JsValue {
+pub fn int(value: i64) -> JsValue {
     JsValue::from_f64(value as f64)
 }
 
-fn opt_text(value: Option<&str>) -> JsValue {
+pub fn opt_text(value: Option<&str>) -> JsValue {
     value.map_or(JsValue::NULL, JsValue::from_str)
 }
 
-fn opt_int(value: Option<i64>) -> JsValue {
+pub fn opt_int(value: Option<i64>) -> JsValue {
     value.map_or(JsValue::NULL, int)
+}
+
+fn rust_error(err: impl std::fmt::Display) -> worker::Error {
+    worker::Error::RustError(err.to_string())
+}
+
+fn changes(result: &worker::D1Result) -> Result<i64> {
+    Ok(result.meta()?.and_then(|m| m.changes).unwrap_or(0) as i64)
 }
 
 pub struct Store {
@@ -34,19 +45,24 @@ pub struct Store {
 }
 
 #[derive(Deserialize)]
-struct MerchantRow {
-    merchant_id: String,
-    region: String,
-    plan: String,
-    status: String,
-    value_policy: String,
-    lifecycle: String,
+pub struct SettingsRow {
+    pub value_policy: String,
+    pub lifecycle: String,
 }
 
 #[derive(Deserialize)]
-struct ConfigRow {
-    name: String,
-    config: String,
+pub struct ConfigRow {
+    pub name: String,
+    pub config: String,
+}
+
+/// Which config table a source or destination lives in.
+fn config_table(kind: &str) -> (&'static str, &'static str) {
+    if kind == "destination" {
+        ("merchant_destinations", "destination")
+    } else {
+        ("merchant_sources", "source")
+    }
 }
 
 #[derive(Deserialize)]
@@ -56,61 +72,178 @@ pub struct DeliveryRow {
 }
 
 impl Store {
-    pub fn from_env(env: &Env) -> Result<Self> {
+    /// The database of `region`: the only place that region's merchant data lives.
+    pub fn for_region(env: &Env, region: Region) -> Result<Self> {
         Ok(Store {
-            db: env.d1(BINDING)?,
+            db: env.d1(db_binding(region))?,
         })
     }
 
-    /// The merchant with its sources and enabled destinations, or `None` if unknown.
-    /// Parse failures never echo the stored JSON, which holds secrets.
-    pub async fn load_merchant(&self, merchant_id: &str) -> Result<Option<MerchantConfig>> {
-        let row: Option<MerchantRow> = self
-            .db
-            .prepare("SELECT merchant_id, region, plan, status, value_policy, lifecycle FROM merchants WHERE merchant_id = ?1")
+    pub async fn settings(&self, merchant_id: &str) -> Result<Option<SettingsRow>> {
+        self.db
+            .prepare("SELECT value_policy, lifecycle FROM merchants WHERE merchant_id = ?1")
             .bind(&[text(merchant_id)])?
             .first(None)
-            .await?;
-        let Some(row) = row else { return Ok(None) };
+            .await
+    }
+
+    /// The merchant with its sources and enabled destinations, or `None` if this region
+    /// holds no settings for it. A config that does not open or parse is loaded as
+    /// `null`, which its module refuses as misconfigured (503, the source retries).
+    pub async fn load_merchant(
+        &self,
+        route: &Route,
+        keyring: Option<&Keyring>,
+    ) -> Result<Option<MerchantConfig>> {
+        let merchant_id = route.merchant_id.as_str();
+        let Some(row) = self.settings(merchant_id).await? else {
+            return Ok(None);
+        };
         let mut merchant = MerchantConfig {
-            merchant_id: row.merchant_id,
-            region: enum_field(merchant_id, "region", &row.region)?,
-            plan: enum_field(merchant_id, "plan", &row.plan)?,
-            status: enum_field(merchant_id, "status", &row.status)?,
-            value_policy: serde_json::from_str(&row.value_policy).map_err(|_| {
-                worker::Error::RustError(format!("merchant {merchant_id}: invalid value_policy"))
-            })?,
-            lifecycle: serde_json::from_str(&row.lifecycle).map_err(|_| {
-                worker::Error::RustError(format!("merchant {merchant_id}: invalid lifecycle"))
-            })?,
+            merchant_id: merchant_id.to_string(),
+            region: route.region,
+            plan: route.plan,
+            status: route.status,
+            value_policy: serde_json::from_str(&row.value_policy)
+                .map_err(|_| rust_error(format!("merchant {merchant_id}: invalid value_policy")))?,
+            lifecycle: serde_json::from_str(&row.lifecycle)
+                .map_err(|_| rust_error(format!("merchant {merchant_id}: invalid lifecycle")))?,
             sources: Default::default(),
             destinations: Default::default(),
         };
-        let sources: Vec<ConfigRow> = self
-            .db
-            .prepare("SELECT source AS name, config FROM merchant_sources WHERE merchant_id = ?1")
-            .bind(&[text(merchant_id)])?
-            .all()
-            .await?
-            .results()?;
-        for row in sources {
-            if let Some(config) = parse_config(merchant_id, &row) {
-                merchant.sources.insert(row.name, config);
-            }
+        for row in self.configs(merchant_id, "source").await? {
+            let config = open_config(merchant_id, "source", &row, keyring);
+            merchant.sources.insert(row.name, config);
         }
-        let destinations: Vec<ConfigRow> = self
-            .db
-            .prepare("SELECT destination AS name, config FROM merchant_destinations WHERE merchant_id = ?1 AND enabled = 1")
-            .bind(&[text(merchant_id)])?
-            .all()
-            .await?
-            .results()?;
-        for row in destinations {
-            if let Some(config) = parse_config(merchant_id, &row) {
-                merchant.destinations.insert(row.name, config);
-            }
+        for row in self.configs(merchant_id, "destination").await? {
+            let config = open_config(merchant_id, "destination", &row, keyring);
+            merchant.destinations.insert(row.name, config);
         }
         Ok(Some(merchant))
+    }
+
+    /// Sealed configs of one kind (`source` or `destination`); destinations only if enabled.
+    pub async fn configs(&self, merchant_id: &str, kind: &str) -> Result<Vec<ConfigRow>> {
+        let (table, column) = config_table(kind);
+        let enabled = if kind == "destination" {
+            " AND enabled = 1"
+        } else {
+            ""
+        };
+        self.db
+            .prepare(format!(
+                "SELECT {column} AS name, config FROM {table} WHERE merchant_id = ?1{enabled} ORDER BY {column}"
+            ))
+            .bind(&[text(merchant_id)])?
+            .all()
+            .await?
+            .results()
+    }
+
+    pub async fn create_settings(
+        &self,
+        merchant_id: &str,
+        value_policy: &Value,
+        lifecycle: &Value,
+        now_ms: i64,
+    ) -> Result<()> {
+        self.db
+            .prepare("INSERT INTO merchants (merchant_id, value_policy, lifecycle, created_at, updated_at) \
+                      VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT (merchant_id) DO UPDATE SET \
+                      value_policy = excluded.value_policy, lifecycle = excluded.lifecycle, updated_at = excluded.updated_at")
+            .bind(&[text(merchant_id), text(&value_policy.to_string()), text(&lifecycle.to_string()), int(now_ms)])?
+            .run()
+            .await?;
+        Ok(())
+    }
+
+    pub async fn update_settings(
+        &self,
+        merchant_id: &str,
+        value_policy: Option<&Value>,
+        lifecycle: Option<&Value>,
+        now_ms: i64,
+    ) -> Result<()> {
+        self.db
+            .prepare(
+                "UPDATE merchants SET value_policy = COALESCE(?2, value_policy), \
+                      lifecycle = COALESCE(?3, lifecycle), updated_at = ?4 WHERE merchant_id = ?1",
+            )
+            .bind(&[
+                text(merchant_id),
+                opt_text(value_policy.map(Value::to_string).as_deref()),
+                opt_text(lifecycle.map(Value::to_string).as_deref()),
+                int(now_ms),
+            ])?
+            .run()
+            .await?;
+        Ok(())
+    }
+
+    /// Stores a sealed config (replacing the previous one).
+    pub async fn put_config(
+        &self,
+        merchant_id: &str,
+        kind: &str,
+        name: &str,
+        sealed: &str,
+        now_ms: i64,
+    ) -> Result<()> {
+        let (table, column) = config_table(kind);
+        self.db
+            .prepare(format!(
+                "INSERT INTO {table} (merchant_id, {column}, config, updated_at) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (merchant_id, {column}) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at"
+            ))
+            .bind(&[text(merchant_id), text(name), text(sealed), int(now_ms)])?
+            .run()
+            .await?;
+        Ok(())
+    }
+
+    /// Removes a config; false if there was none.
+    pub async fn delete_config(&self, merchant_id: &str, kind: &str, name: &str) -> Result<bool> {
+        let (table, column) = config_table(kind);
+        let result = self
+            .db
+            .prepare(format!(
+                "DELETE FROM {table} WHERE merchant_id = ?1 AND {column} = ?2"
+            ))
+            .bind(&[text(merchant_id), text(name)])?
+            .run()
+            .await?;
+        Ok(changes(&result)? > 0)
+    }
+
+    /// Every stored config of this region, for re-sealing under a new master key.
+    pub async fn all_configs(&self, kind: &str) -> Result<Vec<(String, ConfigRow)>> {
+        #[derive(Deserialize)]
+        struct Row {
+            merchant_id: String,
+            name: String,
+            config: String,
+        }
+        let (table, column) = config_table(kind);
+        let rows: Vec<Row> = self
+            .db
+            .prepare(format!(
+                "SELECT merchant_id, {column} AS name, config FROM {table}"
+            ))
+            .all()
+            .await?
+            .results()?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                (
+                    r.merchant_id,
+                    ConfigRow {
+                        name: r.name,
+                        config: r.config,
+                    },
+                )
+            })
+            .collect())
     }
 
     /// Records what one verified webhook produced, all in one D1 transaction: events,
@@ -130,8 +263,8 @@ impl Store {
                 self.db
                     .prepare(
                         "INSERT INTO canonical_events (event_id, merchant_id, name, source, source_event_id, \
-                         source_event_type, occurred_at_s, payload, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
-                         ON CONFLICT (event_id) DO NOTHING",
+                         source_event_type, occurred_at_s, payload, received_at, ordering_key) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (event_id) DO NOTHING",
                     )
                     .bind(&[
                         text(&event.event_id),
@@ -143,9 +276,15 @@ impl Store {
                         int(event.occurred_at),
                         text(&payload),
                         int(now_ms),
+                        text(&output.ordering_key),
                     ])?,
             );
         }
+        statements.push(
+            self.db
+                .prepare("INSERT INTO ledger_keys (merchant_id, ordering_key, first_seen) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")
+                .bind(&[text(merchant_id), text(&output.ordering_key), int(now_ms)])?,
+        );
         for job in jobs {
             statements.push(
                 self.db
@@ -461,83 +600,238 @@ impl Store {
         Ok(())
     }
 
-    /// Claims today's run of a cron expression; false if it already ran.
-    pub async fn claim_cron_run(&self, cron: &str, run_date: &str, now_ms: i64) -> Result<bool> {
-        let result = self
+    /// The job of a dead letter of this merchant, if it exists.
+    pub async fn dead_letter_job(
+        &self,
+        merchant_id: &str,
+        job_id: &str,
+    ) -> Result<Option<DeliveryJob>> {
+        #[derive(Deserialize)]
+        struct Row {
+            job: String,
+        }
+        let row: Option<Row> = self
             .db
-            .prepare("INSERT INTO cron_runs (cron, run_date, started_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")
-            .bind(&[text(cron), text(run_date), int(now_ms)])?
-            .run()
+            .prepare("SELECT job FROM dead_letters WHERE merchant_id = ?1 AND job_id = ?2")
+            .bind(&[text(merchant_id), text(job_id)])?
+            .first(None)
             .await?;
-        Ok(result.meta()?.and_then(|m| m.changes).unwrap_or(0) > 0)
+        row.map(|r| serde_json::from_str(&r.job).map_err(rust_error))
+            .transpose()
     }
 
-    pub async fn finish_cron_run(
-        &self,
-        cron: &str,
-        run_date: &str,
-        detail: &Value,
-        now_ms: i64,
-    ) -> Result<()> {
+    /// Makes a job deliverable again: pending, attempt count from zero.
+    pub async fn reset_delivery(&self, job: &DeliveryJob, now_ms: i64) -> Result<()> {
         self.db
-            .prepare("UPDATE cron_runs SET finished_at = ?3, detail = ?4 WHERE cron = ?1 AND run_date = ?2")
-            .bind(&[text(cron), text(run_date), int(now_ms), text(&detail.to_string())])?
+            .prepare("INSERT INTO deliveries (job_id, event_id, merchant_id, destination, status, attempts, created_at, updated_at) \
+                      VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5) ON CONFLICT (job_id) DO UPDATE SET \
+                      status = 'pending', attempts = 0, last_error = NULL, updated_at = excluded.updated_at")
+            .bind(&[
+                text(&job.job_id),
+                text(&job.event.event_id),
+                text(&job.event.merchant_id),
+                text(&job.destination),
+                int(now_ms),
+            ])?
             .run()
             .await?;
         Ok(())
     }
 
-    /// Deletes rows older than `cutoff_ms` from a table with the given time column.
-    pub async fn purge_older_than(
-        &self,
-        table: &'static str,
-        column: &'static str,
-        cutoff_ms: i64,
-    ) -> Result<i64> {
-        let result = self
-            .db
-            .prepare(format!("DELETE FROM {table} WHERE {column} < ?1"))
-            .bind(&[int(cutoff_ms)])?
+    pub async fn mark_replayed(&self, job_id: &str, now_ms: i64) -> Result<()> {
+        self.db
+            .prepare("UPDATE dead_letters SET replayed_at = ?2 WHERE job_id = ?1")
+            .bind(&[text(job_id), int(now_ms)])?
             .run()
             .await?;
-        Ok(result.meta()?.and_then(|m| m.changes).unwrap_or(0) as i64)
+        Ok(())
     }
 
-    /// Rows for the operator read endpoints, newest first.
-    pub async fn list(
-        &self,
-        sql: &'static str,
-        merchant_id: &str,
-        limit: i64,
-    ) -> Result<Vec<Value>> {
+    /// Deletes the rows one retention rule says are due.
+    pub async fn purge(&self, purge: &Purge) -> Result<i64> {
+        let condition = purge
+            .only_if
+            .map(|c| format!(" AND {c}"))
+            .unwrap_or_default();
+        let result = self
+            .db
+            .prepare(format!(
+                "DELETE FROM {} WHERE {} < ?1{condition}",
+                purge.table, purge.column
+            ))
+            .bind(&[int(purge.cutoff_ms)])?
+            .run()
+            .await?;
+        changes(&result)
+    }
+
+    /// One page of a log view (see `crate::admin::View`).
+    pub async fn list(&self, query: &ListQuery) -> Result<Vec<Value>> {
+        let params: Vec<JsValue> = query
+            .params
+            .iter()
+            .map(|p| match p {
+                SqlParam::Text(t) => text(t),
+                SqlParam::Int(i) => int(*i),
+            })
+            .collect();
         self.db
-            .prepare(sql)
-            .bind(&[text(merchant_id), int(limit)])?
+            .prepare(&query.sql)
+            .bind(&params)?
             .all()
             .await?
             .results()
     }
+
+    /// GDPR erasure of one customer: every event, delivery, attempt, dead letter,
+    /// identity and deal context tied to the email or billing/user id, including ids
+    /// the email is known under. Returns the count per table.
+    pub async fn erase_customer(
+        &self,
+        merchant_id: &str,
+        email: Option<&str>,
+        customer_id: Option<&str>,
+    ) -> Result<Value> {
+        #[derive(Deserialize)]
+        struct IdRow {
+            customer_id: String,
+        }
+        let email = email.map(|e| e.trim().to_lowercase());
+        let mut customer_ids: Vec<String> = customer_id.map(str::to_string).into_iter().collect();
+        if let Some(email) = &email {
+            let known: Vec<IdRow> = self
+                .db
+                .prepare("SELECT customer_id FROM customers WHERE merchant_id = ?1 AND lower(email) = ?2")
+                .bind(&[text(merchant_id), text(email)])?
+                .all()
+                .await?
+                .results()?;
+            customer_ids.extend(known.into_iter().map(|r| r.customer_id));
+        }
+        customer_ids.sort();
+        customer_ids.dedup();
+        let ids_json = serde_json::to_string(&customer_ids).map_err(rust_error)?;
+        let email_param = opt_text(email.as_deref());
+        // The customer's events, by identity inside the stored payload.
+        let matching = "SELECT event_id FROM canonical_events WHERE merchant_id = ?1 AND (\
+             lower(json_extract(payload, '$.customer.email')) = ?2 OR \
+             json_extract(payload, '$.customer.customer_id') IN (SELECT value FROM json_each(?3)))";
+        let mut statements = Vec::new();
+        let mut tables = Vec::new();
+        for table in ["delivery_attempts", "dead_letters", "deliveries"] {
+            tables.push(table);
+            statements.push(
+                self.db
+                    .prepare(format!(
+                        "DELETE FROM {table} WHERE merchant_id = ?1 AND event_id IN ({matching})"
+                    ))
+                    .bind(&[text(merchant_id), email_param.clone(), text(&ids_json)])?,
+            );
+        }
+        tables.push("canonical_events");
+        statements.push(
+            self.db
+                .prepare(format!(
+                    "DELETE FROM canonical_events WHERE event_id IN ({matching})"
+                ))
+                .bind(&[text(merchant_id), email_param.clone(), text(&ids_json)])?,
+        );
+        tables.push("customers");
+        statements.push(
+            self.db
+                .prepare("DELETE FROM customers WHERE merchant_id = ?1 AND (lower(email) = ?2 OR customer_id IN (SELECT value FROM json_each(?3)))")
+                .bind(&[text(merchant_id), email_param.clone(), text(&ids_json)])?,
+        );
+        let mut keys: Vec<String> = customer_ids
+            .iter()
+            .map(|id| CrmContext::customer_key(id))
+            .collect();
+        keys.extend(email.as_deref().map(CrmContext::email_key));
+        tables.push("crm_context");
+        statements.push(
+            self.db
+                .prepare("DELETE FROM crm_context WHERE merchant_id = ?1 AND identity_key IN (SELECT value FROM json_each(?2))")
+                .bind(&[text(merchant_id), text(&serde_json::to_string(&keys).map_err(rust_error)?)])?,
+        );
+        let results = self.db.batch(statements).await?;
+        let mut counts = serde_json::Map::new();
+        for (table, result) in tables.into_iter().zip(results.iter()) {
+            counts.insert(table.to_string(), changes(result)?.into());
+        }
+        Ok(Value::Object(counts))
+    }
+
+    /// The ledgers (Durable Object names) that hold state for this merchant.
+    pub async fn ledger_keys(&self, merchant_id: &str) -> Result<Vec<String>> {
+        #[derive(Deserialize)]
+        struct Row {
+            ordering_key: String,
+        }
+        let rows: Vec<Row> = self
+            .db
+            .prepare("SELECT ordering_key FROM ledger_keys WHERE merchant_id = ?1")
+            .bind(&[text(merchant_id)])?
+            .all()
+            .await?
+            .results()?;
+        Ok(rows.into_iter().map(|r| r.ordering_key).collect())
+    }
+
+    /// Whole-merchant deletion: every row of every table in this region.
+    pub async fn delete_merchant(&self, merchant_id: &str) -> Result<Value> {
+        const TABLES: [&str; 11] = [
+            "delivery_attempts",
+            "dead_letters",
+            "deliveries",
+            "canonical_events",
+            "ignored_events",
+            "customers",
+            "crm_context",
+            "ledger_keys",
+            "merchant_sources",
+            "merchant_destinations",
+            "merchants",
+        ];
+        let mut statements = Vec::new();
+        for table in TABLES {
+            statements.push(
+                self.db
+                    .prepare(format!("DELETE FROM {table} WHERE merchant_id = ?1"))
+                    .bind(&[text(merchant_id)])?,
+            );
+        }
+        let results = self.db.batch(statements).await?;
+        let mut counts = serde_json::Map::new();
+        for (table, result) in TABLES.into_iter().zip(results.iter()) {
+            counts.insert(table.to_string(), changes(result)?.into());
+        }
+        Ok(Value::Object(counts))
+    }
 }
 
-fn enum_field<T: serde::de::DeserializeOwned>(
-    merchant_id: &str,
-    field: &str,
-    value: &str,
-) -> Result<T> {
-    serde_json::from_value(Value::String(value.to_string()))
-        .map_err(|_| worker::Error::RustError(format!("merchant {merchant_id}: invalid {field}")))
-}
-
-/// The stored JSON of one source or destination; its module checks the shape when used.
-fn parse_config(merchant_id: &str, row: &ConfigRow) -> Option<Value> {
-    match serde_json::from_str(&row.config) {
-        Ok(config) => Some(config),
-        Err(_) => {
-            console_warn!(
-                "merchant {merchant_id}: stored {} config is not JSON; treating as not configured",
+/// Opens one sealed config. Failures are logged without the stored text and load as
+/// `null`, which the module refuses as misconfigured.
+fn open_config(merchant_id: &str, kind: &str, row: &ConfigRow, keyring: Option<&Keyring>) -> Value {
+    let Some(keyring) = keyring else {
+        console_error!(
+            "MASTER_KEYS is not configured: {kind} {} of merchant {merchant_id} cannot be opened",
+            row.name
+        );
+        return Value::Null;
+    };
+    let context = config_context(merchant_id, kind, &row.name);
+    match keyring
+        .open(&row.config, &context)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|_| "not JSON".to_string()))
+    {
+        Ok(config) => config,
+        Err(reason) => {
+            console_error!(
+                "merchant {merchant_id}: stored {kind} {} does not open: {reason}",
                 row.name
             );
-            None
+            Value::Null
         }
     }
 }

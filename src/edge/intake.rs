@@ -1,0 +1,422 @@
+//! Intake: source webhooks and the merchant's product events, from request to durably
+//! recorded and enqueued events. Nothing is acknowledged before that.
+
+use super::http::{ingest_error, json_response, with_header};
+use super::ledger::LedgerClient;
+use super::regions::deliveries_binding;
+use super::routing::Routing;
+use super::store::Store;
+use super::{authenticate_merchant_key, keyring, now_ms, record_rejection};
+use crate::config::MerchantConfig;
+use crate::enrich::StoredContext;
+use crate::error::IngestError;
+use crate::ingest;
+use crate::ledger::ClaimOutcome;
+use crate::sources::crm::CrmContext;
+use crate::sources::{product, Headers, SourceOutput, SourceSpec, WebhookRequest};
+use serde_json::json;
+use worker::{
+    console_error, console_warn, Context, Env, MessageBuilder, QueueContentType, Request, Response,
+    Result,
+};
+
+/// Requests per minute per merchant and route family, if the limiter binding exists.
+const RATE_LIMIT_BINDING: &str = "INGEST_RATE_LIMITER";
+const RATE_LIMIT_PERIOD_SECONDS: u32 = 60;
+
+/// Refuses with 429 once the merchant is over its ingest rate. Without the binding
+/// (misconfigured deploy) requests pass: losing webhooks is worse than no limit.
+async fn check_rate(
+    env: &Env,
+    merchant_id: &str,
+    family: &str,
+) -> Result<std::result::Result<(), IngestError>> {
+    let Ok(limiter) = env.rate_limiter(RATE_LIMIT_BINDING) else {
+        return Ok(Ok(()));
+    };
+    let outcome = limiter.limit(format!("{merchant_id}/{family}")).await?;
+    Ok(if outcome.success {
+        Ok(())
+    } else {
+        Err(IngestError::RateLimited {
+            retry_after_seconds: RATE_LIMIT_PERIOD_SECONDS,
+        })
+    })
+}
+
+/// The error response, counted in the operator's rejected-request log.
+pub fn refuse(
+    env: &Env,
+    ctx: &Context,
+    merchant_id: &str,
+    route: &str,
+    err: &IngestError,
+) -> Result<Response> {
+    record_rejection(
+        env,
+        ctx,
+        merchant_id,
+        route,
+        err.status(),
+        err.code(),
+        &err.to_string(),
+    );
+    let response = ingest_error(err)?;
+    match err {
+        IngestError::RateLimited {
+            retry_after_seconds,
+        } => with_header(response, "retry-after", &retry_after_seconds.to_string()),
+        _ => Ok(response),
+    }
+}
+
+/// Body bytes, refusing an oversized body by its declared length before reading it.
+async fn read_body(req: &mut Request) -> Result<std::result::Result<Vec<u8>, IngestError>> {
+    if let Some(length) = req
+        .headers()
+        .get("content-length")?
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if let Err(err) = ingest::check_body_size(length) {
+            return Ok(Err(err));
+        }
+    }
+    let body = req.bytes().await?;
+    Ok(ingest::check_body_size(body.len()).map(|_| body))
+}
+
+/// The merchant's route and settings from its region; `Err` is the answer to give.
+async fn load_merchant(
+    env: &Env,
+    merchant_id: &str,
+) -> Result<std::result::Result<(MerchantConfig, Store), IngestError>> {
+    let Some(route) = Routing::from_env(env)?.route(merchant_id).await? else {
+        return Ok(Err(IngestError::UnknownMerchant(merchant_id.to_string())));
+    };
+    let store = Store::for_region(env, route.region)?;
+    let keyring = keyring(env);
+    match store.load_merchant(&route, keyring.as_ref()).await? {
+        Some(merchant) => Ok(Ok((merchant, store))),
+        None => Ok(Err(IngestError::Unavailable(
+            "merchant settings are missing in its region".into(),
+        ))),
+    }
+}
+
+/// Verify → map → per notification: dedup claim → record + enqueue → commit. Answers
+/// 2xx only after every notification's events are in D1 and their jobs on the queue.
+pub async fn webhook(
+    mut req: Request,
+    env: &Env,
+    ctx: &Context,
+    source: &'static SourceSpec,
+) -> Result<Response> {
+    let route = format!("webhook:{}", source.name);
+    let url = req.url()?;
+    let Some(merchant_id) = url
+        .query_pairs()
+        .find(|(k, _)| k == "merchant_id")
+        .map(|(_, v)| v.into_owned())
+    else {
+        return refuse(env, ctx, "", &route, &IngestError::MissingMerchantId);
+    };
+    if let Err(err) = check_rate(env, &merchant_id, "webhook").await? {
+        return refuse(env, ctx, &merchant_id, &route, &err);
+    }
+    let body = match read_body(&mut req).await? {
+        Ok(body) => body,
+        Err(err) => return refuse(env, ctx, &merchant_id, &route, &err),
+    };
+    let (merchant, store) = match load_merchant(env, &merchant_id).await? {
+        Ok(loaded) => loaded,
+        Err(err) => return refuse(env, ctx, &merchant_id, &route, &err),
+    };
+    let mut headers = Headers::new();
+    for (name, value) in req.headers().entries() {
+        headers.insert(&name, &value);
+    }
+    let url_text = url.to_string();
+    let method = req.method().to_string();
+    let request = WebhookRequest {
+        method: &method,
+        url: &url_text,
+        headers: &headers,
+        body: &body,
+    };
+    let now = now_ms();
+    let name = source.name;
+    let outputs = match ingest::verify_and_map(name, &merchant, &request, now / 1000) {
+        Ok(outputs) => outputs,
+        Err(err) => {
+            if let IngestError::Signature(reason) = &err {
+                console_warn!("{name} webhook for merchant {merchant_id} refused: {reason}");
+            }
+            return refuse(env, ctx, &merchant_id, &route, &err);
+        }
+    };
+    let summaries = match accept_all(env, &store, &merchant, outputs, now).await? {
+        Ok(summaries) => summaries,
+        Err(err) => return refuse(env, ctx, &merchant_id, &route, &err),
+    };
+    if let Some(acknowledgement) = source.acknowledgement {
+        let (content_type, body) = acknowledgement();
+        let response = Response::ok(body)?;
+        response.headers().set("content-type", content_type)?;
+        return Ok(response);
+    }
+    summary_response(summaries)
+}
+
+/// `POST /v1/product-events`: the merchant's app, authenticated by its API key. The
+/// merchant is the key's, never one named in the request.
+pub async fn product_events(mut req: Request, env: &Env, ctx: &Context) -> Result<Response> {
+    let route = "product-events";
+    let merchant_id = match authenticate_merchant_key(&req, env).await? {
+        Ok(merchant_id) => merchant_id,
+        Err(err) => {
+            record_rejection(
+                env,
+                ctx,
+                "",
+                route,
+                err.status(),
+                err.code(),
+                &err.to_string(),
+            );
+            return json_response(err.status(), &err.body());
+        }
+    };
+    if let Err(err) = check_rate(env, &merchant_id, route).await? {
+        return refuse(env, ctx, &merchant_id, route, &err);
+    }
+    let body = match read_body(&mut req).await? {
+        Ok(body) => body,
+        Err(err) => return refuse(env, ctx, &merchant_id, route, &err),
+    };
+    let (merchant, store) = match load_merchant(env, &merchant_id).await? {
+        Ok(loaded) => loaded,
+        Err(err) => return refuse(env, ctx, &merchant_id, route, &err),
+    };
+    if merchant.status == crate::config::MerchantStatus::Disabled {
+        return refuse(
+            env,
+            ctx,
+            &merchant_id,
+            route,
+            &IngestError::MerchantDisabled(merchant_id.clone()),
+        );
+    }
+    let now = now_ms();
+    let outputs = match product::map(&merchant_id, &body, now / 1000) {
+        Ok(outputs) => outputs,
+        Err(err) => return refuse(env, ctx, &merchant_id, route, &err),
+    };
+    match accept_all(env, &store, &merchant, outputs, now).await? {
+        Ok(summaries) => summary_response(summaries),
+        Err(err) => refuse(env, ctx, &merchant_id, route, &err),
+    }
+}
+
+async fn accept_all(
+    env: &Env,
+    store: &Store,
+    merchant: &MerchantConfig,
+    outputs: Vec<SourceOutput>,
+    now: i64,
+) -> Result<std::result::Result<Vec<serde_json::Value>, IngestError>> {
+    let mut summaries = Vec::with_capacity(outputs.len());
+    for output in outputs {
+        match accept(env, store, merchant, output, now).await? {
+            Ok(summary) => summaries.push(summary),
+            // Earlier notifications of a batch are recorded; the sender's retry of the
+            // whole batch finds them as duplicates.
+            Err(err) => return Ok(Err(err)),
+        }
+    }
+    Ok(Ok(summaries))
+}
+
+fn summary_response(summaries: Vec<serde_json::Value>) -> Result<Response> {
+    let accepted = summaries.iter().any(|s| s["status"] == "accepted");
+    let status = if accepted { 202 } else { 200 };
+    match summaries.as_slice() {
+        [single] => json_response(status, single),
+        _ => json_response(
+            status,
+            &json!({
+                "status": if accepted { "accepted" } else { "ignored" },
+                "notifications": summaries,
+            }),
+        ),
+    }
+}
+
+/// One notification: claim its source id, enrich, record, enqueue, commit. The inner
+/// error is the answer to give the source (in flight, or not persisted: retry).
+pub async fn accept(
+    env: &Env,
+    store: &Store,
+    merchant: &MerchantConfig,
+    output: SourceOutput,
+    now: i64,
+) -> Result<std::result::Result<serde_json::Value, IngestError>> {
+    let merchant_id = merchant.merchant_id.as_str();
+    let source = output.source;
+    let source_event_id = output.source_event_id.clone();
+    let dedup_key = format!("{source}:{source_event_id}");
+    let ledger = LedgerClient::for_key(env, merchant.region, merchant_id, &output.ordering_key)?;
+    let claim = ledger.claim(&dedup_key).await?;
+    match claim.outcome {
+        ClaimOutcome::Duplicate => {
+            return Ok(Ok(
+                json!({ "status": "duplicate", "source_event_id": source_event_id }),
+            ));
+        }
+        ClaimOutcome::InFlight => return Ok(Err(IngestError::InFlight)),
+        ClaimOutcome::New => {}
+    }
+    let accepted = async {
+        // CRM notifications carry the billing customer id of another source: there is
+        // no stored customer or deal context to read for them.
+        let from_crm = output.crm_context.is_some();
+        let customer = match output
+            .events
+            .iter()
+            .find_map(|e| e.customer.customer_id.clone())
+            .filter(|_| !from_crm)
+        {
+            Some(customer_id) => {
+                store
+                    .known_customer(merchant_id, source, &customer_id)
+                    .await?
+            }
+            None => None,
+        };
+        // CRM deal context travels on billing events of the same customer.
+        let crm = if from_crm {
+            None
+        } else {
+            let mut keys = Vec::new();
+            for event in &output.events {
+                let email = event
+                    .customer
+                    .email
+                    .as_deref()
+                    .or(customer.as_ref().and_then(|c| c.email.as_deref()));
+                keys.extend(email.map(CrmContext::email_key));
+                keys.extend(
+                    event
+                        .customer
+                        .customer_id
+                        .as_deref()
+                        .map(CrmContext::customer_key),
+                );
+            }
+            keys.sort();
+            keys.dedup();
+            store.crm_context(merchant_id, &keys).await?
+        };
+        let context = StoredContext {
+            subscription: claim.subscription,
+            customer,
+            crm,
+        };
+        let plan = ingest::plan(output, merchant, &context);
+        let enqueued = record_and_enqueue(env, store, merchant, &plan, now).await?;
+        Ok::<_, worker::Error>((plan, enqueued))
+    }
+    .await;
+    let (plan, enqueued) = match accepted {
+        Ok(done) => done,
+        Err(err) => {
+            console_error!("{source} event {source_event_id} not accepted: {err}");
+            if let Err(release_err) = ledger.release(&dedup_key).await {
+                console_error!("ledger release failed: {release_err}");
+            }
+            return Ok(Err(IngestError::Unavailable(
+                "could not persist the event".into(),
+            )));
+        }
+    };
+    let output = &plan.output;
+    if let Err(err) = ledger.commit(&dedup_key, output.subscription.clone()).await {
+        // The event is safe in D1 and on the queue; a redelivery after the lease is
+        // stopped by the enqueue bookkeeping and the consumer's per-job ledger.
+        console_error!("ledger commit failed for {dedup_key}: {err}");
+    }
+    let status = if output.ignored_reason.is_some() {
+        "ignored"
+    } else {
+        "accepted"
+    };
+    let events: Vec<_> = output
+        .events
+        .iter()
+        .map(|e| {
+            json!({
+                "event_id": e.event_id,
+                "name": e.name.as_str(),
+                "forwarded": e.name.is_forwardable() && enqueued.contains(&e.event_id),
+            })
+        })
+        .collect();
+    let deliveries_enqueued = plan
+        .jobs
+        .iter()
+        .filter(|job| enqueued.contains(&job.event.event_id))
+        .count();
+    Ok(Ok(json!({
+        "status": status,
+        "source_event_id": output.source_event_id,
+        "reason": output.ignored_reason,
+        "events": events,
+        "deliveries_enqueued": deliveries_enqueued,
+    })))
+}
+
+/// Records the plan in D1, then enqueues the jobs of events not enqueued before (the
+/// same conversion may already have come through another webhook), then marks them.
+/// Returns the ids of the events whose jobs this call enqueued.
+async fn record_and_enqueue(
+    env: &Env,
+    store: &Store,
+    merchant: &MerchantConfig,
+    plan: &ingest::IngestPlan,
+    now: i64,
+) -> Result<Vec<String>> {
+    let merchant_id = merchant.merchant_id.as_str();
+    store
+        .record_ingest(merchant_id, &plan.output, &plan.jobs, now)
+        .await?;
+    let ids: Vec<&str> = plan
+        .output
+        .events
+        .iter()
+        .map(|e| e.event_id.as_str())
+        .collect();
+    let pending = store.events_to_enqueue(&ids).await?;
+    let jobs: Vec<_> = plan
+        .jobs
+        .iter()
+        .filter(|job| pending.contains(&job.event.event_id))
+        .collect();
+    let queue = env.queue(deliveries_binding(merchant.region))?;
+    // Pre-serialised JSON as text: what arrives is exactly what was sent.
+    // sendBatch takes at most 100 messages.
+    for chunk in jobs.chunks(100) {
+        let mut batch = Vec::with_capacity(chunk.len());
+        for job in chunk {
+            let body =
+                serde_json::to_string(job).map_err(|e| worker::Error::RustError(e.to_string()))?;
+            batch.push(
+                MessageBuilder::new(body)
+                    .content_type(QueueContentType::Text)
+                    .build(),
+            );
+        }
+        queue.send_batch(batch).await?;
+    }
+    let pending_refs: Vec<&str> = pending.iter().map(String::as_str).collect();
+    store.mark_enqueued(&pending_refs, now).await?;
+    Ok(pending)
+}

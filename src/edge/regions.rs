@@ -1,0 +1,55 @@
+//! Which binding holds a region's data: D1 database, delivery queues, and the ledger
+//! Durable Objects (addressed through the namespace's jurisdiction for the EU).
+
+use crate::config::Region;
+use worker::js_sys;
+use worker::wasm_bindgen::JsCast;
+use worker::{Env, ObjectNamespace, Result};
+
+pub const GLOBAL_DB: &str = "DB";
+
+pub fn db_binding(region: Region) -> &'static str {
+    match region {
+        Region::Us => "DB_US",
+        Region::Eu => "DB_EU",
+    }
+}
+
+pub fn deliveries_binding(region: Region) -> &'static str {
+    match region {
+        Region::Us => "DELIVERIES_US",
+        Region::Eu => "DELIVERIES_EU",
+    }
+}
+
+pub fn dead_letter_binding(region: Region) -> &'static str {
+    match region {
+        Region::Us => "DELIVERIES_DLQ_US",
+        Region::Eu => "DELIVERIES_DLQ_EU",
+    }
+}
+
+/// The region a queue belongs to, from its name (`tracklayer-deliveries-eu[-dlq]`).
+pub fn queue_region(queue_name: &str) -> Region {
+    if queue_name.contains("-eu") {
+        Region::Eu
+    } else {
+        Region::Us
+    }
+}
+
+/// The ledger namespace for `region`: EU objects are created and stored in the EU
+/// jurisdiction. workers-rs 0.8 has no wrapper for `namespace.jurisdiction()`, so it is
+/// called through the JS object (a no-op under local workerd).
+pub fn ledger_namespace(env: &Env, binding: &str, region: Region) -> Result<ObjectNamespace> {
+    let namespace = env.durable_object(binding)?;
+    match region {
+        Region::Us => Ok(namespace),
+        Region::Eu => {
+            let jurisdiction: js_sys::Function =
+                js_sys::Reflect::get(namespace.as_ref(), &"jurisdiction".into())?.dyn_into()?;
+            let scoped = jurisdiction.call1(namespace.as_ref(), &"eu".into())?;
+            Ok(ObjectNamespace::unchecked_from_js(scoped))
+        }
+    }
+}

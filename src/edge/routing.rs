@@ -1,0 +1,273 @@
+//! The global D1 database: merchant routes (id → region, plan, status), API key hashes,
+//! rejected-request counts and cron bookkeeping. Nothing personal lives here.
+
+use super::regions::GLOBAL_DB;
+use super::store::{int, text};
+use crate::config::{MerchantStatus, Plan, Region};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use worker::{D1Database, Env, Result};
+
+pub struct Routing {
+    db: D1Database,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Route {
+    pub merchant_id: String,
+    pub region: Region,
+    pub plan: Plan,
+    pub status: MerchantStatus,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiKeyRow {
+    pub key_id: String,
+    pub merchant_id: String,
+    #[serde(skip_serializing)]
+    pub secret_hash: String,
+    pub label: String,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+fn enum_text<T: Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn changes(result: &worker::D1Result) -> Result<u64> {
+    Ok(result.meta()?.and_then(|m| m.changes).unwrap_or(0) as u64)
+}
+
+impl Routing {
+    pub fn from_env(env: &Env) -> Result<Self> {
+        Ok(Routing {
+            db: env.d1(GLOBAL_DB)?,
+        })
+    }
+
+    pub async fn route(&self, merchant_id: &str) -> Result<Option<Route>> {
+        self.db
+            .prepare("SELECT merchant_id, region, plan, status, created_at, updated_at FROM merchant_routes WHERE merchant_id = ?1")
+            .bind(&[text(merchant_id)])?
+            .first(None)
+            .await
+    }
+
+    pub async fn routes(&self, region: Option<Region>) -> Result<Vec<Route>> {
+        let region = region.map(|r| enum_text(&r));
+        self.db
+            .prepare("SELECT merchant_id, region, plan, status, created_at, updated_at FROM merchant_routes \
+                      WHERE ?1 IS NULL OR region = ?1 ORDER BY merchant_id")
+            .bind(&[region.as_deref().map_or(wasm_bindgen::JsValue::NULL, text)])?
+            .all()
+            .await?
+            .results()
+    }
+
+    /// Creates the route; false if the merchant id is taken.
+    pub async fn create(&self, route: &Route) -> Result<bool> {
+        let result = self
+            .db
+            .prepare("INSERT INTO merchant_routes (merchant_id, region, plan, status, created_at, updated_at) \
+                      VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT DO NOTHING")
+            .bind(&[
+                text(&route.merchant_id),
+                text(&enum_text(&route.region)),
+                text(&enum_text(&route.plan)),
+                text(&enum_text(&route.status)),
+                int(route.created_at),
+            ])?
+            .run()
+            .await?;
+        Ok(changes(&result)? > 0)
+    }
+
+    pub async fn update(
+        &self,
+        merchant_id: &str,
+        plan: Plan,
+        status: MerchantStatus,
+        now_ms: i64,
+    ) -> Result<()> {
+        self.db
+            .prepare("UPDATE merchant_routes SET plan = ?2, status = ?3, updated_at = ?4 WHERE merchant_id = ?1")
+            .bind(&[text(merchant_id), text(&enum_text(&plan)), text(&enum_text(&status)), int(now_ms)])?
+            .run()
+            .await?;
+        Ok(())
+    }
+
+    /// Removes the route and every API key of the merchant.
+    pub async fn delete(&self, merchant_id: &str) -> Result<()> {
+        self.db
+            .batch(vec![
+                self.db
+                    .prepare("DELETE FROM api_keys WHERE merchant_id = ?1")
+                    .bind(&[text(merchant_id)])?,
+                self.db
+                    .prepare("DELETE FROM rejected_requests WHERE merchant_id = ?1")
+                    .bind(&[text(merchant_id)])?,
+                self.db
+                    .prepare("DELETE FROM merchant_routes WHERE merchant_id = ?1")
+                    .bind(&[text(merchant_id)])?,
+            ])
+            .await?;
+        Ok(())
+    }
+
+    pub async fn insert_api_key(&self, row: &ApiKeyRow) -> Result<()> {
+        self.db
+            .prepare("INSERT INTO api_keys (key_id, merchant_id, secret_hash, label, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
+            .bind(&[
+                text(&row.key_id),
+                text(&row.merchant_id),
+                text(&row.secret_hash),
+                text(&row.label),
+                int(row.created_at),
+            ])?
+            .run()
+            .await?;
+        Ok(())
+    }
+
+    pub async fn api_key(&self, key_id: &str) -> Result<Option<ApiKeyRow>> {
+        self.db
+            .prepare("SELECT key_id, merchant_id, secret_hash, label, created_at, last_used_at, revoked_at FROM api_keys WHERE key_id = ?1")
+            .bind(&[text(key_id)])?
+            .first(None)
+            .await
+    }
+
+    pub async fn api_keys(&self, merchant_id: &str) -> Result<Vec<ApiKeyRow>> {
+        self.db
+            .prepare("SELECT key_id, merchant_id, secret_hash, label, created_at, last_used_at, revoked_at FROM api_keys \
+                      WHERE merchant_id = ?1 ORDER BY created_at DESC")
+            .bind(&[text(merchant_id)])?
+            .all()
+            .await?
+            .results()
+    }
+
+    /// Revokes a key of this merchant; false if no such (unrevoked) key.
+    pub async fn revoke_api_key(
+        &self,
+        merchant_id: &str,
+        key_id: &str,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let result = self
+            .db
+            .prepare("UPDATE api_keys SET revoked_at = ?3 WHERE merchant_id = ?1 AND key_id = ?2 AND revoked_at IS NULL")
+            .bind(&[text(merchant_id), text(key_id), int(now_ms)])?
+            .run()
+            .await?;
+        Ok(changes(&result)? > 0)
+    }
+
+    /// Marks a key used, at most once a minute so reads stay cheap.
+    pub async fn touch_api_key(&self, key_id: &str, now_ms: i64) -> Result<()> {
+        self.db
+            .prepare("UPDATE api_keys SET last_used_at = ?2 WHERE key_id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2 - 60000)")
+            .bind(&[text(key_id), int(now_ms)])?
+            .run()
+            .await?;
+        Ok(())
+    }
+
+    /// Counts one refused request in its minute.
+    pub async fn record_rejection(
+        &self,
+        merchant_id: &str,
+        route: &str,
+        status: u16,
+        code: &str,
+        message: &str,
+        now_ms: i64,
+    ) -> Result<()> {
+        let merchant: String = merchant_id.chars().take(64).collect();
+        let message: String = message.chars().take(300).collect();
+        self.db
+            .prepare("INSERT INTO rejected_requests (merchant_id, route, code, status, minute, count, last_message, last_at) \
+                      VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7) ON CONFLICT (merchant_id, route, code, minute) DO UPDATE SET \
+                      count = count + 1, last_message = excluded.last_message, last_at = excluded.last_at")
+            .bind(&[
+                text(&merchant),
+                text(route),
+                text(code),
+                int(i64::from(status)),
+                int(now_ms / 60_000 * 60_000),
+                text(&message),
+                int(now_ms),
+            ])?
+            .run()
+            .await?;
+        Ok(())
+    }
+
+    pub async fn rejections(
+        &self,
+        merchant_id: Option<&str>,
+        since_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<Value>> {
+        self.db
+            .prepare("SELECT merchant_id, route, code, status, minute, count, last_message, last_at FROM rejected_requests \
+                      WHERE (?1 IS NULL OR merchant_id = ?1) AND last_at >= ?2 ORDER BY last_at DESC LIMIT ?3")
+            .bind(&[merchant_id.map_or(wasm_bindgen::JsValue::NULL, text), int(since_ms), int(limit)])?
+            .all()
+            .await?
+            .results()
+    }
+
+    pub async fn purge_rejections(&self, cutoff_ms: i64) -> Result<u64> {
+        let result = self
+            .db
+            .prepare("DELETE FROM rejected_requests WHERE last_at < ?1")
+            .bind(&[int(cutoff_ms)])?
+            .run()
+            .await?;
+        changes(&result)
+    }
+
+    /// Claims today's run of a cron expression; false if it already ran.
+    pub async fn claim_cron_run(&self, cron: &str, run_date: &str, now_ms: i64) -> Result<bool> {
+        let result = self
+            .db
+            .prepare("INSERT INTO cron_runs (cron, run_date, started_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")
+            .bind(&[text(cron), text(run_date), int(now_ms)])?
+            .run()
+            .await?;
+        Ok(changes(&result)? > 0)
+    }
+
+    pub async fn finish_cron_run(
+        &self,
+        cron: &str,
+        run_date: &str,
+        detail: &Value,
+        now_ms: i64,
+    ) -> Result<()> {
+        self.db
+            .prepare("UPDATE cron_runs SET finished_at = ?3, detail = ?4 WHERE cron = ?1 AND run_date = ?2")
+            .bind(&[text(cron), text(run_date), int(now_ms), text(&detail.to_string())])?
+            .run()
+            .await?;
+        Ok(())
+    }
+
+    pub async fn cron_runs(&self, limit: i64) -> Result<Vec<Value>> {
+        self.db
+            .prepare("SELECT cron, run_date, started_at, finished_at, detail FROM cron_runs ORDER BY started_at DESC LIMIT ?1")
+            .bind(&[int(limit)])?
+            .all()
+            .await?
+            .results()
+    }
+}

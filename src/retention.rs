@@ -1,0 +1,119 @@
+//! How long each kind of data is kept. The daily job deletes what is older, in every
+//! region; operators set the windows with `RETENTION_*_DAYS` worker vars.
+
+/// Days to keep each kind of data. 0 keeps it forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    pub events_days: u32,
+    pub deliveries_days: u32,
+    pub attempts_days: u32,
+    pub dead_letters_days: u32,
+    pub ignored_days: u32,
+    pub customers_days: u32,
+    pub rejected_days: u32,
+}
+
+impl Default for RetentionPolicy {
+    fn default() -> Self {
+        RetentionPolicy {
+            events_days: 400,
+            deliveries_days: 400,
+            attempts_days: 90,
+            dead_letters_days: 180,
+            ignored_days: 30,
+            customers_days: 730,
+            rejected_days: 30,
+        }
+    }
+}
+
+/// One regional purge: delete rows of `table` whose `column` (unix ms) is before `cutoff_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Purge {
+    pub table: &'static str,
+    pub column: &'static str,
+    pub cutoff_ms: i64,
+    /// Further condition a row must meet to go.
+    pub only_if: Option<&'static str>,
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+impl RetentionPolicy {
+    /// Reads `RETENTION_<KIND>_DAYS` through `var`; unset or unparsable keeps the default.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
+        let defaults = RetentionPolicy::default();
+        let days = |name: &str, default: u32| {
+            var(name)
+                .and_then(|v| v.trim().parse::<u32>().ok())
+                .unwrap_or(default)
+        };
+        RetentionPolicy {
+            events_days: days("RETENTION_EVENTS_DAYS", defaults.events_days),
+            deliveries_days: days("RETENTION_DELIVERIES_DAYS", defaults.deliveries_days),
+            attempts_days: days("RETENTION_ATTEMPTS_DAYS", defaults.attempts_days),
+            dead_letters_days: days("RETENTION_DEAD_LETTERS_DAYS", defaults.dead_letters_days),
+            ignored_days: days("RETENTION_IGNORED_DAYS", defaults.ignored_days),
+            customers_days: days("RETENTION_CUSTOMERS_DAYS", defaults.customers_days),
+            rejected_days: days("RETENTION_REJECTED_DAYS", defaults.rejected_days),
+        }
+    }
+
+    /// The regional purges due at `now_ms`. Deliveries still pending are never purged
+    /// (their job is on a queue); their attempts are logs and follow their own window.
+    pub fn regional_purges(&self, now_ms: i64) -> Vec<Purge> {
+        let rules: [(u32, &'static str, &'static str); 7] = [
+            (self.events_days, "canonical_events", "received_at"),
+            (self.deliveries_days, "deliveries", "updated_at"),
+            (self.attempts_days, "delivery_attempts", "attempted_at"),
+            (self.dead_letters_days, "dead_letters", "dead_lettered_at"),
+            (self.ignored_days, "ignored_events", "received_at"),
+            (self.customers_days, "customers", "updated_at"),
+            (self.customers_days, "crm_context", "updated_at"),
+        ];
+        rules
+            .into_iter()
+            .filter(|(days, _, _)| *days > 0)
+            .map(|(days, table, column)| Purge {
+                table,
+                column,
+                cutoff_ms: now_ms.saturating_sub(i64::from(days) * DAY_MS),
+                only_if: (table == "deliveries").then_some("status <> 'pending'"),
+            })
+            .collect()
+    }
+
+    /// Cutoff for the global rejected-request counts, if they expire.
+    pub fn rejected_cutoff(&self, now_ms: i64) -> Option<i64> {
+        (self.rejected_days > 0)
+            .then(|| now_ms.saturating_sub(i64::from(self.rejected_days) * DAY_MS))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vars_override_defaults_and_zero_keeps_forever() {
+        let policy = RetentionPolicy::from_vars(|name| match name {
+            "RETENTION_EVENTS_DAYS" => Some("0".into()),
+            "RETENTION_ATTEMPTS_DAYS" => Some("7".into()),
+            "RETENTION_IGNORED_DAYS" => Some("soon".into()),
+            _ => None,
+        });
+        assert_eq!(policy.attempts_days, 7);
+        assert_eq!(policy.ignored_days, 30);
+        let now = 100 * DAY_MS;
+        let purges = policy.regional_purges(now);
+        assert!(purges.iter().all(|p| p.table != "canonical_events"));
+        let attempts = purges
+            .iter()
+            .find(|p| p.table == "delivery_attempts")
+            .unwrap();
+        assert_eq!(attempts.cutoff_ms, 93 * DAY_MS);
+        let deliveries = purges.iter().find(|p| p.table == "deliveries").unwrap();
+        assert_eq!(deliveries.only_if, Some("status <> 'pending'"));
+        assert_eq!(policy.rejected_cutoff(now), Some(70 * DAY_MS));
+    }
+}

@@ -1,0 +1,261 @@
+//! The HTTP surface as data: every route the worker serves, matched here and dispatched
+//! by the edge. `openapi.json` documents exactly this table (a test checks both ways).
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteId {
+    Health,
+    OpenApi,
+    StripeWebhook,
+    SourceWebhook,
+    ProductEvents,
+    MerchantSelf,
+    MerchantView,
+    AdminListMerchants,
+    AdminCreateMerchant,
+    AdminGetMerchant,
+    AdminUpdateMerchant,
+    AdminDeleteMerchant,
+    AdminPutIntegration,
+    AdminDeleteIntegration,
+    AdminListApiKeys,
+    AdminCreateApiKey,
+    AdminRevokeApiKey,
+    AdminView,
+    AdminReplayDeadLetter,
+    AdminEraseCustomer,
+    AdminRejectedRequests,
+    AdminCronRuns,
+    AdminRotateSecrets,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    pub method: &'static str,
+    /// Path with `{name}` parameters, as in the OpenAPI document.
+    pub pattern: &'static str,
+    pub id: RouteId,
+}
+
+const fn route(method: &'static str, pattern: &'static str, id: RouteId) -> Route {
+    Route {
+        method,
+        pattern,
+        id,
+    }
+}
+
+pub const ROUTES: &[Route] = &[
+    route("GET", "/healthz", RouteId::Health),
+    route("GET", "/v1/openapi.json", RouteId::OpenApi),
+    route(
+        "POST",
+        "/v1/integrations/stripe/subscription-events",
+        RouteId::StripeWebhook,
+    ),
+    route(
+        "POST",
+        "/v1/integrations/{source}/events",
+        RouteId::SourceWebhook,
+    ),
+    route("POST", "/v1/product-events", RouteId::ProductEvents),
+    route("GET", "/v1/merchants/{merchant_id}", RouteId::MerchantSelf),
+    route(
+        "GET",
+        "/v1/merchants/{merchant_id}/{view}",
+        RouteId::MerchantView,
+    ),
+    route("GET", "/v1/admin/merchants", RouteId::AdminListMerchants),
+    route("POST", "/v1/admin/merchants", RouteId::AdminCreateMerchant),
+    route(
+        "GET",
+        "/v1/admin/merchants/{merchant_id}",
+        RouteId::AdminGetMerchant,
+    ),
+    route(
+        "PATCH",
+        "/v1/admin/merchants/{merchant_id}",
+        RouteId::AdminUpdateMerchant,
+    ),
+    route(
+        "DELETE",
+        "/v1/admin/merchants/{merchant_id}",
+        RouteId::AdminDeleteMerchant,
+    ),
+    route(
+        "PUT",
+        "/v1/admin/merchants/{merchant_id}/{kind}/{name}",
+        RouteId::AdminPutIntegration,
+    ),
+    route(
+        "DELETE",
+        "/v1/admin/merchants/{merchant_id}/{kind}/{name}",
+        RouteId::AdminDeleteIntegration,
+    ),
+    route(
+        "GET",
+        "/v1/admin/merchants/{merchant_id}/api-keys",
+        RouteId::AdminListApiKeys,
+    ),
+    route(
+        "POST",
+        "/v1/admin/merchants/{merchant_id}/api-keys",
+        RouteId::AdminCreateApiKey,
+    ),
+    route(
+        "DELETE",
+        "/v1/admin/merchants/{merchant_id}/api-keys/{key_id}",
+        RouteId::AdminRevokeApiKey,
+    ),
+    route(
+        "GET",
+        "/v1/admin/merchants/{merchant_id}/{view}",
+        RouteId::AdminView,
+    ),
+    route(
+        "POST",
+        "/v1/admin/merchants/{merchant_id}/dead-letters/{job_id}/replay",
+        RouteId::AdminReplayDeadLetter,
+    ),
+    route(
+        "POST",
+        "/v1/admin/merchants/{merchant_id}/erasure",
+        RouteId::AdminEraseCustomer,
+    ),
+    route(
+        "GET",
+        "/v1/admin/rejected-requests",
+        RouteId::AdminRejectedRequests,
+    ),
+    route("GET", "/v1/admin/cron-runs", RouteId::AdminCronRuns),
+    route(
+        "POST",
+        "/v1/admin/rotate-secrets",
+        RouteId::AdminRotateSecrets,
+    ),
+];
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Resolution {
+    Found {
+        id: RouteId,
+        params: Vec<(&'static str, String)>,
+    },
+    /// The path exists with other methods.
+    MethodNotAllowed {
+        allowed: Vec<&'static str>,
+    },
+    NotFound,
+}
+
+/// Matches `path` against one pattern. Literal segments win over parameters: routes are
+/// tried literal-first (see [`resolve`]).
+fn match_pattern(pattern: &'static str, path: &str) -> Option<Vec<(&'static str, String)>> {
+    let pattern_segments: Vec<&'static str> = pattern.trim_matches('/').split('/').collect();
+    let path_segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if pattern_segments.len() != path_segments.len() {
+        return None;
+    }
+    let mut params = Vec::new();
+    for (expected, actual) in pattern_segments.iter().zip(&path_segments) {
+        match expected.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+            Some(name) if !actual.is_empty() => params.push((name, actual.to_string())),
+            Some(_) => return None,
+            None if expected == actual => {}
+            None => return None,
+        }
+    }
+    Some(params)
+}
+
+/// How specific a pattern is: more literal segments first, so
+/// `/merchants/{id}/api-keys` wins over `/merchants/{id}/{view}`.
+fn literal_count(pattern: &str) -> usize {
+    pattern.split('/').filter(|s| !s.starts_with('{')).count()
+}
+
+pub fn resolve(method: &str, path: &str) -> Resolution {
+    let mut candidates: Vec<&Route> = ROUTES.iter().collect();
+    candidates.sort_by_key(|r| std::cmp::Reverse(literal_count(r.pattern)));
+    let mut allowed = Vec::new();
+    let mut best_literals = None;
+    for route in candidates {
+        let Some(params) = match_pattern(route.pattern, path) else {
+            continue;
+        };
+        let literals = literal_count(route.pattern);
+        // Only the most specific matching pattern's methods count.
+        if best_literals.is_some_and(|best| literals < best) {
+            break;
+        }
+        best_literals = Some(literals);
+        if route.method.eq_ignore_ascii_case(method) {
+            return Resolution::Found {
+                id: route.id,
+                params,
+            };
+        }
+        allowed.push(route.method);
+    }
+    if allowed.is_empty() {
+        Resolution::NotFound
+    } else {
+        Resolution::MethodNotAllowed { allowed }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(method: &str, path: &str) -> (RouteId, Vec<(&'static str, String)>) {
+        match resolve(method, path) {
+            Resolution::Found { id, params } => (id, params),
+            other => panic!("{method} {path}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn literal_segments_win_over_parameters() {
+        assert_eq!(
+            found("POST", "/v1/integrations/stripe/subscription-events").0,
+            RouteId::StripeWebhook
+        );
+        assert_eq!(
+            found("POST", "/v1/integrations/paddle/events"),
+            (RouteId::SourceWebhook, vec![("source", "paddle".into())])
+        );
+        assert_eq!(
+            found("GET", "/v1/admin/merchants/acme/api-keys").0,
+            RouteId::AdminListApiKeys
+        );
+        assert_eq!(
+            found("GET", "/v1/admin/merchants/acme/deliveries"),
+            (
+                RouteId::AdminView,
+                vec![
+                    ("merchant_id", "acme".into()),
+                    ("view", "deliveries".into())
+                ]
+            )
+        );
+        assert_eq!(
+            found("PUT", "/v1/admin/merchants/acme/sources/stripe").0,
+            RouteId::AdminPutIntegration
+        );
+    }
+
+    #[test]
+    fn wrong_methods_and_unknown_paths_are_told_apart() {
+        assert_eq!(
+            resolve("DELETE", "/v1/admin/merchants"),
+            Resolution::MethodNotAllowed {
+                allowed: vec!["GET", "POST"]
+            }
+        );
+        assert_eq!(resolve("GET", "/v1/nothing"), Resolution::NotFound);
+        assert_eq!(
+            resolve("GET", "/v1/admin/merchants//x"),
+            Resolution::NotFound
+        );
+    }
+}
