@@ -22,18 +22,20 @@ fn now() -> i64 {
         .as_secs() as i64
 }
 
-fn seed() -> String {
-    format!(
-        "INSERT INTO merchants (merchant_id, region, plan, status, value_policy, lifecycle, created_at, updated_at) VALUES \
-           ('m_paddle', 'us', 'scale', 'active', '{{}}', '{{}}', 0, 0), \
-           ('m_hs', 'us', 'scale', 'active', '{{}}', '{{\"conversions_from\":\"crm\"}}', 0, 0);\n\
-         INSERT INTO merchant_sources (merchant_id, source, config, updated_at) VALUES \
-           ('m_paddle', 'paddle', '{{\"secret_keys\":[\"{PADDLE_SECRET}\"]}}', 0), \
-           ('m_hs', 'hubspot', '{{\"client_secrets\":[\"{HUBSPOT_SECRET}\"]}}', 0);\n\
-         INSERT INTO merchant_destinations (merchant_id, destination, enabled, config, updated_at) VALUES \
-           ('m_paddle', 'meta', 1, '{{\"pixel_id\":\"px_paddle\",\"access_token\":\"tok_p\"}}', 0), \
-           ('m_hs', 'meta', 1, '{{\"pixel_id\":\"px_hs\",\"access_token\":\"tok_h\"}}', 0);\n"
-    )
+fn provision(worker: &Worker) {
+    worker.provision(
+        json!({ "merchant_id": "m_paddle", "plan": "scale" }),
+        &[("paddle", json!({ "secret_keys": [PADDLE_SECRET] }))],
+        &[(
+            "meta",
+            json!({ "pixel_id": "px_paddle", "access_token": "tok_paddle_e2e" }),
+        )],
+    );
+    worker.provision(
+        json!({ "merchant_id": "m_hs", "plan": "scale", "lifecycle": { "conversions_from": "crm" } }),
+        &[("hubspot", json!({ "client_secrets": [HUBSPOT_SECRET] }))],
+        &[("meta", json!({ "pixel_id": "px_hs", "access_token": "tok_hubspot_e2e" }))],
+    );
 }
 
 /// A Paddle fixture as sent now (fresh occurred_at; ids kept so the two notifications of
@@ -59,13 +61,11 @@ fn post(
 #[test]
 fn paddle_and_hubspot_reach_meta_once_through_the_local_stack() {
     let meta = StandIn::start();
-    let worker = Worker::start(
-        &seed(),
-        &[
-            ("META_API_BASE_URL", meta.base_url()),
-            ("RETRY_BASE_DELAY_SECONDS", "1".into()),
-        ],
-    );
+    let worker = Worker::start(&[
+        ("META_API_BASE_URL", meta.base_url()),
+        ("RETRY_BASE_DELAY_SECONDS", "1".into()),
+    ]);
+    provision(&worker);
 
     // Paddle: trial start, then the trial-end payment and the activation — one conversion.
     let paddle_target = "/v1/integrations/paddle/events?merchant_id=m_paddle";

@@ -13,7 +13,7 @@ use tracklayer::hashing::sha256_hex;
 use tracklayer::sources::stripe;
 
 const SECRET: &str = "whsec_e2e_secret";
-const ADMIN: &str = "e2e-admin-token";
+const ADMIN: &str = support::ADMIN_TOKEN;
 const WAIT: Duration = Duration::from_secs(60);
 
 fn now() -> i64 {
@@ -23,24 +23,23 @@ fn now() -> i64 {
         .as_secs() as i64
 }
 
-fn seed() -> String {
-    let mut sql = String::new();
+fn provision(worker: &Worker) {
     for (merchant, pixel) in [
         ("m_ok", "px_ok"),
         ("m_flaky", "px_flaky"),
         ("m_bad", "px_bad"),
         ("m_conv", "px_conv"),
     ] {
-        sql.push_str(&format!(
-            "INSERT INTO merchants (merchant_id, region, plan, status, value_policy, created_at, updated_at) \
-             VALUES ('{merchant}', 'us', 'scale', 'active', '{{}}', 0, 0);\n\
-             INSERT INTO merchant_sources (merchant_id, source, config, updated_at) \
-             VALUES ('{merchant}', 'stripe', '{{\"endpoint_secrets\":[\"{SECRET}\"]}}', 0);\n\
-             INSERT INTO merchant_destinations (merchant_id, destination, enabled, config, updated_at) \
-             VALUES ('{merchant}', 'meta', 1, '{{\"pixel_id\":\"{pixel}\",\"access_token\":\"tok_{merchant}\"}}', 0);\n"
-        ));
+        // Stripe ingest is a Scale feature.
+        worker.provision(
+            json!({ "merchant_id": merchant, "plan": "scale" }),
+            &[("stripe", json!({ "endpoint_secrets": [SECRET] }))],
+            &[(
+                "meta",
+                json!({ "pixel_id": pixel, "access_token": format!("tok_{merchant}") }),
+            )],
+        );
     }
-    sql
 }
 
 /// A fixture with a fresh event id and creation time.
@@ -102,15 +101,12 @@ fn stripe_webhook_travels_to_meta_on_a_local_cloudflare_stack() {
             r#"{"error":{"message":"Invalid parameter","type":"OAuthException","code":100,"error_subcode":2804019,"fbtrace_id":"AxYz"}}"#,
         )],
     );
-    let worker = Worker::start(
-        &seed(),
-        &[
-            ("META_API_BASE_URL", meta.base_url()),
-            ("RETRY_BASE_DELAY_SECONDS", "1".into()),
-            ("RETRY_MAX_ATTEMPTS", "4".into()),
-            ("ADMIN_TOKEN", ADMIN.into()),
-        ],
-    );
+    let worker = Worker::start(&[
+        ("META_API_BASE_URL", meta.base_url()),
+        ("RETRY_BASE_DELAY_SECONDS", "1".into()),
+        ("RETRY_MAX_ATTEMPTS", "4".into()),
+    ]);
+    provision(&worker);
 
     // 1. A signed trialing subscription → exactly one Meta request with the right body.
     let trial = stripe_event(

@@ -12,7 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// Per path fragment, the answers still to give.
+type Scripts = Arc<Mutex<Vec<(String, Vec<(u16, String)>)>>>;
+
 pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+pub const ADMIN_TOKEN: &str = "e2e-admin-token";
+/// A test-only master key (32 bytes of 0x2a), current key id `t1`.
+pub const MASTER_KEYS: &str = "t1:KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -34,7 +40,7 @@ pub struct Recorded {
 pub struct StandIn {
     pub port: u16,
     requests: Arc<Mutex<Vec<Recorded>>>,
-    scripts: Arc<Mutex<Vec<(String, Vec<(u16, String)>)>>>,
+    scripts: Scripts,
 }
 
 impl StandIn {
@@ -42,7 +48,7 @@ impl StandIn {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind stand-in");
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let scripts: Arc<Mutex<Vec<(String, Vec<(u16, String)>)>>> =
+        let scripts: Scripts =
             Arc::new(Mutex::new(Vec::new()));
         let (req_log, script_table) = (requests.clone(), scripts.clone());
         thread::spawn(move || {
@@ -139,9 +145,21 @@ fn read_request(stream: &TcpStream) -> Option<Recorded> {
 pub struct HttpResponse {
     pub status: u16,
     pub body: String,
+    /// Status line and headers as received.
+    pub head: String,
 }
 
 impl HttpResponse {
+    /// A response header, case-insensitively.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
@@ -216,7 +234,7 @@ pub fn http(
         let _ = reader.read_to_string(&mut rest);
         rest
     };
-    HttpResponse { status, body }
+    HttpResponse { status, body, head }
 }
 
 /// A running `wrangler dev` with its own state directory, stopped on drop.
@@ -246,9 +264,10 @@ fn run(script: &str, args: &[&str]) {
 }
 
 impl Worker {
-    /// Builds the worker (incremental), applies migrations and `seed_sql` to fresh state,
-    /// then starts `wrangler dev` with the given operator vars.
-    pub fn start(seed_sql: &str, vars: &[(&str, String)]) -> Self {
+    /// Builds the worker (incremental), applies the global and both regional migrations
+    /// to fresh state, then starts `wrangler dev` with the operator token, a master key
+    /// and the given operator vars. Merchants are then created through the admin API.
+    pub fn start(vars: &[(&str, String)]) -> Self {
         run("bash scripts/build-worker.sh", &[]);
         let state_dir = std::env::temp_dir().join(format!(
             "tracklayer-e2e-{}-{}",
@@ -257,16 +276,12 @@ impl Worker {
         ));
         std::fs::create_dir_all(&state_dir).unwrap();
         let state = state_dir.to_str().unwrap();
-        run(
-            "wrangler d1 migrations apply DB --local --persist-to",
-            &[state],
-        );
-        let seed_path = state_dir.join("seed.sql");
-        std::fs::write(&seed_path, seed_sql).unwrap();
-        run(
-            "wrangler d1 execute DB --local --persist-to",
-            &[state, "--file", seed_path.to_str().unwrap()],
-        );
+        for binding in ["DB", "DB_US", "DB_EU"] {
+            run(
+                &format!("wrangler d1 migrations apply {binding} --local --persist-to"),
+                &[state],
+            );
+        }
 
         let port = free_port();
         let log_path = state_dir.join("wrangler.log");
@@ -275,7 +290,17 @@ impl Worker {
             "source scripts/env.sh && export TRACKLAYER_SKIP_BUILD=1 && exec wrangler dev --local --ip 127.0.0.1 \
              --show-interactive-dev-session=false --port \"$1\" --persist-to \"$2\"",
         );
-        for (name, value) in vars {
+        let defaults = [
+            ("ADMIN_TOKEN", ADMIN_TOKEN.to_string()),
+            ("MASTER_KEYS", MASTER_KEYS.to_string()),
+            // Local workerd refuses `namespace.jurisdiction()`; see src/edge/regions.rs.
+            ("LOCAL_WORKERD_WITHOUT_JURISDICTIONS", "true".to_string()),
+        ];
+        for (name, value) in defaults
+            .iter()
+            .map(|(n, v)| (n, v))
+            .chain(vars.iter().map(|(n, v)| (n, v)))
+        {
             command.push_str(&format!(" --var '{name}:{value}'"));
         }
         // setsid: a session of its own, without our controlling terminal (wrangler
@@ -309,6 +334,69 @@ impl Worker {
             thread::sleep(Duration::from_millis(500));
         }
         panic!("wrangler dev did not become ready; log:\n{}", worker.log());
+    }
+
+    /// An operator API call with the test's admin token.
+    pub fn admin(&self, method: &str, path: &str, body: Option<&Value>) -> HttpResponse {
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        http(
+            method,
+            self.port,
+            path,
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            body.as_bytes(),
+        )
+    }
+
+    /// Creates a merchant (`{"merchant_id", "plan", "region", ...}`) and its integrations
+    /// through the admin API, as an operator would.
+    pub fn provision(
+        &self,
+        merchant: Value,
+        sources: &[(&str, Value)],
+        destinations: &[(&str, Value)],
+    ) {
+        let id = merchant["merchant_id"].as_str().unwrap().to_string();
+        let created = self.admin("POST", "/v1/admin/merchants", Some(&merchant));
+        assert_eq!(created.status, 201, "create {id}: {}", created.body);
+        for (kind, items) in [("sources", sources), ("destinations", destinations)] {
+            for (name, config) in items {
+                let path = format!("/v1/admin/merchants/{id}/{kind}/{name}");
+                let put = self.admin("PUT", &path, Some(config));
+                assert_eq!(put.status, 200, "{path}: {}", put.body);
+            }
+        }
+    }
+
+    /// Rows from one of the local D1 databases (`DB`, `DB_US`, `DB_EU`), read directly.
+    pub fn d1_rows(&self, binding: &str, sql: &str) -> Vec<Value> {
+        let output = Command::new("bash")
+            .arg("-c")
+            .arg("source scripts/env.sh && wrangler d1 execute \"$1\" --local --persist-to \"$2\" --json --command \"$3\"")
+            .arg("bash")
+            .arg(binding)
+            .arg(self.state_dir.to_str().unwrap())
+            .arg(sql)
+            .current_dir(ROOT)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run wrangler d1 execute");
+        assert!(
+            output.status.success(),
+            "d1 execute failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let parsed: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+            panic!(
+                "d1 output not JSON ({e}): {}",
+                String::from_utf8_lossy(&output.stdout)
+            )
+        });
+        parsed[0]["results"].as_array().cloned().unwrap_or_default()
     }
 
     pub fn log(&self) -> String {
