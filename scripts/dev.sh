@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# From a fresh clone to a running local worker: installs the toolchain, builds,
-# applies D1 migrations to local state, seeds the demo merchant, runs `wrangler dev`.
+# From a fresh clone to a running local worker: installs the toolchain, builds, applies
+# the global and both regional D1 migrations to local state, runs `wrangler dev`, and
+# provisions the demo merchant through the admin API.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
@@ -8,20 +9,37 @@ bash scripts/setup.sh
 bash scripts/build-worker.sh
 PORT="${PORT:-8787}"
 STATE="${TRACKLAYER_STATE_DIR:-.state/dev}"
+export ADMIN_TOKEN="${ADMIN_TOKEN:-dev-admin-token}"
+# Local only: a fixed master key so local state survives restarts. Never deploy it.
+DEV_MASTER_KEYS="${MASTER_KEYS:-dev1:ZGV2LW9ubHktbWFzdGVyLWtleS0zMi1ieXRlcyEhISE=}"
 mkdir -p "$STATE"
-wrangler d1 migrations apply DB --local --persist-to "$STATE"
-wrangler d1 execute DB --local --persist-to "$STATE" --file scripts/seed-demo.sql
+for binding in DB DB_US DB_EU; do
+  wrangler d1 migrations apply "$binding" --local --persist-to "$STATE"
+done
+export TRACKLAYER_SKIP_BUILD=1
+# LOCAL_WORKERD_WITHOUT_JURISDICTIONS: local workerd cannot place EU Durable Objects.
+wrangler dev --local --ip 127.0.0.1 --port "$PORT" --persist-to "$STATE" \
+  --show-interactive-dev-session=false \
+  --var "ADMIN_TOKEN:$ADMIN_TOKEN" --var "MASTER_KEYS:$DEV_MASTER_KEYS" \
+  --var "LOCAL_WORKERD_WITHOUT_JURISDICTIONS:true" "$@" < /dev/null &
+WRANGLER=$!
+trap 'kill "$WRANGLER" 2>/dev/null || true' EXIT INT TERM
+for _ in $(seq 1 180); do
+  if curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; then break; fi
+  if ! kill -0 "$WRANGLER" 2>/dev/null; then echo "wrangler dev exited" >&2; exit 1; fi
+  sleep 1
+done
+PORT="$PORT" bash scripts/provision-demo.sh
 cat <<MSG
 
-TrackLayer is starting on http://127.0.0.1:$PORT
+TrackLayer is running on http://127.0.0.1:$PORT
   Stripe webhook URL (demo merchant):
     http://127.0.0.1:$PORT/v1/integrations/stripe/subscription-events?merchant_id=demo
   Demo endpoint secret: whsec_demo_local_only
   Send a signed demo event:  bash scripts/send-demo-webhook.sh
-  Inspect deliveries:        curl -H 'Authorization: Bearer dev-admin-token' \\
+  Inspect deliveries:        curl -H 'Authorization: Bearer $ADMIN_TOKEN' \\
                                http://127.0.0.1:$PORT/v1/admin/merchants/demo/delivery-attempts
+  API reference:             http://127.0.0.1:$PORT/v1/openapi.json
 
 MSG
-export TRACKLAYER_SKIP_BUILD=1
-exec wrangler dev --local --ip 127.0.0.1 --port "$PORT" --persist-to "$STATE" \
-  --show-interactive-dev-session=false --var "ADMIN_TOKEN:${ADMIN_TOKEN:-dev-admin-token}" "$@"
+wait "$WRANGLER"
