@@ -32,6 +32,47 @@ pub struct MetaConfig {
     pub action_source: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_event_code: Option<String>,
+    /// The merchant's overrides of the default mapping: canonical name (or accepted
+    /// alias) → Meta `event_name`. Checked when stored, so a typo is refused then.
+    #[serde(default, skip_serializing_if = "EventNameOverrides::is_empty")]
+    pub event_names: EventNameOverrides,
+}
+
+/// Canonical event → platform event name, validated on parse.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct EventNameOverrides(std::collections::BTreeMap<EventName, String>);
+
+impl EventNameOverrides {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn get(&self, name: EventName) -> Option<&str> {
+        self.0.get(&name).map(String::as_str)
+    }
+}
+
+impl<'de> Deserialize<'de> for EventNameOverrides {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let raw = std::collections::BTreeMap::<String, String>::deserialize(deserializer)?;
+        let mut overrides = std::collections::BTreeMap::new();
+        for (canonical, platform) in raw {
+            let name = EventName::parse(&canonical).ok_or_else(|| {
+                D::Error::custom(format!(
+                    "event_names: unknown canonical event {canonical:?}"
+                ))
+            })?;
+            let platform = platform.trim();
+            if platform.is_empty() || platform.chars().count() > 50 {
+                return Err(D::Error::custom(format!(
+                    "event_names.{canonical}: the platform name must be 1-50 characters"
+                )));
+            }
+            overrides.insert(name, platform.to_string());
+        }
+        Ok(EventNameOverrides(overrides))
+    }
 }
 
 fn default_api_version() -> String {
@@ -165,7 +206,7 @@ pub fn server_event(
     }
 
     Ok(json!({
-        "event_name": event_name(event.name),
+        "event_name": config.event_names.get(event.name).unwrap_or(event_name(event.name)),
         "event_time": event.occurred_at,
         "event_id": event.event_id,
         "action_source": config.action_source,
@@ -308,6 +349,34 @@ mod tests {
         assert_eq!(ev["custom_data"]["arr"], 588.0);
         assert_eq!(ev["custom_data"]["canonical_event"], "trial_started");
         assert!(body.get("test_event_code").is_none());
+    }
+
+    #[test]
+    fn merchant_overrides_rename_events_and_keep_the_canonical_name() {
+        let merchant = merchant().with_destination(
+            "meta",
+            json!({
+                "pixel_id": "123456789",
+                "access_token": "t",
+                "event_names": { "trial_started": "Lead", "paid_subscription": "Purchase" }
+            }),
+        );
+        let config: MetaConfig = merchant.destination_config(NAME).unwrap();
+        let out = server_event(&trial(), &merchant, &config, NOW).unwrap();
+        assert_eq!(out["event_name"], "Lead");
+        assert_eq!(out["custom_data"]["canonical_event"], "trial_started");
+        let mut started = trial();
+        started.name = EventName::SubscriptionStarted;
+        let out = server_event(&started, &merchant, &config, NOW).unwrap();
+        assert_eq!(out["event_name"], "Purchase");
+
+        for bad in [json!({ "trail_started": "Lead" }), json!({ "refund": " " })] {
+            let err = (SPEC.validate_config)(&json!({
+                "pixel_id": "1", "access_token": "t", "event_names": bad
+            }))
+            .unwrap_err();
+            assert!(err.contains("event_names"), "{err}");
+        }
     }
 
     #[test]

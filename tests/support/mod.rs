@@ -48,8 +48,7 @@ impl StandIn {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind stand-in");
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let scripts: Scripts =
-            Arc::new(Mutex::new(Vec::new()));
+        let scripts: Scripts = Arc::new(Mutex::new(Vec::new()));
         let (req_log, script_table) = (requests.clone(), scripts.clone());
         thread::spawn(move || {
             for stream in listener.incoming().flatten() {
