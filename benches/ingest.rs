@@ -151,5 +151,28 @@ fn bench_sources(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench_stripe, bench_sources);
+/// Per request the edge opens the merchant's sealed configs; per product-events call it
+/// maps a batch.
+fn bench_workspaces(c: &mut Criterion) {
+    use tracklayer::secrets::{config_context, Keyring};
+    let keyring = Keyring::parse("k1:KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=").unwrap();
+    let config = br#"{"endpoint_secrets":["whsec_0123456789abcdef0123456789abcdef"],"tolerance_seconds":300}"#;
+    let context = config_context("m_bench", "source", "stripe");
+    let sealed = keyring.seal(config, &context, [7; 12]).unwrap();
+    c.bench_function("open one sealed source config", |b| {
+        b.iter(|| keyring.open(black_box(&sealed), &context).unwrap())
+    });
+    let events: Vec<String> = (0..100)
+        .map(|i| format!(r#"{{"event":"activation_milestone","user_id":"u_{i}","milestone":"first_project","properties":{{"plan":"pro"}}}}"#))
+        .collect();
+    let batch = format!(r#"{{"events":[{}]}}"#, events.join(","));
+    c.bench_function("product events: map a batch of 100", |b| {
+        b.iter(|| {
+            tracklayer::sources::product::map("m_bench", black_box(batch.as_bytes()), 1_795_300_000)
+                .unwrap()
+        })
+    });
+}
+
+criterion_group!(benches, bench_stripe, bench_sources, bench_workspaces);
 criterion_main!(benches);
