@@ -318,6 +318,50 @@ fn stripe_webhook_travels_to_meta_on_a_local_cloudflare_stack() {
     let bad_deliveries = items(&worker, "m_bad", "deliveries");
     assert_eq!(bad_deliveries[0]["status"], "dead_lettered");
 
+    // The operator replays the dead letter (Meta's stand-in now answers 200): delivered
+    // with a fresh attempt count, and the letter records the replay.
+    let job_id = letters[0]["job_id"].as_str().unwrap();
+    let replay_path = format!("/v1/admin/merchants/m_bad/dead-letters/{job_id}/replay");
+    let replayed = worker.admin("POST", &replay_path, None);
+    assert_eq!(replayed.status, 202, "{}", replayed.body);
+    eventually(WAIT, "the replayed delivery", || {
+        (items(&worker, "m_bad", "deliveries")[0]["status"] == "delivered").then_some(())
+    });
+    assert_eq!(meta.requests_to("/px_bad/").len(), 2);
+    assert!(!items(&worker, "m_bad", "dead-letters")[0]["replayed_at"].is_null());
+    let unknown = worker.admin(
+        "POST",
+        "/v1/admin/merchants/m_bad/dead-letters/job_nope/replay",
+        None,
+    );
+    assert_eq!(unknown.status, 404);
+
+    // Log views page newest first with a cursor.
+    let first = admin(
+        &worker,
+        "/v1/admin/merchants/m_flaky/delivery-attempts?limit=2",
+    );
+    assert_eq!(first["items"].as_array().unwrap().len(), 2);
+    let cursor = first["next_cursor"]
+        .as_str()
+        .expect("a second page")
+        .to_string();
+    let second = admin(
+        &worker,
+        &format!("/v1/admin/merchants/m_flaky/delivery-attempts?limit=2&cursor={cursor}"),
+    );
+    assert_eq!(second["items"].as_array().unwrap().len(), 1);
+    assert!(second["next_cursor"].is_null());
+    assert_eq!(
+        second["items"][0]["attempt"], 1,
+        "the oldest attempt comes last"
+    );
+    let filtered = admin(
+        &worker,
+        "/v1/admin/merchants/m_flaky/delivery-attempts?outcome=retry",
+    );
+    assert_eq!(filtered["items"].as_array().unwrap().len(), 2);
+
     // Nothing above produced a second request for the first merchant.
     assert_eq!(
         meta.requests_to("/px_ok/").len(),
