@@ -7,20 +7,13 @@
 mod support;
 
 use serde_json::{json, Value};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use support::{eventually, http, StandIn, Worker};
+use std::time::Duration;
+use support::{eventually, http, now, StandIn, Worker};
 use tracklayer::sources::{hubspot, paddle};
 
 const PADDLE_SECRET: &str = "pdl_ntfset_e2e_secret";
 const HUBSPOT_SECRET: &str = "hubspot-e2e-client-secret";
 const WAIT: Duration = Duration::from_secs(60);
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
 
 fn provision(worker: &Worker) {
     worker.provision(

@@ -7,21 +7,14 @@ mod support;
 
 use serde_json::{json, Value};
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use support::{eventually, http, StandIn, Worker};
+use std::time::Duration;
+use support::{eventually, http, now, stripe_event, StandIn, Worker};
 use tracklayer::hashing::sha256_hex;
 use tracklayer::sources::stripe;
 
 const SECRET: &str = "whsec_e2e_secret";
 const ADMIN: &str = support::ADMIN_TOKEN;
 const WAIT: Duration = Duration::from_secs(60);
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
 
 fn provision(worker: &Worker) {
     for (merchant, pixel) in [
@@ -40,15 +33,6 @@ fn provision(worker: &Worker) {
             )],
         );
     }
-}
-
-/// A fixture with a fresh event id and creation time.
-fn stripe_event(fixture: &str, event_id: &str) -> Vec<u8> {
-    let path = format!("{}/tests/fixtures/stripe/{fixture}", support::ROOT);
-    let mut event: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    event["id"] = json!(event_id);
-    event["created"] = json!(now() - 30);
-    serde_json::to_vec(&event).unwrap()
 }
 
 fn post_stripe(

@@ -7,30 +7,15 @@
 
 mod support;
 
-use serde_json::{json, Value};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use support::{eventually, http, StandIn, Worker};
+use serde_json::json;
+use std::time::Duration;
+use support::{eventually, http, now, stripe_event, StandIn, Worker};
 use tracklayer::sources::stripe;
 
 const STRIPE_SECRET_EU: &str = "whsec_eu_workspace_secret_7d1f";
 const STRIPE_SECRET_US: &str = "whsec_us_workspace_secret_3c9a";
 const META_TOKEN_EU: &str = "EAAB-eu-token-never-shown-41f0";
 const WAIT: Duration = Duration::from_secs(60);
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-fn stripe_event(fixture: &str, event_id: &str) -> Vec<u8> {
-    let path = format!("{}/tests/fixtures/stripe/{fixture}", support::ROOT);
-    let mut event: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    event["id"] = json!(event_id);
-    event["created"] = json!(now() - 30);
-    serde_json::to_vec(&event).unwrap()
-}
 
 fn post_stripe(
     worker: &Worker,

@@ -12,6 +12,23 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// Unix seconds now.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// A Stripe fixture with a fresh event id and creation time.
+pub fn stripe_event(fixture: &str, event_id: &str) -> Vec<u8> {
+    let path = format!("{ROOT}/tests/fixtures/stripe/{fixture}");
+    let mut event: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    event["id"] = serde_json::json!(event_id);
+    event["created"] = serde_json::json!(now() - 30);
+    serde_json::to_vec(&event).unwrap()
+}
+
 /// Per path fragment, the answers still to give.
 type Scripts = Arc<Mutex<Vec<(String, Vec<(u16, String)>)>>>;
 
