@@ -154,6 +154,18 @@ fn workspaces_keep_secrets_sealed_data_in_region_and_keys_scoped() {
 
     // 3. Residency: each merchant's events, identity and deliveries exist only in its
     //    region's database.
+    for (merchant, secret) in [("m_eu", STRIPE_SECRET_EU), ("m_us", STRIPE_SECRET_US)] {
+        let customer = stripe_event(
+            "customer.created.json",
+            &format!("evt_ws_{merchant}_customer"),
+        );
+        let answer = post_stripe(&worker, merchant, secret, &customer);
+        assert!(
+            answer.status == 200 || answer.status == 202,
+            "{}",
+            answer.body
+        );
+    }
     let eu_event = stripe_event("invoice.paid.renewal.json", "evt_ws_eu_renewal_1");
     let answer = post_stripe(&worker, "m_eu", STRIPE_SECRET_EU, &eu_event);
     assert_eq!(answer.status, 202, "{}", answer.body);
@@ -180,6 +192,7 @@ fn workspaces_keep_secrets_sealed_data_in_region_and_keys_scoped() {
     for (binding, own, other) in [("DB_EU", "m_eu", "m_us"), ("DB_US", "m_us", "m_eu")] {
         for table in [
             "canonical_events",
+            "customers",
             "deliveries",
             "delivery_attempts",
             "ledger_keys",
@@ -331,6 +344,18 @@ fn workspaces_keep_secrets_sealed_data_in_region_and_keys_scoped() {
          OR payload LIKE '%cus_SpQ8gWmA1ZbXyT%'",
     );
     assert_eq!(left, 0);
+    let identities = count(
+        &worker,
+        "DB_US",
+        "SELECT count(*) AS n FROM customers WHERE merchant_id = 'm_us'",
+    );
+    assert_eq!(identities, 0);
+    assert_eq!(
+        erased.json()["erased_rows"]["customers"],
+        1,
+        "{}",
+        erased.body
+    );
     assert_eq!(
         count(
             &worker,
@@ -348,6 +373,7 @@ fn workspaces_keep_secrets_sealed_data_in_region_and_keys_scoped() {
     assert!(deleted.json()["ledgers_cleared"].as_i64().unwrap() >= 1);
     for table in [
         "canonical_events",
+        "customers",
         "deliveries",
         "delivery_attempts",
         "merchants",
