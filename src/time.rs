@@ -15,6 +15,18 @@ pub fn utc_date(unix_seconds: i64) -> String {
     format!("{year:04}-{month:02}-{day:02}")
 }
 
+/// `YYYY-MM-DDTHH:MM:SSZ` of a unix timestamp (RFC 3339, UTC).
+pub fn utc_rfc3339(unix_seconds: i64) -> String {
+    let seconds_of_day = unix_seconds.rem_euclid(86_400);
+    format!(
+        "{}T{:02}:{:02}:{:02}Z",
+        utc_date(unix_seconds),
+        seconds_of_day / 3600,
+        seconds_of_day % 3600 / 60,
+        seconds_of_day % 60
+    )
+}
+
 /// Days since 1970-01-01 of a proleptic Gregorian date (Hinnant's days-from-civil).
 fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let y = if month <= 2 { year - 1 } else { year };
@@ -97,6 +109,15 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_rfc3339_and_round_trips() {
+        assert_eq!(utc_rfc3339(1_767_225_600), "2026-01-01T00:00:00Z");
+        assert_eq!(utc_rfc3339(1_795_168_861), "2026-11-20T10:01:01Z");
+        for t in [0, 951_782_400, 1_795_168_861] {
+            assert_eq!(parse_rfc3339(&utc_rfc3339(t)), Some(t));
+        }
+    }
 
     #[test]
     fn naive_timestamps_are_utc() {

@@ -19,10 +19,13 @@ fn provision(worker: &Worker) {
     worker.provision(
         json!({ "merchant_id": "m_paddle", "plan": "scale" }),
         &[("paddle", json!({ "secret_keys": [PADDLE_SECRET] }))],
-        &[(
-            "meta",
-            json!({ "pixel_id": "px_paddle", "access_token": "tok_paddle_e2e" }),
-        )],
+        &[
+            (
+                "meta",
+                json!({ "pixel_id": "px_paddle", "access_token": "tok_paddle_e2e" }),
+            ),
+            ("klaviyo", json!({ "private_api_key": "pk_paddle_e2e_key" })),
+        ],
     );
     worker.provision(
         json!({ "merchant_id": "m_hs", "plan": "scale", "lifecycle": { "conversions_from": "crm" } }),
@@ -56,6 +59,8 @@ fn paddle_and_hubspot_reach_meta_once_through_the_local_stack() {
     let meta = StandIn::start();
     let worker = Worker::start(&[
         ("META_API_BASE_URL", meta.base_url()),
+        // One recording stand-in answers for both platforms (different paths).
+        ("KLAVIYO_API_BASE_URL", meta.base_url()),
         ("RETRY_BASE_DELAY_SECONDS", "1".into()),
     ]);
     provision(&worker);
@@ -125,6 +130,37 @@ fn paddle_and_hubspot_reach_meta_once_through_the_local_stack() {
     let mut sent_sorted = sent.clone();
     sent_sorted.sort();
     assert_eq!(sent_sorted, ["StartTrial", "Subscribe"]);
+
+    // The same two events reach Klaviyo once each, as metrics named by canonical event,
+    // with our event id as Klaviyo's `unique_id`.
+    let trial_id = trial.json()["events"][0]["event_id"].clone();
+    let paid_id = paid.json()["events"][0]["event_id"].clone();
+    let klaviyo = eventually(WAIT, "two Paddle events at Klaviyo", || {
+        let requests = meta.requests_to("/api/events");
+        (requests.len() >= 2).then_some(requests)
+    });
+    let mut metrics: Vec<(String, Value)> = klaviyo
+        .iter()
+        .map(|r| {
+            let body: Value = serde_json::from_str(&r.body).unwrap();
+            let attributes = body["data"]["attributes"].clone();
+            (
+                attributes["metric"]["data"]["attributes"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+                attributes,
+            )
+        })
+        .collect();
+    metrics.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(metrics.len(), 2);
+    assert_eq!(metrics[0].0, "trial_converted");
+    assert_eq!(metrics[0].1["unique_id"], paid_id);
+    assert!(metrics[0].1["value"].as_f64().unwrap() > 0.0);
+    assert_eq!(metrics[1].0, "trial_started");
+    assert_eq!(metrics[1].1["unique_id"], trial_id);
+    assert!(metrics[1].1["profile"]["data"]["attributes"]["external_id"].is_string());
 
     // HubSpot: a signed Webhooks API batch of four events for a CRM-owned merchant.
     let hubspot_target = "/v1/integrations/hubspot/events?merchant_id=m_hs";

@@ -7,8 +7,8 @@
 //! with `event_name` to deduplicate against the browser pixel and our own retries.
 
 use super::{
-    encode_query_value, parse_retry_after, BuildError, DestinationSpec, Endpoints, OutboundRequest,
-    Outcome,
+    encode_query_value, parse_retry_after, truncate, BuildError, DestinationSpec, Endpoints,
+    NameOverrides, OutboundRequest, Outcome,
 };
 use crate::config::MerchantConfig;
 use crate::event::{CanonicalEvent, EventName};
@@ -34,45 +34,8 @@ pub struct MetaConfig {
     pub test_event_code: Option<String>,
     /// The merchant's overrides of the default mapping: canonical name (or accepted
     /// alias) → Meta `event_name`. Checked when stored, so a typo is refused then.
-    #[serde(default, skip_serializing_if = "EventNameOverrides::is_empty")]
-    pub event_names: EventNameOverrides,
-}
-
-/// Canonical event → platform event name, validated on parse.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct EventNameOverrides(std::collections::BTreeMap<EventName, String>);
-
-impl EventNameOverrides {
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    pub fn get(&self, name: EventName) -> Option<&str> {
-        self.0.get(&name).map(String::as_str)
-    }
-}
-
-impl<'de> Deserialize<'de> for EventNameOverrides {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        let raw = std::collections::BTreeMap::<String, String>::deserialize(deserializer)?;
-        let mut overrides = std::collections::BTreeMap::new();
-        for (canonical, platform) in raw {
-            let name = EventName::parse(&canonical).ok_or_else(|| {
-                D::Error::custom(format!(
-                    "event_names: unknown canonical event {canonical:?}"
-                ))
-            })?;
-            let platform = platform.trim();
-            if platform.is_empty() || platform.chars().count() > 50 {
-                return Err(D::Error::custom(format!(
-                    "event_names.{canonical}: the platform name must be 1-50 characters"
-                )));
-            }
-            overrides.insert(name, platform.to_string());
-        }
-        Ok(EventNameOverrides(overrides))
-    }
+    #[serde(default, skip_serializing_if = "NameOverrides::is_empty")]
+    pub event_names: NameOverrides,
 }
 
 fn default_api_version() -> String {
@@ -263,10 +226,6 @@ fn classify(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
     }
 }
 
-fn truncate(text: &str, max_chars: usize) -> String {
-    text.chars().take(max_chars).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,7 +334,10 @@ mod tests {
                 "pixel_id": "1", "access_token": "t", "event_names": bad
             }))
             .unwrap_err();
-            assert!(err.contains("event_names"), "{err}");
+            assert!(
+                err.contains("unknown canonical event") || err.contains("platform name"),
+                "{err}"
+            );
         }
     }
 
@@ -426,6 +388,7 @@ mod tests {
     fn operator_base_url_override_is_used() {
         let endpoints = Endpoints {
             meta_graph: "http://127.0.0.1:9999/".into(),
+            ..Endpoints::default()
         };
         let req = build(&[trial()], &merchant(), &endpoints, NOW).unwrap();
         assert!(req

@@ -3,10 +3,12 @@
 //!
 //! Adding a destination: one module here plus one line in [`REGISTRY`].
 
+pub mod klaviyo;
 pub mod meta;
 
 use crate::config::MerchantConfig;
-use crate::event::CanonicalEvent;
+use crate::event::{CanonicalEvent, EventName};
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// Base URLs of the platforms. Only operator configuration (worker env vars) may change
@@ -14,12 +16,14 @@ use thiserror::Error;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoints {
     pub meta_graph: String,
+    pub klaviyo: String,
 }
 
 impl Default for Endpoints {
     fn default() -> Self {
         Endpoints {
             meta_graph: meta::DEFAULT_BASE_URL.to_string(),
+            klaviyo: klaviyo::DEFAULT_BASE_URL.to_string(),
         }
     }
 }
@@ -88,7 +92,7 @@ pub struct DestinationSpec {
     pub required_feature: Option<crate::plans::Feature>,
 }
 
-pub const REGISTRY: &[DestinationSpec] = &[meta::SPEC];
+pub const REGISTRY: &[DestinationSpec] = &[meta::SPEC, klaviyo::SPEC];
 
 pub fn find(name: &str) -> Option<&'static DestinationSpec> {
     REGISTRY.iter().find(|spec| spec.name == name)
@@ -111,4 +115,44 @@ pub fn encode_query_value(value: &str) -> String {
         }
     }
     out
+}
+
+/// A merchant's overrides of a destination's default mapping: canonical event (or an
+/// accepted alias) → the platform's event or metric name, validated on parse.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct NameOverrides(std::collections::BTreeMap<EventName, String>);
+
+impl NameOverrides {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn get(&self, name: EventName) -> Option<&str> {
+        self.0.get(&name).map(String::as_str)
+    }
+}
+
+impl<'de> Deserialize<'de> for NameOverrides {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let raw = std::collections::BTreeMap::<String, String>::deserialize(deserializer)?;
+        let mut overrides = std::collections::BTreeMap::new();
+        for (canonical, platform) in raw {
+            let name = EventName::parse(&canonical).ok_or_else(|| {
+                D::Error::custom(format!("unknown canonical event {canonical:?}"))
+            })?;
+            let platform = platform.trim();
+            if platform.is_empty() || platform.chars().count() > 50 {
+                return Err(D::Error::custom(format!(
+                    "{canonical}: the platform name must be 1-50 characters"
+                )));
+            }
+            overrides.insert(name, platform.to_string());
+        }
+        Ok(NameOverrides(overrides))
+    }
+}
+
+pub fn truncate(text: &str, max_chars: usize) -> String {
+    text.chars().take(max_chars).collect()
 }

@@ -56,6 +56,9 @@ pub fn operator_settings(env: &Env) -> OperatorSettings {
     if let Some(url) = var("META_API_BASE_URL") {
         endpoints.meta_graph = url;
     }
+    if let Some(url) = var("KLAVIYO_API_BASE_URL") {
+        endpoints.klaviyo = url;
+    }
     let defaults = RetryPolicy::default();
     OperatorSettings {
         endpoints,
