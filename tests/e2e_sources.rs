@@ -25,6 +25,10 @@ fn provision(worker: &Worker) {
                 json!({ "pixel_id": "px_paddle", "access_token": "tok_paddle_e2e" }),
             ),
             ("klaviyo", json!({ "private_api_key": "pk_paddle_e2e_key" })),
+            (
+                "tiktok",
+                json!({ "pixel_code": "CPADDLE0001", "access_token": "tt_paddle_e2e" }),
+            ),
         ],
     );
     worker.provision(
@@ -57,10 +61,24 @@ fn post(
 #[test]
 fn paddle_and_hubspot_reach_meta_once_through_the_local_stack() {
     let meta = StandIn::start();
+    // TikTok says "rate limited" inside an HTTP 200 once, then accepts.
+    let tiktok_ok = r#"{"code":0,"message":"OK","request_id":"e2e","data":{}}"#;
+    meta.script(
+        "/open_api/v1.3/event/track/",
+        vec![
+            (
+                200,
+                r#"{"code":40100,"message":"Too many requests","request_id":"e2e"}"#,
+            ),
+            (200, tiktok_ok),
+            (200, tiktok_ok),
+        ],
+    );
     let worker = Worker::start(&[
         ("META_API_BASE_URL", meta.base_url()),
         // One recording stand-in answers for both platforms (different paths).
         ("KLAVIYO_API_BASE_URL", meta.base_url()),
+        ("TIKTOK_API_BASE_URL", meta.base_url()),
         ("RETRY_BASE_DELAY_SECONDS", "1".into()),
     ]);
     provision(&worker);
@@ -161,6 +179,36 @@ fn paddle_and_hubspot_reach_meta_once_through_the_local_stack() {
     assert_eq!(metrics[1].0, "trial_started");
     assert_eq!(metrics[1].1["unique_id"], trial_id);
     assert!(metrics[1].1["profile"]["data"]["attributes"]["external_id"].is_string());
+
+    // TikTok: the 200 carrying code 40100 is retried, not counted; both events end
+    // delivered after three requests, with our event ids as TikTok's dedup keys.
+    let delivered = eventually(WAIT, "both TikTok deliveries", || {
+        let rows = worker
+            .admin(
+                "GET",
+                "/v1/admin/merchants/m_paddle/deliveries?destination=tiktok",
+                None,
+            )
+            .json()["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        (rows.len() == 2 && rows.iter().all(|r| r["status"] == "delivered")).then_some(rows)
+    });
+    assert_eq!(delivered.len(), 2);
+    let tiktok = meta.requests_to("/open_api/v1.3/event/track/");
+    assert_eq!(tiktok.len(), 3);
+    let mut tiktok_ids: Vec<String> = tiktok
+        .iter()
+        .map(|r| {
+            let body: Value = serde_json::from_str(&r.body).unwrap();
+            assert_eq!(body["event_source_id"], "CPADDLE0001");
+            body["data"][0]["event_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    tiktok_ids.sort();
+    tiktok_ids.dedup();
+    assert_eq!(tiktok_ids.len(), 2, "the retry resent the same event id");
 
     // HubSpot: a signed Webhooks API batch of four events for a CRM-owned merchant.
     let hubspot_target = "/v1/integrations/hubspot/events?merchant_id=m_hs";

@@ -5,6 +5,7 @@
 
 pub mod klaviyo;
 pub mod meta;
+pub mod tiktok;
 
 use crate::config::MerchantConfig;
 use crate::event::{CanonicalEvent, EventName};
@@ -17,6 +18,7 @@ use thiserror::Error;
 pub struct Endpoints {
     pub meta_graph: String,
     pub klaviyo: String,
+    pub tiktok: String,
 }
 
 impl Default for Endpoints {
@@ -24,6 +26,7 @@ impl Default for Endpoints {
         Endpoints {
             meta_graph: meta::DEFAULT_BASE_URL.to_string(),
             klaviyo: klaviyo::DEFAULT_BASE_URL.to_string(),
+            tiktok: tiktok::DEFAULT_BASE_URL.to_string(),
         }
     }
 }
@@ -92,7 +95,7 @@ pub struct DestinationSpec {
     pub required_feature: Option<crate::plans::Feature>,
 }
 
-pub const REGISTRY: &[DestinationSpec] = &[meta::SPEC, klaviyo::SPEC];
+pub const REGISTRY: &[DestinationSpec] = &[meta::SPEC, klaviyo::SPEC, tiktok::SPEC];
 
 pub fn find(name: &str) -> Option<&'static DestinationSpec> {
     REGISTRY.iter().find(|spec| spec.name == name)

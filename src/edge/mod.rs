@@ -59,6 +59,9 @@ pub fn operator_settings(env: &Env) -> OperatorSettings {
     if let Some(url) = var("KLAVIYO_API_BASE_URL") {
         endpoints.klaviyo = url;
     }
+    if let Some(url) = var("TIKTOK_API_BASE_URL") {
+        endpoints.tiktok = url;
+    }
     let defaults = RetryPolicy::default();
     OperatorSettings {
         endpoints,

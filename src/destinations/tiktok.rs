@@ -1,0 +1,363 @@
+//! TikTok Events API 2.0: `POST /open_api/v1.3/event/track/`.
+//!
+//! <https://business-api.tiktok.com/portal/docs?id=1771100865818625>
+//! `Access-Token` header, `event_source` + `event_source_id` (the pixel code), `data[]`
+//! with `event_time` in unix seconds and `event_id` as the dedup key shared with the
+//! pixel. Email and external id are SHA-256 of the normalised value; `ttclid` is never
+//! hashed. TikTok answers HTTP 200 with `code` ≠ 0 for failures, so the body decides.
+
+use super::{
+    parse_retry_after, truncate, BuildError, DestinationSpec, Endpoints, NameOverrides,
+    OutboundRequest, Outcome,
+};
+use crate::config::MerchantConfig;
+use crate::event::{CanonicalEvent, EventName};
+use crate::hashing::{hash_email, hash_identifier};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+pub const NAME: &str = "tiktok";
+pub const DEFAULT_BASE_URL: &str = "https://business-api.tiktok.com";
+const TRACK_PATH: &str = "/open_api/v1.3/event/track/";
+
+/// TikTok settings for one pixel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TikTokConfig {
+    pub pixel_code: String,
+    pub access_token: String,
+    /// `web` for a pixel (the default), `crm` for a CRM event set.
+    #[serde(default = "default_event_source")]
+    pub event_source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_event_code: Option<String>,
+    #[serde(default, skip_serializing_if = "NameOverrides::is_empty")]
+    pub event_names: NameOverrides,
+}
+
+fn default_event_source() -> String {
+    "web".to_string()
+}
+
+pub const SPEC: DestinationSpec = DestinationSpec {
+    name: NAME,
+    build,
+    classify,
+    secret_fields: &["access_token"],
+    validate_config: crate::config::check_config::<TikTokConfig>,
+    required_feature: None,
+};
+
+/// Default mapping (shared product table): standard events where TikTok has one.
+pub fn event_name(name: EventName) -> &'static str {
+    match name {
+        EventName::TrialStarted => "Lead",
+        EventName::SubscriptionStarted | EventName::SubscriptionReactivated => "Subscribe",
+        EventName::TrialConverted
+        | EventName::SubscriptionRenewed
+        | EventName::SubscriptionUpgraded => "CompletePayment",
+        EventName::Signup => "CompleteRegistration",
+        EventName::SubscriptionDowngraded => "SubscriptionDowngraded",
+        EventName::SubscriptionPaused => "SubscriptionPaused",
+        EventName::SubscriptionCancelled => "SubscriptionCancelled",
+        EventName::PaymentFailed => "PaymentFailed",
+        EventName::Refund => "Refund",
+        EventName::ActivationMilestone => "ActivationMilestone",
+        EventName::PipelineStageChanged => "PipelineStageChanged",
+        EventName::SubscriptionCreated => "SubscriptionCreated",
+        EventName::SubscriptionUpdated => "SubscriptionUpdated",
+    }
+}
+
+fn build(
+    events: &[CanonicalEvent],
+    merchant: &MerchantConfig,
+    endpoints: &Endpoints,
+    _now: i64,
+) -> Result<OutboundRequest, BuildError> {
+    let config: TikTokConfig = merchant.destination_config(NAME)?;
+    let data = events
+        .iter()
+        .map(|event| track_event(event, merchant, &config))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut body = json!({
+        "event_source": config.event_source,
+        "event_source_id": config.pixel_code,
+        "data": data,
+    });
+    if let Some(code) = config.test_event_code.as_deref().filter(|c| !c.is_empty()) {
+        body["test_event_code"] = json!(code);
+    }
+    let url = format!("{}{TRACK_PATH}", endpoints.tiktok.trim_end_matches('/'));
+    Ok(OutboundRequest {
+        method: "POST",
+        log_url: url.clone(),
+        url,
+        headers: vec![
+            ("access-token".into(), config.access_token.clone()),
+            ("content-type".into(), "application/json".into()),
+        ],
+        body: body.to_string(),
+    })
+}
+
+/// One `data[]` entry.
+pub fn track_event(
+    event: &CanonicalEvent,
+    merchant: &MerchantConfig,
+    config: &TikTokConfig,
+) -> Result<Value, BuildError> {
+    if !event.name.is_forwardable() {
+        return Err(BuildError::NotForwardable(event.name.as_str()));
+    }
+    let mut user = Map::new();
+    if let Some(email) = event.customer.email.as_deref().and_then(hash_email) {
+        user.insert("email".into(), json!(email));
+    }
+    if let Some(external) = event
+        .customer
+        .customer_id
+        .as_deref()
+        .and_then(hash_identifier)
+    {
+        user.insert("external_id".into(), json!(external));
+    }
+    if let Some(ttclid) = event.property("ttclid").filter(|v| !v.is_empty()) {
+        user.insert("ttclid".into(), json!(ttclid));
+    }
+    if user.is_empty() {
+        return Err(BuildError::NoIdentity);
+    }
+    let mut properties = Map::new();
+    // No refund primitive at TikTok: corrections go out as custom events whose value
+    // is negative (the value policy negates them).
+    if let Some(value) = merchant.value_policy.primary_value(event, NAME) {
+        properties.insert("value".into(), json!(value.as_f64()));
+    }
+    if let Some(currency) = &event.values.currency {
+        properties.insert("currency".into(), json!(currency.to_ascii_uppercase()));
+    }
+    if let Some(plan_id) = &event.subscription.plan_id {
+        properties.insert("content_type".into(), json!("product"));
+        properties.insert(
+            "contents".into(),
+            json!([{ "content_id": plan_id, "quantity": 1 }]),
+        );
+    }
+    if let Some(invoice) = event.property("invoice_id") {
+        properties.insert("order_id".into(), json!(invoice));
+    }
+    properties.insert("description".into(), json!(event.name.as_str()));
+    Ok(json!({
+        "event": config.event_names.get(event.name).unwrap_or(event_name(event.name)),
+        "event_time": event.occurred_at,
+        "event_id": event.event_id,
+        "user": user,
+        "properties": properties,
+    }))
+}
+
+/// TikTok `code`s that mean "later": rate limiting and internal errors.
+const RETRYABLE_CODES: &[i64] = &[40100, 50000, 50002];
+
+fn classify(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
+    let parsed = serde_json::from_str::<Value>(body).ok();
+    let code = parsed
+        .as_ref()
+        .and_then(|v| v.get("code"))
+        .and_then(Value::as_i64);
+    let message = parsed
+        .as_ref()
+        .and_then(|v| v.get("message"))
+        .and_then(Value::as_str)
+        .unwrap_or("no message");
+    let reason = format!(
+        "HTTP {status}, tiktok code {}: {}",
+        code.map_or("-".to_string(), |c| c.to_string()),
+        truncate(message, 300)
+    );
+    if (200..300).contains(&status) {
+        // 20001 is partial success: with one event per request, the event was taken.
+        match code {
+            Some(0) | Some(20001) => return Outcome::Delivered,
+            Some(c) if RETRYABLE_CODES.contains(&c) => {
+                return Outcome::Retry {
+                    after_seconds: parse_retry_after(retry_after),
+                    reason,
+                }
+            }
+            _ => return Outcome::Permanent { reason },
+        }
+    }
+    if status == 429 || status >= 500 {
+        Outcome::Retry {
+            after_seconds: parse_retry_after(retry_after),
+            reason,
+        }
+    } else {
+        Outcome::Permanent { reason }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Customer, SubscriptionDetails, Values};
+    use crate::hashing::sha256_hex;
+    use crate::money::Amount;
+
+    fn merchant() -> MerchantConfig {
+        MerchantConfig {
+            merchant_id: "m_1".into(),
+            ..MerchantConfig::default()
+        }
+        .with_destination(
+            NAME,
+            json!({ "pixel_code": "CABC123XYZ", "access_token": "tt-secret-token-0001" }),
+        )
+    }
+
+    fn event(name: EventName) -> CanonicalEvent {
+        CanonicalEvent {
+            event_id: "tl_0123456789abcdef0123456789abcdef".into(),
+            merchant_id: "m_1".into(),
+            name,
+            source: "stripe".into(),
+            occurrence_key: "sub_1".into(),
+            source_event_id: "evt_1".into(),
+            source_event_type: "invoice.paid".into(),
+            occurred_at: 1_767_225_600,
+            customer: Customer {
+                customer_id: Some("cus_ABC".into()),
+                email: Some(" Jane.Doe@Example.com".into()),
+            },
+            subscription: SubscriptionDetails {
+                subscription_id: Some("sub_1".into()),
+                plan_id: Some("price_pro_monthly".into()),
+                ..SubscriptionDetails::default()
+            },
+            values: Values {
+                currency: Some("usd".into()),
+                mrr: Some(Amount::from_minor(4900, "usd")),
+                ..Values::default()
+            },
+            livemode: true,
+            properties: [
+                ("ttclid".to_string(), "E.C.P.abc123".to_string()),
+                ("invoice_id".to_string(), "in_1".to_string()),
+            ]
+            .into_iter()
+            .collect(),
+        }
+    }
+
+    #[test]
+    fn golden_track_request() {
+        let req = build(
+            &[event(EventName::TrialConverted)],
+            &merchant(),
+            &Endpoints::default(),
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            req.url,
+            "https://business-api.tiktok.com/open_api/v1.3/event/track/"
+        );
+        assert!(req
+            .headers
+            .contains(&("access-token".into(), "tt-secret-token-0001".into())));
+        assert!(!req.log_url.contains("tt-secret"));
+        let body: Value = serde_json::from_str(&req.body).unwrap();
+        assert_eq!(
+            body,
+            json!({
+                "event_source": "web",
+                "event_source_id": "CABC123XYZ",
+                "data": [{
+                    "event": "CompletePayment",
+                    "event_time": 1_767_225_600,
+                    "event_id": "tl_0123456789abcdef0123456789abcdef",
+                    "user": {
+                        "email": sha256_hex("jane.doe@example.com"),
+                        "external_id": sha256_hex("cus_abc"),
+                        "ttclid": "E.C.P.abc123"
+                    },
+                    "properties": {
+                        "value": 49.0,
+                        "currency": "USD",
+                        "content_type": "product",
+                        "contents": [{ "content_id": "price_pro_monthly", "quantity": 1 }],
+                        "order_id": "in_1",
+                        "description": "trial_converted"
+                    }
+                }]
+            })
+        );
+    }
+
+    #[test]
+    fn default_mapping_follows_the_product_table() {
+        for (name, expected) in [
+            (EventName::TrialStarted, "Lead"),
+            (EventName::SubscriptionStarted, "Subscribe"),
+            (EventName::SubscriptionRenewed, "CompletePayment"),
+            (EventName::SubscriptionReactivated, "Subscribe"),
+            (EventName::SubscriptionCancelled, "SubscriptionCancelled"),
+        ] {
+            assert_eq!(event_name(name), expected);
+        }
+        let config: TikTokConfig = merchant().destination_config(NAME).unwrap();
+        let cancelled = track_event(
+            &event(EventName::SubscriptionCancelled),
+            &merchant(),
+            &config,
+        )
+        .unwrap();
+        assert_eq!(cancelled["properties"]["value"], -49.0);
+    }
+
+    #[test]
+    fn a_200_with_an_error_code_is_not_a_success() {
+        assert_eq!(
+            classify(
+                200,
+                None,
+                r#"{"code":0,"message":"OK","request_id":"r1","data":{}}"#
+            ),
+            Outcome::Delivered
+        );
+        match classify(
+            200,
+            None,
+            r#"{"code":40002,"message":"Invalid value for event_source_id"}"#,
+        ) {
+            Outcome::Permanent { reason } => {
+                assert!(
+                    reason.contains("40002") && reason.contains("event_source_id"),
+                    "{reason}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            classify(
+                200,
+                Some("30"),
+                r#"{"code":40100,"message":"Too many requests"}"#
+            ),
+            Outcome::Retry {
+                after_seconds: Some(30),
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(502, None, "bad gateway"),
+            Outcome::Retry { .. }
+        ));
+        assert!(matches!(
+            classify(200, None, "not json"),
+            Outcome::Permanent { .. }
+        ));
+    }
+}
