@@ -157,8 +157,10 @@ pub fn track_event(
     }))
 }
 
-/// TikTok `code`s that mean "later": rate limiting and internal errors.
-const RETRYABLE_CODES: &[i64] = &[40100, 50000, 50002];
+/// TikTok `code`s that mean "later": rate limiting (40100) and its internal errors (5xxxx).
+fn retryable_code(code: i64) -> bool {
+    code == 40100 || (50000..60000).contains(&code)
+}
 
 fn classify(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
     let parsed = serde_json::from_str::<Value>(body).ok();
@@ -180,7 +182,7 @@ fn classify(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
         // 20001 is partial success: with one event per request, the event was taken.
         match code {
             Some(0) | Some(20001) => return Outcome::Delivered,
-            Some(c) if RETRYABLE_CODES.contains(&c) => {
+            Some(c) if retryable_code(c) => {
                 return Outcome::Retry {
                     after_seconds: parse_retry_after(retry_after),
                     reason,
