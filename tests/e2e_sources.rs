@@ -29,6 +29,10 @@ fn provision(worker: &Worker) {
                 "tiktok",
                 json!({ "pixel_code": "CPADDLE0001", "access_token": "tt_paddle_e2e" }),
             ),
+            (
+                "ga4",
+                json!({ "measurement_id": "G-PADDLE01", "api_secret": "mp_paddle_e2e" }),
+            ),
         ],
     );
     worker.provision(
@@ -79,6 +83,7 @@ fn paddle_and_hubspot_reach_meta_once_through_the_local_stack() {
         // One recording stand-in answers for both platforms (different paths).
         ("KLAVIYO_API_BASE_URL", meta.base_url()),
         ("TIKTOK_API_BASE_URL", meta.base_url()),
+        ("GA4_API_BASE_URL", meta.base_url()),
         ("RETRY_BASE_DELAY_SECONDS", "1".into()),
     ]);
     provision(&worker);
@@ -209,6 +214,27 @@ fn paddle_and_hubspot_reach_meta_once_through_the_local_stack() {
     tiktok_ids.sort();
     tiktok_ids.dedup();
     assert_eq!(tiktok_ids.len(), 2, "the retry resent the same event id");
+
+    // GA4: validated before sending; the conversion is a `purchase` whose transaction id
+    // is our event id, the trial a custom `trial_started`.
+    let ga4 = eventually(WAIT, "two Paddle events at GA4", || {
+        let requests = meta.requests_to("/mp/collect?measurement_id=G-PADDLE01");
+        (requests.len() >= 2).then_some(requests)
+    });
+    assert_eq!(ga4.len(), 2);
+    let mut ga4_events: Vec<Value> = ga4
+        .iter()
+        .map(|r| {
+            assert!(r.target.contains("api_secret=mp_paddle_e2e"));
+            let body: Value = serde_json::from_str(&r.body).unwrap();
+            assert!(body["client_id"].as_str().unwrap().contains('.'));
+            body["events"][0].clone()
+        })
+        .collect();
+    ga4_events.sort_by_key(|e| e["name"].as_str().unwrap().to_string());
+    assert_eq!(ga4_events[0]["name"], "purchase");
+    assert_eq!(ga4_events[0]["params"]["transaction_id"], paid_id);
+    assert_eq!(ga4_events[1]["name"], "trial_started");
 
     // HubSpot: a signed Webhooks API batch of four events for a CRM-owned merchant.
     let hubspot_target = "/v1/integrations/hubspot/events?merchant_id=m_hs";

@@ -3,6 +3,7 @@
 //!
 //! Adding a destination: one module here plus one line in [`REGISTRY`].
 
+pub mod ga4;
 pub mod klaviyo;
 pub mod meta;
 pub mod tiktok;
@@ -19,6 +20,9 @@ pub struct Endpoints {
     pub meta_graph: String,
     pub klaviyo: String,
     pub tiktok: String,
+    pub ga4: String,
+    /// GA4's EU collection host, for EU merchants.
+    pub ga4_eu: String,
 }
 
 impl Default for Endpoints {
@@ -27,6 +31,8 @@ impl Default for Endpoints {
             meta_graph: meta::DEFAULT_BASE_URL.to_string(),
             klaviyo: klaviyo::DEFAULT_BASE_URL.to_string(),
             tiktok: tiktok::DEFAULT_BASE_URL.to_string(),
+            ga4: ga4::DEFAULT_BASE_URL.to_string(),
+            ga4_eu: ga4::DEFAULT_EU_BASE_URL.to_string(),
         }
     }
 }
@@ -73,6 +79,11 @@ pub enum BuildError {
     },
     #[error("no customer identifier to match on (need an email or a customer id)")]
     NoIdentity,
+    #[error("{destination} would drop this payload: {reason}")]
+    Invalid {
+        destination: &'static str,
+        reason: String,
+    },
     #[error("event {0} is not forwarded to destinations")]
     NotForwardable(&'static str),
 }
@@ -95,7 +106,7 @@ pub struct DestinationSpec {
     pub required_feature: Option<crate::plans::Feature>,
 }
 
-pub const REGISTRY: &[DestinationSpec] = &[meta::SPEC, klaviyo::SPEC, tiktok::SPEC];
+pub const REGISTRY: &[DestinationSpec] = &[meta::SPEC, klaviyo::SPEC, tiktok::SPEC, ga4::SPEC];
 
 pub fn find(name: &str) -> Option<&'static DestinationSpec> {
     REGISTRY.iter().find(|spec| spec.name == name)

@@ -62,6 +62,11 @@ pub fn operator_settings(env: &Env) -> OperatorSettings {
     if let Some(url) = var("TIKTOK_API_BASE_URL") {
         endpoints.tiktok = url;
     }
+    // One stand-in for both GA4 hosts: the EU host is a production routing choice.
+    if let Some(url) = var("GA4_API_BASE_URL") {
+        endpoints.ga4 = url.clone();
+        endpoints.ga4_eu = url;
+    }
     let defaults = RetryPolicy::default();
     OperatorSettings {
         endpoints,
