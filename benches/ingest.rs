@@ -174,5 +174,71 @@ fn bench_workspaces(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_stripe, bench_sources, bench_workspaces);
+/// Building one destination request from a canonical event (the consumer's CPU work per
+/// delivery; every destination sends one event per request today).
+fn bench_destinations(c: &mut Criterion) {
+    use tracklayer::destinations::{Endpoints, REGISTRY};
+    let body = std::fs::read(format!(
+        "{}/tests/fixtures/stripe/invoice.paid.renewal.json",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect("fixture");
+    let created = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["created"]
+        .as_i64()
+        .unwrap();
+    let merchant = MerchantConfig {
+        merchant_id: "m_bench".into(),
+        plan: tracklayer::config::Plan::Scale,
+        ..MerchantConfig::default()
+    }
+    .with_source(
+        "stripe",
+        serde_json::json!({ "endpoint_secrets": ["whsec_b"] }),
+    )
+    .with_destination(
+        "meta",
+        serde_json::json!({ "pixel_id": "1", "access_token": "t" }),
+    )
+    .with_destination("klaviyo", serde_json::json!({ "private_api_key": "pk" }))
+    .with_destination(
+        "tiktok",
+        serde_json::json!({ "pixel_code": "C1", "access_token": "t" }),
+    )
+    .with_destination(
+        "ga4",
+        serde_json::json!({ "measurement_id": "G-1", "api_secret": "s" }),
+    );
+    let headers = Headers::new().with(
+        "Stripe-Signature",
+        &tracklayer::sources::stripe::sign("whsec_b", created, &body),
+    );
+    let request = WebhookRequest::post("https://edge.test/", &headers, &body);
+    let output = ingest::verify_and_map("stripe", &merchant, &request, created)
+        .unwrap()
+        .remove(0);
+    let mut event = output.events[0].clone();
+    event.customer.email = Some("jane.doe@example.com".into());
+    let endpoints = Endpoints::default();
+    for spec in REGISTRY {
+        c.bench_function(&format!("{} build one request", spec.name), |b| {
+            b.iter(|| {
+                (spec.build)(
+                    std::slice::from_ref(black_box(&event)),
+                    &merchant,
+                    &endpoints,
+                    created + 60,
+                )
+                .unwrap()
+            })
+        });
+    }
+}
+
+criterion_group!(
+    benches,
+    bench_stripe,
+    bench_sources,
+    bench_workspaces,
+    bench_destinations
+);
 criterion_main!(benches);
