@@ -64,6 +64,9 @@ pub fn plan(
         .flat_map(|event| {
             destinations
                 .iter()
+                .filter(move |d| {
+                    crate::destinations::find(d).is_some_and(|spec| (spec.accepts)(event, merchant))
+                })
                 .map(move |d| DeliveryJob::new(event.clone(), d))
         })
         .collect();

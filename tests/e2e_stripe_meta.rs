@@ -89,8 +89,19 @@ fn stripe_webhook_travels_to_meta_on_a_local_cloudflare_stack() {
         ("META_API_BASE_URL", meta.base_url()),
         ("RETRY_BASE_DELAY_SECONDS", "1".into()),
         ("RETRY_MAX_ATTEMPTS", "4".into()),
+        ("LINKEDIN_API_BASE_URL", meta.base_url()),
     ]);
     provision(&worker);
+    // m_conv also reports trial conversions to LinkedIn (a Scale feature).
+    let linkedin = worker.admin(
+        "PUT",
+        "/v1/admin/merchants/m_conv/destinations/linkedin",
+        Some(&json!({
+            "access_token": "AQV-e2e-linkedin-token",
+            "conversion_rules": { "trial_converted": "104012" }
+        })),
+    );
+    assert_eq!(linkedin.status, 200, "{}", linkedin.body);
 
     // 1. A signed trialing subscription → exactly one Meta request with the right body.
     let trial = stripe_event(
@@ -399,6 +410,17 @@ fn stripe_webhook_travels_to_meta_on_a_local_cloudflare_stack() {
         .find(|b| b["data"][0]["event_name"] == "Subscribe")
         .expect("a Subscribe request");
     assert_eq!(subscribe["data"][0]["custom_data"]["value"], 49.0);
+    // LinkedIn got the conversion once (the trial has no rule), valued at ARR.
+    let linkedin = meta.requests_to("/rest/conversionEvents");
+    assert_eq!(linkedin.len(), 1);
+    let conversion: Value = serde_json::from_str(&linkedin[0].body).unwrap();
+    assert_eq!(
+        conversion["conversion"],
+        "urn:lla:llaPartnerConversion:104012"
+    );
+    assert_eq!(conversion["eventId"], first["events"][0]["event_id"]);
+    assert_eq!(conversion["conversionValue"]["amount"], "588.00");
+    assert_eq!(conversion["user"]["userIds"][0]["idType"], "SHA256_EMAIL");
     assert_eq!(
         subscribe["data"][0]["event_id"],
         first["events"][0]["event_id"]

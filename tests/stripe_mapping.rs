@@ -572,3 +572,46 @@ fn stripe_ingest_needs_the_scale_plan() {
         "feature stripe_ingest requires plan Scale (merchant is on Starter)"
     );
 }
+
+#[test]
+fn linkedin_gets_only_mapped_events_and_only_from_scale_up() {
+    let with_linkedin = merchant().with_destination(
+        "linkedin",
+        serde_json::json!({
+            "access_token": "AQV-token",
+            "conversion_rules": { "subscription_started": "104012" }
+        }),
+    );
+    let jobs_for = |merchant: &MerchantConfig, fixture_name: &str| -> Vec<String> {
+        let body = fixture(fixture_name);
+        let created = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["created"]
+            .as_i64()
+            .unwrap();
+        let headers =
+            Headers::new().with("stripe-signature", &stripe::sign(SECRET, created, &body));
+        let output = mapping::ingest_one("stripe", merchant, &headers, &body, created).unwrap();
+        ingest::plan(output, merchant, &StoredContext::default())
+            .jobs
+            .iter()
+            .map(|job| job.destination.clone())
+            .collect()
+    };
+    assert_eq!(
+        jobs_for(&with_linkedin, "customer.subscription.created.active.json"),
+        ["meta", "linkedin"]
+    );
+    assert_eq!(
+        jobs_for(
+            &with_linkedin,
+            "customer.subscription.created.trialing.json"
+        ),
+        ["meta"],
+        "trial_started has no LinkedIn conversion rule"
+    );
+    // After a downgrade below Scale the LinkedIn settings stay but nothing is sent.
+    let downgraded = MerchantConfig {
+        plan: tracklayer::config::Plan::Starter,
+        ..with_linkedin
+    };
+    assert_eq!(downgraded.connected_destinations(), ["meta"]);
+}

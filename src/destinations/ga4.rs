@@ -47,6 +47,7 @@ pub const SPEC: DestinationSpec = DestinationSpec {
     secret_fields: &["api_secret"],
     validate_config: crate::config::check_config::<Ga4Config>,
     required_feature: None,
+    accepts: super::accepts_all,
 };
 
 /// Default mapping (shared product table): GA4's recommended events where they fit.

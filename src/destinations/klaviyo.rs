@@ -47,6 +47,7 @@ pub const SPEC: DestinationSpec = DestinationSpec {
     secret_fields: &["private_api_key"],
     validate_config: crate::config::check_config::<KlaviyoConfig>,
     required_feature: None,
+    accepts: super::accepts_all,
 };
 
 fn build(

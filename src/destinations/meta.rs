@@ -53,6 +53,7 @@ pub const SPEC: DestinationSpec = DestinationSpec {
     secret_fields: &["access_token"],
     validate_config: crate::config::check_config::<MetaConfig>,
     required_feature: None,
+    accepts: super::accepts_all,
 };
 
 /// Default mapping: standard events where Meta has one, custom names otherwise.

@@ -5,6 +5,7 @@
 
 pub mod ga4;
 pub mod klaviyo;
+pub mod linkedin;
 pub mod meta;
 pub mod tiktok;
 
@@ -21,6 +22,7 @@ pub struct Endpoints {
     pub klaviyo: String,
     pub tiktok: String,
     pub ga4: String,
+    pub linkedin: String,
     /// GA4's EU collection host, for EU merchants.
     pub ga4_eu: String,
 }
@@ -32,6 +34,7 @@ impl Default for Endpoints {
             klaviyo: klaviyo::DEFAULT_BASE_URL.to_string(),
             tiktok: tiktok::DEFAULT_BASE_URL.to_string(),
             ga4: ga4::DEFAULT_BASE_URL.to_string(),
+            linkedin: linkedin::DEFAULT_BASE_URL.to_string(),
             ga4_eu: ga4::DEFAULT_EU_BASE_URL.to_string(),
         }
     }
@@ -104,9 +107,23 @@ pub struct DestinationSpec {
     pub validate_config: fn(&serde_json::Value) -> Result<(), String>,
     /// The plan feature delivering to this destination needs, if any.
     pub required_feature: Option<crate::plans::Feature>,
+    /// Whether this merchant's event is planned for the destination at all (LinkedIn
+    /// takes only events mapped to a conversion rule).
+    pub accepts: fn(&CanonicalEvent, &MerchantConfig) -> bool,
 }
 
-pub const REGISTRY: &[DestinationSpec] = &[meta::SPEC, klaviyo::SPEC, tiktok::SPEC, ga4::SPEC];
+/// For destinations that take every forwardable event.
+pub fn accepts_all(_event: &CanonicalEvent, _merchant: &MerchantConfig) -> bool {
+    true
+}
+
+pub const REGISTRY: &[DestinationSpec] = &[
+    meta::SPEC,
+    klaviyo::SPEC,
+    tiktok::SPEC,
+    ga4::SPEC,
+    linkedin::SPEC,
+];
 
 pub fn find(name: &str) -> Option<&'static DestinationSpec> {
     REGISTRY.iter().find(|spec| spec.name == name)

@@ -46,6 +46,7 @@ pub const SPEC: DestinationSpec = DestinationSpec {
     secret_fields: &["access_token"],
     validate_config: crate::config::check_config::<TikTokConfig>,
     required_feature: None,
+    accepts: super::accepts_all,
 };
 
 /// Default mapping (shared product table): standard events where TikTok has one.

@@ -63,6 +63,9 @@ pub fn operator_settings(env: &Env) -> OperatorSettings {
         endpoints.tiktok = url;
     }
     // One stand-in for both GA4 hosts: the EU host is a production routing choice.
+    if let Some(url) = var("LINKEDIN_API_BASE_URL") {
+        endpoints.linkedin = url;
+    }
     if let Some(url) = var("GA4_API_BASE_URL") {
         endpoints.ga4 = url.clone();
         endpoints.ga4_eu = url;

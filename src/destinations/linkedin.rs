@@ -1,0 +1,352 @@
+//! LinkedIn Conversions API: `POST /rest/conversionEvents`.
+//!
+//! <https://learn.microsoft.com/en-us/linkedin/marketing/integrations/ads-reporting/conversions-api>
+//! Each canonical event goes to the conversion rule the merchant mapped it to
+//! (`urn:lla:llaPartnerConversion:<id>`); events without a rule are not planned for
+//! LinkedIn at all. `LinkedIn-Version` is required and pinned (a sunset version answers
+//! 426). `conversionHappenedAt` is epoch milliseconds, `amount` a decimal string, and
+//! `user.userIds` carries the SHA-256 email and the unhashed `li_fat_id`. Scale plan.
+
+use super::{
+    parse_retry_after, truncate, BuildError, DestinationSpec, Endpoints, OutboundRequest, Outcome,
+};
+use crate::config::MerchantConfig;
+use crate::event::{CanonicalEvent, EventName};
+use crate::hashing::hash_email;
+use crate::plans::Feature;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+pub const NAME: &str = "linkedin";
+pub const DEFAULT_BASE_URL: &str = "https://api.linkedin.com";
+/// Monthly versions are supported about a year; pinned, overridable per merchant.
+pub const DEFAULT_VERSION: &str = "202608";
+/// LinkedIn refuses conversions older than 90 days.
+pub const MAX_EVENT_AGE_SECONDS: i64 = 90 * 86_400;
+const RULE_URN_PREFIX: &str = "urn:lla:llaPartnerConversion:";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkedInConfig {
+    pub access_token: String,
+    #[serde(default = "default_version")]
+    pub linkedin_version: String,
+    /// Canonical event (or alias) → conversion rule id or URN.
+    pub conversion_rules: ConversionRules,
+}
+
+fn default_version() -> String {
+    DEFAULT_VERSION.to_string()
+}
+
+/// Rule ids validated on parse: numeric ids become URNs; unknown event names refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ConversionRules(BTreeMap<EventName, String>);
+
+impl<'de> Deserialize<'de> for ConversionRules {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let raw = BTreeMap::<String, String>::deserialize(deserializer)?;
+        let mut rules = BTreeMap::new();
+        for (canonical, rule) in raw {
+            let name = EventName::parse(&canonical).ok_or_else(|| {
+                D::Error::custom(format!("unknown canonical event {canonical:?}"))
+            })?;
+            let rule = rule.trim();
+            let id = rule.strip_prefix(RULE_URN_PREFIX).unwrap_or(rule);
+            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(D::Error::custom(format!(
+                    "{canonical}: a conversion rule is a numeric id or {RULE_URN_PREFIX}<id>"
+                )));
+            }
+            rules.insert(name, format!("{RULE_URN_PREFIX}{id}"));
+        }
+        if rules.is_empty() {
+            return Err(D::Error::custom(
+                "map at least one canonical event to a conversion rule",
+            ));
+        }
+        Ok(ConversionRules(rules))
+    }
+}
+
+pub const SPEC: DestinationSpec = DestinationSpec {
+    name: NAME,
+    build,
+    classify,
+    secret_fields: &["access_token"],
+    validate_config: crate::config::check_config::<LinkedInConfig>,
+    required_feature: Some(Feature::LinkedinCapi),
+    accepts,
+};
+
+/// Only events the merchant mapped to a conversion rule go to LinkedIn.
+fn accepts(event: &CanonicalEvent, merchant: &MerchantConfig) -> bool {
+    merchant
+        .destination_config::<LinkedInConfig>(NAME)
+        .is_ok_and(|config| config.conversion_rules.0.contains_key(&event.name))
+}
+
+fn build(
+    events: &[CanonicalEvent],
+    merchant: &MerchantConfig,
+    endpoints: &Endpoints,
+    now: i64,
+) -> Result<OutboundRequest, BuildError> {
+    let config: LinkedInConfig = merchant.destination_config(NAME)?;
+    let [event] = events else {
+        return Err(BuildError::Misconfigured(NAME));
+    };
+    let body = conversion_event(event, merchant, &config, now)?;
+    let url = format!(
+        "{}/rest/conversionEvents",
+        endpoints.linkedin.trim_end_matches('/')
+    );
+    Ok(OutboundRequest {
+        method: "POST",
+        log_url: url.clone(),
+        url,
+        headers: vec![
+            (
+                "authorization".into(),
+                format!("Bearer {}", config.access_token),
+            ),
+            ("linkedin-version".into(), config.linkedin_version.clone()),
+            ("x-restli-protocol-version".into(), "2.0.0".into()),
+            ("content-type".into(), "application/json".into()),
+        ],
+        body: body.to_string(),
+    })
+}
+
+pub fn conversion_event(
+    event: &CanonicalEvent,
+    merchant: &MerchantConfig,
+    config: &LinkedInConfig,
+    now: i64,
+) -> Result<Value, BuildError> {
+    if !event.name.is_forwardable() {
+        return Err(BuildError::NotForwardable(event.name.as_str()));
+    }
+    let rule = config
+        .conversion_rules
+        .0
+        .get(&event.name)
+        .ok_or(BuildError::NotConfigured(NAME))?;
+    let age = now - event.occurred_at;
+    if age > MAX_EVENT_AGE_SECONDS {
+        return Err(BuildError::TooOld {
+            destination: NAME,
+            age_seconds: age,
+            limit_seconds: MAX_EVENT_AGE_SECONDS,
+        });
+    }
+    let mut user_ids = Vec::new();
+    if let Some(email) = event.customer.email.as_deref().and_then(hash_email) {
+        user_ids.push(json!({ "idType": "SHA256_EMAIL", "idValue": email }));
+    }
+    if let Some(li_fat_id) = event.property("li_fat_id").filter(|v| !v.is_empty()) {
+        user_ids.push(
+            json!({ "idType": "LINKEDIN_FIRST_PARTY_ADS_TRACKING_UUID", "idValue": li_fat_id }),
+        );
+    }
+    if user_ids.is_empty() {
+        return Err(BuildError::NoIdentity);
+    }
+    let mut body = json!({
+        "conversion": rule,
+        "conversionHappenedAt": event.occurred_at.saturating_mul(1000),
+        "eventId": event.event_id,
+        "user": { "userIds": user_ids },
+    });
+    // LinkedIn has no negative conversions: corrections go without a value.
+    if let (Some(value), Some(currency)) = (
+        merchant.value_policy.primary_value(event, NAME),
+        event.values.currency.as_deref(),
+    ) {
+        if value.minor > 0 {
+            body["conversionValue"] = json!({
+                "currencyCode": currency.to_ascii_uppercase(),
+                "amount": value.to_string(),
+            });
+        }
+    }
+    Ok(body)
+}
+
+fn classify(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
+    if (200..300).contains(&status) {
+        return Outcome::Delivered;
+    }
+    let message = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            let code = v
+                .get("code")
+                .and_then(Value::as_str)
+                .unwrap_or("-")
+                .to_string();
+            let text = v.get("message").and_then(Value::as_str)?.to_string();
+            Some(format!("{code}: {text}"))
+        })
+        .unwrap_or_else(|| truncate(body.trim(), 200));
+    let hint = if status == 426 {
+        " (LinkedIn-Version is sunset: set a current linkedin_version)"
+    } else {
+        ""
+    };
+    let reason = format!("HTTP {status}, linkedin {}{hint}", truncate(&message, 300));
+    if status == 429 || status >= 500 {
+        Outcome::Retry {
+            after_seconds: parse_retry_after(retry_after),
+            reason,
+        }
+    } else {
+        Outcome::Permanent { reason }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Plan;
+    use crate::event::{Customer, SubscriptionDetails, Values};
+    use crate::hashing::sha256_hex;
+    use crate::money::Amount;
+
+    const NOW: i64 = 1_767_225_600;
+
+    fn merchant() -> MerchantConfig {
+        MerchantConfig {
+            merchant_id: "m_1".into(),
+            plan: Plan::Scale,
+            ..MerchantConfig::default()
+        }
+        .with_destination(
+            NAME,
+            json!({
+                "access_token": "AQV-linkedin-token",
+                "conversion_rules": { "paid_subscription": "104012", "trial_started": "urn:lla:llaPartnerConversion:104011" }
+            }),
+        )
+    }
+
+    fn event(name: EventName) -> CanonicalEvent {
+        CanonicalEvent {
+            event_id: "tl_0123456789abcdef0123456789abcdef".into(),
+            merchant_id: "m_1".into(),
+            name,
+            source: "stripe".into(),
+            occurrence_key: "sub_1".into(),
+            source_event_id: "evt_1".into(),
+            source_event_type: "customer.subscription.created".into(),
+            occurred_at: NOW - 60,
+            customer: Customer {
+                customer_id: Some("cus_ABC".into()),
+                email: Some("Jane.Doe@Example.com".into()),
+            },
+            subscription: SubscriptionDetails {
+                subscription_id: Some("sub_1".into()),
+                ..SubscriptionDetails::default()
+            },
+            values: Values {
+                currency: Some("usd".into()),
+                mrr: Some(Amount::from_minor(4900, "usd")),
+                arr: Some(Amount::from_minor(58800, "usd")),
+                ..Values::default()
+            },
+            livemode: true,
+            properties: [("li_fat_id".to_string(), "a1b2c3d4-e5f6-7890".to_string())]
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn golden_conversion_event_with_arr_for_paid_starts() {
+        let req = build(
+            &[event(EventName::SubscriptionStarted)],
+            &merchant(),
+            &Endpoints::default(),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(req.url, "https://api.linkedin.com/rest/conversionEvents");
+        for header in [
+            ("authorization", "Bearer AQV-linkedin-token"),
+            ("linkedin-version", "202608"),
+            ("x-restli-protocol-version", "2.0.0"),
+        ] {
+            assert!(
+                req.headers.contains(&(header.0.into(), header.1.into())),
+                "{header:?}"
+            );
+        }
+        let body: Value = serde_json::from_str(&req.body).unwrap();
+        assert_eq!(
+            body,
+            json!({
+                "conversion": "urn:lla:llaPartnerConversion:104012",
+                "conversionHappenedAt": (NOW - 60) * 1000,
+                "conversionValue": { "currencyCode": "USD", "amount": "588.00" },
+                "eventId": "tl_0123456789abcdef0123456789abcdef",
+                "user": { "userIds": [
+                    { "idType": "SHA256_EMAIL", "idValue": sha256_hex("jane.doe@example.com") },
+                    { "idType": "LINKEDIN_FIRST_PARTY_ADS_TRACKING_UUID", "idValue": "a1b2c3d4-e5f6-7890" }
+                ] }
+            })
+        );
+    }
+
+    #[test]
+    fn only_mapped_events_are_planned_and_rules_are_validated() {
+        assert!(accepts(&event(EventName::TrialStarted), &merchant()));
+        assert!(!accepts(
+            &event(EventName::SubscriptionRenewed),
+            &merchant()
+        ));
+        for bad in [
+            json!({ "access_token": "t", "conversion_rules": {} }),
+            json!({ "access_token": "t", "conversion_rules": { "trial_started": "abc" } }),
+            json!({ "access_token": "t", "conversion_rules": { "trail_started": "1" } }),
+        ] {
+            assert!((SPEC.validate_config)(&bad).is_err(), "{bad}");
+        }
+        assert_eq!(SPEC.required_feature, Some(Feature::LinkedinCapi));
+    }
+
+    #[test]
+    fn old_events_are_refused_and_sunset_versions_explained() {
+        let config: LinkedInConfig = merchant().destination_config(NAME).unwrap();
+        let old = CanonicalEvent {
+            occurred_at: NOW - 91 * 86_400,
+            ..event(EventName::TrialStarted)
+        };
+        assert!(matches!(
+            conversion_event(&old, &merchant(), &config, NOW),
+            Err(BuildError::TooOld { .. })
+        ));
+        match classify(
+            426,
+            None,
+            r#"{"status":426,"code":"VERSION_SUNSET","message":"Requested version 202511 is not active"}"#,
+        ) {
+            Outcome::Permanent { reason } => {
+                assert!(
+                    reason.contains("VERSION_SUNSET") && reason.contains("linkedin_version"),
+                    "{reason}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(classify(201, None, ""), Outcome::Delivered);
+        assert!(matches!(
+            classify(429, Some("60"), ""),
+            Outcome::Retry {
+                after_seconds: Some(60),
+                ..
+            }
+        ));
+    }
+}
