@@ -207,6 +207,10 @@ fn bench_destinations(c: &mut Criterion) {
     .with_destination(
         "ga4",
         serde_json::json!({ "measurement_id": "G-1", "api_secret": "s" }),
+    )
+    .with_destination(
+        "linkedin",
+        serde_json::json!({ "access_token": "t", "conversion_rules": { "subscription_renewed": "1" } }),
     );
     let headers = Headers::new().with(
         "Stripe-Signature",
