@@ -158,6 +158,44 @@ pub fn region_name(region: Region) -> &'static str {
     }
 }
 
+/// Which dead letters a bulk replay puts back on the queue: not yet replayed, of one
+/// destination and time range (`dead_lettered_at`, unix ms), oldest first, at most `limit`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayFilter {
+    #[serde(default)]
+    pub destination: Option<String>,
+    #[serde(default)]
+    pub since: Option<i64>,
+    #[serde(default)]
+    pub until: Option<i64>,
+    #[serde(default = "default_replay_limit")]
+    pub limit: u32,
+}
+
+fn default_replay_limit() -> u32 {
+    100
+}
+
+pub const MAX_REPLAY: u32 = 500;
+
+impl ReplayFilter {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        if !(1..=MAX_REPLAY).contains(&self.limit) {
+            return Err(invalid(format!("limit must be 1-{MAX_REPLAY}")));
+        }
+        if let Some(destination) = &self.destination {
+            integration(IntegrationKind::Destination, destination)?;
+        }
+        if let (Some(since), Some(until)) = (self.since, self.until) {
+            if since >= until {
+                return Err(invalid("since must be before until"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Which kind of integration a config belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IntegrationKind {
@@ -532,6 +570,24 @@ mod tests {
                 .code(),
             "not_found"
         );
+    }
+
+    #[test]
+    fn replay_filters_are_bounded() {
+        let ok: ReplayFilter =
+            serde_json::from_value(json!({"destination": "meta", "since": 1, "until": 2})).unwrap();
+        assert!(ok.validate().is_ok());
+        assert_eq!(ok.limit, 100);
+        for bad in [
+            json!({"limit": 0}),
+            json!({"limit": 501}),
+            json!({"destination": "myspace"}),
+            json!({"since": 5, "until": 5}),
+        ] {
+            let filter: ReplayFilter = serde_json::from_value(bad.clone()).unwrap();
+            assert!(filter.validate().is_err(), "{bad}");
+        }
+        assert!(serde_json::from_value::<ReplayFilter>(json!({"merchant_id": "x"})).is_err());
     }
 
     #[test]

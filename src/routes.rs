@@ -22,6 +22,7 @@ pub enum RouteId {
     AdminRevokeApiKey,
     AdminView,
     AdminReplayDeadLetter,
+    AdminReplayDeadLetters,
     AdminEraseCustomer,
     AdminRejectedRequests,
     AdminCronRuns,
@@ -115,6 +116,11 @@ pub const ROUTES: &[Route] = &[
         "POST",
         "/v1/admin/merchants/{merchant_id}/dead-letters/{job_id}/replay",
         RouteId::AdminReplayDeadLetter,
+    ),
+    route(
+        "POST",
+        "/v1/admin/merchants/{merchant_id}/dead-letters/replay",
+        RouteId::AdminReplayDeadLetters,
     ),
     route(
         "POST",

@@ -331,6 +331,43 @@ fn stripe_webhook_travels_to_meta_on_a_local_cloudflare_stack() {
     );
     assert_eq!(unknown.status, 404);
 
+    // Bulk replay by destination: a second refusal, then every un-replayed meta letter.
+    meta.script(
+        "/px_bad/",
+        vec![(
+            400,
+            r#"{"error":{"message":"Invalid parameter","code":100}}"#,
+        )],
+    );
+    let bad_again = stripe_event("customer.subscription.deleted.json", "evt_e2e_bad_0002");
+    let mut bad_again: Value = serde_json::from_slice(&bad_again).unwrap();
+    bad_again["data"]["object"]["id"] = json!("sub_e2e_bad_second");
+    let bad_again = serde_json::to_vec(&bad_again).unwrap();
+    assert_eq!(
+        post_stripe(&worker, "m_bad", &bad_again, signed(&bad_again)).status,
+        202
+    );
+    eventually(WAIT, "the second dead letter", || {
+        let rows = items(&worker, "m_bad", "dead-letters");
+        (rows.len() == 2).then_some(())
+    });
+    let bulk = worker.admin(
+        "POST",
+        "/v1/admin/merchants/m_bad/dead-letters/replay",
+        Some(&json!({ "destination": "meta" })),
+    );
+    assert_eq!(bulk.status, 202, "{}", bulk.body);
+    assert_eq!(
+        bulk.json()["requeued"],
+        1,
+        "the first letter was already replayed"
+    );
+    eventually(WAIT, "both m_bad deliveries delivered", || {
+        let rows = items(&worker, "m_bad", "deliveries");
+        (rows.len() == 2 && rows.iter().all(|r| r["status"] == "delivered")).then_some(())
+    });
+    assert_eq!(meta.requests_to("/px_bad/").len(), 4);
+
     // Log views page newest first with a cursor.
     let first = admin(
         &worker,

@@ -10,7 +10,7 @@ use super::store::Store;
 use super::{authenticate_merchant_key, keyring, now_ms};
 use crate::admin::{
     integration, parse_body, region_name, view, ApiError, IntegrationKind, MerchantPatch,
-    NewMerchant,
+    NewMerchant, ReplayFilter,
 };
 use crate::config::MerchantStatus;
 use crate::delivery::DeliveryJob;
@@ -121,6 +121,7 @@ pub async fn admin(
         RouteId::AdminRevokeApiKey => revoke_api_key(env, &merchant_id, param("key_id")).await,
         RouteId::AdminView => read_view(&req, env, &merchant_id, param("view")).await,
         RouteId::AdminReplayDeadLetter => replay(env, &merchant_id, param("job_id")).await,
+        RouteId::AdminReplayDeadLetters => replay_many(req, env, &merchant_id).await,
         RouteId::AdminEraseCustomer => erase_customer(req, env, &merchant_id).await,
         RouteId::AdminRejectedRequests => rejected_requests(&req, env).await,
         RouteId::AdminCronRuns => cron_runs(env).await,
@@ -470,6 +471,54 @@ async fn replay(env: &Env, merchant_id: &str, job_id: &str) -> Answer {
         .await
         .map_err(unavailable)?;
     Ok((202, json!({ "job_id": job_id, "status": "requeued" })))
+}
+
+/// Bulk replay: the selected dead letters go back on the region's queue, each with a
+/// fresh attempt count. Run again to continue past `limit`.
+async fn replay_many(mut req: Request, env: &Env, merchant_id: &str) -> Answer {
+    let body = req.bytes().await.map_err(unavailable)?;
+    let filter: ReplayFilter = if body.is_empty() {
+        parse_body(b"{}")?
+    } else {
+        parse_body(&body)?
+    };
+    filter.validate()?;
+    let routing = Routing::from_env(env).map_err(unavailable)?;
+    let route = route_of(&routing, merchant_id).await?;
+    let store = Store::for_region(env, route.region).map_err(unavailable)?;
+    let jobs = store
+        .dead_letter_jobs(merchant_id, &filter)
+        .await
+        .map_err(unavailable)?;
+    let queue = env
+        .queue(deliveries_binding(route.region))
+        .map_err(unavailable)?;
+    let now = now_ms();
+    for job in &jobs {
+        store.reset_delivery(job, now).await.map_err(unavailable)?;
+    }
+    for chunk in jobs.chunks(100) {
+        let batch = chunk
+            .iter()
+            .map(|job| {
+                MessageBuilder::new(serde_json::to_string(job).unwrap_or_default())
+                    .content_type(QueueContentType::Text)
+                    .build()
+            })
+            .collect::<Vec<_>>();
+        queue.send_batch(batch).await.map_err(unavailable)?;
+    }
+    for job in &jobs {
+        store
+            .mark_replayed(&job.job_id, now)
+            .await
+            .map_err(unavailable)?;
+    }
+    let job_ids: Vec<&str> = jobs.iter().map(|j| j.job_id.as_str()).collect();
+    Ok((
+        202,
+        json!({ "requeued": jobs.len(), "job_ids": job_ids, "limit": filter.limit }),
+    ))
 }
 
 async fn erase_customer(mut req: Request, env: &Env, merchant_id: &str) -> Answer {

@@ -620,6 +620,38 @@ impl Store {
             .transpose()
     }
 
+    /// Jobs of the dead letters a bulk replay selects (see `ReplayFilter`).
+    pub async fn dead_letter_jobs(
+        &self,
+        merchant_id: &str,
+        filter: &crate::admin::ReplayFilter,
+    ) -> Result<Vec<DeliveryJob>> {
+        #[derive(Deserialize)]
+        struct Row {
+            job: String,
+        }
+        let rows: Vec<Row> = self
+            .db
+            .prepare(
+                "SELECT job FROM dead_letters WHERE merchant_id = ?1 AND replayed_at IS NULL \
+                 AND (?2 IS NULL OR destination = ?2) AND (?3 IS NULL OR dead_lettered_at >= ?3) \
+                 AND (?4 IS NULL OR dead_lettered_at < ?4) ORDER BY dead_lettered_at, job_id LIMIT ?5",
+            )
+            .bind(&[
+                text(merchant_id),
+                opt_text(filter.destination.as_deref()),
+                opt_int(filter.since),
+                opt_int(filter.until),
+                int(i64::from(filter.limit)),
+            ])?
+            .all()
+            .await?
+            .results()?;
+        rows.iter()
+            .map(|r| serde_json::from_str(&r.job).map_err(rust_error))
+            .collect()
+    }
+
     /// Makes a job deliverable again: pending, attempt count from zero.
     pub async fn reset_delivery(&self, job: &DeliveryJob, now_ms: i64) -> Result<()> {
         self.db

@@ -99,15 +99,18 @@ impl StandIn {
         }
     }
 
+    /// Queues answers for requests whose path contains `path_fragment` (appended to the
+    /// fragment's earlier answers, if any).
     pub fn script(&self, path_fragment: &str, answers: Vec<(u16, &str)>) {
-        let answers = answers
+        let answers: Vec<(u16, String)> = answers
             .into_iter()
             .map(|(s, b)| (s, b.to_string()))
             .collect();
-        self.scripts
-            .lock()
-            .unwrap()
-            .push((path_fragment.to_string(), answers));
+        let mut scripts = self.scripts.lock().unwrap();
+        match scripts.iter_mut().find(|(fragment, _)| fragment == path_fragment) {
+            Some((_, queued)) => queued.extend(answers),
+            None => scripts.push((path_fragment.to_string(), answers)),
+        }
     }
 
     pub fn requests_to(&self, path_fragment: &str) -> Vec<Recorded> {
