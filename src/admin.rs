@@ -103,6 +103,9 @@ pub struct NewMerchant {
     pub value_policy: ValuePolicy,
     #[serde(default)]
     pub lifecycle: Option<LifecycleSettings>,
+    /// Start in dry-run mode (deliveries recorded, not sent).
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 impl NewMerchant {
@@ -122,6 +125,7 @@ pub struct MerchantPatch {
     pub status: Option<MerchantStatus>,
     pub value_policy: Option<ValuePolicy>,
     pub lifecycle: Option<LifecycleSettings>,
+    pub dry_run: Option<bool>,
     /// Accepted only if unchanged: the region is fixed at creation.
     pub region: Option<Region>,
 }

@@ -138,6 +138,9 @@ pub struct MerchantConfig {
     pub value_policy: ValuePolicy,
     #[serde(default)]
     pub lifecycle: crate::enrich::LifecycleSettings,
+    /// Simulate before going live: deliveries are built and recorded, never sent.
+    #[serde(default)]
+    pub dry_run: bool,
     /// Source name → that source's settings (secrets, tolerances), parsed by the source.
     #[serde(default)]
     pub sources: BTreeMap<String, serde_json::Value>,

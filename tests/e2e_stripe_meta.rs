@@ -486,6 +486,61 @@ fn stripe_webhook_travels_to_meta_on_a_local_cloudflare_stack() {
     assert_eq!(runs.len(), 1, "the daily job is idempotent per UTC day");
     assert_eq!(runs[0]["cron"], "0 9 * * *");
 
+    // 8. Dry run: built and recorded exactly as it would be sent, never sent; after
+    //    going live the next event is delivered.
+    worker.provision(
+        json!({ "merchant_id": "m_dry", "plan": "scale", "dry_run": true }),
+        &[("stripe", json!({ "endpoint_secrets": [SECRET] }))],
+        &[(
+            "meta",
+            json!({ "pixel_id": "px_dry", "access_token": "tok_m_dry" }),
+        )],
+    );
+    let simulated = stripe_event(
+        "customer.subscription.created.trialing.json",
+        "evt_e2e_dry_1",
+    );
+    assert_eq!(
+        post_stripe(&worker, "m_dry", &simulated, signed(&simulated)).status,
+        202
+    );
+    let attempts = eventually(WAIT, "the simulated delivery", || {
+        let rows = items(&worker, "m_dry", "delivery-attempts");
+        (!rows.is_empty()).then_some(rows)
+    });
+    assert_eq!(attempts[0]["outcome"], "dry_run");
+    // The log shows the request body as it would have gone out.
+    assert_eq!(attempts[0]["detail"]["data"][0]["event_name"], "StartTrial");
+    assert!(!attempts[0]["request_url"]
+        .as_str()
+        .unwrap()
+        .contains("tok_m_dry"));
+    assert_eq!(
+        items(&worker, "m_dry", "deliveries")[0]["status"],
+        "simulated"
+    );
+    let live = worker.admin(
+        "PATCH",
+        "/v1/admin/merchants/m_dry",
+        Some(&json!({ "dry_run": false })),
+    );
+    assert_eq!(live.status, 200, "{}", live.body);
+    assert_eq!(live.json()["dry_run"], false);
+    let real = stripe_event("customer.subscription.created.active.json", "evt_e2e_dry_2");
+    assert_eq!(
+        post_stripe(&worker, "m_dry", &real, signed(&real)).status,
+        202
+    );
+    eventually(WAIT, "the live delivery", || {
+        (meta.requests_to("/px_dry/").len() == 1).then_some(())
+    });
+    thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        meta.requests_to("/px_dry/").len(),
+        1,
+        "the simulated event was never sent"
+    );
+
     // Operator endpoints refuse a missing or wrong token.
     let denied = http(
         "GET",

@@ -176,7 +176,13 @@ async fn create_merchant(mut req: Request, env: &Env) -> Answer {
     let value_policy = serde_json::to_value(&new.value_policy).unwrap_or_default();
     let lifecycle = serde_json::to_value(new.lifecycle.unwrap_or_default()).unwrap_or_default();
     if let Err(err) = store
-        .create_settings(&new.merchant_id, &value_policy, &lifecycle, now)
+        .create_settings(
+            &new.merchant_id,
+            &value_policy,
+            &lifecycle,
+            new.dry_run,
+            now,
+        )
         .await
     {
         // Without its regional settings the route would point at nothing.
@@ -228,6 +234,7 @@ async fn merchant_view(env: &Env, route: &Route) -> Answer {
     }
     body["value_policy"] = serde_json::from_str(&settings.value_policy).unwrap_or(Value::Null);
     body["lifecycle"] = serde_json::from_str(&settings.lifecycle).unwrap_or(Value::Null);
+    body["dry_run"] = Value::Bool(settings.dry_run != 0);
     Ok((200, body))
 }
 
@@ -255,7 +262,7 @@ async fn update_merchant(mut req: Request, env: &Env, merchant_id: &str) -> Answ
             .await
             .map_err(unavailable)?;
     }
-    if patch.value_policy.is_some() || patch.lifecycle.is_some() {
+    if patch.value_policy.is_some() || patch.lifecycle.is_some() || patch.dry_run.is_some() {
         let value_policy = patch
             .value_policy
             .as_ref()
@@ -266,7 +273,13 @@ async fn update_merchant(mut req: Request, env: &Env, merchant_id: &str) -> Answ
             .map(|l| serde_json::to_value(l).unwrap_or_default());
         Store::for_region(env, route.region)
             .map_err(unavailable)?
-            .update_settings(merchant_id, value_policy.as_ref(), lifecycle.as_ref(), now)
+            .update_settings(
+                merchant_id,
+                value_policy.as_ref(),
+                lifecycle.as_ref(),
+                patch.dry_run,
+                now,
+            )
             .await
             .map_err(unavailable)?;
     }

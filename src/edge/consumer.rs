@@ -136,6 +136,27 @@ async fn deliver(
         .map_err(|e| e.to_string()),
     };
 
+    // Dry run: record exactly what would be sent (URL without credentials, body), send
+    // nothing. The body stays in the merchant's regional database like every event.
+    if let (Some(merchant), Ok(request)) = (merchant, &built) {
+        if merchant.dry_run {
+            store
+                .record_attempt(
+                    &job,
+                    attempt,
+                    "dry_run",
+                    None,
+                    Some(&request.body),
+                    Some(&request.log_url),
+                    0,
+                    "simulated",
+                    now_ms(),
+                )
+                .await?;
+            return Ok(Step::Ack);
+        }
+    }
+
     let started = now_ms();
     let (outcome, http_status, log_url) = match built {
         Err(reason) => (Outcome::Permanent { reason }, None, None),

@@ -48,6 +48,7 @@ pub struct Store {
 pub struct SettingsRow {
     pub value_policy: String,
     pub lifecycle: String,
+    pub dry_run: i64,
 }
 
 #[derive(Deserialize)]
@@ -81,7 +82,9 @@ impl Store {
 
     pub async fn settings(&self, merchant_id: &str) -> Result<Option<SettingsRow>> {
         self.db
-            .prepare("SELECT value_policy, lifecycle FROM merchants WHERE merchant_id = ?1")
+            .prepare(
+                "SELECT value_policy, lifecycle, dry_run FROM merchants WHERE merchant_id = ?1",
+            )
             .bind(&[text(merchant_id)])?
             .first(None)
             .await
@@ -108,6 +111,7 @@ impl Store {
                 .map_err(|_| rust_error(format!("merchant {merchant_id}: invalid value_policy")))?,
             lifecycle: serde_json::from_str(&row.lifecycle)
                 .map_err(|_| rust_error(format!("merchant {merchant_id}: invalid lifecycle")))?,
+            dry_run: row.dry_run != 0,
             sources: Default::default(),
             destinations: Default::default(),
         };
@@ -145,13 +149,15 @@ impl Store {
         merchant_id: &str,
         value_policy: &Value,
         lifecycle: &Value,
+        dry_run: bool,
         now_ms: i64,
     ) -> Result<()> {
         self.db
-            .prepare("INSERT INTO merchants (merchant_id, value_policy, lifecycle, created_at, updated_at) \
-                      VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT (merchant_id) DO UPDATE SET \
-                      value_policy = excluded.value_policy, lifecycle = excluded.lifecycle, updated_at = excluded.updated_at")
-            .bind(&[text(merchant_id), text(&value_policy.to_string()), text(&lifecycle.to_string()), int(now_ms)])?
+            .prepare("INSERT INTO merchants (merchant_id, value_policy, lifecycle, dry_run, created_at, updated_at) \
+                      VALUES (?1, ?2, ?3, ?5, ?4, ?4) ON CONFLICT (merchant_id) DO UPDATE SET \
+                      value_policy = excluded.value_policy, lifecycle = excluded.lifecycle, \
+                      dry_run = excluded.dry_run, updated_at = excluded.updated_at")
+            .bind(&[text(merchant_id), text(&value_policy.to_string()), text(&lifecycle.to_string()), int(now_ms), int(i64::from(dry_run))])?
             .run()
             .await?;
         Ok(())
@@ -162,18 +168,21 @@ impl Store {
         merchant_id: &str,
         value_policy: Option<&Value>,
         lifecycle: Option<&Value>,
+        dry_run: Option<bool>,
         now_ms: i64,
     ) -> Result<()> {
         self.db
             .prepare(
                 "UPDATE merchants SET value_policy = COALESCE(?2, value_policy), \
-                      lifecycle = COALESCE(?3, lifecycle), updated_at = ?4 WHERE merchant_id = ?1",
+                 lifecycle = COALESCE(?3, lifecycle), dry_run = COALESCE(?5, dry_run), \
+                 updated_at = ?4 WHERE merchant_id = ?1",
             )
             .bind(&[
                 text(merchant_id),
                 opt_text(value_policy.map(Value::to_string).as_deref()),
                 opt_text(lifecycle.map(Value::to_string).as_deref()),
                 int(now_ms),
+                opt_int(dry_run.map(i64::from)),
             ])?
             .run()
             .await?;
@@ -563,7 +572,7 @@ impl Store {
                 text(&job.destination),
                 text(new_status),
                 int(attempt as i64),
-                opt_text(if outcome == "delivered" { None } else { detail }),
+                opt_text(if matches!(outcome, "delivered" | "dry_run") { None } else { detail }),
                 int(now_ms),
             ])?;
         self.db.batch(vec![log, state]).await?;

@@ -107,7 +107,10 @@ impl StandIn {
             .map(|(s, b)| (s, b.to_string()))
             .collect();
         let mut scripts = self.scripts.lock().unwrap();
-        match scripts.iter_mut().find(|(fragment, _)| fragment == path_fragment) {
+        match scripts
+            .iter_mut()
+            .find(|(fragment, _)| fragment == path_fragment)
+        {
             Some((_, queued)) => queued.extend(answers),
             None => scripts.push((path_fragment.to_string(), answers)),
         }
