@@ -177,7 +177,7 @@ fn bench_workspaces(c: &mut Criterion) {
 /// Building one destination request from a canonical event (the consumer's CPU work per
 /// delivery; every destination sends one event per request today).
 fn bench_destinations(c: &mut Criterion) {
-    use tracklayer::destinations::{Endpoints, REGISTRY};
+    use tracklayer::destinations::{Context, Endpoints, OperatorCredentials, REGISTRY};
     let body = std::fs::read(format!(
         "{}/tests/fixtures/stripe/invoice.paid.renewal.json",
         env!("CARGO_MANIFEST_DIR")
@@ -211,6 +211,11 @@ fn bench_destinations(c: &mut Criterion) {
     .with_destination(
         "linkedin",
         serde_json::json!({ "access_token": "t", "conversion_rules": { "subscription_renewed": "1" } }),
+    )
+    .with_destination(
+        "google_ads",
+        serde_json::json!({ "customer_id": "1234567890", "refresh_token": "r",
+                            "conversion_actions": { "subscription_renewed": "987" } }),
     );
     let headers = Headers::new().with(
         "Stripe-Signature",
@@ -222,18 +227,41 @@ fn bench_destinations(c: &mut Criterion) {
         .remove(0);
     let mut event = output.events[0].clone();
     event.customer.email = Some("jane.doe@example.com".into());
+    event.touchpoints.gclid = Some("Cj0KCQiA-bench".into());
+    event.touchpoints.fbc = Some("fb.1.1795298000000.IwAR2xyz".into());
     let endpoints = Endpoints::default();
+    let operator = OperatorCredentials {
+        google_ads_developer_token: Some("dev".into()),
+        ..OperatorCredentials::default()
+    };
+    let context = Context {
+        endpoints: &endpoints,
+        operator: &operator,
+        now_s: created + 60,
+        access_token: Some("ya29.bench"),
+    };
+    // 100 distinct queued events (distinct ids, as distinct renewals would be).
+    let hundred: Vec<_> = (0..100)
+        .map(|i| {
+            let mut e = event.clone();
+            e.event_id = format!("tl_bench_{i:03}");
+            e
+        })
+        .collect();
     for spec in REGISTRY {
+        let plan = (spec.build)(&hundred, &merchant, &context).unwrap();
+        eprintln!(
+            "{}: {} outbound request(s) per 100 queued events",
+            spec.name,
+            plan.requests.len()
+        );
         c.bench_function(&format!("{} build one request", spec.name), |b| {
             b.iter(|| {
-                (spec.build)(
-                    std::slice::from_ref(black_box(&event)),
-                    &merchant,
-                    &endpoints,
-                    created + 60,
-                )
-                .unwrap()
+                (spec.build)(std::slice::from_ref(black_box(&event)), &merchant, &context).unwrap()
             })
+        });
+        c.bench_function(&format!("{} build and batch 100 events", spec.name), |b| {
+            b.iter(|| (spec.build)(black_box(&hundred), &merchant, &context).unwrap())
         });
     }
 }

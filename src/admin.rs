@@ -297,7 +297,7 @@ pub const VIEWS: &[View] = &[
     View {
         name: "deliveries",
         table: "deliveries",
-        columns: "job_id, event_id, destination, status, attempts, last_error, created_at, updated_at",
+        columns: "job_id, event_id, destination, status, attempts, last_error, match_score, match_keys, created_at, updated_at",
         time_column: "updated_at",
         key_column: "job_id",
         filters: &[("destination", "destination"), ("status", "status"), ("event_id", "event_id")],
@@ -609,7 +609,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             q.sql,
-            "SELECT job_id, event_id, destination, status, attempts, last_error, created_at, updated_at, \
+            "SELECT job_id, event_id, destination, status, attempts, last_error, match_score, match_keys, created_at, updated_at, \
              updated_at AS _t, job_id AS _k FROM deliveries WHERE merchant_id = ?1 AND status = ?2 \
              AND updated_at >= ?3 ORDER BY updated_at DESC, job_id DESC LIMIT 3"
         );

@@ -231,6 +231,7 @@ mod tests {
             },
             livemode: false,
             properties: Default::default(),
+            touchpoints: Default::default(),
         }
     }
 

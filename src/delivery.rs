@@ -120,6 +120,51 @@ pub fn decide(outcome: &Outcome, attempt: u32, policy: &RetryPolicy, jitter_key:
     }
 }
 
+/// Groups a queue batch by (merchant, destination), each group in queue order, groups
+/// in order of first appearance: one build (and as few requests as the platform
+/// allows) per group.
+pub fn group_jobs<'a>(jobs: impl IntoIterator<Item = &'a DeliveryJob>) -> Vec<Vec<usize>> {
+    let mut groups: Vec<((&str, &str), Vec<usize>)> = Vec::new();
+    for (index, job) in jobs.into_iter().enumerate() {
+        let key = (job.event.merchant_id.as_str(), job.destination.as_str());
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, members)) => members.push(index),
+            None => groups.push((key, vec![index])),
+        }
+    }
+    groups.into_iter().map(|(_, members)| members).collect()
+}
+
+/// The attempt log's outcome label and detail.
+pub fn attempt_label(outcome: &Outcome) -> (&'static str, Option<&str>) {
+    match outcome {
+        Outcome::Delivered => ("delivered", None),
+        Outcome::AlreadyDelivered => ("already_delivered", None),
+        Outcome::Retry { reason, .. } => ("retry", Some(reason.as_str())),
+        Outcome::Permanent { reason } => ("permanent", Some(reason.as_str())),
+    }
+}
+
+/// The delivery row's status after a decision.
+pub fn status_after(decision: &Decision) -> &'static str {
+    match decision {
+        Decision::Done => "delivered",
+        // Dead letters are marked by the dead-letter consumer once recorded.
+        Decision::RetryIn { .. } | Decision::DeadLetter { .. } => "pending",
+    }
+}
+
+/// What a build refusal means for a job: `Err(reason)` when there is nothing to send by
+/// design (recorded as skipped), otherwise the permanent outcome.
+pub fn refusal(err: &crate::destinations::BuildError) -> Result<Outcome, String> {
+    match err {
+        crate::destinations::BuildError::NotApplicable { .. } => Err(err.to_string()),
+        _ => Ok(Outcome::Permanent {
+            reason: err.to_string(),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,5 +260,36 @@ mod tests {
     fn job_ids_are_deterministic_per_destination() {
         assert_eq!(job_id("tl_1", "meta"), job_id("tl_1", "meta"));
         assert_ne!(job_id("tl_1", "meta"), job_id("tl_1", "google_ads"));
+    }
+
+    #[test]
+    fn groups_by_merchant_and_destination_in_queue_order() {
+        let mut a = crate::event::tests_support::event();
+        a.merchant_id = "m_a".into();
+        let mut b = a.clone();
+        b.merchant_id = "m_b".into();
+        let jobs = [
+            DeliveryJob::new(a.clone(), "meta"),
+            DeliveryJob::new(b.clone(), "meta"),
+            DeliveryJob::new(a.clone(), "tiktok"),
+            DeliveryJob::new(a.clone(), "meta"),
+            DeliveryJob::new(b, "meta"),
+        ];
+        assert_eq!(group_jobs(&jobs), vec![vec![0, 3], vec![1, 4], vec![2]]);
+        assert!(group_jobs(&[]).is_empty());
+    }
+
+    #[test]
+    fn not_applicable_is_skipped_not_dead_lettered() {
+        use crate::destinations::BuildError;
+        let skip = BuildError::NotApplicable {
+            destination: "google_ads",
+            reason: "nothing to adjust".into(),
+        };
+        assert!(refusal(&skip).is_err());
+        assert!(matches!(
+            refusal(&BuildError::NoIdentity),
+            Ok(Outcome::Permanent { .. })
+        ));
     }
 }

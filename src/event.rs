@@ -1,6 +1,7 @@
 //! The canonical lifecycle event every source maps to and every destination reads.
 
 use crate::hashing::sha256_hex;
+use crate::identity::Touchpoints;
 use crate::money::{Amount, Interval};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -197,6 +198,35 @@ pub struct CanonicalEvent {
     /// period start, milestone name, prior status …).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub properties: BTreeMap<String, String>,
+    /// Click ids and device data: carried by the event itself or, at send time, filled
+    /// from the merchant's identity store. Never forwarded as free-form properties.
+    #[serde(default, skip_serializing_if = "Touchpoints::is_empty")]
+    pub touchpoints: Touchpoints,
+}
+
+#[cfg(test)]
+pub mod tests_support {
+    use super::*;
+
+    /// A plain renewal for unit tests to adjust.
+    pub fn event() -> CanonicalEvent {
+        CanonicalEvent {
+            event_id: "tl_test".into(),
+            merchant_id: "m_test".into(),
+            name: EventName::SubscriptionRenewed,
+            source: "stripe".into(),
+            occurrence_key: "sub_1:2026-11".into(),
+            source_event_id: "evt_1".into(),
+            source_event_type: "invoice.paid".into(),
+            occurred_at: 1_795_300_000,
+            customer: Customer::default(),
+            subscription: SubscriptionDetails::default(),
+            values: Values::default(),
+            livemode: true,
+            properties: BTreeMap::new(),
+            touchpoints: Touchpoints::default(),
+        }
+    }
 }
 
 impl CanonicalEvent {

@@ -49,6 +49,60 @@ pub fn hash_identifier(raw: &str) -> Option<String> {
     Some(sha256_hex(&value))
 }
 
+/// Phone digits with the country code, no `+`, spaces or punctuation (Meta's and
+/// TikTok's `ph` rule). A leading international `00` is dropped. `None` when the result is
+/// not 7–15 digits (E.164 allows at most 15): a number without its country code cannot
+/// be repaired here.
+pub fn normalize_phone_digits(raw: &str) -> Option<String> {
+    let trimmed = raw.trim();
+    if trimmed.bytes().any(|b| b.is_ascii_alphabetic()) {
+        return None;
+    }
+    let digits: String = trimmed.chars().filter(char::is_ascii_digit).collect();
+    let digits = match digits.strip_prefix("00") {
+        Some(rest) if !trimmed.starts_with('+') => rest.to_string(),
+        _ => digits,
+    };
+    (7..=15).contains(&digits.len()).then_some(digits)
+}
+
+/// SHA-256 of the phone digits (Meta, TikTok), or the value itself if already a hash.
+pub fn hash_phone_digits(raw: &str) -> Option<String> {
+    let trimmed = raw.trim().to_lowercase();
+    if is_sha256_hex(&trimmed) {
+        return Some(trimmed);
+    }
+    normalize_phone_digits(&trimmed).map(|digits| sha256_hex(&digits))
+}
+
+/// SHA-256 of the E.164 form `+<digits>` (Google Ads enhanced conversions, GA4).
+pub fn hash_phone_e164(raw: &str) -> Option<String> {
+    let trimmed = raw.trim().to_lowercase();
+    if is_sha256_hex(&trimmed) {
+        return Some(trimmed);
+    }
+    normalize_phone_digits(&trimmed).map(|digits| sha256_hex(&format!("+{digits}")))
+}
+
+/// Google's email rule: trimmed, lower-cased, and for gmail.com / googlemail.com the dots
+/// of the local part removed.
+pub fn normalize_email_google(raw: &str) -> Option<String> {
+    let email = normalize_email(raw)?;
+    let (local, domain) = email.split_once('@')?;
+    if matches!(domain, "gmail.com" | "googlemail.com") {
+        return Some(format!("{}@{domain}", local.replace('.', "")));
+    }
+    Some(email)
+}
+
+pub fn hash_email_google(raw: &str) -> Option<String> {
+    let trimmed = raw.trim().to_lowercase();
+    if is_sha256_hex(&trimmed) {
+        return Some(trimmed);
+    }
+    normalize_email_google(&trimmed).map(|email| sha256_hex(&email))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,12 +169,60 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod constant_time_tests {
-    use super::constant_time_eq;
+    use super::*;
 
     #[test]
     fn compares_equal_and_unequal() {
         assert!(constant_time_eq(b"token-1", b"token-1"));
         assert!(!constant_time_eq(b"token-1", b"token-2"));
         assert!(!constant_time_eq(b"token", b"token-longer"));
+    }
+
+    #[test]
+    fn phone_vectors() {
+        // Meta's documented example: "+1 (616) 954-7888" → "16169547888".
+        assert_eq!(
+            normalize_phone_digits("+1 (616) 954-7888").as_deref(),
+            Some("16169547888")
+        );
+        assert_eq!(
+            normalize_phone_digits("0044 20 7946 0958").as_deref(),
+            Some("442079460958")
+        );
+        assert_eq!(normalize_phone_digits("555-1234x"), None);
+        assert_eq!(normalize_phone_digits("12345"), None);
+        assert_eq!(normalize_phone_digits(""), None);
+        assert_eq!(
+            hash_phone_digits("+1 (616) 954-7888"),
+            Some(sha256_hex("16169547888"))
+        );
+        assert_eq!(
+            hash_phone_e164("+1 (616) 954-7888"),
+            Some(sha256_hex("+16169547888"))
+        );
+        let hashed = sha256_hex("16169547888");
+        assert_eq!(hash_phone_digits(&hashed), Some(hashed.clone()));
+        assert_eq!(hash_phone_e164(&hashed.to_uppercase()), Some(hashed));
+    }
+
+    #[test]
+    fn google_email_rule_drops_gmail_dots_only() {
+        assert_eq!(
+            normalize_email_google(" Jane.Doe@GMail.com ").as_deref(),
+            Some("janedoe@gmail.com")
+        );
+        assert_eq!(
+            normalize_email_google("jane.doe@googlemail.com").as_deref(),
+            Some("janedoe@googlemail.com")
+        );
+        assert_eq!(
+            normalize_email_google("jane.doe@example.com").as_deref(),
+            Some("jane.doe@example.com")
+        );
+        assert_eq!(
+            hash_email_google("Jane.Doe@gmail.com"),
+            Some(sha256_hex("janedoe@gmail.com"))
+        );
+        assert_eq!(hash_email_google("   "), None);
     }
 }

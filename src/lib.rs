@@ -14,6 +14,7 @@ pub mod enrich;
 pub mod error;
 pub mod event;
 pub mod hashing;
+pub mod identity;
 pub mod ingest;
 pub mod ledger;
 pub mod money;

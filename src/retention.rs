@@ -11,6 +11,8 @@ pub struct RetentionPolicy {
     pub ignored_days: u32,
     pub customers_days: u32,
     pub rejected_days: u32,
+    /// Click ids and cookies captured at signup, for long-window attribution.
+    pub identity_days: u32,
 }
 
 impl Default for RetentionPolicy {
@@ -23,6 +25,7 @@ impl Default for RetentionPolicy {
             ignored_days: 30,
             customers_days: 730,
             rejected_days: 30,
+            identity_days: 180,
         }
     }
 }
@@ -56,13 +59,14 @@ impl RetentionPolicy {
             ignored_days: days("RETENTION_IGNORED_DAYS", defaults.ignored_days),
             customers_days: days("RETENTION_CUSTOMERS_DAYS", defaults.customers_days),
             rejected_days: days("RETENTION_REJECTED_DAYS", defaults.rejected_days),
+            identity_days: days("RETENTION_IDENTITY_DAYS", defaults.identity_days),
         }
     }
 
     /// The regional purges due at `now_ms`. Deliveries still pending are never purged
     /// (their job is on a queue); their attempts are logs and follow their own window.
     pub fn regional_purges(&self, now_ms: i64) -> Vec<Purge> {
-        let rules: [(u32, &'static str, &'static str); 7] = [
+        let rules: [(u32, &'static str, &'static str); 8] = [
             (self.events_days, "canonical_events", "received_at"),
             (self.deliveries_days, "deliveries", "updated_at"),
             (self.attempts_days, "delivery_attempts", "attempted_at"),
@@ -70,6 +74,7 @@ impl RetentionPolicy {
             (self.ignored_days, "ignored_events", "received_at"),
             (self.customers_days, "customers", "updated_at"),
             (self.customers_days, "crm_context", "updated_at"),
+            (self.identity_days, "identities", "updated_at"),
         ];
         rules
             .into_iter()

@@ -8,12 +8,13 @@
 //! purchases on it); refunds use GA4's `refund` event.
 
 use super::{
-    encode_query_value, parse_retry_after, truncate, BuildError, DestinationSpec, Endpoints,
-    NameOverrides, OutboundRequest, Outcome,
+    encode_query_value, parse_retry_after, plan_rows, truncate, BuildError, Context,
+    DestinationSpec, MatchKey, NameOverrides, OutboundRequest, Outcome, Plan,
 };
 use crate::config::{MerchantConfig, Region};
 use crate::event::{CanonicalEvent, EventName};
-use crate::hashing::{hash_email, sha256_hex};
+use crate::hashing::{hash_email, hash_email_google, hash_phone_e164, sha256_hex};
+use crate::identity::Identifier;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -44,6 +45,26 @@ pub const SPEC: DestinationSpec = DestinationSpec {
     name: NAME,
     build,
     classify,
+    classify_rows: None,
+    auth: None,
+    match_keys: &[
+        MatchKey {
+            identifier: Identifier::GaClientId,
+            weight: 50,
+        },
+        MatchKey {
+            identifier: Identifier::CustomerId,
+            weight: 25,
+        },
+        MatchKey {
+            identifier: Identifier::Email,
+            weight: 15,
+        },
+        MatchKey {
+            identifier: Identifier::Phone,
+            weight: 10,
+        },
+    ],
     secret_fields: &["api_secret"],
     validate_config: crate::config::check_config::<Ga4Config>,
     required_feature: None,
@@ -67,37 +88,44 @@ pub fn event_name(name: EventName) -> &'static str {
 fn build(
     events: &[CanonicalEvent],
     merchant: &MerchantConfig,
-    endpoints: &Endpoints,
-    now: i64,
-) -> Result<OutboundRequest, BuildError> {
+    context: &Context,
+) -> Result<Plan, BuildError> {
     let config: Ga4Config = merchant.destination_config(NAME)?;
-    // One request carries one user's events: the consumer sends one job per call.
-    let [event] = events else {
-        return Err(BuildError::Misconfigured(NAME));
-    };
-    let body = collect_body(event, merchant, &config, now)?;
-    validate(&body).map_err(|reason| BuildError::Invalid {
-        destination: NAME,
-        reason,
-    })?;
     let base = match merchant.region {
-        Region::Eu => endpoints.ga4_eu.trim_end_matches('/'),
-        Region::Us => endpoints.ga4.trim_end_matches('/'),
+        Region::Eu => context.endpoints.ga4_eu.trim_end_matches('/'),
+        Region::Us => context.endpoints.ga4.trim_end_matches('/'),
     };
     let log_url = format!(
         "{base}/mp/collect?measurement_id={}",
         encode_query_value(&config.measurement_id)
     );
-    Ok(OutboundRequest {
-        method: "POST",
-        url: format!(
-            "{log_url}&api_secret={}",
-            encode_query_value(&config.api_secret)
-        ),
-        log_url,
-        headers: vec![("content-type".into(), "application/json".into())],
-        body: body.to_string(),
-    })
+    // A Measurement Protocol request carries one user's events, and billing events in
+    // one queue batch rarely share a user: one event per request.
+    plan_rows(
+        events,
+        1,
+        |event| {
+            let body = collect_body(event, merchant, &config, context.now_s)?;
+            validate(&body).map_err(|reason| BuildError::Invalid {
+                destination: NAME,
+                reason,
+            })?;
+            Ok(body)
+        },
+        |bodies| {
+            let body = bodies.into_iter().next().unwrap_or_default();
+            Ok(OutboundRequest {
+                method: "POST",
+                url: format!(
+                    "{log_url}&api_secret={}",
+                    encode_query_value(&config.api_secret)
+                ),
+                log_url: log_url.clone(),
+                headers: vec![("content-type".into(), "application/json".into())],
+                body: body.to_string(),
+            })
+        },
+    )
 }
 
 /// A GA-style client id (`<digits>.<digits>`) derived from the customer, stable across
@@ -134,7 +162,11 @@ pub fn collect_body(
         .map(str::trim)
         .filter(|id| !id.is_empty());
     let hashed_email = event.customer.email.as_deref().and_then(hash_email);
-    let client_id = match (event.property("ga_client_id"), customer_id, &hashed_email) {
+    let client_id = match (
+        event.touchpoints.get(Identifier::GaClientId),
+        customer_id,
+        &hashed_email,
+    ) {
         (Some(cookie), _, _) if !cookie.is_empty() => cookie.to_string(),
         (_, Some(id), _) => fallback_client_id(&merchant.merchant_id, id),
         (_, None, Some(email)) => fallback_client_id(&merchant.merchant_id, email),
@@ -198,8 +230,16 @@ pub fn collect_body(
     if let Some(id) = customer_id {
         body["user_id"] = json!(truncate(id, 256));
     }
-    if let Some(email) = hashed_email {
-        body["user_data"] = json!({ "sha256_email_address": [email] });
+    // user_data follows Google's normalisation (gmail dots, E.164 phone).
+    let mut user_data = Map::new();
+    if let Some(email) = event.customer.email.as_deref().and_then(hash_email_google) {
+        user_data.insert("sha256_email_address".into(), json!([email]));
+    }
+    if let Some(phone) = event.touchpoints.phone.as_deref().and_then(hash_phone_e164) {
+        user_data.insert("sha256_phone_number".into(), json!([phone]));
+    }
+    if !user_data.is_empty() {
+        body["user_data"] = Value::Object(user_data);
     }
     Ok(body)
 }
@@ -278,6 +318,7 @@ fn classify(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::destinations::{build_for_test, Endpoints};
     use crate::event::{Customer, SubscriptionDetails, Values};
     use crate::money::Amount;
 
@@ -322,12 +363,14 @@ mod tests {
             },
             livemode: true,
             properties: Default::default(),
+            touchpoints: Default::default(),
         }
     }
 
     #[test]
     fn golden_purchase_request() {
-        let req = build(
+        let req = build_for_test(
+            build,
             &[event(EventName::SubscriptionRenewed)],
             &merchant(Region::Us),
             &Endpoints::default(),
@@ -369,7 +412,14 @@ mod tests {
         refund
             .properties
             .insert("charge_id".into(), "ch_3RtQ".into());
-        let req = build(&[refund], &merchant(Region::Eu), &Endpoints::default(), NOW).unwrap();
+        let req = build_for_test(
+            build,
+            &[refund],
+            &merchant(Region::Eu),
+            &Endpoints::default(),
+            NOW,
+        )
+        .unwrap();
         assert!(req
             .url
             .starts_with("https://region1.google-analytics.com/mp/collect?"));
@@ -396,14 +446,21 @@ mod tests {
             ..event(EventName::SubscriptionRenewed)
         };
         assert!(matches!(
-            build(&[old], &merchant(Region::Us), &Endpoints::default(), NOW),
+            build_for_test(
+                build,
+                &[old],
+                &merchant(Region::Us),
+                &Endpoints::default(),
+                NOW
+            ),
             Err(BuildError::TooOld { .. })
         ));
         let reserved = merchant(Region::Us).with_destination(
             NAME,
             json!({ "measurement_id": "G-1", "api_secret": "s", "event_names": { "trial_started": "ga_trial" } }),
         );
-        let err = build(
+        let err = build_for_test(
+            build,
             &[event(EventName::TrialStarted)],
             &reserved,
             &Endpoints::default(),
@@ -414,7 +471,8 @@ mod tests {
         let mut anonymous = event(EventName::SubscriptionRenewed);
         anonymous.customer = Customer::default();
         assert_eq!(
-            build(
+            build_for_test(
+                build,
                 &[anonymous],
                 &merchant(Region::Us),
                 &Endpoints::default(),

@@ -9,12 +9,13 @@
 //! properties, never as the revenue `value`.
 
 use super::{
-    parse_retry_after, truncate, BuildError, DestinationSpec, Endpoints, NameOverrides,
-    OutboundRequest, Outcome,
+    parse_retry_after, plan_rows, truncate, BuildError, Context, DestinationSpec, MatchKey,
+    NameOverrides, OutboundRequest, Outcome, Plan,
 };
 use crate::config::MerchantConfig;
 use crate::event::CanonicalEvent;
-use crate::hashing::normalize_email;
+use crate::hashing::{normalize_email, normalize_phone_digits};
+use crate::identity::Identifier;
 use crate::time::utc_rfc3339;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -44,6 +45,22 @@ pub const SPEC: DestinationSpec = DestinationSpec {
     name: NAME,
     build,
     classify,
+    classify_rows: None,
+    auth: None,
+    match_keys: &[
+        MatchKey {
+            identifier: Identifier::Email,
+            weight: 60,
+        },
+        MatchKey {
+            identifier: Identifier::CustomerId,
+            weight: 30,
+        },
+        MatchKey {
+            identifier: Identifier::Phone,
+            weight: 10,
+        },
+    ],
     secret_fields: &["private_api_key"],
     validate_config: crate::config::check_config::<KlaviyoConfig>,
     required_feature: None,
@@ -53,31 +70,37 @@ pub const SPEC: DestinationSpec = DestinationSpec {
 fn build(
     events: &[CanonicalEvent],
     merchant: &MerchantConfig,
-    endpoints: &Endpoints,
-    _now: i64,
-) -> Result<OutboundRequest, BuildError> {
+    context: &Context,
+) -> Result<Plan, BuildError> {
     let config: KlaviyoConfig = merchant.destination_config(NAME)?;
-    // The Create Event endpoint takes one event; the consumer sends one job per call.
-    let [event] = events else {
-        return Err(BuildError::Misconfigured(NAME));
-    };
-    let body = create_event_body(event, merchant, &config)?;
-    let url = format!("{}/api/events", endpoints.klaviyo.trim_end_matches('/'));
-    Ok(OutboundRequest {
-        method: "POST",
-        log_url: url.clone(),
-        url,
-        headers: vec![
-            (
-                "authorization".into(),
-                format!("Klaviyo-API-Key {}", config.private_api_key),
-            ),
-            ("revision".into(), config.revision.clone()),
-            ("content-type".into(), "application/vnd.api+json".into()),
-            ("accept".into(), "application/vnd.api+json".into()),
-        ],
-        body: body.to_string(),
-    })
+    let url = format!(
+        "{}/api/events",
+        context.endpoints.klaviyo.trim_end_matches('/')
+    );
+    // Create Event takes one event. (The bulk endpoint is an asynchronous job without
+    // per-event results, which would hide a refused event.)
+    plan_rows(
+        events,
+        1,
+        |event| create_event_body(event, merchant, &config),
+        |bodies| {
+            Ok(OutboundRequest {
+                method: "POST",
+                log_url: url.clone(),
+                url: url.clone(),
+                headers: vec![
+                    (
+                        "authorization".into(),
+                        format!("Klaviyo-API-Key {}", config.private_api_key),
+                    ),
+                    ("revision".into(), config.revision.clone()),
+                    ("content-type".into(), "application/vnd.api+json".into()),
+                    ("accept".into(), "application/vnd.api+json".into()),
+                ],
+                body: bodies.into_iter().next().unwrap_or_default().to_string(),
+            })
+        },
+    )
 }
 
 /// The JSON:API document for one event.
@@ -104,6 +127,16 @@ pub fn create_event_body(
     }
     if profile.is_empty() {
         return Err(BuildError::NoIdentity);
+    }
+    // Klaviyo wants E.164; only numbers that already carry their country code qualify.
+    if let Some(digits) = event
+        .touchpoints
+        .phone
+        .as_deref()
+        .filter(|p| p.trim().starts_with('+'))
+        .and_then(normalize_phone_digits)
+    {
+        profile.insert("phone_number".into(), json!(format!("+{digits}")));
     }
 
     let mut properties = Map::new();
@@ -216,6 +249,7 @@ fn classify(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::destinations::{build_for_test, Endpoints};
     use crate::event::{Customer, EventName, SubscriptionDetails, Values};
     use crate::money::Amount;
 
@@ -255,6 +289,7 @@ mod tests {
             },
             livemode: true,
             properties: Default::default(),
+            touchpoints: Default::default(),
         }
     }
 
@@ -262,7 +297,8 @@ mod tests {
     fn golden_create_event_request() {
         let merchant = merchant(json!({ "private_api_key": "pk_live_abcdef123456" }));
         let endpoints = Endpoints::default();
-        let req = build(
+        let req = build_for_test(
+            build,
             &[event(EventName::TrialConverted)],
             &merchant,
             &endpoints,

@@ -8,11 +8,13 @@
 //! `user.userIds` carries the SHA-256 email and the unhashed `li_fat_id`. Scale plan.
 
 use super::{
-    parse_retry_after, truncate, BuildError, DestinationSpec, Endpoints, OutboundRequest, Outcome,
+    parse_retry_after, plan_rows, truncate, BuildError, Context, DestinationSpec, MatchKey,
+    OutboundRequest, Outcome, Plan,
 };
 use crate::config::MerchantConfig;
 use crate::event::{CanonicalEvent, EventName};
 use crate::hashing::hash_email;
+use crate::identity::Identifier;
 use crate::plans::Feature;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -75,6 +77,18 @@ pub const SPEC: DestinationSpec = DestinationSpec {
     name: NAME,
     build,
     classify,
+    classify_rows: Some(classify_batch),
+    auth: None,
+    match_keys: &[
+        MatchKey {
+            identifier: Identifier::Email,
+            weight: 50,
+        },
+        MatchKey {
+            identifier: Identifier::LiFatId,
+            weight: 50,
+        },
+    ],
     secret_fields: &["access_token"],
     validate_config: crate::config::check_config::<LinkedInConfig>,
     required_feature: Some(Feature::LinkedinCapi),
@@ -88,36 +102,78 @@ fn accepts(event: &CanonicalEvent, merchant: &MerchantConfig) -> bool {
         .is_ok_and(|config| config.conversion_rules.0.contains_key(&event.name))
 }
 
+/// Conversion events per batch-create call (LinkedIn allows 5,000).
+pub const MAX_BATCH: usize = 5000;
+
 fn build(
     events: &[CanonicalEvent],
     merchant: &MerchantConfig,
-    endpoints: &Endpoints,
-    now: i64,
-) -> Result<OutboundRequest, BuildError> {
+    context: &Context,
+) -> Result<Plan, BuildError> {
     let config: LinkedInConfig = merchant.destination_config(NAME)?;
-    let [event] = events else {
-        return Err(BuildError::Misconfigured(NAME));
-    };
-    let body = conversion_event(event, merchant, &config, now)?;
     let url = format!(
         "{}/rest/conversionEvents",
-        endpoints.linkedin.trim_end_matches('/')
+        context.endpoints.linkedin.trim_end_matches('/')
     );
-    Ok(OutboundRequest {
-        method: "POST",
-        log_url: url.clone(),
-        url,
-        headers: vec![
-            (
-                "authorization".into(),
-                format!("Bearer {}", config.access_token),
-            ),
-            ("linkedin-version".into(), config.linkedin_version.clone()),
-            ("x-restli-protocol-version".into(), "2.0.0".into()),
-            ("content-type".into(), "application/json".into()),
-        ],
-        body: body.to_string(),
-    })
+    plan_rows(
+        events,
+        MAX_BATCH,
+        |event| conversion_event(event, merchant, &config, context.now_s),
+        |mut elements| {
+            let mut headers = vec![
+                (
+                    "authorization".into(),
+                    format!("Bearer {}", config.access_token),
+                ),
+                ("linkedin-version".into(), config.linkedin_version.clone()),
+                ("x-restli-protocol-version".into(), "2.0.0".into()),
+                ("content-type".into(), "application/json".into()),
+            ];
+            // One event is a plain create; several are a Rest.li batch create.
+            let body = if elements.len() == 1 {
+                elements.pop().unwrap_or_default()
+            } else {
+                headers.push(("x-restli-method".into(), "BATCH_CREATE".into()));
+                json!({ "elements": elements })
+            };
+            Ok(OutboundRequest {
+                method: "POST",
+                log_url: url.clone(),
+                url: url.clone(),
+                headers,
+                body: body.to_string(),
+            })
+        },
+    )
+}
+
+/// A Rest.li batch create answers 200 with one status per element, in request order.
+fn classify_batch(status: u16, body: &str, rows: usize) -> Option<Vec<Outcome>> {
+    if rows < 2 || !(200..300).contains(&status) {
+        return None;
+    }
+    let parsed: Value = serde_json::from_str(body).ok()?;
+    let elements = parsed.get("elements")?.as_array()?;
+    if elements.len() != rows {
+        return None;
+    }
+    Some(
+        elements
+            .iter()
+            .map(|element| {
+                let status = element
+                    .get("status")
+                    .and_then(Value::as_u64)
+                    .and_then(|s| u16::try_from(s).ok())
+                    .unwrap_or(500);
+                let error = element
+                    .get("error")
+                    .map(Value::to_string)
+                    .unwrap_or_default();
+                classify(status, None, &error)
+            })
+            .collect(),
+    )
 }
 
 pub fn conversion_event(
@@ -146,7 +202,7 @@ pub fn conversion_event(
     if let Some(email) = event.customer.email.as_deref().and_then(hash_email) {
         user_ids.push(json!({ "idType": "SHA256_EMAIL", "idValue": email }));
     }
-    if let Some(li_fat_id) = event.property("li_fat_id").filter(|v| !v.is_empty()) {
+    if let Some(li_fat_id) = event.touchpoints.get(Identifier::LiFatId) {
         user_ids.push(
             json!({ "idType": "LINKEDIN_FIRST_PARTY_ADS_TRACKING_UUID", "idValue": li_fat_id }),
         );
@@ -211,8 +267,10 @@ fn classify(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
 mod tests {
     use super::*;
     use crate::config::Plan;
+    use crate::destinations::{build_for_test, Endpoints};
     use crate::event::{Customer, SubscriptionDetails, Values};
     use crate::hashing::sha256_hex;
+    use crate::identity::Touchpoints;
     use crate::money::Amount;
 
     const NOW: i64 = 1_767_225_600;
@@ -257,15 +315,18 @@ mod tests {
                 ..Values::default()
             },
             livemode: true,
-            properties: [("li_fat_id".to_string(), "a1b2c3d4-e5f6-7890".to_string())]
-                .into_iter()
-                .collect(),
+            properties: Default::default(),
+            touchpoints: Touchpoints {
+                li_fat_id: Some("a1b2c3d4-e5f6-7890".into()),
+                ..Touchpoints::default()
+            },
         }
     }
 
     #[test]
     fn golden_conversion_event_with_arr_for_paid_starts() {
-        let req = build(
+        let req = build_for_test(
+            build,
             &[event(EventName::SubscriptionStarted)],
             &merchant(),
             &Endpoints::default(),

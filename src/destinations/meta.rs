@@ -7,12 +7,13 @@
 //! with `event_name` to deduplicate against the browser pixel and our own retries.
 
 use super::{
-    encode_query_value, parse_retry_after, truncate, BuildError, DestinationSpec, Endpoints,
-    NameOverrides, OutboundRequest, Outcome,
+    encode_query_value, parse_retry_after, plan_rows, truncate, BuildError, Context,
+    DestinationSpec, MatchKey, NameOverrides, OutboundRequest, Outcome, Plan,
 };
 use crate::config::MerchantConfig;
 use crate::event::{CanonicalEvent, EventName};
-use crate::hashing::{hash_email, hash_identifier};
+use crate::hashing::{hash_email, hash_identifier, hash_phone_digits};
+use crate::identity::Identifier;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -50,6 +51,38 @@ pub const SPEC: DestinationSpec = DestinationSpec {
     name: NAME,
     build,
     classify,
+    classify_rows: None,
+    auth: None,
+    match_keys: &[
+        MatchKey {
+            identifier: Identifier::Email,
+            weight: 30,
+        },
+        MatchKey {
+            identifier: Identifier::Phone,
+            weight: 15,
+        },
+        MatchKey {
+            identifier: Identifier::Fbc,
+            weight: 20,
+        },
+        MatchKey {
+            identifier: Identifier::Fbp,
+            weight: 10,
+        },
+        MatchKey {
+            identifier: Identifier::CustomerId,
+            weight: 10,
+        },
+        MatchKey {
+            identifier: Identifier::ClientIp,
+            weight: 8,
+        },
+        MatchKey {
+            identifier: Identifier::UserAgent,
+            weight: 7,
+        },
+    ],
     secret_fields: &["access_token"],
     validate_config: crate::config::check_config::<MetaConfig>,
     required_feature: None,
@@ -77,37 +110,42 @@ pub fn event_name(name: EventName) -> &'static str {
     }
 }
 
+/// Meta takes up to 1,000 events per request.
+pub const MAX_BATCH: usize = 1000;
+
 fn build(
     events: &[CanonicalEvent],
     merchant: &MerchantConfig,
-    endpoints: &Endpoints,
-    now: i64,
-) -> Result<OutboundRequest, BuildError> {
+    context: &Context,
+) -> Result<Plan, BuildError> {
     let config: MetaConfig = merchant.destination_config(NAME)?;
-    let data = events
-        .iter()
-        .map(|event| server_event(event, merchant, &config, now))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut body = json!({ "data": data });
-    if let Some(code) = config.test_event_code.as_deref().filter(|c| !c.is_empty()) {
-        body["test_event_code"] = json!(code);
-    }
-    let base = endpoints.meta_graph.trim_end_matches('/');
+    let base = context.endpoints.meta_graph.trim_end_matches('/');
     let path = format!(
         "{base}/{}/{}/events",
         encode_query_value(&config.api_version),
         encode_query_value(&config.pixel_id)
     );
-    Ok(OutboundRequest {
-        method: "POST",
-        url: format!(
-            "{path}?access_token={}",
-            encode_query_value(&config.access_token)
-        ),
-        log_url: path,
-        headers: vec![("content-type".into(), "application/json".into())],
-        body: body.to_string(),
-    })
+    plan_rows(
+        events,
+        MAX_BATCH,
+        |event| server_event(event, merchant, &config, context.now_s),
+        |data| {
+            let mut body = json!({ "data": data });
+            if let Some(code) = config.test_event_code.as_deref().filter(|c| !c.is_empty()) {
+                body["test_event_code"] = json!(code);
+            }
+            Ok(OutboundRequest {
+                method: "POST",
+                url: format!(
+                    "{path}?access_token={}",
+                    encode_query_value(&config.access_token)
+                ),
+                log_url: path.clone(),
+                headers: vec![("content-type".into(), "application/json".into())],
+                body: body.to_string(),
+            })
+        },
+    )
 }
 
 /// One `data[]` entry.
@@ -140,8 +178,27 @@ pub fn server_event(
     {
         user_data.insert("external_id".into(), json!([external]));
     }
+    if let Some(ph) = event
+        .touchpoints
+        .phone
+        .as_deref()
+        .and_then(hash_phone_digits)
+    {
+        user_data.insert("ph".into(), json!([ph]));
+    }
     if user_data.is_empty() {
         return Err(BuildError::NoIdentity);
+    }
+    // Click ids, browser id and device data go unhashed, as Meta's pixel sets them.
+    for (field, value) in [
+        ("fbc", &event.touchpoints.fbc),
+        ("fbp", &event.touchpoints.fbp),
+        ("client_ip_address", &event.touchpoints.client_ip),
+        ("client_user_agent", &event.touchpoints.user_agent),
+    ] {
+        if let Some(value) = value.as_deref().filter(|v| !v.is_empty()) {
+            user_data.insert(field.into(), json!(value));
+        }
     }
 
     let mut custom_data = Map::new();
@@ -230,6 +287,7 @@ fn classify(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::destinations::{build_for_test, Endpoints};
     use crate::event::{Customer, SubscriptionDetails, Values};
     use crate::money::Amount;
 
@@ -277,12 +335,14 @@ mod tests {
             },
             livemode: false,
             properties: Default::default(),
+            touchpoints: Default::default(),
         }
     }
 
     #[test]
     fn builds_documented_request() {
-        let req = build(&[trial()], &merchant(), &Endpoints::default(), NOW).unwrap();
+        let req =
+            build_for_test(build, &[trial()], &merchant(), &Endpoints::default(), NOW).unwrap();
         assert_eq!(req.method, "POST");
         assert_eq!(
             req.url,
@@ -357,7 +417,7 @@ mod tests {
     fn test_event_code_is_passed_when_configured() {
         let mut m = merchant();
         m.destinations.get_mut("meta").unwrap()["test_event_code"] = json!("TEST123");
-        let req = build(&[trial()], &m, &Endpoints::default(), NOW).unwrap();
+        let req = build_for_test(build, &[trial()], &m, &Endpoints::default(), NOW).unwrap();
         let body: Value = serde_json::from_str(&req.body).unwrap();
         assert_eq!(body["test_event_code"], "TEST123");
     }
@@ -367,7 +427,7 @@ mod tests {
         let mut ev = trial();
         ev.occurred_at = NOW - MAX_EVENT_AGE_SECONDS - 1;
         assert!(matches!(
-            build(&[ev], &merchant(), &Endpoints::default(), NOW),
+            build_for_test(build, &[ev], &merchant(), &Endpoints::default(), NOW),
             Err(BuildError::TooOld { .. })
         ));
     }
@@ -391,7 +451,7 @@ mod tests {
             meta_graph: "http://127.0.0.1:9999/".into(),
             ..Endpoints::default()
         };
-        let req = build(&[trial()], &merchant(), &endpoints, NOW).unwrap();
+        let req = build_for_test(build, &[trial()], &merchant(), &endpoints, NOW).unwrap();
         assert!(req
             .url
             .starts_with("http://127.0.0.1:9999/v25.0/123456789/events?"));

@@ -4,6 +4,7 @@
 //! Adding a destination: one module here plus one line in [`REGISTRY`].
 
 pub mod ga4;
+pub mod google_ads;
 pub mod klaviyo;
 pub mod linkedin;
 pub mod meta;
@@ -25,6 +26,8 @@ pub struct Endpoints {
     pub linkedin: String,
     /// GA4's EU collection host, for EU merchants.
     pub ga4_eu: String,
+    pub google_ads: String,
+    pub google_oauth_token: String,
 }
 
 impl Default for Endpoints {
@@ -36,6 +39,8 @@ impl Default for Endpoints {
             ga4: ga4::DEFAULT_BASE_URL.to_string(),
             linkedin: linkedin::DEFAULT_BASE_URL.to_string(),
             ga4_eu: ga4::DEFAULT_EU_BASE_URL.to_string(),
+            google_ads: google_ads::DEFAULT_BASE_URL.to_string(),
+            google_oauth_token: google_ads::DEFAULT_TOKEN_URL.to_string(),
         }
     }
 }
@@ -89,18 +94,92 @@ pub enum BuildError {
     },
     #[error("event {0} is not forwarded to destinations")]
     NotForwardable(&'static str),
+    #[error("{0} needs a click id (gclid, gbraid, wbraid) or a hashed email or phone")]
+    NoClickOrIdentity(&'static str),
+    /// Nothing to send, by design (e.g. a refund of a conversion the platform never got):
+    /// recorded as skipped, not dead-lettered.
+    #[error("{destination}: {reason}")]
+    NotApplicable {
+        destination: &'static str,
+        reason: String,
+    },
+    /// TrackLayer's own platform credentials are missing: the operator must set them.
+    #[error("operator configuration: {0}")]
+    OperatorMisconfigured(&'static str),
 }
+
+/// Operator-level credentials of TrackLayer's own platform apps (worker secrets), shared
+/// by every merchant: Google Ads' developer token and OAuth client.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OperatorCredentials {
+    pub google_ads_developer_token: Option<String>,
+    pub google_oauth_client_id: Option<String>,
+    pub google_oauth_client_secret: Option<String>,
+}
+
+/// Everything a builder needs besides the events and the merchant's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    pub endpoints: &'a Endpoints,
+    pub operator: &'a OperatorCredentials,
+    pub now_s: i64,
+    /// OAuth access token fetched by the edge for destinations with an [`AuthSpec`].
+    pub access_token: Option<&'a str>,
+}
+
+/// One request and the events it carries: `rows[i]` is the index (into the events given
+/// to `build`) of the i-th row of the request body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedRequest {
+    pub request: OutboundRequest,
+    pub rows: Vec<usize>,
+}
+
+/// What a builder makes of a group of events: as few requests as the platform allows,
+/// plus the events it refuses, each with its own reason. One bad event never fails the
+/// others.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub requests: Vec<PlannedRequest>,
+    pub refused: Vec<(usize, BuildError)>,
+}
+
+/// An OAuth access token and its lifetime in seconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessToken {
+    pub token: String,
+    pub expires_in_s: i64,
+}
+
+/// How a destination obtains a short-lived access token from stored credentials.
+pub struct AuthSpec {
+    pub token_request: fn(&MerchantConfig, &Context) -> Result<OutboundRequest, BuildError>,
+    /// (HTTP status, body) → token, or the outcome every waiting event gets.
+    pub parse_token: fn(u16, &str) -> Result<AccessToken, Outcome>,
+}
+
+/// An identifier a destination can match a person on, and its weight in the match score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatchKey {
+    pub identifier: crate::identity::Identifier,
+    pub weight: u8,
+}
+
+/// (HTTP status, body, number of rows) → one outcome per row, when the answer says.
+pub type RowClassifier = fn(u16, &str, usize) -> Option<Vec<Outcome>>;
 
 pub struct DestinationSpec {
     pub name: &'static str,
-    pub build: fn(
-        &[CanonicalEvent],
-        &MerchantConfig,
-        &Endpoints,
-        i64,
-    ) -> Result<OutboundRequest, BuildError>,
-    /// (HTTP status, `Retry-After` header, body) → outcome.
+    pub build: fn(&[CanonicalEvent], &MerchantConfig, &Context) -> Result<Plan, BuildError>,
+    /// (HTTP status, `Retry-After` header, body) → outcome of the whole request.
     pub classify: fn(u16, Option<&str>, &str) -> Outcome,
+    /// Per-row outcomes, for platforms that report them (Google Ads partial failure,
+    /// LinkedIn batch statuses). `None` → the whole-request outcome applies.
+    pub classify_rows: Option<RowClassifier>,
+    /// Present when the destination needs an OAuth access token.
+    pub auth: Option<&'static AuthSpec>,
+    /// Identifiers the destination matches on, for the per-delivery match-quality score.
+    pub match_keys: &'static [MatchKey],
     /// Top-level config fields holding credentials: sealed at rest, masked in the API.
     pub secret_fields: &'static [&'static str],
     /// Parses a config as the module would, so the admin API refuses what would not run.
@@ -110,6 +189,55 @@ pub struct DestinationSpec {
     /// Whether this merchant's event is planned for the destination at all (LinkedIn
     /// takes only events mapped to a conversion rule).
     pub accepts: fn(&CanonicalEvent, &MerchantConfig) -> bool,
+}
+
+/// The usual plan: each event becomes a row (or is refused with its reason), and the
+/// rows go out in requests of at most `max_rows`.
+pub fn plan_rows<R>(
+    events: &[CanonicalEvent],
+    max_rows: usize,
+    mut row: impl FnMut(&CanonicalEvent) -> Result<R, BuildError>,
+    mut request: impl FnMut(Vec<R>) -> Result<OutboundRequest, BuildError>,
+) -> Result<Plan, BuildError> {
+    let mut plan = Plan::default();
+    let mut accepted = Vec::new();
+    for (index, event) in events.iter().enumerate() {
+        match row(event) {
+            Ok(built) => accepted.push((index, built)),
+            Err(err) => plan.refused.push((index, err)),
+        }
+    }
+    let mut accepted = accepted.into_iter().peekable();
+    while accepted.peek().is_some() {
+        let (rows, built): (Vec<usize>, Vec<R>) = accepted.by_ref().take(max_rows.max(1)).unzip();
+        plan.requests.push(PlannedRequest {
+            request: request(built)?,
+            rows,
+        });
+    }
+    Ok(plan)
+}
+
+/// Outcomes per row of one answer. A permanent refusal of a multi-row request that the
+/// platform does not break down by row is not trusted for every row: those rows are
+/// re-sent alone (`None`), so one bad event cannot sink the others. Every destination
+/// sends its own dedup key, so a row the platform did accept is not counted twice.
+pub fn row_outcomes(
+    spec: &DestinationSpec,
+    status: u16,
+    retry_after: Option<&str>,
+    body: &str,
+    rows: usize,
+) -> Option<Vec<Outcome>> {
+    if let Some(per_row) = spec.classify_rows.and_then(|f| f(status, body, rows)) {
+        if per_row.len() == rows {
+            return Some(per_row);
+        }
+    }
+    match (spec.classify)(status, retry_after, body) {
+        Outcome::Permanent { .. } if rows > 1 => None,
+        outcome => Some(vec![outcome; rows]),
+    }
 }
 
 /// For destinations that take every forwardable event.
@@ -123,7 +251,61 @@ pub const REGISTRY: &[DestinationSpec] = &[
     tiktok::SPEC,
     ga4::SPEC,
     linkedin::SPEC,
+    google_ads::SPEC,
 ];
+
+/// A builder, as registered in [`DestinationSpec::build`].
+pub type BuildFn = fn(&[CanonicalEvent], &MerchantConfig, &Context) -> Result<Plan, BuildError>;
+
+/// The request for a single event, or why it is refused: how a row isolated from its
+/// batch is re-sent.
+pub fn build_single(
+    build: BuildFn,
+    event: &CanonicalEvent,
+    merchant: &MerchantConfig,
+    context: &Context,
+) -> Result<OutboundRequest, BuildError> {
+    let plan = build(std::slice::from_ref(event), merchant, context)?;
+    if let Some((_, err)) = plan.refused.into_iter().next() {
+        return Err(err);
+    }
+    plan.requests
+        .into_iter()
+        .next()
+        .map(|planned| planned.request)
+        .ok_or(BuildError::NotForwardable(event.name.as_str()))
+}
+
+/// Unit-test shorthand: the first request of a plan, or the first refusal.
+#[cfg(test)]
+pub(crate) fn build_for_test(
+    build: BuildFn,
+    events: &[CanonicalEvent],
+    merchant: &MerchantConfig,
+    endpoints: &Endpoints,
+    now: i64,
+) -> Result<OutboundRequest, BuildError> {
+    let operator = OperatorCredentials {
+        google_ads_developer_token: Some("DEVTOKEN123".into()),
+        google_oauth_client_id: Some("client.apps.googleusercontent.com".into()),
+        google_oauth_client_secret: Some("client-secret".into()),
+    };
+    let context = Context {
+        endpoints,
+        operator: &operator,
+        now_s: now,
+        access_token: Some("ya29.test-access-token"),
+    };
+    let plan = build(events, merchant, &context)?;
+    if let Some((_, err)) = plan.refused.into_iter().next() {
+        return Err(err);
+    }
+    plan.requests
+        .into_iter()
+        .next()
+        .map(|planned| planned.request)
+        .ok_or(BuildError::NotConfigured("test"))
+}
 
 pub fn find(name: &str) -> Option<&'static DestinationSpec> {
     REGISTRY.iter().find(|spec| spec.name == name)

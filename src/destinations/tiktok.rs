@@ -7,12 +7,13 @@
 //! hashed. TikTok answers HTTP 200 with `code` ≠ 0 for failures, so the body decides.
 
 use super::{
-    parse_retry_after, truncate, BuildError, DestinationSpec, Endpoints, NameOverrides,
-    OutboundRequest, Outcome,
+    parse_retry_after, plan_rows, truncate, BuildError, Context, DestinationSpec, MatchKey,
+    NameOverrides, OutboundRequest, Outcome, Plan,
 };
 use crate::config::MerchantConfig;
 use crate::event::{CanonicalEvent, EventName};
-use crate::hashing::{hash_email, hash_identifier};
+use crate::hashing::{hash_email, hash_identifier, hash_phone_e164};
+use crate::identity::Identifier;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -43,6 +44,34 @@ pub const SPEC: DestinationSpec = DestinationSpec {
     name: NAME,
     build,
     classify,
+    classify_rows: None,
+    auth: None,
+    match_keys: &[
+        MatchKey {
+            identifier: Identifier::Email,
+            weight: 30,
+        },
+        MatchKey {
+            identifier: Identifier::Phone,
+            weight: 15,
+        },
+        MatchKey {
+            identifier: Identifier::Ttclid,
+            weight: 25,
+        },
+        MatchKey {
+            identifier: Identifier::CustomerId,
+            weight: 10,
+        },
+        MatchKey {
+            identifier: Identifier::ClientIp,
+            weight: 10,
+        },
+        MatchKey {
+            identifier: Identifier::UserAgent,
+            weight: 10,
+        },
+    ],
     secret_fields: &["access_token"],
     validate_config: crate::config::check_config::<TikTokConfig>,
     required_feature: None,
@@ -70,36 +99,44 @@ pub fn event_name(name: EventName) -> &'static str {
     }
 }
 
+/// Events API 2.0 takes up to 1,000 events per request.
+pub const MAX_BATCH: usize = 1000;
+
 fn build(
     events: &[CanonicalEvent],
     merchant: &MerchantConfig,
-    endpoints: &Endpoints,
-    _now: i64,
-) -> Result<OutboundRequest, BuildError> {
+    context: &Context,
+) -> Result<Plan, BuildError> {
     let config: TikTokConfig = merchant.destination_config(NAME)?;
-    let data = events
-        .iter()
-        .map(|event| track_event(event, merchant, &config))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut body = json!({
-        "event_source": config.event_source,
-        "event_source_id": config.pixel_code,
-        "data": data,
-    });
-    if let Some(code) = config.test_event_code.as_deref().filter(|c| !c.is_empty()) {
-        body["test_event_code"] = json!(code);
-    }
-    let url = format!("{}{TRACK_PATH}", endpoints.tiktok.trim_end_matches('/'));
-    Ok(OutboundRequest {
-        method: "POST",
-        log_url: url.clone(),
-        url,
-        headers: vec![
-            ("access-token".into(), config.access_token.clone()),
-            ("content-type".into(), "application/json".into()),
-        ],
-        body: body.to_string(),
-    })
+    let url = format!(
+        "{}{TRACK_PATH}",
+        context.endpoints.tiktok.trim_end_matches('/')
+    );
+    plan_rows(
+        events,
+        MAX_BATCH,
+        |event| track_event(event, merchant, &config),
+        |data| {
+            let mut body = json!({
+                "event_source": config.event_source,
+                "event_source_id": config.pixel_code,
+                "data": data,
+            });
+            if let Some(code) = config.test_event_code.as_deref().filter(|c| !c.is_empty()) {
+                body["test_event_code"] = json!(code);
+            }
+            Ok(OutboundRequest {
+                method: "POST",
+                log_url: url.clone(),
+                url: url.clone(),
+                headers: vec![
+                    ("access-token".into(), config.access_token.clone()),
+                    ("content-type".into(), "application/json".into()),
+                ],
+                body: body.to_string(),
+            })
+        },
+    )
 }
 
 /// One `data[]` entry.
@@ -123,11 +160,22 @@ pub fn track_event(
     {
         user.insert("external_id".into(), json!(external));
     }
-    if let Some(ttclid) = event.property("ttclid").filter(|v| !v.is_empty()) {
-        user.insert("ttclid".into(), json!(ttclid));
+    // E.164 with '+' before hashing, as for Google (TikTok's own text is unconfirmed).
+    if let Some(phone) = event.touchpoints.phone.as_deref().and_then(hash_phone_e164) {
+        user.insert("phone".into(), json!(phone));
     }
-    if user.is_empty() {
+    if user.is_empty() && event.touchpoints.ttclid.is_none() {
         return Err(BuildError::NoIdentity);
+    }
+    // Click id, IP and user agent go unhashed.
+    for (field, value) in [
+        ("ttclid", &event.touchpoints.ttclid),
+        ("ip", &event.touchpoints.client_ip),
+        ("user_agent", &event.touchpoints.user_agent),
+    ] {
+        if let Some(value) = value.as_deref().filter(|v| !v.is_empty()) {
+            user.insert(field.into(), json!(value));
+        }
     }
     let mut properties = Map::new();
     // No refund primitive at TikTok: corrections go out as custom events whose value
@@ -205,8 +253,10 @@ fn classify(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::destinations::{build_for_test, Endpoints};
     use crate::event::{Customer, SubscriptionDetails, Values};
     use crate::hashing::sha256_hex;
+    use crate::identity::Touchpoints;
     use crate::money::Amount;
 
     fn merchant() -> MerchantConfig {
@@ -245,18 +295,20 @@ mod tests {
                 ..Values::default()
             },
             livemode: true,
-            properties: [
-                ("ttclid".to_string(), "E.C.P.abc123".to_string()),
-                ("invoice_id".to_string(), "in_1".to_string()),
-            ]
-            .into_iter()
-            .collect(),
+            properties: [("invoice_id".to_string(), "in_1".to_string())]
+                .into_iter()
+                .collect(),
+            touchpoints: Touchpoints {
+                ttclid: Some("E.C.P.abc123".into()),
+                ..Touchpoints::default()
+            },
         }
     }
 
     #[test]
     fn golden_track_request() {
-        let req = build(
+        let req = build_for_test(
+            build,
             &[event(EventName::TrialConverted)],
             &merchant(),
             &Endpoints::default(),

@@ -5,11 +5,17 @@
 
 use super::regions::{dead_letter_binding, queue_region};
 use super::routing::Routing;
-use super::{keyring, now_ms, operator_settings, outbound, store::Store};
+use super::store::{AttemptRecord, Store};
+use super::{keyring, now_ms, operator_settings, outbound, OperatorSettings};
 use crate::config::{MerchantConfig, Region};
-use crate::delivery::{decide, DeadLetter, Decision, DeliveryJob};
-use crate::destinations::{self, Outcome};
+use crate::delivery::{self, decide, DeadLetter, Decision, DeliveryJob};
+use crate::destinations::{
+    self, google_ads, AuthSpec, BuildError, Context, OutboundRequest, Outcome,
+};
+use crate::event::CanonicalEvent;
 use crate::hashing::sha256_hex;
+use crate::identity::{self, MatchQuality};
+use crate::secrets::config_context;
 use std::collections::HashMap;
 use worker::{
     console_error, console_log, console_warn, Env, MessageBatch, MessageBuilder, MessageExt,
@@ -20,7 +26,9 @@ fn body_text(message: &RawMessage) -> Option<String> {
     message.body().as_string()
 }
 
-/// Each region's queue is consumed against that region's database only.
+/// Each region's queue is consumed against that region's database only. The batch is
+/// grouped by (merchant, destination) and each group goes out in as few requests as the
+/// platform allows; every message is still acked or retried on its own.
 pub async fn consume_deliveries(batch: MessageBatch<String>, env: &Env) {
     let region = queue_region(&batch.queue());
     let store = match Store::for_region(env, region) {
@@ -31,22 +39,24 @@ pub async fn consume_deliveries(batch: MessageBatch<String>, env: &Env) {
             return;
         }
     };
-    let mut merchants: HashMap<String, Option<MerchantConfig>> = HashMap::new();
-    for message in batch.raw_iter() {
-        let body = body_text(&message);
-        let result = match body.as_deref().map(serde_json::from_str::<DeliveryJob>) {
-            Some(Ok(job)) => deliver(env, region, &store, &mut merchants, job).await,
-            _ => record_poison(&store, body.as_deref().unwrap_or("<non-text body>")).await,
+    let messages: Vec<RawMessage> = batch.raw_iter().collect();
+    let mut pending: Vec<Pending> = Vec::new();
+    for (index, message) in messages.iter().enumerate() {
+        let body = body_text(message);
+        let admitted = match body.as_deref().map(serde_json::from_str::<DeliveryJob>) {
+            Some(Ok(job)) => admit(&store, job).await,
+            _ => record_poison(&store, body.as_deref().unwrap_or("<non-text body>"))
+                .await
+                .map(|_| None),
         };
-        match result {
-            Ok(Step::Ack) => message.ack(),
-            Ok(Step::RetryIn(seconds)) => message.retry_with_options(
-                &QueueRetryOptionsBuilder::new()
-                    .with_delay_seconds(seconds)
-                    .build(),
-            ),
+        match admitted {
+            Ok(Some((job, attempt))) => pending.push(Pending {
+                message: index,
+                job,
+                attempt,
+            }),
+            Ok(None) => message.ack(),
             Err(err) => {
-                // Our own bookkeeping failed (D1/queue): let the queue redeliver it.
                 console_error!(
                     "deliveries: {err}; message {} will be retried",
                     message.id()
@@ -55,180 +65,478 @@ pub async fn consume_deliveries(batch: MessageBatch<String>, env: &Env) {
             }
         }
     }
+
+    let mut merchants: HashMap<String, Option<MerchantConfig>> = HashMap::new();
+    for group in delivery::group_jobs(pending.iter().map(|p| &p.job)) {
+        let members: Vec<&Pending> = group.iter().map(|&i| &pending[i]).collect();
+        let steps = match deliver_group(env, region, &store, &mut merchants, &members).await {
+            Ok(steps) => steps,
+            Err(err) => {
+                console_error!(
+                    "deliveries: {err}; {} message(s) will be retried",
+                    members.len()
+                );
+                vec![Err(err.to_string()); members.len()]
+            }
+        };
+        for (member, step) in members.iter().zip(steps) {
+            let message = &messages[member.message];
+            match step {
+                Ok(Step::Ack) => message.ack(),
+                Ok(Step::RetryIn(seconds)) => message.retry_with_options(
+                    &QueueRetryOptionsBuilder::new()
+                        .with_delay_seconds(seconds)
+                        .build(),
+                ),
+                Err(err) => {
+                    // Our own bookkeeping failed (D1/queue): let the queue redeliver it.
+                    console_error!(
+                        "deliveries: {err}; message {} will be retried",
+                        message.id()
+                    );
+                    message.retry();
+                }
+            }
+        }
+    }
 }
 
+#[derive(Clone, Copy)]
 enum Step {
     Ack,
     RetryIn(u32),
 }
 
-async fn deliver(
-    env: &Env,
-    region: Region,
-    store: &Store,
-    merchants: &mut HashMap<String, Option<MerchantConfig>>,
-    mut job: DeliveryJob,
-) -> worker::Result<Step> {
-    let previous = store.delivery(&job.job_id).await?;
-    // Every job's row is written before it is enqueued: a missing row means the data
-    // was erased (GDPR) or the merchant deleted since. Nothing may be sent.
-    let Some(row) = &previous else {
+struct Pending {
+    message: usize,
+    job: DeliveryJob,
+    attempt: u32,
+}
+
+/// A job is worked on only while its delivery row is pending. A missing row means the
+/// data was erased (GDPR) or the merchant deleted since: nothing may be sent.
+async fn admit(store: &Store, job: DeliveryJob) -> worker::Result<Option<(DeliveryJob, u32)>> {
+    let Some(row) = store.delivery(&job.job_id).await? else {
         console_log!(
             "job {} has no delivery record (erased); dropping it",
             job.job_id
         );
-        return Ok(Step::Ack);
+        return Ok(None);
     };
-    {
-        if row.status != "pending" {
-            console_log!(
-                "job {} already {}; skipping duplicate message",
-                job.job_id,
-                row.status
-            );
-            return Ok(Step::Ack);
-        }
+    if row.status != "pending" {
+        console_log!(
+            "job {} already {}; skipping duplicate message",
+            job.job_id,
+            row.status
+        );
+        return Ok(None);
     }
-    let attempt = previous.map_or(0, |r| r.attempts.max(0) as u32) + 1;
-    let merchant_id = job.event.merchant_id.clone();
-    if !merchants.contains_key(&merchant_id) {
-        let loaded = match Routing::from_env(env)?.route(&merchant_id).await? {
-            // A job is only ever delivered from its merchant's own region.
-            Some(route) if route.region == region => {
-                store.load_merchant(&route, keyring(env).as_ref()).await?
-            }
-            Some(_) => {
-                console_error!(
-                    "job {} of merchant {merchant_id} arrived in the wrong region",
-                    job.job_id
-                );
-                None
-            }
-            None => None,
-        };
-        merchants.insert(merchant_id.clone(), loaded);
-    }
-    let settings = operator_settings(env);
-    let now = now_ms();
+    let attempt = row.attempts.max(0) as u32 + 1;
+    Ok(Some((job, attempt)))
+}
 
-    // Identity enrichment, again at send time: a customer event may have arrived after
-    // the subscription event that carried no email.
-    if job.event.customer.email.is_none() {
-        if let Some(customer_id) = job.event.customer.customer_id.clone() {
-            job.event.customer.email = store
-                .known_customer(&merchant_id, &job.event.source, &customer_id)
+async fn load_merchant(
+    env: &Env,
+    region: Region,
+    store: &Store,
+    merchants: &mut HashMap<String, Option<MerchantConfig>>,
+    merchant_id: &str,
+) -> worker::Result<Option<MerchantConfig>> {
+    if let Some(known) = merchants.get(merchant_id) {
+        return Ok(known.clone());
+    }
+    let loaded = match Routing::from_env(env)?.route(merchant_id).await? {
+        // A job is only ever delivered from its merchant's own region.
+        Some(route) if route.region == region => {
+            store.load_merchant(&route, keyring(env).as_ref()).await?
+        }
+        Some(_) => {
+            console_error!("jobs of merchant {merchant_id} arrived in the wrong region");
+            None
+        }
+        None => None,
+    };
+    merchants.insert(merchant_id.to_string(), loaded.clone());
+    Ok(loaded)
+}
+
+/// Identity enrichment at send time: a customer event, or a signup with click ids, may
+/// have arrived after the billing event.
+async fn enrich_identity(store: &Store, event: &mut CanonicalEvent) -> worker::Result<()> {
+    if event.customer.email.is_none() {
+        if let Some(customer_id) = event.customer.customer_id.clone() {
+            event.customer.email = store
+                .known_customer(&event.merchant_id, &event.source, &customer_id)
                 .await?
                 .and_then(|c| c.email);
         }
     }
+    let keys = identity::keys(event);
+    if let Some(stored) = store.stored_touchpoints(&event.merchant_id, &keys).await? {
+        event.touchpoints.fill_from(&stored);
+    }
+    Ok(())
+}
 
-    let merchant = merchants.get(&merchant_id).and_then(Option::as_ref);
-    let spec = destinations::find(&job.destination);
-    let built = match (merchant, spec) {
-        (None, _) => Err(format!("merchant {merchant_id} no longer exists")),
-        (_, None) => Err(format!("unknown destination {}", job.destination)),
-        (Some(merchant), Some(spec)) => (spec.build)(
-            std::slice::from_ref(&job.event),
-            merchant,
-            &settings.endpoints,
-            now / 1000,
-        )
-        .map_err(|e| e.to_string()),
+/// Delivers one (merchant, destination) group; one step per member, in order.
+async fn deliver_group(
+    env: &Env,
+    region: Region,
+    store: &Store,
+    merchants: &mut HashMap<String, Option<MerchantConfig>>,
+    members: &[&Pending],
+) -> worker::Result<Vec<Result<Step, String>>> {
+    let Some(first) = members.first() else {
+        return Ok(Vec::new());
+    };
+    let settings = operator_settings(env);
+    let merchant =
+        load_merchant(env, region, store, merchants, &first.job.event.merchant_id).await?;
+    let spec = destinations::find(&first.job.destination);
+    let mut run = Run {
+        env,
+        region,
+        store,
+        settings: &settings,
+        members,
+        steps: vec![None; members.len()],
+        quality: vec![None; members.len()],
+    };
+    let (Some(merchant), Some(spec)) = (merchant, spec) else {
+        let reason = if spec.is_none() {
+            format!("unknown destination {}", first.job.destination)
+        } else {
+            format!("merchant {} no longer exists", first.job.event.merchant_id)
+        };
+        for i in 0..members.len() {
+            run.finish(
+                i,
+                &Outcome::Permanent {
+                    reason: reason.clone(),
+                },
+                None,
+                None,
+                0,
+            )
+            .await?;
+        }
+        return Ok(run.into_steps());
     };
 
-    // Dry run: record exactly what would be sent (URL without credentials, body), send
-    // nothing. The body stays in the merchant's regional database like every event.
-    if let (Some(merchant), Ok(request)) = (merchant, &built) {
+    let mut events = Vec::with_capacity(members.len());
+    for member in members {
+        let mut event = member.job.event.clone();
+        enrich_identity(store, &mut event).await?;
+        if spec.name == google_ads::NAME && google_ads::needs_original(&event) {
+            let names = google_ads::conversion_names(&merchant);
+            if let Some(original) = store
+                .delivered_conversion(&merchant.merchant_id, spec.name, &event, &names)
+                .await?
+            {
+                google_ads::attach_original(&mut event, &original);
+            }
+        }
+        events.push(event);
+    }
+    for (i, event) in events.iter().enumerate() {
+        run.quality[i] = Some(identity::match_quality(event, spec.match_keys));
+    }
+
+    let now = now_ms();
+    let mut token = None;
+    if let Some(auth) = spec.auth {
+        match access_token(env, store, &merchant, spec.name, auth, &settings, now).await? {
+            Ok(t) => token = Some(t),
+            Err(outcome) => {
+                for i in 0..members.len() {
+                    run.finish(i, &outcome, None, None, 0).await?;
+                }
+                return Ok(run.into_steps());
+            }
+        }
+    }
+    let context = Context {
+        endpoints: &settings.endpoints,
+        operator: &settings.operator,
+        now_s: now / 1000,
+        access_token: token.as_deref(),
+    };
+    let plan = match (spec.build)(&events, &merchant, &context) {
+        Ok(plan) => plan,
+        Err(err) => {
+            for i in 0..members.len() {
+                run.refused(i, &err).await?;
+            }
+            return Ok(run.into_steps());
+        }
+    };
+    for (i, err) in &plan.refused {
+        run.refused(*i, err).await?;
+    }
+
+    for planned in &plan.requests {
         if merchant.dry_run {
-            store
-                .record_attempt(
-                    &job,
-                    attempt,
-                    "dry_run",
-                    None,
-                    Some(&request.body),
-                    Some(&request.log_url),
-                    0,
-                    "simulated",
-                    now_ms(),
-                )
-                .await?;
-            return Ok(Step::Ack);
+            // Record exactly what would be sent (URL without credentials), send nothing.
+            for &i in &planned.rows {
+                run.simulated(i, &planned.request).await?;
+            }
+            continue;
+        }
+        let started = now_ms();
+        let answer = outbound::send(&planned.request).await;
+        let duration = now_ms() - started;
+        let log_url = Some(planned.request.log_url.as_str());
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(reason) => {
+                let outcome = Outcome::Retry {
+                    after_seconds: None,
+                    reason,
+                };
+                for &i in &planned.rows {
+                    run.finish(i, &outcome, None, log_url, duration).await?;
+                }
+                continue;
+            }
+        };
+        if answer.status == 401 && spec.auth.is_some() {
+            store.drop_token(&merchant.merchant_id, spec.name).await?;
+        }
+        let rows = planned.rows.len();
+        match destinations::row_outcomes(
+            spec,
+            answer.status,
+            answer.retry_after.as_deref(),
+            &answer.body,
+            rows,
+        ) {
+            Some(outcomes) => {
+                for (&i, outcome) in planned.rows.iter().zip(&outcomes) {
+                    run.finish(i, outcome, Some(answer.status), log_url, duration)
+                        .await?;
+                }
+            }
+            None => {
+                // Refused as a whole without saying which row: each row goes alone.
+                console_warn!(
+                    "{} refused a batch of {rows} (HTTP {}); re-sending each event alone",
+                    spec.name,
+                    answer.status
+                );
+                for &i in &planned.rows {
+                    match destinations::build_single(spec.build, &events[i], &merchant, &context) {
+                        Err(err) => run.refused(i, &err).await?,
+                        Ok(request) => {
+                            let started = now_ms();
+                            let single = outbound::send(&request).await;
+                            let duration = now_ms() - started;
+                            let (outcome, status) = match single {
+                                Ok(a) => (
+                                    (spec.classify)(a.status, a.retry_after.as_deref(), &a.body),
+                                    Some(a.status),
+                                ),
+                                Err(reason) => (
+                                    Outcome::Retry {
+                                        after_seconds: None,
+                                        reason,
+                                    },
+                                    None,
+                                ),
+                            };
+                            run.finish(i, &outcome, status, Some(&request.log_url), duration)
+                                .await?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(run.into_steps())
+}
+
+/// A valid access token for the destination: the cached one, or a fresh one from the
+/// OAuth token endpoint (cached sealed until a minute before it expires).
+async fn access_token(
+    env: &Env,
+    store: &Store,
+    merchant: &MerchantConfig,
+    destination: &str,
+    auth: &AuthSpec,
+    settings: &OperatorSettings,
+    now: i64,
+) -> worker::Result<Result<String, Outcome>> {
+    let context_name = config_context(&merchant.merchant_id, "oauth", destination);
+    let keyring = keyring(env);
+    if let (Some(sealed), Some(keyring)) = (
+        store
+            .cached_token(&merchant.merchant_id, destination, now)
+            .await?,
+        keyring.as_ref(),
+    ) {
+        if let Ok(token) = keyring.open(&sealed, &context_name) {
+            if let Ok(token) = String::from_utf8(token) {
+                return Ok(Ok(token));
+            }
+        }
+    }
+    let context = Context {
+        endpoints: &settings.endpoints,
+        operator: &settings.operator,
+        now_s: now / 1000,
+        access_token: None,
+    };
+    let request = match (auth.token_request)(merchant, &context) {
+        Ok(request) => request,
+        Err(err) => {
+            return Ok(Err(Outcome::Permanent {
+                reason: err.to_string(),
+            }))
+        }
+    };
+    let answer = match outbound::send(&request).await {
+        Ok(answer) => answer,
+        Err(reason) => {
+            return Ok(Err(Outcome::Retry {
+                after_seconds: None,
+                reason: format!("OAuth token endpoint: {reason}"),
+            }))
+        }
+    };
+    let token = match (auth.parse_token)(answer.status, &answer.body) {
+        Ok(token) => token,
+        Err(outcome) => return Ok(Err(outcome)),
+    };
+    if let Some(keyring) = keyring.as_ref() {
+        let mut nonce = [0u8; crate::secrets::NONCE_LEN];
+        if getrandom::getrandom(&mut nonce).is_ok() {
+            if let Ok(sealed) = keyring.seal(token.token.as_bytes(), &context_name, nonce) {
+                let expires_at = now + (token.expires_in_s - 60).max(0) * 1000;
+                store
+                    .store_token(&merchant.merchant_id, destination, &sealed, expires_at)
+                    .await?;
+            }
+        }
+    }
+    Ok(Ok(token.token))
+}
+
+/// Bookkeeping for one group: records each member's attempt once and remembers the step.
+struct Run<'a> {
+    env: &'a Env,
+    region: Region,
+    store: &'a Store,
+    settings: &'a OperatorSettings,
+    members: &'a [&'a Pending],
+    steps: Vec<Option<Step>>,
+    quality: Vec<Option<MatchQuality>>,
+}
+
+impl Run<'_> {
+    fn into_steps(self) -> Vec<Result<Step, String>> {
+        self.steps
+            .into_iter()
+            .map(|s| s.ok_or_else(|| "no outcome recorded".to_string()))
+            .collect()
+    }
+
+    async fn refused(&mut self, i: usize, err: &BuildError) -> worker::Result<()> {
+        match delivery::refusal(err) {
+            Ok(outcome) => self.finish(i, &outcome, None, None, 0).await,
+            Err(reason) => {
+                self.record_final(i, "skipped", Some(&reason), None, "skipped")
+                    .await
+            }
         }
     }
 
-    let started = now_ms();
-    let (outcome, http_status, log_url) = match built {
-        Err(reason) => (Outcome::Permanent { reason }, None, None),
-        Ok(request) => {
-            let answer = outbound::send(&request).await;
-            let outcome = match (&answer, spec) {
-                (Ok(answer), Some(spec)) => {
-                    (spec.classify)(answer.status, answer.retry_after.as_deref(), &answer.body)
-                }
-                (Err(reason), _) => Outcome::Retry {
-                    after_seconds: None,
-                    reason: reason.clone(),
-                },
-                (Ok(_), None) => Outcome::Permanent {
-                    reason: "unknown destination".into(),
-                },
-            };
-            (
-                outcome,
-                answer.ok().map(|a| a.status),
-                Some(request.log_url),
-            )
-        }
-    };
-    let duration = now_ms() - started;
-    let decision = decide(&outcome, attempt, &settings.retry, &job.job_id);
-    let (label, detail) = match &outcome {
-        Outcome::Delivered => ("delivered", None),
-        Outcome::AlreadyDelivered => ("already_delivered", None),
-        Outcome::Retry { reason, .. } => ("retry", Some(reason.as_str())),
-        Outcome::Permanent { reason } => ("permanent", Some(reason.as_str())),
-    };
-    let new_status = match decision {
-        Decision::Done => "delivered",
-        _ => "pending",
-    };
-    store
-        .record_attempt(
-            &job,
-            attempt,
-            label,
+    async fn simulated(&mut self, i: usize, request: &OutboundRequest) -> worker::Result<()> {
+        self.record_final(
+            i,
+            "dry_run",
+            Some(&request.body),
+            Some(&request.log_url),
+            "simulated",
+        )
+        .await
+    }
+
+    async fn record_final(
+        &mut self,
+        i: usize,
+        outcome: &str,
+        detail: Option<&str>,
+        request_url: Option<&str>,
+        status: &str,
+    ) -> worker::Result<()> {
+        let member = self.members[i];
+        let record = AttemptRecord {
+            attempt: member.attempt,
+            outcome,
+            http_status: None,
+            detail,
+            request_url,
+            duration_ms: 0,
+            new_status: status,
+            match_quality: self.quality[i].as_ref(),
+        };
+        self.store
+            .record_attempt(&member.job, &record, now_ms())
+            .await?;
+        self.steps[i] = Some(Step::Ack);
+        Ok(())
+    }
+
+    async fn finish(
+        &mut self,
+        i: usize,
+        outcome: &Outcome,
+        http_status: Option<u16>,
+        request_url: Option<&str>,
+        duration_ms: i64,
+    ) -> worker::Result<()> {
+        let member = self.members[i];
+        let job = &member.job;
+        let decision = decide(outcome, member.attempt, &self.settings.retry, &job.job_id);
+        let (label, detail) = delivery::attempt_label(outcome);
+        let record = AttemptRecord {
+            attempt: member.attempt,
+            outcome: label,
             http_status,
             detail,
-            log_url.as_deref(),
-            duration,
-            new_status,
-            now_ms(),
-        )
-        .await?;
-    match decision {
-        Decision::Done => Ok(Step::Ack),
-        Decision::RetryIn { seconds, reason } => {
-            console_warn!(
-                "job {} attempt {attempt} failed ({reason}); retry in {seconds}s",
-                job.job_id
-            );
-            Ok(Step::RetryIn(seconds))
-        }
-        Decision::DeadLetter { reason, last_error } => {
-            console_warn!(
-                "job {} dead-lettered after {attempt} attempt(s): {reason}",
-                job.job_id
-            );
-            let letter = DeadLetter {
-                job,
-                attempts: attempt,
-                last_error,
-                reason,
-            };
-            send_to_dlq(env, region, &letter).await?;
-            Ok(Step::Ack)
-        }
+            request_url,
+            duration_ms,
+            new_status: delivery::status_after(&decision),
+            match_quality: self.quality[i].as_ref(),
+        };
+        self.store.record_attempt(job, &record, now_ms()).await?;
+        let step = match decision {
+            Decision::Done => Step::Ack,
+            Decision::RetryIn { seconds, reason } => {
+                console_warn!(
+                    "job {} attempt {} failed ({reason}); retry in {seconds}s",
+                    job.job_id,
+                    member.attempt
+                );
+                Step::RetryIn(seconds)
+            }
+            Decision::DeadLetter { reason, last_error } => {
+                console_warn!(
+                    "job {} dead-lettered after {} attempt(s): {reason}",
+                    job.job_id,
+                    member.attempt
+                );
+                let letter = DeadLetter {
+                    job: job.clone(),
+                    attempts: member.attempt,
+                    last_error,
+                    reason,
+                };
+                send_to_dlq(self.env, self.region, &letter).await?;
+                Step::Ack
+            }
+        };
+        self.steps[i] = Some(step);
+        Ok(())
     }
 }
 
@@ -270,6 +578,7 @@ fn poison_letter(body: &str) -> DeadLetter {
             values: Default::default(),
             livemode: false,
             properties: Default::default(),
+            touchpoints: Default::default(),
         },
     };
     let preview: String = body.chars().take(500).collect();

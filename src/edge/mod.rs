@@ -14,7 +14,7 @@ mod store;
 use crate::admin::ApiError;
 use crate::config::Region;
 use crate::delivery::RetryPolicy;
-use crate::destinations::Endpoints;
+use crate::destinations::{Endpoints, OperatorCredentials};
 use crate::retention::RetentionPolicy;
 use crate::routes::{resolve, Resolution, RouteId};
 use crate::secrets::Keyring;
@@ -41,6 +41,7 @@ pub fn now_ms() -> i64 {
 /// Operator configuration from worker vars. Merchants cannot influence any of it.
 pub struct OperatorSettings {
     pub endpoints: Endpoints,
+    pub operator: OperatorCredentials,
     pub retry: RetryPolicy,
 }
 
@@ -70,9 +71,29 @@ pub fn operator_settings(env: &Env) -> OperatorSettings {
         endpoints.ga4 = url.clone();
         endpoints.ga4_eu = url;
     }
+    if let Some(url) = var("GOOGLE_ADS_API_BASE_URL") {
+        endpoints.google_ads = url;
+    }
+    if let Some(url) = var("GOOGLE_OAUTH_TOKEN_URL") {
+        endpoints.google_oauth_token = url;
+    }
+    // TrackLayer's own Google app: worker secrets (plain vars also work locally).
+    let secret = |name: &str| {
+        env.secret(name)
+            .ok()
+            .map(|v| v.to_string())
+            .or_else(|| var(name))
+            .filter(|v| !v.is_empty())
+    };
+    let operator = OperatorCredentials {
+        google_ads_developer_token: secret("GOOGLE_ADS_DEVELOPER_TOKEN"),
+        google_oauth_client_id: secret("GOOGLE_OAUTH_CLIENT_ID"),
+        google_oauth_client_secret: secret("GOOGLE_OAUTH_CLIENT_SECRET"),
+    };
     let defaults = RetryPolicy::default();
     OperatorSettings {
         endpoints,
+        operator,
         retry: RetryPolicy {
             base_delay_seconds: number("RETRY_BASE_DELAY_SECONDS")
                 .unwrap_or(defaults.base_delay_seconds),

@@ -7,6 +7,7 @@ use crate::config::{MerchantConfig, Region};
 use crate::delivery::{DeadLetter, DeliveryJob};
 use crate::enrich::KnownCustomer;
 use crate::event::{CanonicalEvent, EventName};
+use crate::identity::{self, MatchQuality, Touchpoints};
 use crate::retention::Purge;
 use crate::secrets::{config_context, Keyring};
 use crate::sources::crm::CrmContext;
@@ -42,6 +43,19 @@ fn changes(result: &worker::D1Result) -> Result<i64> {
 
 pub struct Store {
     db: D1Database,
+}
+
+/// One delivery attempt as logged, and the delivery's new state.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptRecord<'a> {
+    pub attempt: u32,
+    pub outcome: &'a str,
+    pub http_status: Option<u16>,
+    pub detail: Option<&'a str>,
+    pub request_url: Option<&'a str>,
+    pub duration_ms: i64,
+    pub new_status: &'a str,
+    pub match_quality: Option<&'a MatchQuality>,
 }
 
 #[derive(Deserialize)]
@@ -324,6 +338,9 @@ impl Store {
         if let Some(customer) = &output.customer {
             statements.push(self.upsert_customer(merchant_id, output.source, customer, now_ms)?);
         }
+        for event in output.events.iter().filter(|e| !e.touchpoints.is_empty()) {
+            statements.extend(self.remember_touchpoints(merchant_id, event, now_ms)?);
+        }
         if let Some(context) = &output.crm_context {
             let json = serde_json::to_string(context)
                 .map_err(|e| worker::Error::RustError(e.to_string()))?;
@@ -384,6 +401,171 @@ impl Store {
                 int(customer.observed_at),
                 int(now_ms),
             ])
+    }
+
+    /// Click ids captured with an event, under each key the person can be found by.
+    /// Newer values replace older ones field by field (`json_patch`); a capture older
+    /// than the stored one fills only what is missing.
+    fn remember_touchpoints(
+        &self,
+        merchant_id: &str,
+        event: &CanonicalEvent,
+        now_ms: i64,
+    ) -> Result<Vec<worker::D1PreparedStatement>> {
+        let json = serde_json::to_string(&event.touchpoints).map_err(rust_error)?;
+        let captured_at = event.touchpoints.captured_at.unwrap_or(event.occurred_at);
+        identity::keys(event)
+            .iter()
+            .map(|key| {
+                self.db
+                    .prepare(
+                        "INSERT INTO identities (merchant_id, identity_key, touchpoints, captured_at_s, updated_at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (merchant_id, identity_key) DO UPDATE SET \
+                         touchpoints = CASE WHEN excluded.captured_at_s >= identities.captured_at_s \
+                           THEN json_patch(identities.touchpoints, excluded.touchpoints) \
+                           ELSE json_patch(excluded.touchpoints, identities.touchpoints) END, \
+                         captured_at_s = max(identities.captured_at_s, excluded.captured_at_s), \
+                         updated_at = excluded.updated_at",
+                    )
+                    .bind(&[
+                        text(merchant_id),
+                        text(key),
+                        text(&json),
+                        int(captured_at),
+                        int(now_ms),
+                    ])
+            })
+            .collect()
+    }
+
+    /// What the identity store holds for any of these keys, freshest capture first.
+    pub async fn stored_touchpoints(
+        &self,
+        merchant_id: &str,
+        keys: &[String],
+    ) -> Result<Option<Touchpoints>> {
+        #[derive(Deserialize)]
+        struct Row {
+            touchpoints: String,
+        }
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        let rows: Vec<Row> = self
+            .db
+            .prepare(
+                "SELECT touchpoints FROM identities WHERE merchant_id = ?1 AND identity_key IN \
+                 (SELECT value FROM json_each(?2)) ORDER BY captured_at_s DESC",
+            )
+            .bind(&[
+                text(merchant_id),
+                text(&serde_json::to_string(keys).map_err(rust_error)?),
+            ])?
+            .all()
+            .await?
+            .results()?;
+        let mut merged: Option<Touchpoints> = None;
+        for row in rows {
+            let Ok(stored) = serde_json::from_str::<Touchpoints>(&row.touchpoints) else {
+                continue;
+            };
+            match &mut merged {
+                None => merged = Some(stored),
+                Some(fresher) => fresher.fill_from(&stored),
+            }
+        }
+        Ok(merged)
+    }
+
+    /// The latest conversion of this subscription that reached `destination`, for a
+    /// correction to adjust: the one with the same invoice first, if the correction
+    /// names one.
+    pub async fn delivered_conversion(
+        &self,
+        merchant_id: &str,
+        destination: &str,
+        correction: &CanonicalEvent,
+        names: &[EventName],
+    ) -> Result<Option<CanonicalEvent>> {
+        #[derive(Deserialize)]
+        struct Row {
+            payload: String,
+        }
+        let Some(subscription_id) = correction.subscription.subscription_id.as_deref() else {
+            return Ok(None);
+        };
+        let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+        let row: Option<Row> = self
+            .db
+            .prepare(
+                "SELECT e.payload FROM canonical_events e WHERE e.merchant_id = ?1 \
+                 AND json_extract(e.payload, '$.subscription.subscription_id') = ?2 \
+                 AND e.name IN (SELECT value FROM json_each(?3)) AND e.occurred_at_s <= ?5 \
+                 AND EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.event_id AND d.destination = ?4 \
+                   AND d.status = 'delivered') \
+                 ORDER BY (json_extract(e.payload, '$.properties.invoice_id') IS ?6) DESC, e.occurred_at_s DESC LIMIT 1",
+            )
+            .bind(&[
+                text(merchant_id),
+                text(subscription_id),
+                text(&serde_json::to_string(&names).map_err(rust_error)?),
+                text(destination),
+                int(correction.occurred_at),
+                opt_text(correction.property("invoice_id")),
+            ])?
+            .first(None)
+            .await?;
+        Ok(row.and_then(|r| serde_json::from_str(&r.payload).ok()))
+    }
+
+    /// A cached OAuth access token (sealed) that is still valid at `now_ms`.
+    pub async fn cached_token(
+        &self,
+        merchant_id: &str,
+        destination: &str,
+        now_ms: i64,
+    ) -> Result<Option<String>> {
+        #[derive(Deserialize)]
+        struct Row {
+            access_token: String,
+        }
+        let row: Option<Row> = self
+            .db
+            .prepare(
+                "SELECT access_token FROM oauth_tokens WHERE merchant_id = ?1 AND destination = ?2 AND expires_at_ms > ?3",
+            )
+            .bind(&[text(merchant_id), text(destination), int(now_ms)])?
+            .first(None)
+            .await?;
+        Ok(row.map(|r| r.access_token))
+    }
+
+    pub async fn store_token(
+        &self,
+        merchant_id: &str,
+        destination: &str,
+        sealed: &str,
+        expires_at_ms: i64,
+    ) -> Result<()> {
+        self.db
+            .prepare(
+                "INSERT INTO oauth_tokens (merchant_id, destination, access_token, expires_at_ms) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (merchant_id, destination) DO UPDATE SET access_token = excluded.access_token, \
+                 expires_at_ms = excluded.expires_at_ms",
+            )
+            .bind(&[text(merchant_id), text(destination), text(sealed), int(expires_at_ms)])?
+            .run()
+            .await?;
+        Ok(())
+    }
+
+    pub async fn drop_token(&self, merchant_id: &str, destination: &str) -> Result<()> {
+        self.db
+            .prepare("DELETE FROM oauth_tokens WHERE merchant_id = ?1 AND destination = ?2")
+            .bind(&[text(merchant_id), text(destination)])?
+            .run()
+            .await?;
+        Ok(())
     }
 
     /// The newest cancellation per customer, for the reactivation rule.
@@ -526,19 +708,22 @@ impl Store {
     }
 
     /// Logs one attempt and moves the delivery row to its new state, atomically.
-    #[allow(clippy::too_many_arguments)]
     pub async fn record_attempt(
         &self,
         job: &DeliveryJob,
-        attempt: u32,
-        outcome: &str,
-        http_status: Option<u16>,
-        detail: Option<&str>,
-        request_url: Option<&str>,
-        duration_ms: i64,
-        new_status: &str,
+        record: &AttemptRecord<'_>,
         now_ms: i64,
     ) -> Result<()> {
+        let AttemptRecord {
+            attempt,
+            outcome,
+            http_status,
+            detail,
+            request_url,
+            duration_ms,
+            new_status,
+            match_quality,
+        } = *record;
         let log = self
             .db
             .prepare(
@@ -561,9 +746,11 @@ impl Store {
         let state = self
             .db
             .prepare(
-                "INSERT INTO deliveries (job_id, event_id, merchant_id, destination, status, attempts, last_error, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8) ON CONFLICT (job_id) DO UPDATE SET \
-                 status = excluded.status, attempts = excluded.attempts, last_error = excluded.last_error, updated_at = excluded.updated_at",
+                "INSERT INTO deliveries (job_id, event_id, merchant_id, destination, status, attempts, last_error, created_at, updated_at, \
+                 match_score, match_keys) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10) ON CONFLICT (job_id) DO UPDATE SET \
+                 status = excluded.status, attempts = excluded.attempts, last_error = excluded.last_error, updated_at = excluded.updated_at, \
+                 match_score = COALESCE(excluded.match_score, deliveries.match_score), \
+                 match_keys = COALESCE(excluded.match_keys, deliveries.match_keys)",
             )
             .bind(&[
                 text(&job.job_id),
@@ -574,6 +761,8 @@ impl Store {
                 int(attempt as i64),
                 opt_text(if matches!(outcome, "delivered" | "dry_run") { None } else { detail }),
                 int(now_ms),
+                opt_int(match_quality.map(|q| i64::from(q.score))),
+                opt_text(match_quality.map(MatchQuality::keys).as_deref()),
             ])?;
         self.db.batch(vec![log, state]).await?;
         Ok(())
@@ -794,6 +983,17 @@ impl Store {
                 .prepare("DELETE FROM crm_context WHERE merchant_id = ?1 AND identity_key IN (SELECT value FROM json_each(?2))")
                 .bind(&[text(merchant_id), text(&serde_json::to_string(&keys).map_err(rust_error)?)])?,
         );
+        let mut identity_keys: Vec<String> = customer_ids
+            .iter()
+            .map(|id| identity::customer_key(id))
+            .collect();
+        identity_keys.extend(email.as_deref().map(identity::email_key));
+        tables.push("identities");
+        statements.push(
+            self.db
+                .prepare("DELETE FROM identities WHERE merchant_id = ?1 AND identity_key IN (SELECT value FROM json_each(?2))")
+                .bind(&[text(merchant_id), text(&serde_json::to_string(&identity_keys).map_err(rust_error)?)])?,
+        );
         let results = self.db.batch(statements).await?;
         let mut counts = serde_json::Map::new();
         for (table, result) in tables.into_iter().zip(results.iter()) {
@@ -820,7 +1020,9 @@ impl Store {
 
     /// Whole-merchant deletion: every row of every table in this region.
     pub async fn delete_merchant(&self, merchant_id: &str) -> Result<Value> {
-        const TABLES: [&str; 11] = [
+        const TABLES: [&str; 13] = [
+            "identities",
+            "oauth_tokens",
             "delivery_attempts",
             "dead_letters",
             "deliveries",

@@ -167,6 +167,7 @@ impl Notice<'_> {
             values: Values::default(),
             livemode: self.livemode,
             properties: Default::default(),
+            touchpoints: Default::default(),
         }
     }
 

@@ -322,6 +322,7 @@ impl Mapper<'_> {
             values: Values::default(),
             livemode: true,
             properties: Default::default(),
+            touchpoints: Default::default(),
         }
     }
 

@@ -35,6 +35,12 @@ struct ProductEvent {
     milestone: Option<String>,
     #[serde(default)]
     properties: BTreeMap<String, Value>,
+    /// Click ids, first-party cookies and device data the app read at this moment
+    /// (`fbp`/`_fbp`, `fbc`/`_fbc`, `gclid`, `gbraid`, `wbraid`, `li_fat_id`, `ttclid`,
+    /// `ga_client_id`/`_ga`, `client_ip`/`ip`, `user_agent`, `phone`). Kept in the
+    /// merchant's identity store so later billing events carry them.
+    #[serde(default)]
+    context: BTreeMap<String, Value>,
 }
 
 /// Maps one request body: a single event object or `{"events": [...]}`.
@@ -154,6 +160,24 @@ fn map_one(merchant_id: &str, item: &Value, now: i64) -> Result<SourceOutput, In
         // Reserved names stay ours.
         canonical.properties.entry(key).or_insert(text);
     }
+    for (key, value) in &event.context {
+        let Value::String(text) = value else {
+            return Err(malformed(format!("context.{key} must be a string")));
+        };
+        match canonical.touchpoints.set(key, text) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(malformed(format!(
+                    "context.{key} is not a known identifier (fbp, fbc, gclid, gbraid, wbraid, \
+                     li_fat_id, ttclid, ga_client_id, client_ip, user_agent, phone)"
+                )))
+            }
+            Err(reason) => return Err(malformed(format!("context: {reason}"))),
+        }
+    }
+    if !canonical.touchpoints.is_empty() {
+        canonical.touchpoints.captured_at = Some(occurred_at);
+    }
     let mut output = notice.output(identity);
     output.events.push(canonical);
     Ok(output)
@@ -234,5 +258,43 @@ mod tests {
                 other => panic!("{}: {other:?}", String::from_utf8_lossy(body)),
             }
         }
+    }
+
+    #[test]
+    fn context_captures_click_ids_and_refuses_unknown_keys() {
+        let out = map(
+            "m1",
+            br#"{"event":"signup","user_id":"u_7","email":"ann@example.com","occurred_at":1795299000,
+                 "context":{"_fbc":"fb.1.1795298000000.IwAR2xyz","_fbp":"fb.1.1795297000000.1234567890",
+                            "gclid":"Cj0KCQiA","li_fat_id":"3a1b2c3d-0000-4000-8000-000000000001",
+                            "ttclid":"E.C.P.v2abc","_ga":"GA1.1.1180129581.1795297000",
+                            "ip":"203.0.113.7","user_agent":"Mozilla/5.0","phone":"+1 616 954 7888"}}"#,
+            NOW,
+        )
+        .unwrap();
+        let t = &out[0].events[0].touchpoints;
+        assert_eq!(t.fbc.as_deref(), Some("fb.1.1795298000000.IwAR2xyz"));
+        assert_eq!(t.ga_client_id.as_deref(), Some("1180129581.1795297000"));
+        assert_eq!(t.client_ip.as_deref(), Some("203.0.113.7"));
+        assert_eq!(t.captured_at, Some(1_795_299_000));
+        assert!(
+            out[0].events[0].properties.is_empty(),
+            "never free-form properties"
+        );
+
+        let unknown = map(
+            "m1",
+            br#"{"event":"signup","user_id":"u_7","context":{"favourite_colour":"red"}}"#,
+            NOW,
+        );
+        assert!(
+            matches!(unknown, Err(IngestError::MalformedPayload(m)) if m.contains("context.favourite_colour"))
+        );
+        let not_text = map(
+            "m1",
+            br#"{"event":"signup","user_id":"u_7","context":{"gclid":42}}"#,
+            NOW,
+        );
+        assert!(not_text.is_err());
     }
 }

@@ -432,6 +432,7 @@ impl Mapper<'_> {
             values: Values::default(),
             livemode: self.event.livemode,
             properties: Default::default(),
+            touchpoints: Default::default(),
         }
     }
 
