@@ -49,7 +49,22 @@ pub fn free_port() -> u16 {
 pub struct Recorded {
     pub method: String,
     pub target: String,
+    /// Header names lower-cased.
+    pub headers: Vec<(String, String)>,
     pub body: String,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
 }
 
 /// A platform stand-in: records every request, answers from a per-path-fragment script
@@ -142,6 +157,7 @@ fn read_request(stream: &TcpStream) -> Option<Recorded> {
     let method = parts.next()?.to_string();
     let target = parts.next()?.to_string();
     let mut length = 0usize;
+    let mut headers = Vec::new();
     loop {
         let mut header = String::new();
         reader.read_line(&mut header).ok()?;
@@ -150,6 +166,7 @@ fn read_request(stream: &TcpStream) -> Option<Recorded> {
             break;
         }
         if let Some((name, value)) = header.split_once(':') {
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
             if name.eq_ignore_ascii_case("content-length") {
                 length = value.trim().parse().unwrap_or(0);
             }
@@ -160,6 +177,7 @@ fn read_request(stream: &TcpStream) -> Option<Recorded> {
     Some(Recorded {
         method,
         target,
+        headers,
         body: String::from_utf8_lossy(&body).into_owned(),
     })
 }
