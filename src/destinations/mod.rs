@@ -266,6 +266,11 @@ pub fn build_single(
     context: &Context,
 ) -> Result<OutboundRequest, BuildError> {
     let plan = build(std::slice::from_ref(event), merchant, context)?;
+    first_request(plan, BuildError::NotForwardable(event.name.as_str()))
+}
+
+/// A plan's first refusal, else its first request, else `when_empty`.
+fn first_request(plan: Plan, when_empty: BuildError) -> Result<OutboundRequest, BuildError> {
     if let Some((_, err)) = plan.refused.into_iter().next() {
         return Err(err);
     }
@@ -273,7 +278,7 @@ pub fn build_single(
         .into_iter()
         .next()
         .map(|planned| planned.request)
-        .ok_or(BuildError::NotForwardable(event.name.as_str()))
+        .ok_or(when_empty)
 }
 
 /// Unit-test shorthand: the first request of a plan, or the first refusal.
@@ -296,15 +301,10 @@ pub(crate) fn build_for_test(
         now_s: now,
         access_token: Some("ya29.test-access-token"),
     };
-    let plan = build(events, merchant, &context)?;
-    if let Some((_, err)) = plan.refused.into_iter().next() {
-        return Err(err);
-    }
-    plan.requests
-        .into_iter()
-        .next()
-        .map(|planned| planned.request)
-        .ok_or(BuildError::NotConfigured("test"))
+    first_request(
+        build(events, merchant, &context)?,
+        BuildError::NotConfigured("test"),
+    )
 }
 
 pub fn find(name: &str) -> Option<&'static DestinationSpec> {
