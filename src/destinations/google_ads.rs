@@ -9,8 +9,8 @@
 //! TrackLayer's OAuth client; the developer token is TrackLayer's too (operator secrets).
 
 use super::{
-    parse_retry_after, plan_rows, truncate, AccessToken, AuthSpec, BuildError, Context,
-    DestinationSpec, MatchKey, OutboundRequest, Outcome, Plan, PlannedRequest,
+    parse_retry_after, plan_indexed_rows, truncate, AccessToken, AuthSpec, BuildError, Context,
+    DestinationSpec, MatchKey, OutboundRequest, Outcome, Plan,
 };
 use crate::config::MerchantConfig;
 use crate::event::{CanonicalEvent, EventName};
@@ -36,6 +36,7 @@ const RETRY_LATER_SECONDS: u32 = 6 * 3600;
 pub const ADJUSTS_EVENT_ID: &str = "adjusts_event_id";
 pub const ADJUSTS_EVENT_NAME: &str = "adjusts_event_name";
 pub const ADJUSTS_VALUE: &str = "adjusts_value";
+pub const ADJUSTS_OCCURRED_AT: &str = "adjusts_occurred_at";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -201,28 +202,27 @@ pub fn conversion_names(merchant: &MerchantConfig) -> Vec<EventName> {
         .unwrap_or_default()
 }
 
-/// Records on the correction which conversion it corrects.
-pub fn attach_original(correction: &mut CanonicalEvent, original: &CanonicalEvent) {
+/// Records on the correction which conversion it corrects, and the value that
+/// conversion was uploaded with (the merchant's value policy, as in [`click_conversion`]).
+pub fn attach_original(
+    correction: &mut CanonicalEvent,
+    original: &CanonicalEvent,
+    merchant: &MerchantConfig,
+) {
     correction
         .properties
         .insert(ADJUSTS_EVENT_ID.into(), original.event_id.clone());
     correction
         .properties
         .insert(ADJUSTS_EVENT_NAME.into(), original.name.as_str().into());
-    correction.properties.insert(
-        "adjusts_occurred_at".into(),
-        original.occurred_at.to_string(),
-    );
-    if let Some(value) = value_of(original) {
+    correction
+        .properties
+        .insert(ADJUSTS_OCCURRED_AT.into(), original.occurred_at.to_string());
+    if let Some(value) = merchant.value_policy.primary_value(original, NAME) {
         correction
             .properties
             .insert(ADJUSTS_VALUE.into(), value.to_string());
     }
-}
-
-fn value_of(event: &CanonicalEvent) -> Option<Amount> {
-    let v = &event.values;
-    v.net_value.or(v.gross_value).or(v.mrr).or(v.contract_value)
 }
 
 fn build(
@@ -272,28 +272,26 @@ fn build(
         headers.push(("login-customer-id".into(), manager.0.clone()));
     }
 
-    // Conversions and adjustments are two endpoints: plan each, then merge the plans.
-    let (corrections, conversions): (Vec<usize>, Vec<usize>) =
-        (0..events.len()).partition(|&i| events[i].name.is_correction());
+    // Conversions and adjustments are two endpoints: one plan, rows in each request kept
+    // in queue order.
     let mut plan = Plan::default();
-    for (indices, method, field) in [
-        (conversions, "uploadClickConversions", "conversions"),
-        (
-            corrections,
-            "uploadConversionAdjustments",
-            "conversionAdjustments",
-        ),
+    for (corrections, method, field) in [
+        (false, "uploadClickConversions", "conversions"),
+        (true, "uploadConversionAdjustments", "conversionAdjustments"),
     ] {
-        let subset: Vec<CanonicalEvent> = indices.iter().map(|&i| events[i].clone()).collect();
         let url = format!("{base}:{method}");
-        let part = plan_rows(
-            &subset,
+        plan_indexed_rows(
+            &mut plan,
+            events
+                .iter()
+                .enumerate()
+                .filter(|(_, event)| event.name.is_correction() == corrections),
             MAX_BATCH,
             |event| {
-                if field == "conversions" {
-                    click_conversion(event, merchant, &config)
-                } else {
+                if corrections {
                     adjustment(event, &config, context.now_s)
+                } else {
+                    click_conversion(event, merchant, &config)
                 }
             },
             |rows| {
@@ -306,13 +304,6 @@ fn build(
                 })
             },
         )?;
-        plan.refused
-            .extend(part.refused.into_iter().map(|(i, e)| (indices[i], e)));
-        plan.requests
-            .extend(part.requests.into_iter().map(|planned| PlannedRequest {
-                rows: planned.rows.iter().map(|&i| indices[i]).collect(),
-                request: planned.request,
-            }));
     }
     Ok(plan)
 }
@@ -415,14 +406,13 @@ pub fn adjustment(
         .action_resource(original_name)
         .ok_or_else(|| not_applicable("the corrected conversion is no longer mapped"))?;
     let original_at = event
-        .property("adjusts_occurred_at")
+        .property(ADJUSTS_OCCURRED_AT)
         .and_then(|t| t.parse::<i64>().ok())
         .unwrap_or(event.occurred_at);
     // Google requires the adjustment to come after the conversion.
     let adjusted_at = event
         .occurred_at
-        .max(original_at + 1)
-        .min(now.max(original_at + 1));
+        .clamp(original_at + 1, now.max(original_at + 1));
     let mut row = json!({
         "conversionAction": action,
         "orderId": order_id,
@@ -823,7 +813,7 @@ mod tests {
             gross_value: Some(Amount::from_minor(refunded_minor, "usd")),
             ..Values::default()
         };
-        attach_original(&mut r, &conversion());
+        attach_original(&mut r, &conversion(), &merchant(json!({})));
         r
     }
 
@@ -891,7 +881,7 @@ mod tests {
         let mut cancel = tests_support::event();
         cancel.name = EventName::SubscriptionCancelled;
         cancel.occurred_at = NOW - 60;
-        attach_original(&mut cancel, &conversion());
+        attach_original(&mut cancel, &conversion(), &m);
         assert!(accepts(&cancel, &m));
         assert!(!accepts(&cancel, &merchant(json!({}))));
         let req = build_for_test(build, &[cancel.clone()], &m, &Endpoints::default(), NOW).unwrap();

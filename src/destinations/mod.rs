@@ -196,12 +196,25 @@ pub struct DestinationSpec {
 pub fn plan_rows<R>(
     events: &[CanonicalEvent],
     max_rows: usize,
-    mut row: impl FnMut(&CanonicalEvent) -> Result<R, BuildError>,
-    mut request: impl FnMut(Vec<R>) -> Result<OutboundRequest, BuildError>,
+    row: impl FnMut(&CanonicalEvent) -> Result<R, BuildError>,
+    request: impl FnMut(Vec<R>) -> Result<OutboundRequest, BuildError>,
 ) -> Result<Plan, BuildError> {
     let mut plan = Plan::default();
+    plan_indexed_rows(&mut plan, events.iter().enumerate(), max_rows, row, request)?;
+    Ok(plan)
+}
+
+/// [`plan_rows`] over a chosen subset of the events (indices into the builder's slice),
+/// adding to `plan`: for platforms with several endpoints per group.
+pub fn plan_indexed_rows<'a, R>(
+    plan: &mut Plan,
+    events: impl IntoIterator<Item = (usize, &'a CanonicalEvent)>,
+    max_rows: usize,
+    mut row: impl FnMut(&CanonicalEvent) -> Result<R, BuildError>,
+    mut request: impl FnMut(Vec<R>) -> Result<OutboundRequest, BuildError>,
+) -> Result<(), BuildError> {
     let mut accepted = Vec::new();
-    for (index, event) in events.iter().enumerate() {
+    for (index, event) in events {
         match row(event) {
             Ok(built) => accepted.push((index, built)),
             Err(err) => plan.refused.push((index, err)),
@@ -215,7 +228,7 @@ pub fn plan_rows<R>(
             rows,
         });
     }
-    Ok(plan)
+    Ok(())
 }
 
 /// Outcomes per row of one answer. A permanent refusal of a multi-row request that the

@@ -10,7 +10,7 @@ use super::{keyring, now_ms, operator_settings, outbound, OperatorSettings};
 use crate::config::{MerchantConfig, Region};
 use crate::delivery::{self, decide, DeadLetter, Decision, DeliveryJob};
 use crate::destinations::{
-    self, google_ads, AuthSpec, BuildError, Context, OutboundRequest, Outcome,
+    self, google_ads, AuthSpec, BuildError, Context, DestinationSpec, OutboundRequest, Outcome,
 };
 use crate::event::CanonicalEvent;
 use crate::hashing::sha256_hex;
@@ -66,19 +66,21 @@ pub async fn consume_deliveries(batch: MessageBatch<String>, env: &Env) {
         }
     }
 
+    let settings = operator_settings(env);
     let mut merchants: HashMap<String, Option<MerchantConfig>> = HashMap::new();
     for group in delivery::group_jobs(pending.iter().map(|p| &p.job)) {
         let members: Vec<&Pending> = group.iter().map(|&i| &pending[i]).collect();
-        let steps = match deliver_group(env, region, &store, &mut merchants, &members).await {
-            Ok(steps) => steps,
-            Err(err) => {
-                console_error!(
-                    "deliveries: {err}; {} message(s) will be retried",
-                    members.len()
-                );
-                vec![Err(err.to_string()); members.len()]
-            }
-        };
+        let steps =
+            match deliver_group(env, region, &store, &settings, &mut merchants, &members).await {
+                Ok(steps) => steps,
+                Err(err) => {
+                    console_error!(
+                        "deliveries: {err}; {} message(s) will be retried",
+                        members.len()
+                    );
+                    vec![Err(err.to_string()); members.len()]
+                }
+            };
         for (member, step) in members.iter().zip(steps) {
             let message = &messages[member.message];
             match step {
@@ -183,13 +185,13 @@ async fn deliver_group(
     env: &Env,
     region: Region,
     store: &Store,
+    settings: &OperatorSettings,
     merchants: &mut HashMap<String, Option<MerchantConfig>>,
     members: &[&Pending],
 ) -> worker::Result<Vec<Result<Step, String>>> {
     let Some(first) = members.first() else {
         return Ok(Vec::new());
     };
-    let settings = operator_settings(env);
     let merchant =
         load_merchant(env, region, store, merchants, &first.job.event.merchant_id).await?;
     let spec = destinations::find(&first.job.destination);
@@ -197,7 +199,7 @@ async fn deliver_group(
         env,
         region,
         store,
-        settings: &settings,
+        settings,
         members,
         steps: vec![None; members.len()],
         quality: vec![None; members.len()],
@@ -223,17 +225,26 @@ async fn deliver_group(
         return Ok(run.into_steps());
     };
 
+    let google_conversions = if spec.name == google_ads::NAME {
+        google_ads::conversion_names(&merchant)
+    } else {
+        Vec::new()
+    };
     let mut events = Vec::with_capacity(members.len());
     for member in members {
         let mut event = member.job.event.clone();
         enrich_identity(store, &mut event).await?;
         if spec.name == google_ads::NAME && google_ads::needs_original(&event) {
-            let names = google_ads::conversion_names(&merchant);
             if let Some(original) = store
-                .delivered_conversion(&merchant.merchant_id, spec.name, &event, &names)
+                .delivered_conversion(
+                    &merchant.merchant_id,
+                    spec.name,
+                    &event,
+                    &google_conversions,
+                )
                 .await?
             {
-                google_ads::attach_original(&mut event, &original);
+                google_ads::attach_original(&mut event, &original, &merchant);
             }
         }
         events.push(event);
@@ -245,7 +256,7 @@ async fn deliver_group(
     let now = now_ms();
     let mut token = None;
     if let Some(auth) = spec.auth {
-        match access_token(env, store, &merchant, spec.name, auth, &settings, now).await? {
+        match access_token(env, store, &merchant, spec.name, auth, settings, now).await? {
             Ok(t) => token = Some(t),
             Err(outcome) => {
                 for i in 0..members.len() {
@@ -282,69 +293,45 @@ async fn deliver_group(
             }
             continue;
         }
-        let started = now_ms();
-        let answer = outbound::send(&planned.request).await;
-        let duration = now_ms() - started;
-        let log_url = Some(planned.request.log_url.as_str());
-        let answer = match answer {
-            Ok(answer) => answer,
-            Err(reason) => {
-                let outcome = Outcome::Retry {
-                    after_seconds: None,
-                    reason,
-                };
-                for &i in &planned.rows {
-                    run.finish(i, &outcome, None, log_url, duration).await?;
-                }
-                continue;
-            }
-        };
-        if answer.status == 401 && spec.auth.is_some() {
-            store.drop_token(&merchant.merchant_id, spec.name).await?;
-        }
         let rows = planned.rows.len();
-        match destinations::row_outcomes(
-            spec,
-            answer.status,
-            answer.retry_after.as_deref(),
-            &answer.body,
-            rows,
-        ) {
+        let sent = send_rows(store, &merchant.merchant_id, spec, &planned.request, rows).await?;
+        let log_url = Some(planned.request.log_url.as_str());
+        match sent.outcomes {
             Some(outcomes) => {
                 for (&i, outcome) in planned.rows.iter().zip(&outcomes) {
-                    run.finish(i, outcome, Some(answer.status), log_url, duration)
+                    run.finish(i, outcome, sent.status, log_url, sent.duration_ms)
                         .await?;
                 }
             }
             None => {
                 // Refused as a whole without saying which row: each row goes alone.
                 console_warn!(
-                    "{} refused a batch of {rows} (HTTP {}); re-sending each event alone",
+                    "{} refused a batch of {rows} (HTTP {:?}); re-sending each event alone",
                     spec.name,
-                    answer.status
+                    sent.status
                 );
                 for &i in &planned.rows {
                     match destinations::build_single(spec.build, &events[i], &merchant, &context) {
                         Err(err) => run.refused(i, &err).await?,
                         Ok(request) => {
-                            let started = now_ms();
-                            let single = outbound::send(&request).await;
-                            let duration = now_ms() - started;
-                            let (outcome, status) = match single {
-                                Ok(a) => (
-                                    (spec.classify)(a.status, a.retry_after.as_deref(), &a.body),
-                                    Some(a.status),
-                                ),
-                                Err(reason) => (
-                                    Outcome::Retry {
-                                        after_seconds: None,
-                                        reason,
-                                    },
-                                    None,
-                                ),
-                            };
-                            run.finish(i, &outcome, status, Some(&request.log_url), duration)
-                                .await?;
+                            let alone =
+                                send_rows(store, &merchant.merchant_id, spec, &request, 1).await?;
+                            // A single row always gets an outcome.
+                            let outcome = alone
+                                .outcomes
+                                .and_then(|o| o.into_iter().next())
+                                .unwrap_or(Outcome::Retry {
+                                    after_seconds: None,
+                                    reason: "no outcome for a single event".into(),
+                                });
+                            run.finish(
+                                i,
+                                &outcome,
+                                alone.status,
+                                Some(&request.log_url),
+                                alone.duration_ms,
+                            )
+                            .await?;
                         }
                     }
                 }
@@ -352,6 +339,55 @@ async fn deliver_group(
         }
     }
     Ok(run.into_steps())
+}
+
+/// One request sent and its answer judged per row.
+struct Sent {
+    /// One outcome per row, or `None` when the rows must be re-sent one by one.
+    outcomes: Option<Vec<Outcome>>,
+    status: Option<u16>,
+    duration_ms: i64,
+}
+
+async fn send_rows(
+    store: &Store,
+    merchant_id: &str,
+    spec: &DestinationSpec,
+    request: &OutboundRequest,
+    rows: usize,
+) -> worker::Result<Sent> {
+    let started = now_ms();
+    let answer = outbound::send(request).await;
+    let duration_ms = now_ms() - started;
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(reason) => {
+            let retry = Outcome::Retry {
+                after_seconds: None,
+                reason,
+            };
+            return Ok(Sent {
+                outcomes: Some(vec![retry; rows]),
+                status: None,
+                duration_ms,
+            });
+        }
+    };
+    // A rejected access token is not reused by the retry.
+    if answer.status == 401 && spec.auth.is_some() {
+        store.drop_token(merchant_id, spec.name).await?;
+    }
+    Ok(Sent {
+        outcomes: destinations::row_outcomes(
+            spec,
+            answer.status,
+            answer.retry_after.as_deref(),
+            &answer.body,
+            rows,
+        ),
+        status: Some(answer.status),
+        duration_ms,
+    })
 }
 
 /// A valid access token for the destination: the cached one, or a fresh one from the
