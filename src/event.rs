@@ -71,6 +71,29 @@ impl EventName {
         }
     }
 
+    /// The PascalCase custom-event name ad platforms get where they have no standard
+    /// event for it (Meta, TikTok).
+    pub fn custom_event_name(self) -> &'static str {
+        match self {
+            EventName::TrialStarted => "TrialStarted",
+            EventName::TrialConverted => "TrialConverted",
+            EventName::SubscriptionStarted => "SubscriptionStarted",
+            EventName::SubscriptionRenewed => "SubscriptionRenewed",
+            EventName::SubscriptionUpgraded => "SubscriptionUpgraded",
+            EventName::SubscriptionDowngraded => "SubscriptionDowngraded",
+            EventName::SubscriptionPaused => "SubscriptionPaused",
+            EventName::SubscriptionReactivated => "SubscriptionReactivated",
+            EventName::SubscriptionCancelled => "SubscriptionCancelled",
+            EventName::PaymentFailed => "PaymentFailed",
+            EventName::Refund => "Refund",
+            EventName::Signup => "Signup",
+            EventName::ActivationMilestone => "ActivationMilestone",
+            EventName::PipelineStageChanged => "PipelineStageChanged",
+            EventName::SubscriptionCreated => "SubscriptionCreated",
+            EventName::SubscriptionUpdated => "SubscriptionUpdated",
+        }
+    }
+
     /// Canonical names plus the landing page's accepted aliases.
     pub fn parse(text: &str) -> Option<Self> {
         let canonical = match text {

@@ -30,23 +30,23 @@ pub fn normalize_email(raw: &str) -> Option<String> {
 
 /// SHA-256 of the normalised email, or the value itself when it is already a hash.
 pub fn hash_email(raw: &str) -> Option<String> {
+    hash_normalized(raw, normalize_email)
+}
+
+/// The shared rule: a value that is already SHA-256 hex (any case) passes through
+/// lower-cased; otherwise SHA-256 of its normalised form, and nothing when the
+/// normaliser refuses it (never a hash of an empty value).
+fn hash_normalized(raw: &str, normalize: impl FnOnce(&str) -> Option<String>) -> Option<String> {
     let trimmed = raw.trim().to_lowercase();
     if is_sha256_hex(&trimmed) {
         return Some(trimmed);
     }
-    normalize_email(&trimmed).map(|email| sha256_hex(&email))
+    normalize(&trimmed).map(|value| sha256_hex(&value))
 }
 
 /// Generic identifier (external_id): trimmed and lower-cased, as Meta's SDK normalises it.
 pub fn hash_identifier(raw: &str) -> Option<String> {
-    let value = raw.trim().to_lowercase();
-    if value.is_empty() {
-        return None;
-    }
-    if is_sha256_hex(&value) {
-        return Some(value);
-    }
-    Some(sha256_hex(&value))
+    hash_normalized(raw, |value| (!value.is_empty()).then(|| value.to_string()))
 }
 
 /// Phone digits with the country code, no `+`, spaces or punctuation (Meta's and
@@ -68,20 +68,14 @@ pub fn normalize_phone_digits(raw: &str) -> Option<String> {
 
 /// SHA-256 of the phone digits (Meta, TikTok), or the value itself if already a hash.
 pub fn hash_phone_digits(raw: &str) -> Option<String> {
-    let trimmed = raw.trim().to_lowercase();
-    if is_sha256_hex(&trimmed) {
-        return Some(trimmed);
-    }
-    normalize_phone_digits(&trimmed).map(|digits| sha256_hex(&digits))
+    hash_normalized(raw, normalize_phone_digits)
 }
 
 /// SHA-256 of the E.164 form `+<digits>` (Google Ads enhanced conversions, GA4).
 pub fn hash_phone_e164(raw: &str) -> Option<String> {
-    let trimmed = raw.trim().to_lowercase();
-    if is_sha256_hex(&trimmed) {
-        return Some(trimmed);
-    }
-    normalize_phone_digits(&trimmed).map(|digits| sha256_hex(&format!("+{digits}")))
+    hash_normalized(raw, |phone| {
+        normalize_phone_digits(phone).map(|digits| format!("+{digits}"))
+    })
 }
 
 /// Google's email rule: trimmed, lower-cased, and for gmail.com / googlemail.com the dots
@@ -96,11 +90,7 @@ pub fn normalize_email_google(raw: &str) -> Option<String> {
 }
 
 pub fn hash_email_google(raw: &str) -> Option<String> {
-    let trimmed = raw.trim().to_lowercase();
-    if is_sha256_hex(&trimmed) {
-        return Some(trimmed);
-    }
-    normalize_email_google(&trimmed).map(|email| sha256_hex(&email))
+    hash_normalized(raw, normalize_email_google)
 }
 
 #[cfg(test)]

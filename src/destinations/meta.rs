@@ -98,15 +98,7 @@ pub fn event_name(name: EventName) -> &'static str {
         | EventName::SubscriptionReactivated => "Subscribe",
         EventName::SubscriptionRenewed | EventName::SubscriptionUpgraded => "Purchase",
         EventName::Signup => "CompleteRegistration",
-        EventName::SubscriptionDowngraded => "SubscriptionDowngraded",
-        EventName::SubscriptionPaused => "SubscriptionPaused",
-        EventName::SubscriptionCancelled => "SubscriptionCancelled",
-        EventName::PaymentFailed => "PaymentFailed",
-        EventName::Refund => "Refund",
-        EventName::ActivationMilestone => "ActivationMilestone",
-        EventName::PipelineStageChanged => "PipelineStageChanged",
-        EventName::SubscriptionCreated => "SubscriptionCreated",
-        EventName::SubscriptionUpdated => "SubscriptionUpdated",
+        custom => custom.custom_event_name(),
     }
 }
 

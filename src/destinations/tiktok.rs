@@ -87,15 +87,7 @@ pub fn event_name(name: EventName) -> &'static str {
         | EventName::SubscriptionRenewed
         | EventName::SubscriptionUpgraded => "CompletePayment",
         EventName::Signup => "CompleteRegistration",
-        EventName::SubscriptionDowngraded => "SubscriptionDowngraded",
-        EventName::SubscriptionPaused => "SubscriptionPaused",
-        EventName::SubscriptionCancelled => "SubscriptionCancelled",
-        EventName::PaymentFailed => "PaymentFailed",
-        EventName::Refund => "Refund",
-        EventName::ActivationMilestone => "ActivationMilestone",
-        EventName::PipelineStageChanged => "PipelineStageChanged",
-        EventName::SubscriptionCreated => "SubscriptionCreated",
-        EventName::SubscriptionUpdated => "SubscriptionUpdated",
+        custom => custom.custom_event_name(),
     }
 }
 
