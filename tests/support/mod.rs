@@ -414,17 +414,31 @@ impl Worker {
 
     /// Rows from one of the local D1 databases (`DB`, `DB_US`, `DB_EU`), read directly.
     pub fn d1_rows(&self, binding: &str, sql: &str) -> Vec<Value> {
-        let output = Command::new("bash")
-            .arg("-c")
-            .arg("source scripts/env.sh && wrangler d1 execute \"$1\" --local --persist-to \"$2\" --json --command \"$3\"")
-            .arg("bash")
-            .arg(binding)
-            .arg(self.state_dir.to_str().unwrap())
-            .arg(sql)
-            .current_dir(ROOT)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run wrangler d1 execute");
+        let run = || {
+            Command::new("bash")
+                .arg("-c")
+                .arg("source scripts/env.sh && wrangler d1 execute \"$1\" --local --persist-to \"$2\" --json --command \"$3\"")
+                .arg("bash")
+                .arg(binding)
+                .arg(self.state_dir.to_str().unwrap())
+                .arg(sql)
+                .current_dir(ROOT)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run wrangler d1 execute")
+        };
+        // This second process shares the SQLite file with the running worker: while the
+        // worker holds the write lock the read is refused SQLITE_BUSY; try again.
+        let mut output = run();
+        for _ in 0..5 {
+            if output.status.success()
+                || !String::from_utf8_lossy(&output.stderr).contains("SQLITE_BUSY")
+            {
+                break;
+            }
+            thread::sleep(Duration::from_millis(500));
+            output = run();
+        }
         assert!(
             output.status.success(),
             "d1 execute failed: {}",
