@@ -75,6 +75,10 @@ pub struct Touchpoints {
     pub client_ip: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
+    /// The pixel's visitor id (`_tl_vid` cookie), passed by the merchant's server: links
+    /// this person to what the pixel captured in their browser. Never sent anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visitor_id: Option<String>,
     /// When the click ids were captured (unix seconds): attribution windows count from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub captured_at: Option<i64>,
@@ -134,6 +138,15 @@ impl Touchpoints {
                 "{name} is longer than {MAX_VALUE_CHARS} characters"
             ));
         }
+        if matches!(name, "visitor_id" | "_tl_vid") {
+            if !crate::pixel::is_visitor_id(value) {
+                return Err(format!(
+                    "{name} is not a TrackLayer visitor id (32 lowercase hex digits)"
+                ));
+            }
+            self.visitor_id = Some(value.to_string());
+            return Ok(true);
+        }
         let (identifier, value) = match name {
             "_ga" => (
                 Identifier::GaClientId,
@@ -181,6 +194,14 @@ impl Touchpoints {
         }
         if filled && self.captured_at.is_none() {
             self.captured_at = stored.captured_at;
+        }
+    }
+
+    /// The values worth storing: what the event captured, without the visitor link.
+    pub fn for_store(&self) -> Touchpoints {
+        Touchpoints {
+            visitor_id: None,
+            ..self.clone()
         }
     }
 

@@ -18,6 +18,7 @@ pub mod identity;
 pub mod ingest;
 pub mod ledger;
 pub mod money;
+pub mod pixel;
 pub mod plans;
 pub mod retention;
 pub mod routes;

@@ -169,7 +169,7 @@ fn map_one(merchant_id: &str, item: &Value, now: i64) -> Result<SourceOutput, In
             Ok(false) => {
                 return Err(malformed(format!(
                     "context.{key} is not a known identifier (fbp, fbc, gclid, gbraid, wbraid, \
-                     li_fat_id, ttclid, ga_client_id, client_ip, user_agent, phone)"
+                     li_fat_id, ttclid, ga_client_id, client_ip, user_agent, phone, visitor_id)"
                 )))
             }
             Err(reason) => return Err(malformed(format!("context: {reason}"))),
@@ -268,7 +268,8 @@ mod tests {
                  "context":{"_fbc":"fb.1.1795298000000.IwAR2xyz","_fbp":"fb.1.1795297000000.1234567890",
                             "gclid":"Cj0KCQiA","li_fat_id":"3a1b2c3d-0000-4000-8000-000000000001",
                             "ttclid":"E.C.P.v2abc","_ga":"GA1.1.1180129581.1795297000",
-                            "ip":"203.0.113.7","user_agent":"Mozilla/5.0","phone":"+1 616 954 7888"}}"#,
+                            "ip":"203.0.113.7","user_agent":"Mozilla/5.0","phone":"+1 616 954 7888",
+                            "_tl_vid":"0123456789abcdef0123456789abcdef"}}"#,
             NOW,
         )
         .unwrap();
@@ -277,6 +278,11 @@ mod tests {
         assert_eq!(t.ga_client_id.as_deref(), Some("1180129581.1795297000"));
         assert_eq!(t.client_ip.as_deref(), Some("203.0.113.7"));
         assert_eq!(t.captured_at, Some(1_795_299_000));
+        assert_eq!(
+            t.visitor_id.as_deref(),
+            Some("0123456789abcdef0123456789abcdef")
+        );
+        assert_eq!(t.for_store().visitor_id, None);
         assert!(
             out[0].events[0].properties.is_empty(),
             "never free-form properties"
@@ -296,5 +302,13 @@ mod tests {
             NOW,
         );
         assert!(not_text.is_err());
+        let not_a_visitor = map(
+            "m1",
+            br#"{"event":"signup","user_id":"u_7","context":{"visitor_id":"abc"}}"#,
+            NOW,
+        );
+        assert!(
+            matches!(not_a_visitor, Err(IngestError::MalformedPayload(m)) if m.contains("visitor id"))
+        );
     }
 }
