@@ -66,7 +66,7 @@ impl RetentionPolicy {
     /// The regional purges due at `now_ms`. Deliveries still pending are never purged
     /// (their job is on a queue); their attempts are logs and follow their own window.
     pub fn regional_purges(&self, now_ms: i64) -> Vec<Purge> {
-        let rules: [(u32, &'static str, &'static str); 8] = [
+        let rules: [(u32, &'static str, &'static str); 9] = [
             (self.events_days, "canonical_events", "received_at"),
             (self.deliveries_days, "deliveries", "updated_at"),
             (self.attempts_days, "delivery_attempts", "attempted_at"),
@@ -75,6 +75,7 @@ impl RetentionPolicy {
             (self.customers_days, "customers", "updated_at"),
             (self.customers_days, "crm_context", "updated_at"),
             (self.identity_days, "identities", "updated_at"),
+            (self.identity_days, "identity_links", "linked_at"),
         ];
         rules
             .into_iter()

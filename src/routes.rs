@@ -8,6 +8,9 @@ pub enum RouteId {
     StripeWebhook,
     SourceWebhook,
     ProductEvents,
+    PixelScript,
+    PixelCollect,
+    PixelPreflight,
     MerchantSelf,
     MerchantView,
     AdminListMerchants,
@@ -20,6 +23,9 @@ pub enum RouteId {
     AdminListApiKeys,
     AdminCreateApiKey,
     AdminRevokeApiKey,
+    AdminGetPixel,
+    AdminPutPixel,
+    AdminDeletePixel,
     AdminView,
     AdminReplayDeadLetter,
     AdminReplayDeadLetters,
@@ -59,6 +65,17 @@ pub const ROUTES: &[Route] = &[
         RouteId::SourceWebhook,
     ),
     route("POST", "/v1/product-events", RouteId::ProductEvents),
+    route("GET", "/v1/pixel.js", RouteId::PixelScript),
+    route(
+        "POST",
+        "/v1/pixel/{pixel_key}/collect",
+        RouteId::PixelCollect,
+    ),
+    route(
+        "OPTIONS",
+        "/v1/pixel/{pixel_key}/collect",
+        RouteId::PixelPreflight,
+    ),
     route("GET", "/v1/merchants/{merchant_id}", RouteId::MerchantSelf),
     route(
         "GET",
@@ -106,6 +123,21 @@ pub const ROUTES: &[Route] = &[
         "DELETE",
         "/v1/admin/merchants/{merchant_id}/api-keys/{key_id}",
         RouteId::AdminRevokeApiKey,
+    ),
+    route(
+        "GET",
+        "/v1/admin/merchants/{merchant_id}/pixel",
+        RouteId::AdminGetPixel,
+    ),
+    route(
+        "PUT",
+        "/v1/admin/merchants/{merchant_id}/pixel",
+        RouteId::AdminPutPixel,
+    ),
+    route(
+        "DELETE",
+        "/v1/admin/merchants/{merchant_id}/pixel",
+        RouteId::AdminDeletePixel,
     ),
     route(
         "GET",
@@ -233,6 +265,17 @@ mod tests {
         assert_eq!(
             found("GET", "/v1/admin/merchants/acme/api-keys").0,
             RouteId::AdminListApiKeys
+        );
+        assert_eq!(
+            found("PUT", "/v1/admin/merchants/acme/pixel").0,
+            RouteId::AdminPutPixel
+        );
+        assert_eq!(
+            found("OPTIONS", "/v1/pixel/tlp_00/collect"),
+            (
+                RouteId::PixelPreflight,
+                vec![("pixel_key", "tlp_00".into())]
+            )
         );
         assert_eq!(
             found("GET", "/v1/admin/merchants/acme/deliveries"),

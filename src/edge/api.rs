@@ -5,7 +5,7 @@
 use super::http::{api_error, json_response};
 use super::ledger::LedgerClient;
 use super::regions::deliveries_binding;
-use super::routing::{ApiKeyRow, Route, Routing};
+use super::routing::{ApiKeyRow, PixelRow, Route, Routing};
 use super::store::Store;
 use super::{authenticate_merchant_key, keyring, now_ms};
 use crate::admin::{
@@ -15,6 +15,7 @@ use crate::admin::{
 use crate::config::MerchantStatus;
 use crate::delivery::DeliveryJob;
 use crate::hashing::constant_time_eq;
+use crate::pixel::PixelSettings;
 use crate::routes::RouteId;
 use crate::secrets::{config_context, Keyring, NONCE_LEN};
 use serde::Deserialize;
@@ -119,6 +120,9 @@ pub async fn admin(
         RouteId::AdminListApiKeys => list_api_keys(env, &merchant_id).await,
         RouteId::AdminCreateApiKey => create_api_key(req, env, &merchant_id).await,
         RouteId::AdminRevokeApiKey => revoke_api_key(env, &merchant_id, param("key_id")).await,
+        RouteId::AdminGetPixel => get_pixel(&req, env, &merchant_id).await,
+        RouteId::AdminPutPixel => put_pixel(req, env, &merchant_id).await,
+        RouteId::AdminDeletePixel => delete_pixel(env, &merchant_id).await,
         RouteId::AdminView => read_view(&req, env, &merchant_id, param("view")).await,
         RouteId::AdminReplayDeadLetter => replay(env, &merchant_id, param("job_id")).await,
         RouteId::AdminReplayDeadLetters => replay_many(req, env, &merchant_id).await,
@@ -438,6 +442,73 @@ async fn revoke_api_key(env: &Env, merchant_id: &str, key_id: &str) -> Answer {
         )));
     }
     Ok((200, json!({ "key_id": key_id, "revoked": true })))
+}
+
+/// The pixel as the operator sees it, with the tags to paste into the merchant's pages
+/// (pointing at the host this request reached).
+fn pixel_json(req: &Request, row: &PixelRow) -> std::result::Result<Value, ApiError> {
+    let base = req
+        .url()
+        .map_err(unavailable)?
+        .origin()
+        .ascii_serialization();
+    let settings = row.settings();
+    Ok(json!({
+        "merchant_id": row.merchant_id,
+        "pixel_key": row.pixel_key,
+        "allowed_origins": settings.allowed_origins,
+        "browser_identify": settings.browser_identify,
+        "snippet": crate::pixel::snippet(&base, &row.pixel_key),
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+    }))
+}
+
+async fn get_pixel(req: &Request, env: &Env, merchant_id: &str) -> Answer {
+    let routing = Routing::from_env(env).map_err(unavailable)?;
+    route_of(&routing, merchant_id).await?;
+    let row = routing
+        .pixel_of(merchant_id)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| ApiError::NotFound(format!("pixel of merchant {merchant_id}")))?;
+    Ok((200, pixel_json(req, &row)?))
+}
+
+/// Creates the pixel (new public key) or updates its settings (same key).
+async fn put_pixel(mut req: Request, env: &Env, merchant_id: &str) -> Answer {
+    let body = req.bytes().await.map_err(unavailable)?;
+    let settings: PixelSettings = parse_body(&body)?;
+    let settings = settings
+        .validated()
+        .map_err(|reason| ApiError::InvalidConfig {
+            name: "pixel".into(),
+            reason,
+        })?;
+    let routing = Routing::from_env(env).map_err(unavailable)?;
+    route_of(&routing, merchant_id).await?;
+    let new_key =
+        crate::pixel::generate_key(&random_bytes::<{ crate::pixel::KEY_RANDOM_BYTES }>()?);
+    routing
+        .put_pixel(merchant_id, &new_key, &settings, now_ms())
+        .await
+        .map_err(unavailable)?;
+    get_pixel(&req, env, merchant_id).await
+}
+
+async fn delete_pixel(env: &Env, merchant_id: &str) -> Answer {
+    let routing = Routing::from_env(env).map_err(unavailable)?;
+    route_of(&routing, merchant_id).await?;
+    if !routing
+        .delete_pixel(merchant_id)
+        .await
+        .map_err(unavailable)?
+    {
+        return Err(ApiError::NotFound(format!(
+            "pixel of merchant {merchant_id}"
+        )));
+    }
+    Ok((200, json!({ "merchant_id": merchant_id, "deleted": true })))
 }
 
 async fn read_view(req: &Request, env: &Env, merchant_id: &str, view_name: &str) -> Answer {

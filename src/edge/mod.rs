@@ -7,6 +7,7 @@ mod http;
 mod intake;
 mod ledger;
 mod outbound;
+mod pixel;
 mod regions;
 mod routing;
 mod store;
@@ -234,6 +235,9 @@ async fn route(req: Request, env: &Env, ctx: &Context) -> Result<Response> {
             None => json_error(404, "unknown_source", "no such source integration"),
         },
         RouteId::ProductEvents => intake::product_events(req, env, ctx).await,
+        RouteId::PixelScript => pixel::script(),
+        RouteId::PixelCollect => pixel::collect(req, env, ctx, &param("pixel_key")).await,
+        RouteId::PixelPreflight => pixel::preflight(&req, env, &param("pixel_key")).await,
         RouteId::MerchantSelf | RouteId::MerchantView => {
             api::merchant_read(id, &param("merchant_id"), &param("view"), &req, env).await
         }

@@ -4,6 +4,7 @@
 use super::regions::GLOBAL_DB;
 use super::store::{int, text};
 use crate::config::{MerchantStatus, Plan, Region};
+use crate::pixel::PixelSettings;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use worker::{D1Database, Env, Result};
@@ -33,6 +34,32 @@ pub struct ApiKeyRow {
     pub last_used_at: Option<i64>,
     pub revoked_at: Option<i64>,
 }
+
+/// A merchant's pixel, with what a beacon needs of its route.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PixelRow {
+    pub pixel_key: String,
+    pub merchant_id: String,
+    pub allowed_origins: String,
+    pub browser_identify: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub region: Region,
+    pub status: MerchantStatus,
+}
+
+impl PixelRow {
+    pub fn settings(&self) -> PixelSettings {
+        PixelSettings {
+            allowed_origins: serde_json::from_str(&self.allowed_origins).unwrap_or_default(),
+            browser_identify: self.browser_identify != 0,
+        }
+    }
+}
+
+const PIXEL_COLUMNS: &str = "p.pixel_key, p.merchant_id, p.allowed_origins, p.browser_identify, \
+     p.created_at, p.updated_at, r.region, r.status \
+     FROM pixel_keys p JOIN merchant_routes r ON r.merchant_id = p.merchant_id";
 
 fn enum_text<T: Serialize>(value: &T) -> String {
     serde_json::to_value(value)
@@ -115,11 +142,72 @@ impl Routing {
                     .prepare("DELETE FROM rejected_requests WHERE merchant_id = ?1")
                     .bind(&[text(merchant_id)])?,
                 self.db
+                    .prepare("DELETE FROM pixel_keys WHERE merchant_id = ?1")
+                    .bind(&[text(merchant_id)])?,
+                self.db
                     .prepare("DELETE FROM merchant_routes WHERE merchant_id = ?1")
                     .bind(&[text(merchant_id)])?,
             ])
             .await?;
         Ok(())
+    }
+
+    /// The pixel a beacon names, with its merchant's region and status: one read.
+    pub async fn pixel(&self, pixel_key: &str) -> Result<Option<PixelRow>> {
+        self.db
+            .prepare(format!("SELECT {PIXEL_COLUMNS} WHERE p.pixel_key = ?1"))
+            .bind(&[text(pixel_key)])?
+            .first(None)
+            .await
+    }
+
+    pub async fn pixel_of(&self, merchant_id: &str) -> Result<Option<PixelRow>> {
+        self.db
+            .prepare(format!("SELECT {PIXEL_COLUMNS} WHERE p.merchant_id = ?1"))
+            .bind(&[text(merchant_id)])?
+            .first(None)
+            .await
+    }
+
+    /// Saves the settings; a merchant without a pixel gets `new_key`, one with a pixel
+    /// keeps its key (pages already carry it).
+    pub async fn put_pixel(
+        &self,
+        merchant_id: &str,
+        new_key: &str,
+        settings: &PixelSettings,
+        now_ms: i64,
+    ) -> Result<()> {
+        let origins = serde_json::to_string(&settings.allowed_origins)
+            .map_err(|e| worker::Error::RustError(e.to_string()))?;
+        self.db
+            .prepare(
+                "INSERT INTO pixel_keys (pixel_key, merchant_id, allowed_origins, browser_identify, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT (merchant_id) DO UPDATE SET \
+                 allowed_origins = excluded.allowed_origins, browser_identify = excluded.browser_identify, \
+                 updated_at = excluded.updated_at",
+            )
+            .bind(&[
+                text(new_key),
+                text(merchant_id),
+                text(&origins),
+                int(i64::from(settings.browser_identify)),
+                int(now_ms),
+            ])?
+            .run()
+            .await?;
+        Ok(())
+    }
+
+    /// Removes the pixel; its key stops working at once. False if there was none.
+    pub async fn delete_pixel(&self, merchant_id: &str) -> Result<bool> {
+        let result = self
+            .db
+            .prepare("DELETE FROM pixel_keys WHERE merchant_id = ?1")
+            .bind(&[text(merchant_id)])?
+            .run()
+            .await?;
+        Ok(changes(&result)? > 0)
     }
 
     pub async fn insert_api_key(&self, row: &ApiKeyRow) -> Result<()> {

@@ -8,6 +8,7 @@ use crate::delivery::{DeadLetter, DeliveryJob};
 use crate::enrich::KnownCustomer;
 use crate::event::{CanonicalEvent, EventName};
 use crate::identity::{self, MatchQuality, Touchpoints};
+use crate::pixel::Capture;
 use crate::retention::Purge;
 use crate::secrets::{config_context, Keyring};
 use crate::sources::crm::CrmContext;
@@ -16,6 +17,15 @@ use serde::Deserialize;
 use serde_json::Value;
 use wasm_bindgen::JsValue;
 use worker::{console_error, D1Database, Env, Result};
+
+/// A newer capture replaces stored values field by field (`json_patch`); an older one
+/// only fills what is missing.
+const IDENTITY_UPSERT: &str = "ON CONFLICT (merchant_id, identity_key) DO UPDATE SET \
+     touchpoints = CASE WHEN excluded.captured_at_s >= identities.captured_at_s \
+       THEN json_patch(identities.touchpoints, excluded.touchpoints) \
+       ELSE json_patch(excluded.touchpoints, identities.touchpoints) END, \
+     captured_at_s = max(identities.captured_at_s, excluded.captured_at_s), \
+     updated_at = excluded.updated_at";
 
 pub fn text(value: &str) -> JsValue {
     JsValue::from_str(value)
@@ -341,6 +351,21 @@ impl Store {
         for event in output.events.iter().filter(|e| !e.touchpoints.is_empty()) {
             statements.extend(self.remember_touchpoints(merchant_id, event, now_ms)?);
         }
+        // The merchant's server names the pixel visitor this person was.
+        for event in &output.events {
+            let (Some(visitor_id), keys) = (&event.touchpoints.visitor_id, identity::keys(event))
+            else {
+                continue;
+            };
+            if !keys.is_empty() {
+                statements.extend(self.link_visitor(
+                    merchant_id,
+                    &crate::pixel::visitor_key(visitor_id),
+                    &keys,
+                    now_ms,
+                )?);
+            }
+        }
         if let Some(context) = &output.crm_context {
             let json = serde_json::to_string(context)
                 .map_err(|e| worker::Error::RustError(e.to_string()))?;
@@ -404,38 +429,104 @@ impl Store {
     }
 
     /// Click ids captured with an event, under each key the person can be found by.
-    /// Newer values replace older ones field by field (`json_patch`); a capture older
-    /// than the stored one fills only what is missing.
     fn remember_touchpoints(
         &self,
         merchant_id: &str,
         event: &CanonicalEvent,
         now_ms: i64,
     ) -> Result<Vec<worker::D1PreparedStatement>> {
-        let json = serde_json::to_string(&event.touchpoints).map_err(rust_error)?;
         let captured_at = event.touchpoints.captured_at.unwrap_or(event.occurred_at);
         identity::keys(event)
             .iter()
             .map(|key| {
-                self.db
-                    .prepare(
-                        "INSERT INTO identities (merchant_id, identity_key, touchpoints, captured_at_s, updated_at) \
-                         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (merchant_id, identity_key) DO UPDATE SET \
-                         touchpoints = CASE WHEN excluded.captured_at_s >= identities.captured_at_s \
-                           THEN json_patch(identities.touchpoints, excluded.touchpoints) \
-                           ELSE json_patch(excluded.touchpoints, identities.touchpoints) END, \
-                         captured_at_s = max(identities.captured_at_s, excluded.captured_at_s), \
-                         updated_at = excluded.updated_at",
-                    )
-                    .bind(&[
-                        text(merchant_id),
-                        text(key),
-                        text(&json),
-                        int(captured_at),
-                        int(now_ms),
-                    ])
+                self.upsert_identity(merchant_id, key, &event.touchpoints, captured_at, now_ms)
             })
             .collect()
+    }
+
+    fn upsert_identity(
+        &self,
+        merchant_id: &str,
+        key: &str,
+        touchpoints: &Touchpoints,
+        captured_at_s: i64,
+        now_ms: i64,
+    ) -> Result<worker::D1PreparedStatement> {
+        let json = serde_json::to_string(&touchpoints.for_store()).map_err(rust_error)?;
+        self.db
+            .prepare(format!(
+                "INSERT INTO identities (merchant_id, identity_key, touchpoints, captured_at_s, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) {IDENTITY_UPSERT}"
+            ))
+            .bind(&[
+                text(merchant_id),
+                text(key),
+                text(&json),
+                int(captured_at_s),
+                int(now_ms),
+            ])
+    }
+
+    /// Links a pixel visitor to the keys of the person it turned out to be, then copies
+    /// what the pixel holds for the visitor to every key it is linked to.
+    fn link_visitor(
+        &self,
+        merchant_id: &str,
+        visitor_key: &str,
+        keys: &[String],
+        now_ms: i64,
+    ) -> Result<Vec<worker::D1PreparedStatement>> {
+        let mut statements = Vec::with_capacity(keys.len() + 1);
+        for key in keys {
+            statements.push(
+                self.db
+                    .prepare(
+                        "INSERT INTO identity_links (merchant_id, visitor_key, identity_key, linked_at) \
+                         VALUES (?1, ?2, ?3, ?4) ON CONFLICT (merchant_id, visitor_key, identity_key) \
+                         DO UPDATE SET linked_at = excluded.linked_at",
+                    )
+                    .bind(&[text(merchant_id), text(visitor_key), text(key), int(now_ms)])?,
+            );
+        }
+        // WHERE is required before an upsert on INSERT … SELECT (SQLite parsing rule).
+        statements.push(
+            self.db
+                .prepare(format!(
+                    "INSERT INTO identities (merchant_id, identity_key, touchpoints, captured_at_s, updated_at) \
+                     SELECT l.merchant_id, l.identity_key, v.touchpoints, v.captured_at_s, ?3 \
+                     FROM identity_links l JOIN identities v \
+                       ON v.merchant_id = l.merchant_id AND v.identity_key = l.visitor_key \
+                     WHERE l.merchant_id = ?1 AND l.visitor_key = ?2 {IDENTITY_UPSERT}"
+                ))
+                .bind(&[text(merchant_id), text(visitor_key), int(now_ms)])?,
+        );
+        Ok(statements)
+    }
+
+    /// One pixel beacon: the visitor's capture, its new links, and the copy to every
+    /// person it is linked to, in one transaction.
+    pub async fn record_visitor(
+        &self,
+        merchant_id: &str,
+        capture: &Capture,
+        now_ms: i64,
+    ) -> Result<()> {
+        let captured_at = capture.touchpoints.captured_at.unwrap_or(now_ms / 1000);
+        let mut statements = vec![self.upsert_identity(
+            merchant_id,
+            &capture.visitor_key,
+            &capture.touchpoints,
+            captured_at,
+            now_ms,
+        )?];
+        statements.extend(self.link_visitor(
+            merchant_id,
+            &capture.visitor_key,
+            &capture.link_keys,
+            now_ms,
+        )?);
+        self.db.batch(statements).await?;
+        Ok(())
     }
 
     /// What the identity store holds for any of these keys, freshest capture first.
@@ -988,11 +1079,29 @@ impl Store {
             .map(|id| identity::customer_key(id))
             .collect();
         identity_keys.extend(email.as_deref().map(identity::email_key));
+        let identity_keys_json = serde_json::to_string(&identity_keys).map_err(rust_error)?;
+        // The pixel visitors this person was (their IPs and click ids) go with them.
+        tables.push("visitors");
+        statements.push(
+            self.db
+                .prepare(
+                    "DELETE FROM identities WHERE merchant_id = ?1 AND identity_key IN \
+                          (SELECT visitor_key FROM identity_links WHERE merchant_id = ?1 \
+                           AND identity_key IN (SELECT value FROM json_each(?2)))",
+                )
+                .bind(&[text(merchant_id), text(&identity_keys_json)])?,
+        );
+        tables.push("identity_links");
+        statements.push(
+            self.db
+                .prepare("DELETE FROM identity_links WHERE merchant_id = ?1 AND identity_key IN (SELECT value FROM json_each(?2))")
+                .bind(&[text(merchant_id), text(&identity_keys_json)])?,
+        );
         tables.push("identities");
         statements.push(
             self.db
                 .prepare("DELETE FROM identities WHERE merchant_id = ?1 AND identity_key IN (SELECT value FROM json_each(?2))")
-                .bind(&[text(merchant_id), text(&serde_json::to_string(&identity_keys).map_err(rust_error)?)])?,
+                .bind(&[text(merchant_id), text(&identity_keys_json)])?,
         );
         let results = self.db.batch(statements).await?;
         let mut counts = serde_json::Map::new();
@@ -1020,7 +1129,8 @@ impl Store {
 
     /// Whole-merchant deletion: every row of every table in this region.
     pub async fn delete_merchant(&self, merchant_id: &str) -> Result<Value> {
-        const TABLES: [&str; 13] = [
+        const TABLES: [&str; 14] = [
+            "identity_links",
             "identities",
             "oauth_tokens",
             "delivery_attempts",
