@@ -22,8 +22,24 @@ const GOOGLE_UPLOAD: &str = "/v22/customers/1234567890:uploadClickConversions";
 
 /// One page view in the test browser whose state lives in `state`.
 fn visit(worker: &Worker, state: &Path, page: &str, key: &str, calls: Value) -> Value {
+    visit_page(worker, state, page, key, calls, false)
+}
+
+/// A page view; `consent_required` puts `data-consent="required"` on the script tag.
+fn visit_page(
+    worker: &Worker,
+    state: &Path,
+    page: &str,
+    key: &str,
+    calls: Value,
+    consent_required: bool,
+) -> Value {
     let script_url = format!("http://127.0.0.1:{}/v1/pixel.js", worker.port);
-    let output = Command::new("node")
+    let mut command = Command::new("node");
+    if consent_required {
+        command.env("PIXEL_CONSENT", "required");
+    }
+    let output = command
         .arg(format!("{ROOT}/tests/support/browser.cjs"))
         .arg(state)
         .arg(page)
@@ -334,7 +350,45 @@ fn pixel_click_ids_reach_the_conversion_weeks_later() {
         sent[0].body
     );
 
-    // 6. Refusals: other origins, no origin, bad bodies, unknown keys; CORS only for
+    // 6. Consent mode: nothing is stored or sent before consent, then it is.
+    let browser_three = state_dir.join("browser-three.json");
+    let page = "https://example.com/?gclid=Cj0-consent-gclid";
+    let waiting = visit_page(&worker, &browser_three, page, &key, json!([]), true);
+    assert_eq!(waiting["beacons"], json!([]), "{waiting}");
+    assert_eq!(waiting["cookies"], json!([]), "{waiting}");
+    let consented = visit_page(
+        &worker,
+        &browser_three,
+        page,
+        &key,
+        json!([["consent", true]]),
+        true,
+    );
+    assert_eq!(
+        consented["beacons"].as_array().unwrap().len(),
+        1,
+        "{consented}"
+    );
+    assert_eq!(consented["beacons"][0]["status"], 204);
+    assert_eq!(
+        consented["beacons"][0]["body"]["landing"]["gclid"],
+        "Cj0-consent-gclid"
+    );
+    let withdrawn = visit_page(
+        &worker,
+        &browser_three,
+        page,
+        &key,
+        json!([["consent", false]]),
+        true,
+    );
+    assert_eq!(withdrawn["beacons"], json!([]), "{withdrawn}");
+    assert!(
+        !withdrawn.to_string().contains("_tl_vid"),
+        "the visitor cookie is deleted: {withdrawn}"
+    );
+
+    // 7. Refusals: other origins, no origin, bad bodies, unknown keys; CORS only for
     //    allowed origins.
     let body = json!({ "visitor_id": visitor_id }).to_string();
     let evil = beacon(&worker, &key, Some("https://evil.example"), &body);
@@ -402,7 +456,7 @@ fn pixel_click_ids_reach_the_conversion_weeks_later() {
     });
     assert!(rejected.contains("\"pixel\""), "{rejected}");
 
-    // 7. Erasure takes the visitor rows of the person with it.
+    // 8. Erasure takes the visitor rows of the person with it.
     let erased = worker.admin(
         "POST",
         "/v1/admin/merchants/m_px/erasure",
@@ -424,7 +478,7 @@ fn pixel_click_ids_reach_the_conversion_weeks_later() {
         0
     );
 
-    // 8. Disabling the pixel stops its key at once.
+    // 9. Disabling the pixel stops its key at once.
     assert_eq!(
         worker
             .admin("DELETE", "/v1/admin/merchants/m_px/pixel", None)
