@@ -214,6 +214,21 @@ impl Touchpoints {
     }
 }
 
+/// One record per identity key, freshest capture first → one set of touchpoints: each
+/// value comes from the freshest record that has it.
+pub fn merge_freshest_first<'a>(
+    records: impl IntoIterator<Item = &'a Touchpoints>,
+) -> Option<Touchpoints> {
+    let mut merged: Option<Touchpoints> = None;
+    for record in records {
+        match &mut merged {
+            None => merged = Some(record.clone()),
+            Some(fresher) => fresher.fill_from(record),
+        }
+    }
+    merged
+}
+
 /// `_ga` cookie `GA1.1.1234567890.1700000000` → client id `1234567890.1700000000`.
 pub fn ga_client_id_from_cookie(cookie: &str) -> Option<String> {
     let parts: Vec<&str> = cookie.trim().split('.').collect();
@@ -372,6 +387,26 @@ mod tests {
         assert_eq!(merged.gclid.as_deref(), Some("old"));
         assert_eq!(merged.ttclid.as_deref(), Some("tt"));
         assert_eq!(merged.captured_at, Some(200));
+    }
+
+    #[test]
+    fn freshest_record_wins_per_field() {
+        let fresh = Touchpoints {
+            gclid: Some("new".into()),
+            captured_at: Some(200),
+            ..Default::default()
+        };
+        let old = Touchpoints {
+            gclid: Some("old".into()),
+            fbp: Some("fb.1.1.1".into()),
+            captured_at: Some(100),
+            ..Default::default()
+        };
+        let merged = merge_freshest_first([&fresh, &old]).unwrap();
+        assert_eq!(merged.gclid.as_deref(), Some("new"));
+        assert_eq!(merged.fbp.as_deref(), Some("fb.1.1.1"));
+        assert_eq!(merged.captured_at, Some(200));
+        assert_eq!(merge_freshest_first([]), None);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use super::regions::{dead_letter_binding, queue_region};
 use super::routing::Routing;
-use super::store::{AttemptRecord, Store};
+use super::store::{AttemptRecord, DeliveryRow, Store};
 use super::{keyring, now_ms, operator_settings, outbound, OperatorSettings};
 use crate::config::{MerchantConfig, Region};
 use crate::delivery::{self, decide, DeadLetter, Decision, DeliveryJob};
@@ -40,47 +40,90 @@ pub async fn consume_deliveries(batch: MessageBatch<String>, env: &Env) {
         }
     };
     let messages: Vec<RawMessage> = batch.raw_iter().collect();
-    let mut pending: Vec<Pending> = Vec::new();
+    let started_ms = now_ms();
+    let sent_before = outbound::requests_sent();
+    // Decode every message first, so the batch is admitted with one D1 read.
+    let mut jobs: Vec<(usize, DeliveryJob)> = Vec::with_capacity(messages.len());
     for (index, message) in messages.iter().enumerate() {
         let body = body_text(message);
-        let admitted = match body.as_deref().map(serde_json::from_str::<DeliveryJob>) {
-            Some(Ok(job)) => admit(&store, job).await,
-            _ => record_poison(&store, body.as_deref().unwrap_or("<non-text body>"))
-                .await
-                .map(|_| None),
-        };
-        match admitted {
-            Ok(Some((job, attempt))) => pending.push(Pending {
+        match body.as_deref().map(serde_json::from_str::<DeliveryJob>) {
+            Some(Ok(job)) => jobs.push((index, job)),
+            _ => match record_poison(&store, body.as_deref().unwrap_or("<non-text body>")).await {
+                Ok(_) => message.ack(),
+                Err(err) => {
+                    console_error!(
+                        "deliveries: {err}; message {} will be retried",
+                        message.id()
+                    );
+                    message.retry();
+                }
+            },
+        }
+    }
+    let job_ids: Vec<&str> = jobs.iter().map(|(_, job)| job.job_id.as_str()).collect();
+    let rows = match store.deliveries(&job_ids).await {
+        Ok(rows) => rows,
+        Err(err) => {
+            console_error!(
+                "deliveries: {err}; {} message(s) will be retried",
+                jobs.len()
+            );
+            for (index, _) in &jobs {
+                messages[*index].retry();
+            }
+            return;
+        }
+    };
+    let mut pending: Vec<Pending> = Vec::new();
+    for (index, job) in jobs {
+        match admit(rows.get(&job.job_id), &job) {
+            Some(attempt) => pending.push(Pending {
                 message: index,
                 job,
                 attempt,
             }),
-            Ok(None) => message.ack(),
-            Err(err) => {
-                console_error!(
-                    "deliveries: {err}; message {} will be retried",
-                    message.id()
-                );
-                message.retry();
-            }
+            None => messages[index].ack(),
         }
     }
+    // One event fans out to several destinations: enrich each event once per batch.
+    let enriched = match enrich_identities(&store, pending.iter().map(|p| &p.job.event)).await {
+        Ok(enriched) => enriched,
+        Err(err) => {
+            console_error!(
+                "deliveries: identity lookup failed ({err}); {} message(s) will be retried",
+                pending.len()
+            );
+            for member in &pending {
+                messages[member.message].retry();
+            }
+            return;
+        }
+    };
 
     let settings = operator_settings(env);
     let mut merchants: HashMap<String, Option<MerchantConfig>> = HashMap::new();
     for group in delivery::group_jobs(pending.iter().map(|p| &p.job)) {
         let members: Vec<&Pending> = group.iter().map(|&i| &pending[i]).collect();
-        let steps =
-            match deliver_group(env, region, &store, &settings, &mut merchants, &members).await {
-                Ok(steps) => steps,
-                Err(err) => {
-                    console_error!(
-                        "deliveries: {err}; {} message(s) will be retried",
-                        members.len()
-                    );
-                    vec![Err(err.to_string()); members.len()]
-                }
-            };
+        let steps = match deliver_group(
+            env,
+            region,
+            &store,
+            &settings,
+            &mut merchants,
+            &enriched,
+            &members,
+        )
+        .await
+        {
+            Ok(steps) => steps,
+            Err(err) => {
+                console_error!(
+                    "deliveries: {err}; {} message(s) will be retried",
+                    members.len()
+                );
+                vec![Err(err.to_string()); members.len()]
+            }
+        };
         for (member, step) in members.iter().zip(steps) {
             let message = &messages[member.message];
             match step {
@@ -101,6 +144,14 @@ pub async fn consume_deliveries(batch: MessageBatch<String>, env: &Env) {
             }
         }
     }
+    // One line per invocation: what a batch cost (load script and operators read it).
+    console_log!(
+        "deliveries batch: {} messages, {} admitted, {} outbound requests, {} ms",
+        messages.len(),
+        pending.len(),
+        outbound::requests_sent() - sent_before,
+        now_ms() - started_ms
+    );
 }
 
 #[derive(Clone, Copy)]
@@ -116,14 +167,15 @@ struct Pending {
 }
 
 /// A job is worked on only while its delivery row is pending. A missing row means the
-/// data was erased (GDPR) or the merchant deleted since: nothing may be sent.
-async fn admit(store: &Store, job: DeliveryJob) -> worker::Result<Option<(DeliveryJob, u32)>> {
-    let Some(row) = store.delivery(&job.job_id).await? else {
+/// data was erased (GDPR) or the merchant deleted since: nothing may be sent. Returns the
+/// attempt number this run is.
+fn admit(row: Option<&DeliveryRow>, job: &DeliveryJob) -> Option<u32> {
+    let Some(row) = row else {
         console_log!(
             "job {} has no delivery record (erased); dropping it",
             job.job_id
         );
-        return Ok(None);
+        return None;
     };
     if row.status != "pending" {
         console_log!(
@@ -131,10 +183,9 @@ async fn admit(store: &Store, job: DeliveryJob) -> worker::Result<Option<(Delive
             job.job_id,
             row.status
         );
-        return Ok(None);
+        return None;
     }
-    let attempt = row.attempts.max(0) as u32 + 1;
-    Ok(Some((job, attempt)))
+    Some(row.attempts.max(0) as u32 + 1)
 }
 
 async fn load_merchant(
@@ -162,22 +213,65 @@ async fn load_merchant(
     Ok(loaded)
 }
 
-/// Identity enrichment at send time: a customer event, or a signup with click ids, may
-/// have arrived after the billing event.
-async fn enrich_identity(store: &Store, event: &mut CanonicalEvent) -> worker::Result<()> {
-    if event.customer.email.is_none() {
-        if let Some(customer_id) = event.customer.customer_id.clone() {
-            event.customer.email = store
-                .known_customer(&event.merchant_id, &event.source, &customer_id)
-                .await?
-                .and_then(|c| c.email);
+/// Identity enrichment at send time, for every event of the batch with two queries: a
+/// customer event, or a signup with click ids, may have arrived after the billing event.
+async fn enrich_identities<'a>(
+    store: &Store,
+    events: impl Iterator<Item = &'a CanonicalEvent>,
+) -> worker::Result<HashMap<String, CanonicalEvent>> {
+    let mut enriched: HashMap<String, CanonicalEvent> = HashMap::new();
+    for event in events {
+        enriched
+            .entry(event.event_id.clone())
+            .or_insert_with(|| event.clone());
+    }
+    let without_email: Vec<(String, String, String)> = enriched
+        .values()
+        .filter(|e| e.customer.email.is_none())
+        .filter_map(|e| {
+            let customer_id = e.customer.customer_id.clone()?;
+            Some((e.merchant_id.clone(), e.source.clone(), customer_id))
+        })
+        .collect();
+    let emails = store.customer_emails(&without_email).await?;
+    for event in enriched.values_mut() {
+        if event.customer.email.is_none() {
+            if let Some(customer_id) = &event.customer.customer_id {
+                let known = (
+                    event.merchant_id.clone(),
+                    event.source.clone(),
+                    customer_id.clone(),
+                );
+                event.customer.email = emails.get(&known).cloned();
+            }
         }
     }
-    let keys = identity::keys(event);
-    if let Some(stored) = store.stored_touchpoints(&event.merchant_id, &keys).await? {
-        event.touchpoints.fill_from(&stored);
+    let mut keys: Vec<(String, String)> = enriched
+        .values()
+        .flat_map(|e| {
+            identity::keys(e)
+                .into_iter()
+                .map(|k| (e.merchant_id.clone(), k))
+        })
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let records = store.identity_records(&keys).await?;
+    for event in enriched.values_mut() {
+        let own_keys = identity::keys(event);
+        let stored = identity::merge_freshest_first(
+            records
+                .iter()
+                .filter(|(merchant, key, _)| {
+                    *merchant == event.merchant_id && own_keys.contains(key)
+                })
+                .map(|(_, _, touchpoints)| touchpoints),
+        );
+        if let Some(stored) = stored {
+            event.touchpoints.fill_from(&stored);
+        }
     }
-    Ok(())
+    Ok(enriched)
 }
 
 /// Delivers one (merchant, destination) group; one step per member, in order.
@@ -187,6 +281,7 @@ async fn deliver_group(
     store: &Store,
     settings: &OperatorSettings,
     merchants: &mut HashMap<String, Option<MerchantConfig>>,
+    enriched: &HashMap<String, CanonicalEvent>,
     members: &[&Pending],
 ) -> worker::Result<Vec<Result<Step, String>>> {
     let Some(first) = members.first() else {
@@ -232,8 +327,10 @@ async fn deliver_group(
     };
     let mut events = Vec::with_capacity(members.len());
     for member in members {
-        let mut event = member.job.event.clone();
-        enrich_identity(store, &mut event).await?;
+        let mut event = enriched
+            .get(&member.job.event.event_id)
+            .cloned()
+            .unwrap_or_else(|| member.job.event.clone());
         if spec.name == google_ads::NAME && google_ads::needs_original(&event) {
             if let Some(original) = store
                 .delivered_conversion(

@@ -2,11 +2,19 @@
 
 use crate::destinations::OutboundRequest;
 use futures_util::future::{select, Either};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use wasm_bindgen::JsValue;
 use worker::{AbortController, Delay, Fetch, Headers, Method, Request, RequestInit};
 
 pub const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Requests sent by this isolate so far: the consumer logs how many a batch cost.
+static REQUESTS_SENT: AtomicU64 = AtomicU64::new(0);
+
+pub fn requests_sent() -> u64 {
+    REQUESTS_SENT.load(Ordering::Relaxed)
+}
 
 pub struct Answer {
     pub status: u16,
@@ -17,6 +25,7 @@ pub struct Answer {
 /// `Err` means no answer (network error or timeout): the platform may or may not have
 /// the event, which is why every request carries the platform's own dedup key.
 pub async fn send(request: &OutboundRequest) -> Result<Answer, String> {
+    REQUESTS_SENT.fetch_add(1, Ordering::Relaxed);
     let headers = Headers::new();
     for (name, value) in &request.headers {
         headers.set(name, value).map_err(|e| e.to_string())?;

@@ -15,6 +15,7 @@ use crate::sources::crm::CrmContext;
 use crate::sources::{CustomerRecord, SourceOutput};
 use serde::Deserialize;
 use serde_json::Value;
+use std::collections::HashMap;
 use wasm_bindgen::JsValue;
 use worker::{console_error, D1Database, Env, Result};
 
@@ -90,7 +91,6 @@ fn config_table(kind: &str) -> (&'static str, &'static str) {
     }
 }
 
-#[derive(Deserialize)]
 pub struct DeliveryRow {
     pub status: String,
     pub attempts: i64,
@@ -529,43 +529,73 @@ impl Store {
         Ok(())
     }
 
-    /// What the identity store holds for any of these keys, freshest capture first.
-    pub async fn stored_touchpoints(
+    /// Every identity-store record under these (merchant, key) pairs, freshest capture
+    /// first: one query for a whole queue batch.
+    pub async fn identity_records(
         &self,
-        merchant_id: &str,
-        keys: &[String],
-    ) -> Result<Option<Touchpoints>> {
+        keys: &[(String, String)],
+    ) -> Result<Vec<(String, String, Touchpoints)>> {
         #[derive(Deserialize)]
         struct Row {
+            merchant_id: String,
+            identity_key: String,
             touchpoints: String,
         }
         if keys.is_empty() {
-            return Ok(None);
+            return Ok(Vec::new());
         }
         let rows: Vec<Row> = self
             .db
             .prepare(
-                "SELECT touchpoints FROM identities WHERE merchant_id = ?1 AND identity_key IN \
-                 (SELECT value FROM json_each(?2)) ORDER BY captured_at_s DESC",
+                "SELECT merchant_id, identity_key, touchpoints FROM identities \
+                 WHERE (merchant_id, identity_key) IN \
+                   (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?1)) \
+                 ORDER BY captured_at_s DESC",
             )
-            .bind(&[
-                text(merchant_id),
-                text(&serde_json::to_string(keys).map_err(rust_error)?),
-            ])?
+            .bind(&[text(&serde_json::to_string(keys).map_err(rust_error)?)])?
             .all()
             .await?
             .results()?;
-        let mut merged: Option<Touchpoints> = None;
-        for row in rows {
-            let Ok(stored) = serde_json::from_str::<Touchpoints>(&row.touchpoints) else {
-                continue;
-            };
-            match &mut merged {
-                None => merged = Some(stored),
-                Some(fresher) => fresher.fill_from(&stored),
-            }
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| {
+                let stored = serde_json::from_str::<Touchpoints>(&row.touchpoints).ok()?;
+                Some((row.merchant_id, row.identity_key, stored))
+            })
+            .collect())
+    }
+
+    /// Stored emails of these (merchant, source, customer id) triples, in one query.
+    pub async fn customer_emails(
+        &self,
+        customers: &[(String, String, String)],
+    ) -> Result<HashMap<(String, String, String), String>> {
+        #[derive(Deserialize)]
+        struct Row {
+            merchant_id: String,
+            source: String,
+            customer_id: String,
+            email: Option<String>,
         }
-        Ok(merged)
+        if customers.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<Row> = self
+            .db
+            .prepare(
+                "SELECT merchant_id, source, customer_id, email FROM customers \
+                 WHERE (merchant_id, source, customer_id) IN \
+                   (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]') \
+                    FROM json_each(?1))",
+            )
+            .bind(&[text(&serde_json::to_string(customers).map_err(rust_error)?)])?
+            .all()
+            .await?
+            .results()?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| Some(((r.merchant_id, r.source, r.customer_id), r.email?)))
+            .collect())
     }
 
     /// The latest conversion of this subscription that reached `destination`, for a
@@ -790,12 +820,37 @@ impl Store {
         Ok(())
     }
 
-    pub async fn delivery(&self, job_id: &str) -> Result<Option<DeliveryRow>> {
-        self.db
-            .prepare("SELECT status, attempts FROM deliveries WHERE job_id = ?1")
-            .bind(&[text(job_id)])?
-            .first(None)
-            .await
+    /// The delivery rows of these jobs (missing ones were erased), in one query.
+    pub async fn deliveries(&self, job_ids: &[&str]) -> Result<HashMap<String, DeliveryRow>> {
+        #[derive(Deserialize)]
+        struct Row {
+            job_id: String,
+            status: String,
+            attempts: i64,
+        }
+        if job_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<Row> = self
+            .db
+            .prepare(
+                "SELECT job_id, status, attempts FROM deliveries \
+                 WHERE job_id IN (SELECT value FROM json_each(?1))",
+            )
+            .bind(&[text(&serde_json::to_string(job_ids).map_err(rust_error)?)])?
+            .all()
+            .await?
+            .results()?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let row = DeliveryRow {
+                    status: r.status,
+                    attempts: r.attempts,
+                };
+                (r.job_id, row)
+            })
+            .collect())
     }
 
     /// Logs one attempt and moves the delivery row to its new state, atomically.
