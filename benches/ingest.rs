@@ -266,11 +266,38 @@ fn bench_destinations(c: &mut Criterion) {
     }
 }
 
+fn bench_pixel(c: &mut Criterion) {
+    use tracklayer::pixel::{capture, BeaconContext, PixelSettings};
+    let settings = PixelSettings {
+        allowed_origins: vec!["https://example.com".into(), "https://*.example.com".into()],
+        browser_identify: true,
+    };
+    let beacon = serde_json::json!({
+        "visitor_id": "0123456789abcdef0123456789abcdef",
+        "landing": {"gclid": "Cj0KCQiA-bench", "fbclid": "IwAR2F4-dbP0l7Mn1Iaw"},
+        "cookies": {"_fbp": "fb.1.1794990000000.1098115397", "_ga": "GA1.1.1234567890.1794990000"},
+        "identify": {"email": "ann@example.com"}
+    })
+    .to_string();
+    let context = BeaconContext {
+        now_ms: 1_795_000_000_123,
+        client_ip: Some("203.0.113.7"),
+        user_agent: Some("Mozilla/5.0 (Macintosh) Safari/605.1.15"),
+    };
+    c.bench_function("pixel: origin check + beacon to touchpoints", |b| {
+        b.iter(|| {
+            assert!(settings.allows(black_box("https://app.example.com")));
+            capture(black_box(beacon.as_bytes()), &settings, context).unwrap()
+        })
+    });
+}
+
 criterion_group!(
     benches,
     bench_stripe,
     bench_sources,
     bench_workspaces,
-    bench_destinations
+    bench_destinations,
+    bench_pixel
 );
 criterion_main!(benches);
