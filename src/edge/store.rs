@@ -13,7 +13,7 @@ use crate::retention::Purge;
 use crate::secrets::{config_context, Keyring};
 use crate::sources::crm::CrmContext;
 use crate::sources::{CustomerRecord, SourceOutput};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
 use wasm_bindgen::JsValue;
@@ -529,6 +529,24 @@ impl Store {
         Ok(())
     }
 
+    /// Rows of a query whose only parameter `?1` is `list` as a JSON array (read with
+    /// `json_each`): one round trip for a whole batch. An empty list reads nothing.
+    async fn rows_for_list<T: serde::de::DeserializeOwned, K: Serialize>(
+        &self,
+        sql: &str,
+        list: &[K],
+    ) -> Result<Vec<T>> {
+        if list.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.db
+            .prepare(sql)
+            .bind(&[text(&serde_json::to_string(list).map_err(rust_error)?)])?
+            .all()
+            .await?
+            .results()
+    }
+
     /// Every identity-store record under these (merchant, key) pairs, freshest capture
     /// first: one query for a whole queue batch.
     pub async fn identity_records(
@@ -541,21 +559,15 @@ impl Store {
             identity_key: String,
             touchpoints: String,
         }
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
         let rows: Vec<Row> = self
-            .db
-            .prepare(
+            .rows_for_list(
                 "SELECT merchant_id, identity_key, touchpoints FROM identities \
                  WHERE (merchant_id, identity_key) IN \
                    (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?1)) \
                  ORDER BY captured_at_s DESC",
+                keys,
             )
-            .bind(&[text(&serde_json::to_string(keys).map_err(rust_error)?)])?
-            .all()
-            .await?
-            .results()?;
+            .await?;
         Ok(rows
             .into_iter()
             .filter_map(|row| {
@@ -577,21 +589,15 @@ impl Store {
             customer_id: String,
             email: Option<String>,
         }
-        if customers.is_empty() {
-            return Ok(HashMap::new());
-        }
         let rows: Vec<Row> = self
-            .db
-            .prepare(
+            .rows_for_list(
                 "SELECT merchant_id, source, customer_id, email FROM customers \
                  WHERE (merchant_id, source, customer_id) IN \
                    (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]') \
                     FROM json_each(?1))",
+                customers,
             )
-            .bind(&[text(&serde_json::to_string(customers).map_err(rust_error)?)])?
-            .all()
-            .await?
-            .results()?;
+            .await?;
         Ok(rows
             .into_iter()
             .filter_map(|r| Some(((r.merchant_id, r.source, r.customer_id), r.email?)))
@@ -828,19 +834,13 @@ impl Store {
             status: String,
             attempts: i64,
         }
-        if job_ids.is_empty() {
-            return Ok(HashMap::new());
-        }
         let rows: Vec<Row> = self
-            .db
-            .prepare(
+            .rows_for_list(
                 "SELECT job_id, status, attempts FROM deliveries \
                  WHERE job_id IN (SELECT value FROM json_each(?1))",
+                job_ids,
             )
-            .bind(&[text(&serde_json::to_string(job_ids).map_err(rust_error)?)])?
-            .all()
-            .await?
-            .results()?;
+            .await?;
         Ok(rows
             .into_iter()
             .map(|r| {
