@@ -10,29 +10,15 @@ mod support;
 use serde_json::{json, Value};
 use std::thread;
 use std::time::Duration;
-use support::{eventually, http, now, stripe_event, Recorded, StandIn, Worker};
+use support::{
+    carrying, eventually, http, now, post_stripe, stripe_event, Recorded, StandIn, Worker,
+};
 use tracklayer::hashing::sha256_hex;
-use tracklayer::sources::stripe;
 
 const SECRET: &str = "whsec_fanout_e2e";
 const WAIT: Duration = Duration::from_secs(60);
 const GOOGLE_UPLOAD: &str = "/v22/customers/1234567890:uploadClickConversions";
 const EMAIL: &str = "jane.doe@example.com";
-
-fn post_stripe(worker: &Worker, merchant: &str, body: &[u8]) -> support::HttpResponse {
-    let target = format!("/v1/integrations/stripe/subscription-events?merchant_id={merchant}");
-    let signature = stripe::sign(SECRET, now(), body);
-    http(
-        "POST",
-        worker.port,
-        &target,
-        &[
-            ("content-type", "application/json"),
-            ("Stripe-Signature", &signature),
-        ],
-        body,
-    )
-}
 
 fn product_events(worker: &Worker, key: &str, body: &Value) -> support::HttpResponse {
     let auth = format!("Bearer {key}");
@@ -59,14 +45,6 @@ fn items(worker: &Worker, merchant: &str, view: &str) -> Vec<Value> {
         .as_array()
         .cloned()
         .unwrap_or_default()
-}
-
-/// Requests whose body mentions this event id (every platform carries our id).
-fn carrying(requests: Vec<Recorded>, event_id: &str) -> Vec<Recorded> {
-    requests
-        .into_iter()
-        .filter(|r| r.body.contains(event_id))
-        .collect()
 }
 
 /// The row of a batched request body that carries this event (`id_field` = its id).
@@ -165,12 +143,12 @@ fn one_trial_conversion_reaches_all_six_platforms_and_faults_end_right() {
 
     // Stripe: the customer, then the trial conversion (which itself names no email).
     let customer = stripe_event("customer.created.json", "evt_fan_customer");
-    assert_eq!(post_stripe(&worker, "m_six", &customer).status, 202);
+    assert_eq!(post_stripe(&worker, "m_six", SECRET, &customer).status, 202);
     let converted = stripe_event(
         "customer.subscription.updated.trial-converted.json",
         "evt_fan_converted",
     );
-    let answer = post_stripe(&worker, "m_six", &converted);
+    let answer = post_stripe(&worker, "m_six", SECRET, &converted);
     assert_eq!(answer.status, 202, "{}", answer.body);
     let event = &answer.json()["events"][0];
     assert_eq!(event["name"], "trial_converted");
@@ -388,9 +366,12 @@ fn one_trial_conversion_reaches_all_six_platforms_and_faults_end_right() {
         )],
     );
     let customer = stripe_event("customer.created.json", "evt_li_old_customer");
-    assert_eq!(post_stripe(&worker, "m_li_old", &customer).status, 202);
+    assert_eq!(
+        post_stripe(&worker, "m_li_old", SECRET, &customer).status,
+        202
+    );
     let trial = stripe_event("customer.subscription.created.trialing.json", "evt_li_old");
-    assert_eq!(post_stripe(&worker, "m_li_old", &trial).status, 202);
+    assert_eq!(post_stripe(&worker, "m_li_old", SECRET, &trial).status, 202);
     let letters = eventually(WAIT, "the 426 dead letter", || {
         let letters = items(&worker, "m_li_old", "dead-letters");
         (!letters.is_empty()).then_some(letters)

@@ -13,8 +13,7 @@ use serde_json::{json, Value};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::{eventually, http, now, stripe_event, Recorded, StandIn, Worker, ROOT};
-use tracklayer::sources::stripe;
+use support::{carrying, eventually, http, now, post_stripe, stripe_event, StandIn, Worker, ROOT};
 
 const SECRET: &str = "whsec_pixel_e2e";
 const WAIT: Duration = Duration::from_secs(60);
@@ -69,31 +68,6 @@ fn beacon(worker: &Worker, key: &str, origin: Option<&str>, body: &str) -> suppo
         &headers,
         body.as_bytes(),
     )
-}
-
-fn post_stripe(worker: &Worker, body: &[u8]) -> support::HttpResponse {
-    let signature = stripe::sign(SECRET, now(), body);
-    http(
-        "POST",
-        worker.port,
-        "/v1/integrations/stripe/subscription-events?merchant_id=m_px",
-        &[
-            ("content-type", "application/json"),
-            ("Stripe-Signature", &signature),
-        ],
-        body,
-    )
-}
-
-fn carrying(requests: Vec<Recorded>, event_id: &str) -> Vec<Recorded> {
-    requests
-        .into_iter()
-        .filter(|r| r.body.contains(event_id))
-        .collect()
-}
-
-fn count(worker: &Worker, sql: &str) -> i64 {
-    worker.d1_rows("DB_US", sql)[0]["n"].as_i64().unwrap()
 }
 
 #[test]
@@ -237,18 +211,18 @@ fn pixel_click_ids_reach_the_conversion_weeks_later() {
         .iter()
         .all(|b| b["body"]["visitor_id"] == visitor_id.as_str()));
     assert_eq!(
-        count(&worker, &format!("SELECT count(*) AS n FROM identity_links WHERE merchant_id = 'm_px' AND visitor_key = 'visitor:{visitor_id}' AND identity_key = 'email:jane.doe@example.com'")),
+        worker.count("DB_US", &format!("SELECT count(*) AS n FROM identity_links WHERE merchant_id = 'm_px' AND visitor_key = 'visitor:{visitor_id}' AND identity_key = 'email:jane.doe@example.com'")),
         1
     );
 
     // 4. Stripe: the customer, then the trial conversion.
     let customer = stripe_event("customer.created.json", "evt_px_customer");
-    assert_eq!(post_stripe(&worker, &customer).status, 202);
+    assert_eq!(post_stripe(&worker, "m_px", SECRET, &customer).status, 202);
     let converted = stripe_event(
         "customer.subscription.updated.trial-converted.json",
         "evt_px_converted",
     );
-    let answer = post_stripe(&worker, &converted);
+    let answer = post_stripe(&worker, "m_px", SECRET, &converted);
     assert_eq!(answer.status, 202, "{}", answer.body);
     let event_id = answer.json()["events"][0]["event_id"]
         .as_str()
@@ -470,11 +444,11 @@ fn pixel_click_ids_reach_the_conversion_weeks_later() {
         erased.body
     );
     assert_eq!(
-        count(&worker, &format!("SELECT count(*) AS n FROM identities WHERE identity_key = 'visitor:{visitor_id}' OR identity_key = 'email:jane.doe@example.com'")),
+        worker.count("DB_US", &format!("SELECT count(*) AS n FROM identities WHERE identity_key = 'visitor:{visitor_id}' OR identity_key = 'email:jane.doe@example.com'")),
         0
     );
     assert_eq!(
-        count(&worker, "SELECT count(*) AS n FROM identity_links WHERE identity_key = 'email:jane.doe@example.com'"),
+        worker.count("DB_US", "SELECT count(*) AS n FROM identity_links WHERE identity_key = 'email:jane.doe@example.com'"),
         0
     );
 

@@ -9,33 +9,12 @@ mod support;
 
 use serde_json::json;
 use std::time::Duration;
-use support::{eventually, http, now, stripe_event, StandIn, Worker};
-use tracklayer::sources::stripe;
+use support::{eventually, http, post_stripe, stripe_event, StandIn, Worker};
 
 const STRIPE_SECRET_EU: &str = "whsec_eu_workspace_secret_7d1f";
 const STRIPE_SECRET_US: &str = "whsec_us_workspace_secret_3c9a";
 const META_TOKEN_EU: &str = "EAAB-eu-token-never-shown-41f0";
 const WAIT: Duration = Duration::from_secs(60);
-
-fn post_stripe(
-    worker: &Worker,
-    merchant: &str,
-    secret: &str,
-    body: &[u8],
-) -> support::HttpResponse {
-    let target = format!("/v1/integrations/stripe/subscription-events?merchant_id={merchant}");
-    let signature = stripe::sign(secret, now(), body);
-    http(
-        "POST",
-        worker.port,
-        &target,
-        &[
-            ("content-type", "application/json"),
-            ("Stripe-Signature", &signature),
-        ],
-        body,
-    )
-}
 
 fn with_key(
     worker: &Worker,
@@ -55,10 +34,6 @@ fn with_key(
         ],
         body,
     )
-}
-
-fn count(worker: &Worker, binding: &str, sql: &str) -> i64 {
-    worker.d1_rows(binding, sql)[0]["n"].as_i64().unwrap()
 }
 
 #[test]
@@ -177,13 +152,11 @@ fn workspaces_keep_secrets_sealed_data_in_region_and_keys_scoped() {
             .then_some(())
     });
     eventually(WAIT, "both deliveries recorded", || {
-        let eu = count(
-            &worker,
+        let eu = worker.count(
             "DB_EU",
             "SELECT count(*) AS n FROM deliveries WHERE status = 'delivered'",
         );
-        let us = count(
-            &worker,
+        let us = worker.count(
             "DB_US",
             "SELECT count(*) AS n FROM deliveries WHERE status = 'delivered'",
         );
@@ -199,13 +172,11 @@ fn workspaces_keep_secrets_sealed_data_in_region_and_keys_scoped() {
             "merchants",
             "merchant_sources",
         ] {
-            let mine = count(
-                &worker,
+            let mine = worker.count(
                 binding,
                 &format!("SELECT count(*) AS n FROM {table} WHERE merchant_id = '{own}'"),
             );
-            let theirs = count(
-                &worker,
+            let theirs = worker.count(
                 binding,
                 &format!("SELECT count(*) AS n FROM {table} WHERE merchant_id = '{other}'"),
             );
@@ -275,12 +246,11 @@ fn workspaces_keep_secrets_sealed_data_in_region_and_keys_scoped() {
     let anonymous = http("POST", worker.port, "/v1/product-events", &[], signup);
     assert_eq!(anonymous.status, 401);
     assert_eq!(
-        count(&worker, "DB_US", "SELECT count(*) AS n FROM canonical_events WHERE merchant_id = 'm_us' AND name = 'signup'"),
+        worker.count("DB_US", "SELECT count(*) AS n FROM canonical_events WHERE merchant_id = 'm_us' AND name = 'signup'"),
         1
     );
     assert_eq!(
-        count(
-            &worker,
+        worker.count(
             "DB_EU",
             "SELECT count(*) AS n FROM canonical_events WHERE name = 'signup'"
         ),
@@ -337,15 +307,13 @@ fn workspaces_keep_secrets_sealed_data_in_region_and_keys_scoped() {
         "{}",
         erased.body
     );
-    let left = count(
-        &worker,
+    let left = worker.count(
         "DB_US",
         "SELECT count(*) AS n FROM canonical_events WHERE payload LIKE '%jane.doe@example.com%' \
          OR payload LIKE '%cus_SpQ8gWmA1ZbXyT%'",
     );
     assert_eq!(left, 0);
-    let identities = count(
-        &worker,
+    let identities = worker.count(
         "DB_US",
         "SELECT count(*) AS n FROM customers WHERE merchant_id = 'm_us'",
     );
@@ -357,15 +325,14 @@ fn workspaces_keep_secrets_sealed_data_in_region_and_keys_scoped() {
         erased.body
     );
     assert_eq!(
-        count(
-            &worker,
+        worker.count(
             "DB_US",
             "SELECT count(*) AS n FROM deliveries WHERE merchant_id = 'm_us'"
         ),
         1,
         "only the signup's delivery remains"
     );
-    assert_eq!(count(&worker, "DB_US", "SELECT count(*) AS n FROM delivery_attempts WHERE merchant_id = 'm_us' AND event_id NOT IN (SELECT event_id FROM canonical_events)"), 0);
+    assert_eq!(worker.count("DB_US", "SELECT count(*) AS n FROM delivery_attempts WHERE merchant_id = 'm_us' AND event_id NOT IN (SELECT event_id FROM canonical_events)"), 0);
 
     // 6. Whole-merchant deletion leaves nothing of it in its region or the routing table.
     let deleted = worker.admin("DELETE", "/v1/admin/merchants/m_eu", None);
@@ -382,26 +349,20 @@ fn workspaces_keep_secrets_sealed_data_in_region_and_keys_scoped() {
         "ledger_keys",
     ] {
         assert_eq!(
-            count(
-                &worker,
-                "DB_EU",
-                &format!("SELECT count(*) AS n FROM {table}")
-            ),
+            worker.count("DB_EU", &format!("SELECT count(*) AS n FROM {table}")),
             0,
             "{table}"
         );
     }
     assert_eq!(
-        count(
-            &worker,
+        worker.count(
             "DB",
             "SELECT count(*) AS n FROM merchant_routes WHERE merchant_id = 'm_eu'"
         ),
         0
     );
     assert_eq!(
-        count(
-            &worker,
+        worker.count(
             "DB",
             "SELECT count(*) AS n FROM api_keys WHERE merchant_id = 'm_eu'"
         ),

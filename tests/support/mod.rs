@@ -29,6 +29,30 @@ pub fn stripe_event(fixture: &str, event_id: &str) -> Vec<u8> {
     serde_json::to_vec(&event).unwrap()
 }
 
+/// Posts a Stripe webhook body signed with `secret` the way Stripe signs it.
+pub fn post_stripe(worker: &Worker, merchant: &str, secret: &str, body: &[u8]) -> HttpResponse {
+    let target = format!("/v1/integrations/stripe/subscription-events?merchant_id={merchant}");
+    let signature = tracklayer::sources::stripe::sign(secret, now(), body);
+    http(
+        "POST",
+        worker.port,
+        &target,
+        &[
+            ("content-type", "application/json"),
+            ("Stripe-Signature", &signature),
+        ],
+        body,
+    )
+}
+
+/// Requests whose body mentions this event id (every platform carries our id).
+pub fn carrying(requests: Vec<Recorded>, event_id: &str) -> Vec<Recorded> {
+    requests
+        .into_iter()
+        .filter(|r| r.body.contains(event_id))
+        .collect()
+}
+
 /// Per path fragment, the answers still to give.
 type Scripts = Arc<Mutex<Vec<(String, Vec<(u16, String)>)>>>;
 
@@ -451,6 +475,11 @@ impl Worker {
             )
         });
         parsed[0]["results"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// `n` of a `SELECT count(*) AS n …` on one of the local databases.
+    pub fn count(&self, binding: &str, sql: &str) -> i64 {
+        self.d1_rows(binding, sql)[0]["n"].as_i64().unwrap()
     }
 
     pub fn log(&self) -> String {
