@@ -2,7 +2,7 @@
 
 use crate::error::IngestError;
 use serde_json::{json, Value};
-use worker::{Response, Result};
+use worker::{Request, Response, Result};
 
 pub fn json_response(status: u16, body: &Value) -> Result<Response> {
     Ok(Response::from_json(body)?.with_status(status))
@@ -28,4 +28,26 @@ pub fn with_header(response: Response, name: &str, value: &str) -> Result<Respon
 
 pub fn api_error(err: &crate::admin::ApiError) -> Result<Response> {
     json_response(err.status(), &err.body())
+}
+
+/// The body, unless it is over `limit` bytes: then `Err(size)`, refused by the declared
+/// `Content-Length` before reading when there is one.
+pub async fn read_body_limited(
+    req: &mut Request,
+    limit: usize,
+) -> Result<std::result::Result<Vec<u8>, usize>> {
+    if let Some(length) = req
+        .headers()
+        .get("content-length")?
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|length| *length > limit)
+    {
+        return Ok(Err(length));
+    }
+    let body = req.bytes().await?;
+    Ok(if body.len() > limit {
+        Err(body.len())
+    } else {
+        Ok(body)
+    })
 }

@@ -1,7 +1,7 @@
 //! Intake: source webhooks and the merchant's product events, from request to durably
 //! recorded and enqueued events. Nothing is acknowledged before that.
 
-use super::http::{ingest_error, json_response, with_header};
+use super::http::{ingest_error, json_response, read_body_limited, with_header};
 use super::ledger::LedgerClient;
 use super::regions::deliveries_binding;
 use super::routing::Routing;
@@ -70,19 +70,14 @@ pub fn refuse(
     }
 }
 
-/// Body bytes, refusing an oversized body by its declared length before reading it.
+/// Body bytes within the ingest limit.
 async fn read_body(req: &mut Request) -> Result<std::result::Result<Vec<u8>, IngestError>> {
-    if let Some(length) = req
-        .headers()
-        .get("content-length")?
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        if let Err(err) = ingest::check_body_size(length) {
-            return Ok(Err(err));
-        }
-    }
-    let body = req.bytes().await?;
-    Ok(ingest::check_body_size(body.len()).map(|_| body))
+    Ok(read_body_limited(req, ingest::MAX_BODY_BYTES)
+        .await?
+        .map_err(|size| IngestError::PayloadTooLarge {
+            size,
+            limit: ingest::MAX_BODY_BYTES,
+        }))
 }
 
 /// The merchant's route and settings from its region; `Err` is the answer to give.

@@ -1,7 +1,7 @@
 //! The first-party pixel's routes: the script, and the beacons it sends. Rules are in
 //! `crate::pixel`; this file reads the request, checks the limits and writes D1.
 
-use super::http::{json_response, with_header};
+use super::http::{json_response, read_body_limited, with_header};
 use super::routing::{PixelRow, Routing};
 use super::store::Store;
 use super::{now_ms, record_rejection};
@@ -151,23 +151,12 @@ async fn check_rate(
 }
 
 async fn read_body(req: &mut Request) -> Result<std::result::Result<Vec<u8>, PixelError>> {
-    let too_large = |size| PixelError::TooLarge {
-        size,
-        limit: pixel::MAX_BEACON_BYTES,
-    };
-    if let Some(length) = req
-        .headers()
-        .get("content-length")?
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|length| *length > pixel::MAX_BEACON_BYTES)
-    {
-        return Ok(Err(too_large(length)));
-    }
-    let body = req.bytes().await?;
-    if body.len() > pixel::MAX_BEACON_BYTES {
-        return Ok(Err(too_large(body.len())));
-    }
-    Ok(Ok(body))
+    Ok(read_body_limited(req, pixel::MAX_BEACON_BYTES)
+        .await?
+        .map_err(|size| PixelError::TooLarge {
+            size,
+            limit: pixel::MAX_BEACON_BYTES,
+        }))
 }
 
 fn allow_origin(response: &Response, origin: &str) -> Result<()> {
