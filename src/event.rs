@@ -146,6 +146,16 @@ pub struct Customer {
     pub email: Option<String>,
 }
 
+impl Customer {
+    /// The customer id, trimmed; `None` when missing or blank.
+    pub fn id(&self) -> Option<&str> {
+        self.customer_id
+            .as_deref()
+            .map(str::trim)
+            .filter(|id| !id.is_empty())
+    }
+}
+
 /// Money attached to an event, always with the billed currency (upper-case ISO-4217).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Values {

@@ -251,13 +251,7 @@ pub fn ga_client_id_from_cookie(cookie: &str) -> Option<String> {
 /// Identity-store keys a person can be found by: customer id (any source) and email.
 pub fn keys(event: &CanonicalEvent) -> Vec<String> {
     let mut keys = Vec::new();
-    if let Some(id) = event
-        .customer
-        .customer_id
-        .as_deref()
-        .map(str::trim)
-        .filter(|id| !id.is_empty())
-    {
+    if let Some(id) = event.customer.id() {
         keys.push(customer_key(id));
     }
     if let Some(email) = event
@@ -288,11 +282,7 @@ pub fn has(event: &CanonicalEvent, identifier: Identifier) -> bool {
             .as_deref()
             .and_then(crate::hashing::normalize_email)
             .is_some(),
-        Identifier::CustomerId => event
-            .customer
-            .customer_id
-            .as_deref()
-            .is_some_and(|v| !v.trim().is_empty()),
+        Identifier::CustomerId => event.customer.id().is_some(),
         other => event.touchpoints.get(other).is_some(),
     }
 }

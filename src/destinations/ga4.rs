@@ -155,12 +155,7 @@ pub fn collect_body(
             limit_seconds: MAX_EVENT_AGE_SECONDS,
         });
     }
-    let customer_id = event
-        .customer
-        .customer_id
-        .as_deref()
-        .map(str::trim)
-        .filter(|id| !id.is_empty());
+    let customer_id = event.customer.id();
     let hashed_email = event.customer.email.as_deref().and_then(hash_email);
     let client_id = match (
         event.touchpoints.get(Identifier::GaClientId),

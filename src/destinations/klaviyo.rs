@@ -116,13 +116,7 @@ pub fn create_event_body(
     if let Some(email) = event.customer.email.as_deref().and_then(normalize_email) {
         profile.insert("email".into(), json!(email));
     }
-    if let Some(id) = event
-        .customer
-        .customer_id
-        .as_deref()
-        .map(str::trim)
-        .filter(|id| !id.is_empty())
-    {
+    if let Some(id) = event.customer.id() {
         profile.insert("external_id".into(), json!(id));
     }
     if profile.is_empty() {
