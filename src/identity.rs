@@ -204,14 +204,6 @@ impl Touchpoints {
             ..self.clone()
         }
     }
-
-    /// Merges a newer capture into a stored record: newer values replace older ones.
-    pub fn merged_with(&self, newer: &Touchpoints) -> Touchpoints {
-        let mut merged = newer.clone();
-        merged.fill_from(self);
-        merged.captured_at = newer.captured_at.or(self.captured_at);
-        merged
-    }
 }
 
 /// One record per identity key, freshest capture first → one set of touchpoints: each
@@ -369,11 +361,12 @@ mod tests {
         assert_eq!(event.fbc.as_deref(), Some("fb.1.1.x"));
         assert_eq!(event.captured_at, Some(100));
 
-        let merged = stored.merged_with(&Touchpoints {
+        let newer = Touchpoints {
             ttclid: Some("tt".into()),
             captured_at: Some(200),
             ..Default::default()
-        });
+        };
+        let merged = merge_freshest_first([&newer, &stored]).unwrap();
         assert_eq!(merged.gclid.as_deref(), Some("old"));
         assert_eq!(merged.ttclid.as_deref(), Some("tt"));
         assert_eq!(merged.captured_at, Some(200));
