@@ -27,13 +27,15 @@ pub fn script() -> Result<Response> {
 /// `OPTIONS /v1/pixel/{key}/collect`: the script sends simple requests, but a page that
 /// posts JSON itself gets a proper preflight answer for its allowed origin.
 pub async fn preflight(req: &Request, env: &Env, pixel_key: &str) -> Result<Response> {
-    let origin = req.headers().get("origin")?;
-    let allowed = match (&origin, lookup(env, pixel_key).await) {
-        (Some(origin), Ok(row)) => row.settings().allows(origin),
-        _ => false,
-    };
     let response = Response::empty()?.with_status(204);
-    if let (true, Some(origin)) = (allowed, origin) {
+    // No Origin, no lookup: only a browser on an allowed origin gets CORS headers.
+    let Some(origin) = req.headers().get("origin")? else {
+        return Ok(response);
+    };
+    if lookup(env, pixel_key)
+        .await
+        .is_ok_and(|row| row.settings().allows(&origin))
+    {
         let headers = response.headers();
         allow_origin(&response, &origin)?;
         headers.set("access-control-allow-methods", "POST")?;
