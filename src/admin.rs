@@ -88,7 +88,7 @@ pub fn validate_merchant_id(id: &str) -> Result<(), ApiError> {
 
 /// Parses a JSON body into `T`, naming the problem without echoing values.
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| invalid(format!("invalid JSON body: {e}")))
+    crate::input::from_slice(body).map_err(|e| invalid(format!("invalid JSON body: {e}")))
 }
 
 #[derive(Debug, Deserialize)]
@@ -479,6 +479,29 @@ pub fn page(mut rows: Vec<Value>, limit: usize) -> Value {
         }
     }
     json!({ "items": rows, "next_cursor": next_cursor })
+}
+
+#[cfg(test)]
+mod input_tests {
+    use super::*;
+
+    /// A 422 for a wrongly shaped Stripe config echoed the secret it was given.
+    #[test]
+    fn config_and_body_errors_never_echo_the_value() {
+        let stripe = integration(IntegrationKind::Source, "stripe").unwrap();
+        let err = stripe
+            .check(
+                Plan::Scale,
+                &json!({ "endpoint_secrets": "whsec_live_leaky_secret" }),
+            )
+            .unwrap_err();
+        assert_eq!(err.status(), 422);
+        assert!(!err.to_string().contains("whsec_live"), "{err}");
+        assert!(err.to_string().contains("endpoint_secrets"), "{err}");
+        let err = parse_body::<NewMerchant>(br#"{"merchant_id": 5, "plan": "jane@example.com"}"#)
+            .unwrap_err();
+        assert!(!err.to_string().contains("jane@"), "{err}");
+    }
 }
 
 #[cfg(test)]

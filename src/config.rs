@@ -152,7 +152,9 @@ pub struct MerchantConfig {
 /// Whether `value` parses as the settings type `T` of a source or destination. The
 /// message is serde's, which names fields but never echoes values.
 pub fn check_config<T: DeserializeOwned>(value: &serde_json::Value) -> Result<(), String> {
-    T::deserialize(value).map(|_| ()).map_err(|e| e.to_string())
+    crate::input::from_value::<T>(value)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 impl MerchantConfig {

@@ -54,13 +54,18 @@ pub enum IngestError {
     PlanRequired(#[from] crate::plans::PlanError),
     #[error("too many requests for this merchant; retry after {retry_after_seconds}s")]
     RateLimited { retry_after_seconds: u32 },
+    /// Any refusal before the request proved it holds the merchant's secret: unknown
+    /// merchant, source not configured, bad or missing signature. The caller learns
+    /// nothing about the merchant; `detail` goes to the operator's rejected log only.
+    #[error("the request could not be authenticated")]
+    Unauthenticated { reason: &'static str, detail: String },
 }
 
 impl IngestError {
     pub fn status(&self) -> u16 {
         match self {
             IngestError::MissingMerchantId | IngestError::MalformedPayload(_) => 400,
-            IngestError::Signature(_) => 401,
+            IngestError::Signature(_) | IngestError::Unauthenticated { .. } => 401,
             IngestError::MerchantDisabled(_) | IngestError::PlanRequired(_) => 403,
             IngestError::UnknownMerchant(_)
             | IngestError::SourceNotConfigured { .. }
@@ -96,6 +101,46 @@ impl IngestError {
             IngestError::Unavailable(_) => "temporarily_unavailable",
             IngestError::PlanRequired(_) => "plan_required",
             IngestError::RateLimited { .. } => "rate_limited",
+            IngestError::Unauthenticated { .. } => "unauthenticated",
+        }
+    }
+
+    /// The refusal before authentication: what the caller sees of any of them.
+    pub fn unauthenticated(self) -> IngestError {
+        match self {
+            IngestError::Unauthenticated { .. } => self,
+            other => IngestError::Unauthenticated {
+                reason: other.code(),
+                detail: format!("{}: {other}", other.code()),
+            },
+        }
+    }
+
+    /// The specific reason code, also behind an `unauthenticated` answer (logs, tests).
+    pub fn reason_code(&self) -> &'static str {
+        match self {
+            IngestError::Unauthenticated { reason, .. } => reason,
+            other => other.code(),
+        }
+    }
+
+    /// Whether this refusal came before the request proved it holds the secret.
+    pub fn is_before_authentication(&self) -> bool {
+        matches!(
+            self,
+            IngestError::Signature(_)
+                | IngestError::UnknownMerchant(_)
+                | IngestError::SourceNotConfigured { .. }
+                | IngestError::SourceMisconfigured { .. }
+                | IngestError::Unauthenticated { .. }
+        )
+    }
+
+    /// What the operator's rejected log keeps: the specific reason, never input values.
+    pub fn log_message(&self) -> String {
+        match self {
+            IngestError::Unauthenticated { detail, .. } => detail.clone(),
+            other => other.to_string(),
         }
     }
 
@@ -124,6 +169,31 @@ mod tests {
         );
         assert_ne!(stale.code(), bad.code());
         assert_ne!(missing.code(), bad.code());
+    }
+
+    #[test]
+    fn refusals_before_authentication_all_look_the_same() {
+        let refusals = [
+            IngestError::from(VerifyError::Mismatch),
+            IngestError::from(VerifyError::NoSecretConfigured),
+            IngestError::UnknownMerchant("m_secret_name".into()),
+            IngestError::SourceNotConfigured {
+                source_name: "stripe".into(),
+            },
+        ];
+        let bodies: Vec<(u16, String)> = refusals
+            .iter()
+            .map(|e| {
+                let e = e.clone().unauthenticated();
+                (e.status(), e.body())
+            })
+            .collect();
+        assert!(bodies.iter().all(|b| *b == bodies[0]), "{bodies:?}");
+        assert_eq!(bodies[0].0, 401);
+        assert!(!bodies[0].1.contains("m_secret_name"));
+        let logged = refusals[2].clone().unauthenticated();
+        assert_eq!(logged.reason_code(), "merchant_not_found");
+        assert!(logged.log_message().contains("merchant_not_found"));
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod event;
 pub mod hashing;
 pub mod identity;
 pub mod ingest;
+pub mod input;
 pub mod ledger;
 pub mod money;
 pub mod pixel;

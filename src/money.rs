@@ -131,8 +131,7 @@ impl Serialize for Amount {
 impl<'de> Deserialize<'de> for Amount {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        Amount::parse_decimal(&text)
-            .ok_or_else(|| serde::de::Error::custom(format!("invalid decimal amount {text:?}")))
+        Amount::parse_decimal(&text).ok_or_else(|| serde::de::Error::custom("not a decimal amount"))
     }
 }
 

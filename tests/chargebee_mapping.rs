@@ -193,15 +193,15 @@ fn wrong_or_missing_credentials_are_refused() {
     let refused = |headers: Headers| {
         mapping::ingest_one("chargebee", &merchant(), &headers, &body, NOW).unwrap_err()
     };
-    assert_eq!(refused(Headers::new()).code(), "signature_missing");
+    assert_eq!(refused(Headers::new()).reason_code(), "signature_missing");
     assert_eq!(
-        refused(basic("chargebee", "guess")).code(),
+        refused(basic("chargebee", "guess")).reason_code(),
         "signature_invalid"
     );
     assert_eq!(
-        refused(basic("admin", "cb-hook-9f3k2")).code(),
+        refused(basic("admin", "cb-hook-9f3k2")).reason_code(),
         "signature_invalid"
     );
     let bearer = Headers::new().with("Authorization", "Bearer cb-hook-9f3k2");
-    assert_eq!(refused(bearer).code(), "signature_malformed");
+    assert_eq!(refused(bearer).reason_code(), "signature_malformed");
 }

@@ -213,7 +213,7 @@ fn v3_signatures_are_checked_over_method_uri_body_and_millisecond_timestamp() {
     let body = mapping::fixture("hubspot", "webhooks-api.deal-lost.json");
     let merchant = merchant(false);
     let code =
-        |headers: Headers, body: &[u8]| ingest_with(&merchant, &headers, body).unwrap_err().code();
+        |headers: Headers, body: &[u8]| ingest_with(&merchant, &headers, body).unwrap_err().reason_code();
     // Six minutes old: refused although correctly signed.
     assert_eq!(
         code(v3_headers(&body, NOW_MS - 360_000), &body),
@@ -261,7 +261,7 @@ fn v1_and_v2_are_accepted_only_where_configured() {
     assert_eq!(
         ingest_with(&strict, &headers(&v1, "v1"), &body)
             .unwrap_err()
-            .code(),
+            .reason_code(),
         "signature_missing"
     );
     let lenient = strict.clone().with_source(
@@ -273,7 +273,7 @@ fn v1_and_v2_are_accepted_only_where_configured() {
     assert_eq!(
         ingest_with(&lenient, &headers(&v1, "v2"), &body)
             .unwrap_err()
-            .code(),
+            .reason_code(),
         "signature_invalid"
     );
 }

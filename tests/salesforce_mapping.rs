@@ -128,12 +128,12 @@ fn success_is_answered_with_the_soap_ack() {
 fn another_org_or_a_wrong_token_is_refused() {
     let body = mapping::fixture("salesforce", "outbound-message.opportunities.xml");
     let err = soap(&merchant(true), "guess", &body).unwrap_err();
-    assert_eq!((err.status(), err.code()), (401, "signature_invalid"));
+    assert_eq!((err.status(), err.reason_code()), (401, "signature_invalid"));
     let other_org = String::from_utf8(body.clone())
         .unwrap()
         .replace("00D5g000004XyZaEAK", "00D9z000001AbCdEAK");
     let err = soap(&merchant(true), TOKEN, other_org.as_bytes()).unwrap_err();
-    assert_eq!(err.code(), "signature_invalid");
+    assert_eq!(err.reason_code(), "signature_invalid");
     let url = "https://edge.tracklayer.test/v1/integrations/salesforce/events?merchant_id=m_sf";
     let err = ingest::verify_and_map(
         "salesforce",
@@ -142,7 +142,7 @@ fn another_org_or_a_wrong_token_is_refused() {
         NOW,
     )
     .unwrap_err();
-    assert_eq!(err.code(), "signature_missing");
+    assert_eq!(err.reason_code(), "signature_missing");
     let err = soap(&merchant(true), TOKEN, b"<soapenv:Envelope><oops").unwrap_err();
     assert_eq!(err.status(), 400);
 }
@@ -177,5 +177,5 @@ fn a_json_callout_with_the_shared_secret_maps_an_amendment_to_an_upgrade() {
         NOW,
     )
     .unwrap_err();
-    assert_eq!(err.code(), "signature_invalid");
+    assert_eq!(err.reason_code(), "signature_invalid");
 }

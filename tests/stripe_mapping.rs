@@ -566,7 +566,7 @@ fn stripe_ingest_needs_the_scale_plan() {
         .unwrap();
     let headers = Headers::new().with("stripe-signature", &stripe::sign(SECRET, created, &body));
     let err = mapping::ingest_one("stripe", &starter, &headers, &body, created).unwrap_err();
-    assert_eq!((err.status(), err.code()), (403, "plan_required"));
+    assert_eq!((err.status(), err.reason_code()), (403, "plan_required"));
     assert_eq!(
         err.to_string(),
         "feature stripe_ingest requires plan Scale (merchant is on Starter)"
@@ -614,4 +614,63 @@ fn linkedin_gets_only_mapped_events_and_only_from_scale_up() {
         ..with_linkedin
     };
     assert_eq!(downgraded.connected_destinations(), ["meta"]);
+}
+
+/// An unsigned request to a Starter merchant learns nothing: not its plan, not that
+/// Stripe is configured. The plan answer comes only once the signature holds.
+#[test]
+fn an_unsigned_request_learns_neither_plan_nor_sources() {
+    let starter = MerchantConfig {
+        plan: tracklayer::config::Plan::Starter,
+        ..merchant()
+    };
+    let unconfigured = MerchantConfig {
+        merchant_id: "m_fixture".into(),
+        ..MerchantConfig::default()
+    };
+    let body = fixture("customer.subscription.created.trialing.json");
+    let forged = Headers::new().with("stripe-signature", "t=1,v1=00");
+    let answers: Vec<(u16, String)> = [&starter, &merchant(), &unconfigured]
+        .into_iter()
+        .map(|m| {
+            let err = mapping::ingest_one("stripe", m, &forged, &body, 1).unwrap_err();
+            (err.status(), err.body())
+        })
+        .collect();
+    assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+    assert_eq!(answers[0].0, 401);
+    assert!(!answers[0].1.contains("plan") && !answers[0].1.contains("stripe"));
+}
+
+fn signed_variant(edit: impl Fn(&mut serde_json::Value)) -> (Headers, Vec<u8>) {
+    let mut event: serde_json::Value =
+        serde_json::from_slice(&fixture("customer.subscription.created.trialing.json")).unwrap();
+    edit(&mut event);
+    let body = serde_json::to_vec(&event).unwrap();
+    let headers = Headers::new().with("stripe-signature", &stripe::sign(SECRET, 1_770_000_000, &body));
+    (headers, body)
+}
+
+/// serde quotes the value it could not use; a signed event with an email where a
+/// timestamp belongs must not carry that email into the answer or the rejected log.
+#[test]
+fn a_wrongly_typed_field_is_named_without_its_value() {
+    let (headers, body) = signed_variant(|e| e["created"] = "jane.doe@example.com".into());
+    let err = mapping::ingest_one("stripe", &merchant(), &headers, &body, 1_770_000_000).unwrap_err();
+    assert_eq!(err.status(), 400);
+    let said = format!("{} {}", err.body(), err.log_message());
+    assert!(!said.contains("jane.doe"), "{said}");
+    assert!(said.contains("created"), "{said}");
+}
+
+/// A `created` of 9.2e18 was accepted and broke the ledger on commit after the 202.
+#[test]
+fn timestamps_beyond_the_representable_range_are_refused_naming_the_field() {
+    for created in [serde_json::json!(9_200_000_000_000_000_000u64), serde_json::json!(-1)] {
+        let (headers, body) = signed_variant(|e| e["created"] = created.clone());
+        let err =
+            mapping::ingest_one("stripe", &merchant(), &headers, &body, 1_770_000_000).unwrap_err();
+        assert_eq!((err.status(), err.code()), (400, "malformed_payload"), "{err}");
+        assert!(err.to_string().contains("created"), "{err}");
+    }
 }

@@ -7,7 +7,9 @@
 //! `currency_code`. <https://www.chargebee.com/docs/2.0/webhook_settings.html>
 
 use super::signature::{verify_basic_auth, BasicCredentials};
-use super::{malformed, non_empty, parse, Notice, SourceOutput, SourceSpec, WebhookRequest};
+use super::{
+    malformed, non_empty, parse, parse_json, Notice, SourceOutput, SourceSpec, WebhookRequest,
+};
 use super::{CustomerRecord, SubscriptionObservation};
 use crate::config::MerchantConfig;
 use crate::error::IngestError;
@@ -45,6 +47,7 @@ fn ingest(
 #[derive(Deserialize)]
 struct Event {
     id: String,
+    #[serde(deserialize_with = "crate::input::unix_seconds")]
     occurred_at: i64,
     event_type: String,
     content: Content,
@@ -71,14 +74,21 @@ struct Subscription {
     subscription_items: Vec<SubscriptionItem>,
     /// Chargebee's own MRR, used when items cannot be priced.
     mrr: Option<i64>,
+    #[serde(default, deserialize_with = "crate::input::opt_unix_seconds")]
     trial_start: Option<i64>,
+    #[serde(default, deserialize_with = "crate::input::opt_unix_seconds")]
     trial_end: Option<i64>,
+    #[serde(default, deserialize_with = "crate::input::opt_unix_seconds")]
     current_term_start: Option<i64>,
+    #[serde(default, deserialize_with = "crate::input::opt_unix_seconds")]
     current_term_end: Option<i64>,
+    #[serde(default, deserialize_with = "crate::input::opt_unix_seconds")]
     cancelled_at: Option<i64>,
     cancel_reason_code: Option<String>,
     cancel_reason: Option<String>,
+    #[serde(default, deserialize_with = "crate::input::opt_unix_seconds")]
     pause_date: Option<i64>,
+    #[serde(default, deserialize_with = "crate::input::opt_unix_seconds")]
     resume_date: Option<i64>,
 }
 
@@ -121,7 +131,7 @@ struct Transaction {
 
 /// Maps a verified Chargebee event.
 pub fn map_event(merchant_id: &str, body: &[u8]) -> Result<SourceOutput, IngestError> {
-    let raw: serde_json::Value = serde_json::from_slice(body).map_err(malformed)?;
+    let raw: serde_json::Value = parse_json(body)?;
     let event: Event = parse(&raw)?;
     let notice = Notice {
         merchant_id,

@@ -19,7 +19,7 @@
 
 use super::crm::{stage_output, StageChange, StageRule};
 use super::signature::{usable, verify_prefixed_sha256};
-use super::{malformed, non_empty, Notice, SourceOutput, SourceSpec, WebhookRequest};
+use super::{malformed, non_empty, parse_json, Notice, SourceOutput, SourceSpec, WebhookRequest};
 use crate::config::MerchantConfig;
 use crate::error::{IngestError, VerifyError};
 use crate::event::EventName;
@@ -291,7 +291,7 @@ pub fn map_request(
     config: &Config,
     body: &[u8],
 ) -> Result<Vec<SourceOutput>, IngestError> {
-    let payload: Value = serde_json::from_slice(body).map_err(malformed)?;
+    let payload: Value = parse_json(body)?;
     match payload {
         Value::Array(events) => events
             .iter()
@@ -417,7 +417,7 @@ fn workflow(
     let amount = match (property(properties, &names.amount), &currency) {
         (Some(amount), Some(currency)) => Some(
             Amount::from_major_str(&amount, currency)
-                .ok_or_else(|| malformed(format!("amount {amount:?} is not a decimal")))?,
+                .ok_or_else(|| malformed("amount is not a decimal"))?,
         ),
         _ => None,
     };

@@ -12,7 +12,9 @@
 //! is the effective cancellation.
 
 use super::signature::verify_hex_hmac;
-use super::{malformed, non_empty, parse, Notice, SourceOutput, SourceSpec, WebhookRequest};
+use super::{
+    malformed, non_empty, parse, parse_json, Notice, SourceOutput, SourceSpec, WebhookRequest,
+};
 use super::{CustomerRecord, SubscriptionObservation};
 use crate::config::MerchantConfig;
 use crate::error::IngestError;
@@ -145,7 +147,7 @@ fn time(text: &str, field: &str) -> Result<i64, IngestError> {
 
 /// Maps a verified Lemon Squeezy notification.
 pub fn map_event(merchant_id: &str, body: &[u8]) -> Result<SourceOutput, IngestError> {
-    let envelope: Envelope = serde_json::from_slice(body).map_err(malformed)?;
+    let envelope: Envelope = parse_json(body)?;
     let event_name = envelope.meta.event_name.as_str();
     let data = &envelope.data;
     let updated_at = data

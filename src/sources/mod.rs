@@ -203,13 +203,21 @@ impl Notice<'_> {
     }
 }
 
-fn malformed(err: impl std::fmt::Display) -> IngestError {
-    IngestError::MalformedPayload(err.to_string())
+/// A payload problem in our own words. Never format an input value into it: the
+/// message is answered and logged.
+fn malformed(problem: impl std::fmt::Display) -> IngestError {
+    IngestError::MalformedPayload(problem.to_string())
 }
 
-/// Deserialises a verified payload's object; a wrong shape is the sender's error (400).
+/// Deserialises a verified payload's object; a wrong shape is the sender's error (400),
+/// named by field path and expected type, never by value.
 fn parse<T: serde::de::DeserializeOwned>(value: &serde_json::Value) -> Result<T, IngestError> {
-    T::deserialize(value).map_err(malformed)
+    crate::input::from_value(value).map_err(malformed)
+}
+
+/// [`parse`] from the raw body.
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, IngestError> {
+    crate::input::from_slice(body).map_err(malformed)
 }
 
 /// Trimmed, or `None` when absent or blank (never store or hash an empty identity).

@@ -9,8 +9,8 @@
 
 use super::signature::TimestampedHmac;
 use super::{
-    malformed, non_empty, parse, CustomerRecord, SourceOutput, SourceSpec, SubscriptionObservation,
-    WebhookRequest,
+    malformed, non_empty, parse, parse_json, CustomerRecord, SourceOutput, SourceSpec,
+    SubscriptionObservation, WebhookRequest,
 };
 use crate::config::MerchantConfig;
 use crate::error::{IngestError, VerifyError};
@@ -198,7 +198,7 @@ struct PaddleCustomer {
 
 fn minor(text: &str) -> Result<i64, IngestError> {
     text.parse()
-        .map_err(|_| malformed(format!("amount {text:?} is not an integer of minor units")))
+        .map_err(|_| malformed("an amount is not an integer of minor units"))
 }
 
 fn timestamp(text: Option<&str>) -> Option<i64> {
@@ -210,7 +210,7 @@ fn timestamp(text: Option<&str>) -> Option<i64> {
 /// payment at checkout shares the subscription's occurrence key with
 /// `subscription.created`/`activated`, so it is counted once.
 pub fn map_event(merchant_id: &str, body: &[u8]) -> Result<SourceOutput, IngestError> {
-    let note: Notification = serde_json::from_slice(body).map_err(malformed)?;
+    let note: Notification = parse_json(body)?;
     let occurred_at = parse_rfc3339(&note.occurred_at)
         .ok_or_else(|| malformed("occurred_at is not an RFC 3339 timestamp"))?;
     let mut mapper = Mapper {

@@ -9,7 +9,7 @@
 
 use super::crm::{stage_output, StageChange, StageRule};
 use super::signature::{verify_basic_auth, BasicCredentials};
-use super::{malformed, Notice, SourceOutput, SourceSpec, WebhookRequest};
+use super::{malformed, parse_json, Notice, SourceOutput, SourceSpec, WebhookRequest};
 use crate::config::MerchantConfig;
 use crate::error::IngestError;
 use crate::event::EventName;
@@ -75,7 +75,7 @@ pub fn map_event(
     config: &Config,
     body: &[u8],
 ) -> Result<SourceOutput, IngestError> {
-    let payload: Value = serde_json::from_slice(body).map_err(malformed)?;
+    let payload: Value = parse_json(body)?;
     let meta = payload
         .get("meta")
         .ok_or_else(|| malformed("no meta object"))?;

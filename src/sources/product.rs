@@ -5,7 +5,7 @@
 //! the body. A signup counts once per user and a milestone once per user and milestone,
 //! whatever `event_id` the app sends, so retries and double-fires dedupe.
 
-use super::{malformed, non_empty, Notice, SourceOutput};
+use super::{malformed, non_empty, parse, parse_json, Notice, SourceOutput};
 use crate::error::IngestError;
 use crate::event::EventName;
 use crate::time::parse_timestamp_utc;
@@ -45,7 +45,7 @@ struct ProductEvent {
 
 /// Maps one request body: a single event object or `{"events": [...]}`.
 pub fn map(merchant_id: &str, body: &[u8], now: i64) -> Result<Vec<SourceOutput>, IngestError> {
-    let value: Value = serde_json::from_slice(body).map_err(malformed)?;
+    let value: Value = parse_json(body)?;
     let items = match value.get("events") {
         Some(Value::Array(items)) => items.clone(),
         Some(_) => return Err(malformed("`events` must be an array")),
@@ -80,7 +80,7 @@ fn bounded(field: &str, value: Option<&str>) -> Result<Option<String>, IngestErr
 }
 
 fn map_one(merchant_id: &str, item: &Value, now: i64) -> Result<SourceOutput, IngestError> {
-    let event = ProductEvent::deserialize(item).map_err(malformed)?;
+    let event = parse::<ProductEvent>(item)?;
     let name = match event.event.as_str() {
         "signup" => EventName::Signup,
         "activation_milestone" => EventName::ActivationMilestone,

@@ -5,14 +5,15 @@
 //! - Newer `X-Recharge-Webhook-Signature: t=<unix>,v1=<hex>`: HMAC-SHA256 over
 //!   `"{t}.{raw body}"`, checked against `tolerance_seconds` (default 300 s).
 //!
-//! A merchant may turn the legacy scheme off once all its webhooks sign the new way.
+//! The legacy scheme is refused unless a merchant sets `accept_legacy_signature`: a
+//! hash of a secret prefix is open to length extension.
 //! Payloads are the REST resource wrapped in its key (`{"subscription": {…}}`); money is a
 //! major-unit decimal string. There is no event id: the dedup key is
 //! `topic:resource:id:updated_at`. The topic comes from `X-Recharge-Topic`, else a `topic`
 //! query parameter on the webhook URL, else the resource's status.
 
 use super::signature::{verify_prefixed_sha256, TimestampedHmac};
-use super::{malformed, non_empty, Notice, SourceOutput, SourceSpec, WebhookRequest};
+use super::{malformed, non_empty, parse_json, Notice, SourceOutput, SourceSpec, WebhookRequest};
 use super::{CustomerRecord, SubscriptionObservation};
 use crate::config::MerchantConfig;
 use crate::error::{IngestError, VerifyError};
@@ -43,8 +44,10 @@ pub struct Config {
     pub client_secrets: Vec<String>,
     #[serde(default = "default_tolerance")]
     pub tolerance_seconds: i64,
-    /// Accept the untimestamped legacy header (on by default: most stores still send it).
-    #[serde(default = "default_true")]
+    /// Accept the untimestamped legacy header, SHA-256(secret ‖ body). Off by default:
+    /// a plain hash of a secret prefix is open to length extension, so one genuine
+    /// webhook lets anyone forge a longer body that still verifies.
+    #[serde(default)]
     pub accept_legacy_signature: bool,
 }
 
@@ -52,9 +55,6 @@ fn default_tolerance() -> i64 {
     DEFAULT_TOLERANCE_SECONDS
 }
 
-fn default_true() -> bool {
-    true
-}
 
 const SCHEME: TimestampedHmac = TimestampedHmac {
     header: SIGNATURE_HEADER,
@@ -164,7 +164,7 @@ pub fn map_event(
     topic: Option<&str>,
     body: &[u8],
 ) -> Result<SourceOutput, IngestError> {
-    let payload: Value = serde_json::from_slice(body).map_err(malformed)?;
+    let payload: Value = parse_json(body)?;
     let (resource, object) = ["subscription", "charge", "customer", "order"]
         .into_iter()
         .find_map(|key| payload.get(key).filter(|v| v.is_object()).map(|v| (key, v)))

@@ -13,7 +13,7 @@
 
 use super::crm::{stage_output, StageChange, StageRule};
 use super::signature::usable;
-use super::{malformed, non_empty, Notice, SourceOutput, SourceSpec, WebhookRequest};
+use super::{malformed, non_empty, parse_json, Notice, SourceOutput, SourceSpec, WebhookRequest};
 use crate::config::MerchantConfig;
 use crate::error::{IngestError, VerifyError};
 use crate::event::EventName;
@@ -199,7 +199,10 @@ pub fn parse_outbound_message(body: &[u8]) -> Result<OutboundMessage, IngestErro
     let mut current: Option<Notification> = None;
     let mut buf = Vec::new();
     loop {
-        match reader.read_event_into(&mut buf).map_err(malformed)? {
+        match reader
+            .read_event_into(&mut buf)
+            .map_err(|_| malformed("not well-formed XML"))?
+        {
             XmlEvent::Start(start) => {
                 let name = local(start.name().as_ref());
                 if name == "Notification" {
@@ -225,7 +228,10 @@ pub fn parse_outbound_message(body: &[u8]) -> Result<OutboundMessage, IngestErro
                 }
             }
             XmlEvent::Text(text) => {
-                let value = text.unescape().map_err(malformed)?.into_owned();
+                let value = text
+                    .unescape()
+                    .map_err(|_| malformed("an XML text has an invalid escape"))?
+                    .into_owned();
                 let depth = path.len();
                 let (parent, field) = match depth {
                     0 | 1 => continue,
@@ -307,7 +313,7 @@ fn callout(
     body: &[u8],
     _now: i64,
 ) -> Result<SourceOutput, IngestError> {
-    let callout: Callout = serde_json::from_slice(body).map_err(malformed)?;
+    let callout: Callout = parse_json(body)?;
     let occurred_at = parse_rfc3339(&callout.occurred_at)
         .ok_or_else(|| malformed("occurred_at is not an RFC 3339 timestamp"))?;
     let fields: BTreeMap<String, String> = callout

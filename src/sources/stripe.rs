@@ -8,8 +8,8 @@
 
 use super::signature::TimestampedHmac;
 use super::{
-    malformed, non_empty, parse, CustomerRecord, SourceOutput, SourceSpec, SubscriptionObservation,
-    WebhookRequest,
+    non_empty, parse, parse_json, CustomerRecord, SourceOutput, SourceSpec,
+    SubscriptionObservation, WebhookRequest,
 };
 use crate::config::MerchantConfig;
 use crate::error::{IngestError, VerifyError};
@@ -92,6 +92,7 @@ struct StripeEvent {
     id: String,
     #[serde(rename = "type")]
     event_type: String,
+    #[serde(deserialize_with = "crate::input::unix_seconds")]
     created: i64,
     #[serde(default)]
     livemode: bool,
@@ -330,7 +331,7 @@ struct RefundList {
 /// payment failures from invoices (`invoice.paid`, not `invoice.payment_succeeded`);
 /// refunds from `refund.created`, or `charge.refunded` when it lists the refund.
 pub fn map_event(merchant_id: &str, body: &[u8]) -> Result<SourceOutput, IngestError> {
-    let event: StripeEvent = serde_json::from_slice(body).map_err(malformed)?;
+    let event: StripeEvent = parse_json(body)?;
     let mut mapper = Mapper {
         merchant_id,
         event: &event,
