@@ -172,6 +172,61 @@ pub const ROUTES: &[Route] = &[
     ),
 ];
 
+/// Why a request path is refused before routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathError {
+    /// `.` or `..` as a segment, spelled plainly or percent-encoded.
+    DotSegment,
+    /// `//`, or a trailing `/`: an empty segment.
+    EmptySegment,
+}
+
+impl PathError {
+    pub fn message(self) -> &'static str {
+        match self {
+            PathError::DotSegment => "the path contains a . or .. segment",
+            PathError::EmptySegment => "the path contains an empty segment",
+        }
+    }
+}
+
+/// Checks the path exactly as the client sent it, before any normalisation: a URL
+/// parser resolves `api-keys/..` to the merchant itself, so `DELETE` of an API key
+/// named `..` deleted the merchant. Percent-encoded dots count as dots.
+pub fn check_raw_path(raw_path: &str) -> Result<(), PathError> {
+    if raw_path == "/" {
+        return Ok(());
+    }
+    let Some(rest) = raw_path.strip_prefix('/') else {
+        return Err(PathError::EmptySegment);
+    };
+    for segment in rest.split('/') {
+        if segment.is_empty() {
+            return Err(PathError::EmptySegment);
+        }
+        let decoded = segment
+            .to_ascii_lowercase()
+            .replace("%2e", ".");
+        if decoded == "." || decoded == ".." {
+            return Err(PathError::DotSegment);
+        }
+    }
+    Ok(())
+}
+
+/// The path part of a request URL as received (`scheme://host/path?query`), without
+/// decoding or resolving anything.
+pub fn raw_path_of(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(url, |i| &url[i + 3..]);
+    let path_and_query = after_scheme
+        .find('/')
+        .map_or("/", |i| &after_scheme[i..]);
+    let end = path_and_query
+        .find(['?', '#'])
+        .unwrap_or(path_and_query.len());
+    &path_and_query[..end]
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Resolution {
     Found {
@@ -188,15 +243,17 @@ pub enum Resolution {
 /// Matches `path` against one pattern. Literal segments win over parameters: routes are
 /// tried literal-first (see [`resolve`]).
 fn match_pattern(pattern: &'static str, path: &str) -> Option<Vec<(&'static str, String)>> {
-    let pattern_segments: Vec<&'static str> = pattern.trim_matches('/').split('/').collect();
-    let path_segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let pattern_segments: Vec<&'static str> = pattern.trim_start_matches('/').split('/').collect();
+    let path_segments: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
     if pattern_segments.len() != path_segments.len() {
         return None;
     }
     let mut params = Vec::new();
     for (expected, actual) in pattern_segments.iter().zip(&path_segments) {
         match expected.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
-            Some(name) if !actual.is_empty() => params.push((name, actual.to_string())),
+            Some(name) if !actual.is_empty() && *actual != "." && *actual != ".." => {
+                params.push((name, actual.to_string()))
+            }
             Some(_) => return None,
             None if expected == actual => {}
             None => return None,
@@ -306,5 +363,43 @@ mod tests {
             resolve("GET", "/v1/admin/merchants//x"),
             Resolution::NotFound
         );
+    }
+
+    /// `DELETE …/api-keys/..` answered 200 and deleted the merchant: a URL parser
+    /// resolved it to `/v1/admin/merchants/m1/` and the router trimmed the slash.
+    #[test]
+    fn dot_and_empty_segments_are_refused_before_routing() {
+        for raw in [
+            "/v1/admin/merchants/m1/api-keys/..",
+            "/v1/admin/merchants/m1/api-keys/%2e%2e",
+            "/v1/admin/merchants/m1/api-keys/%2E%2e",
+            "/v1/admin/merchants/m1/sources/..",
+            "/v1/admin/merchants/m1/pixel/..",
+            "/v1/admin/merchants/m1/./pixel",
+            "/v1/admin/merchants/m1/.%2e/m2",
+        ] {
+            assert_eq!(check_raw_path(raw), Err(PathError::DotSegment), "{raw}");
+        }
+        for raw in ["/v1/admin/merchants/m1/", "/v1//admin/merchants", "//v1"] {
+            assert_eq!(check_raw_path(raw), Err(PathError::EmptySegment), "{raw}");
+        }
+        assert_eq!(check_raw_path("/v1/admin/merchants/m1/api-keys/k.1"), Ok(()));
+        assert_eq!(check_raw_path("/"), Ok(()));
+        // What the normalised forms route to: nothing, not the merchant.
+        assert_eq!(resolve("DELETE", "/v1/admin/merchants/m1/"), Resolution::NotFound);
+        assert_eq!(
+            resolve("DELETE", "/v1/admin/merchants/m1/api-keys/.."),
+            Resolution::NotFound
+        );
+    }
+
+    #[test]
+    fn the_raw_path_is_taken_without_decoding() {
+        assert_eq!(
+            raw_path_of("http://127.0.0.1:8787/v1/admin/merchants/m1/api-keys/%2e%2e?x=1"),
+            "/v1/admin/merchants/m1/api-keys/%2e%2e"
+        );
+        assert_eq!(raw_path_of("https://h.example"), "/");
+        assert_eq!(raw_path_of("https://h.example/a#f"), "/a");
     }
 }

@@ -130,7 +130,17 @@ pub async fn admin(
         RouteId::AdminRejectedRequests => rejected_requests(&req, env).await,
         RouteId::AdminCronRuns => cron_runs(env).await,
         RouteId::AdminRotateSecrets => rotate_secrets(env).await,
-        _ => Err(ApiError::NotFound("route".into())),
+        // Not operator routes; the edge dispatches them elsewhere.
+        RouteId::Health
+        | RouteId::OpenApi
+        | RouteId::StripeWebhook
+        | RouteId::SourceWebhook
+        | RouteId::ProductEvents
+        | RouteId::PixelScript
+        | RouteId::PixelCollect
+        | RouteId::PixelPreflight
+        | RouteId::MerchantSelf
+        | RouteId::MerchantView => Err(ApiError::NotFound("route".into())),
     };
     respond(answer)
 }

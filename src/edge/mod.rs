@@ -202,6 +202,11 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
 
 async fn route(req: Request, env: &Env, ctx: &Context) -> Result<Response> {
     let method = req.method().to_string();
+    // Routed on the path as sent: `url::Url` (and the runtime's URL) resolve `..`.
+    let raw_url = req.inner().url();
+    if let Err(err) = crate::routes::check_raw_path(crate::routes::raw_path_of(&raw_url)) {
+        return json_error(400, "invalid_path", err.message());
+    }
     let (id, params) = match resolve(&method, &req.path()) {
         Resolution::Found { id, params } => (id, params),
         Resolution::MethodNotAllowed { allowed } => {
@@ -241,7 +246,26 @@ async fn route(req: Request, env: &Env, ctx: &Context) -> Result<Response> {
         RouteId::MerchantSelf | RouteId::MerchantView => {
             api::merchant_read(id, &param("merchant_id"), &param("view"), &req, env).await
         }
-        _ => api::admin(id, &params, req, env).await,
+        RouteId::AdminListMerchants
+        | RouteId::AdminCreateMerchant
+        | RouteId::AdminGetMerchant
+        | RouteId::AdminUpdateMerchant
+        | RouteId::AdminDeleteMerchant
+        | RouteId::AdminPutIntegration
+        | RouteId::AdminDeleteIntegration
+        | RouteId::AdminListApiKeys
+        | RouteId::AdminCreateApiKey
+        | RouteId::AdminRevokeApiKey
+        | RouteId::AdminGetPixel
+        | RouteId::AdminPutPixel
+        | RouteId::AdminDeletePixel
+        | RouteId::AdminView
+        | RouteId::AdminReplayDeadLetter
+        | RouteId::AdminReplayDeadLetters
+        | RouteId::AdminEraseCustomer
+        | RouteId::AdminRejectedRequests
+        | RouteId::AdminCronRuns
+        | RouteId::AdminRotateSecrets => api::admin(id, &params, req, env).await,
     }
 }
 
