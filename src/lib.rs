@@ -21,6 +21,7 @@ pub mod ledger;
 pub mod money;
 pub mod pixel;
 pub mod plans;
+pub mod rejections;
 pub mod retention;
 pub mod routes;
 pub mod secrets;

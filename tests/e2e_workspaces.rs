@@ -13,6 +13,7 @@ use support::{eventually, http, post_stripe, stripe_event, StandIn, Worker};
 
 const STRIPE_SECRET_EU: &str = "whsec_eu_workspace_secret_7d1f";
 const STRIPE_SECRET_US: &str = "whsec_us_workspace_secret_3c9a";
+const STRIPE_SECRET_FLOOD: &str = "whsec_flood_workspace_secret_5e2b";
 const META_TOKEN_EU: &str = "EAAB-eu-token-never-shown-41f0";
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -369,29 +370,53 @@ fn workspaces_keep_secrets_sealed_data_in_region_and_keys_scoped() {
         0
     );
     let gone = post_stripe(&worker, "m_eu", STRIPE_SECRET_EU, &eu_event);
-    assert_eq!(gone.status, 404, "{}", gone.body);
+    assert_eq!(gone.status, 401, "{}", gone.body);
 
-    // 7. Rate limit: a clear 429 with Retry-After once a merchant exceeds its rate, and
-    //    every refusal counted in the operator's rejected-request log.
+    // 7. A forged flood: refused 401, then 429 once the unverified budget is spent,
+    //    while the merchant's signed webhooks keep their own budget and pass. Refusals
+    //    are counted without a global write per request, and never under made-up ids.
+    worker.provision(
+        json!({ "merchant_id": "m_flood", "plan": "scale" }),
+        &[("stripe", json!({ "endpoint_secrets": [STRIPE_SECRET_FLOOD] }))],
+        &[],
+    );
+    let rejected_rows = || worker.count("DB", "SELECT count(*) AS n FROM rejected_requests");
+    let rows_before = rejected_rows();
     let mut limited = None;
-    for attempt in 0..700 {
-        let response = http(
+    for attempt in 0..300 {
+        let forged = http(
             "POST",
             worker.port,
             "/v1/integrations/stripe/subscription-events?merchant_id=m_flood",
+            &[("content-type", "application/json"), ("stripe-signature", "t=1,v1=00")],
+            b"{}",
+        );
+        if forged.status == 429 {
+            limited = Some((attempt, forged));
+            break;
+        }
+        assert_eq!(forged.status, 401, "{}", forged.body);
+        assert_eq!(forged.json()["error"]["code"], "unauthenticated");
+    }
+    let (attempt, limited) = limited.expect("no 429 within 300 forged requests");
+    assert!(attempt >= 120, "limited after only {attempt} requests");
+    assert_eq!(limited.json()["error"]["code"], "rate_limited");
+    assert_eq!(limited.header("retry-after").as_deref(), Some("60"));
+    let flood_event = stripe_event("customer.subscription.created.trialing.json", "evt_flood_signed");
+    let signed = post_stripe(&worker, "m_flood", STRIPE_SECRET_FLOOD, &flood_event);
+    assert_eq!(signed.status, 202, "a signed webhook during a forged flood: {}", signed.body);
+    for i in 0..200 {
+        let random = http(
+            "POST",
+            worker.port,
+            &format!("/v1/integrations/stripe/subscription-events?merchant_id=random_{i}"),
             &[("content-type", "application/json")],
             b"{}",
         );
-        if response.status == 429 {
-            limited = Some((attempt, response));
-            break;
-        }
-        assert_eq!(response.status, 404, "{}", response.body);
+        assert!(matches!(random.status, 401 | 429), "{}", random.body);
     }
-    let (attempt, limited) = limited.expect("no 429 within 700 requests");
-    assert!(attempt >= 600, "limited after only {attempt} requests");
-    assert_eq!(limited.json()["error"]["code"], "rate_limited");
-    assert_eq!(limited.header("retry-after").as_deref(), Some("60"));
+    // Nothing was written per request: the buffered counts are not in D1 yet.
+    assert!(rejected_rows() - rows_before < 5, "rows written during the flood");
     let log = eventually(WAIT, "the rejected-request log", || {
         let items = worker
             .admin(
@@ -405,15 +430,24 @@ fn workspaces_keep_secrets_sealed_data_in_region_and_keys_scoped() {
             .unwrap_or_default();
         items
             .iter()
-            .any(|r| r["code"] == "rate_limited")
+            .any(|r| r["code"] == "unverified_rate_limited")
             .then_some(items)
     });
-    let not_found: i64 = log
+    let invalid: i64 = log
         .iter()
-        .filter(|r| r["code"] == "merchant_not_found")
+        .filter(|r| r["code"] == "signature_invalid")
         .map(|r| r["count"].as_i64().unwrap())
         .sum();
-    assert!(not_found >= 600, "{log:?}");
+    assert!(invalid >= 120, "{log:?}");
+    assert_eq!(
+        worker.count(
+            "DB",
+            "SELECT count(*) AS n FROM rejected_requests WHERE merchant_id LIKE 'random_%'"
+        ),
+        0,
+        "rows keyed by ids that name no merchant"
+    );
+    assert!(rejected_rows() - rows_before < 10, "{log:?}");
 
     // 8. The served OpenAPI document is the repository's.
     let spec = http("GET", worker.port, "/v1/openapi.json", &[], b"");

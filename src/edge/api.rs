@@ -89,6 +89,10 @@ pub async fn admin(
     if let Err(err) = authorize_operator(&req, env) {
         return api_error(&err);
     }
+    // Any operator write may change what ingest reads: this isolate re-reads it.
+    if req.method() != worker::Method::Get {
+        super::intake::forget_merchants();
+    }
     let param = |name: &str| {
         params
             .iter()
@@ -653,6 +657,7 @@ async fn erase_customer(mut req: Request, env: &Env, merchant_id: &str) -> Answe
 }
 
 async fn rejected_requests(req: &Request, env: &Env) -> Answer {
+    super::flush_rejections(env).await;
     let mut merchant = None;
     let mut since = 0;
     let mut limit = 100;

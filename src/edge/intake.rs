@@ -16,32 +16,95 @@ use crate::sources::crm::CrmContext;
 use crate::sources::{product, Headers, SourceOutput, SourceSpec, WebhookRequest};
 use serde_json::json;
 use worker::{
-    console_error, console_warn, Context, Env, MessageBuilder, QueueContentType, Request, Response,
+    console_error, Context, Env, MessageBuilder, QueueContentType, Request, Response,
     Result,
 };
 
-/// Requests per minute per merchant and route family, if the limiter binding exists.
+/// Requests per minute per merchant and route family that proved they hold the
+/// merchant's secret (signed webhooks, API-keyed product events).
 const RATE_LIMIT_BINDING: &str = "INGEST_RATE_LIMITER";
+/// Refusals before authentication, per client address and per merchant: a separate
+/// budget, so a forged flood never spends what the merchant's signed webhooks need.
+const UNVERIFIED_RATE_LIMIT_BINDING: &str = "UNVERIFIED_RATE_LIMITER";
 const RATE_LIMIT_PERIOD_SECONDS: u32 = 60;
 
-/// Refuses with 429 once the merchant is over its ingest rate. Without the binding
-/// (misconfigured deploy) requests pass: losing webhooks is worse than no limit.
+/// Whether `key` is within `binding`'s budget. Without the binding (misconfigured
+/// deploy) requests pass: losing webhooks is worse than no limit.
+async fn within_budget(env: &Env, binding: &str, key: String) -> Result<bool> {
+    let Ok(limiter) = env.rate_limiter(binding) else {
+        return Ok(true);
+    };
+    Ok(limiter.limit(key).await?.success)
+}
+
+/// Refuses with 429 once the merchant is over its authenticated ingest rate.
 async fn check_rate(
     env: &Env,
     merchant_id: &str,
     family: &str,
 ) -> Result<std::result::Result<(), IngestError>> {
-    let Ok(limiter) = env.rate_limiter(RATE_LIMIT_BINDING) else {
-        return Ok(Ok(()));
+    Ok(
+        if within_budget(env, RATE_LIMIT_BINDING, format!("{merchant_id}/{family}")).await? {
+            Ok(())
+        } else {
+            Err(IngestError::RateLimited {
+                retry_after_seconds: RATE_LIMIT_PERIOD_SECONDS,
+            })
+        },
+    )
+}
+
+/// The caller's address as Cloudflare saw it.
+fn client_address(req: &Request) -> String {
+    req.headers()
+        .get("cf-connecting-ip")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// A refusal before authentication: the same 401 for every reason, or 429 once the
+/// caller's address or this merchant's unverified budget is spent. `known_merchant` is
+/// empty when the id names no merchant, so no log row is keyed by a made-up id.
+async fn refuse_unverified(
+    env: &Env,
+    ctx: &Context,
+    req: &Request,
+    known_merchant: &str,
+    route: &str,
+    err: IngestError,
+) -> Result<Response> {
+    let err = err.unauthenticated();
+    let address = client_address(req);
+    let by_address = within_budget(env, UNVERIFIED_RATE_LIMIT_BINDING, format!("addr:{address}")).await?;
+    let by_merchant = known_merchant.is_empty()
+        || within_budget(
+            env,
+            UNVERIFIED_RATE_LIMIT_BINDING,
+            format!("merchant:{known_merchant}"),
+        )
+        .await?;
+    if by_address && by_merchant {
+        return refuse(env, ctx, known_merchant, route, &err);
+    }
+    let limited = IngestError::RateLimited {
+        retry_after_seconds: RATE_LIMIT_PERIOD_SECONDS,
     };
-    let outcome = limiter.limit(format!("{merchant_id}/{family}")).await?;
-    Ok(if outcome.success {
-        Ok(())
-    } else {
-        Err(IngestError::RateLimited {
-            retry_after_seconds: RATE_LIMIT_PERIOD_SECONDS,
-        })
-    })
+    record_rejection(
+        env,
+        ctx,
+        known_merchant,
+        route,
+        limited.status(),
+        "unverified_rate_limited",
+        &err.log_message(),
+    );
+    let response = ingest_error(&limited)?;
+    with_header(
+        response,
+        "retry-after",
+        &RATE_LIMIT_PERIOD_SECONDS.to_string(),
+    )
 }
 
 /// The error response, counted in the operator's rejected-request log.
@@ -58,8 +121,8 @@ pub fn refuse(
         merchant_id,
         route,
         err.status(),
-        err.code(),
-        &err.to_string(),
+        err.reason_code(),
+        &err.log_message(),
     );
     let response = ingest_error(err)?;
     match err {
@@ -80,21 +143,72 @@ async fn read_body(req: &mut Request) -> Result<std::result::Result<Vec<u8>, Ing
         }))
 }
 
+/// How long an isolate reuses a merchant's route and settings. An operator change made
+/// through this isolate clears the cache at once; other isolates see it within this.
+const MERCHANT_CACHE_TTL_MS: i64 = 5_000;
+const MERCHANT_CACHE_MAX: usize = 1_024;
+
+thread_local! {
+    /// merchant id → (loaded at, settings; `None` for an id that names no merchant).
+    static MERCHANTS: std::cell::RefCell<std::collections::HashMap<String, (i64, Option<MerchantConfig>)>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// Forgets every cached merchant: called after any operator write.
+pub fn forget_merchants() {
+    MERCHANTS.with(|cache| cache.borrow_mut().clear());
+}
+
 /// The merchant's route and settings from its region; `Err` is the answer to give.
+/// Cached briefly, so a flood of forged requests naming a merchant costs no storage reads.
 async fn load_merchant(
     env: &Env,
     merchant_id: &str,
 ) -> Result<std::result::Result<(MerchantConfig, Store), IngestError>> {
-    let Some(route) = Routing::from_env(env)?.route(merchant_id).await? else {
-        return Ok(Err(IngestError::UnknownMerchant(merchant_id.to_string())));
+    let now = now_ms();
+    let cached = MERCHANTS.with(|cache| {
+        cache
+            .borrow()
+            .get(merchant_id)
+            .filter(|(at, _)| now - at < MERCHANT_CACHE_TTL_MS)
+            .map(|(_, merchant)| merchant.clone())
+    });
+    let merchant = match cached {
+        Some(merchant) => merchant,
+        None => {
+            let loaded = match Routing::from_env(env)?.route(merchant_id).await? {
+                None => None,
+                Some(route) => {
+                    let store = Store::for_region(env, route.region)?;
+                    match store.load_merchant(&route, keyring(env).as_ref()).await? {
+                        Some(merchant) => Some(merchant),
+                        None => {
+                            return Ok(Err(IngestError::Unavailable(
+                                "merchant settings are missing in its region".into(),
+                            )))
+                        }
+                    }
+                }
+            };
+            MERCHANTS.with(|cache| {
+                let mut cache = cache.borrow_mut();
+                if cache.len() >= MERCHANT_CACHE_MAX {
+                    cache.retain(|_, (at, _)| now - *at < MERCHANT_CACHE_TTL_MS);
+                    if cache.len() >= MERCHANT_CACHE_MAX {
+                        cache.clear();
+                    }
+                }
+                cache.insert(merchant_id.to_string(), (now, loaded.clone()));
+            });
+            loaded
+        }
     };
-    let store = Store::for_region(env, route.region)?;
-    let keyring = keyring(env);
-    match store.load_merchant(&route, keyring.as_ref()).await? {
-        Some(merchant) => Ok(Ok((merchant, store))),
-        None => Ok(Err(IngestError::Unavailable(
-            "merchant settings are missing in its region".into(),
-        ))),
+    match merchant {
+        Some(merchant) => {
+            let store = Store::for_region(env, merchant.region)?;
+            Ok(Ok((merchant, store)))
+        }
+        None => Ok(Err(IngestError::UnknownMerchant(merchant_id.to_string()))),
     }
 }
 
@@ -115,15 +229,15 @@ pub async fn webhook(
     else {
         return refuse(env, ctx, "", &route, &IngestError::MissingMerchantId);
     };
-    if let Err(err) = check_rate(env, &merchant_id, "webhook").await? {
-        return refuse(env, ctx, &merchant_id, &route, &err);
-    }
     let body = match read_body(&mut req).await? {
         Ok(body) => body,
-        Err(err) => return refuse(env, ctx, &merchant_id, &route, &err),
+        Err(err) => return refuse(env, ctx, "", &route, &err),
     };
     let (merchant, store) = match load_merchant(env, &merchant_id).await? {
         Ok(loaded) => loaded,
+        Err(err) if err.is_before_authentication() => {
+            return refuse_unverified(env, ctx, &req, "", &route, err).await
+        }
         Err(err) => return refuse(env, ctx, &merchant_id, &route, &err),
     };
     let mut headers = Headers::new();
@@ -142,13 +256,15 @@ pub async fn webhook(
     let name = source.name;
     let outputs = match ingest::verify_and_map(name, &merchant, &request, now / 1000) {
         Ok(outputs) => outputs,
-        Err(err) => {
-            if let IngestError::Signature(reason) = &err {
-                console_warn!("{name} webhook for merchant {merchant_id} refused: {reason}");
-            }
-            return refuse(env, ctx, &merchant_id, &route, &err);
+        Err(err) if err.is_before_authentication() => {
+            return refuse_unverified(env, ctx, &req, &merchant_id, &route, err).await
         }
+        Err(err) => return refuse(env, ctx, &merchant_id, &route, &err),
     };
+    // Only requests that proved they hold the secret spend the merchant's budget.
+    if let Err(err) = check_rate(env, &merchant_id, "webhook").await? {
+        return refuse(env, ctx, &merchant_id, &route, &err);
+    }
     let summaries = match accept_all(env, &store, &merchant, outputs, now).await? {
         Ok(summaries) => summaries,
         Err(err) => return refuse(env, ctx, &merchant_id, &route, &err),

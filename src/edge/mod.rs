@@ -131,7 +131,14 @@ pub fn retention_policy(env: &Env) -> RetentionPolicy {
     RetentionPolicy::from_vars(|name| var(env, name))
 }
 
-/// Counts a refused request in the global log after the response is sent.
+thread_local! {
+    static REJECTIONS: std::cell::RefCell<crate::rejections::RejectionBuffer> =
+        std::cell::RefCell::new(crate::rejections::RejectionBuffer::default());
+}
+
+/// Counts a refused request in this isolate's buffer; the first count after a flush
+/// schedules the next one, so a flood costs one global write per few seconds, not one
+/// per request. An empty `merchant_id` means no merchant we know: counted without an id.
 pub fn record_rejection(
     env: &Env,
     ctx: &Context,
@@ -141,26 +148,41 @@ pub fn record_rejection(
     code: &str,
     message: &str,
 ) {
-    let env = env.clone();
-    let (merchant_id, route, code, message) = (
-        merchant_id.to_string(),
-        route.to_string(),
-        code.to_string(),
-        message.to_string(),
-    );
-    ctx.wait_until(async move {
-        let result = match Routing::from_env(&env) {
-            Ok(routing) => {
-                routing
-                    .record_rejection(&merchant_id, &route, status, &code, &message, now_ms())
-                    .await
-            }
-            Err(err) => Err(err),
-        };
-        if let Err(err) = result {
-            console_warn!("could not record rejected request: {err}");
-        }
+    let first = REJECTIONS.with(|buffer| {
+        buffer.borrow_mut().record(
+            merchant_id,
+            !merchant_id.is_empty(),
+            route,
+            status,
+            code,
+            message,
+            now_ms(),
+        )
     });
+    if first {
+        let env = env.clone();
+        ctx.wait_until(async move {
+            let wait = std::time::Duration::from_millis(crate::rejections::FLUSH_AFTER_MS as u64);
+            worker::Delay::from(wait).await;
+            flush_rejections(&env).await;
+        });
+    }
+}
+
+/// Writes this isolate's buffered refusal counts (also before the log is read).
+pub async fn flush_rejections(env: &Env) {
+    let rows = REJECTIONS.with(|buffer| buffer.borrow_mut().drain());
+    if rows.is_empty() {
+        return;
+    }
+    let written = match Routing::from_env(env) {
+        Ok(routing) => routing.record_rejections(&rows).await,
+        Err(err) => Err(err),
+    };
+    if let Err(err) = written {
+        console_warn!("could not record rejected requests: {err}");
+        REJECTIONS.with(|buffer| buffer.borrow_mut().restore(rows, now_ms()));
+    }
 }
 
 /// The merchant a presented API key belongs to.

@@ -270,32 +270,37 @@ impl Routing {
     }
 
     /// Counts one refused request in its minute.
-    pub async fn record_rejection(
+    /// Adds a batch of per-minute refusal counts (see `crate::rejections`) in one round trip.
+    pub async fn record_rejections(
         &self,
-        merchant_id: &str,
-        route: &str,
-        status: u16,
-        code: &str,
-        message: &str,
-        now_ms: i64,
+        rows: &[(
+            crate::rejections::RejectionKey,
+            crate::rejections::RejectionCount,
+        )],
     ) -> Result<()> {
-        let merchant: String = merchant_id.chars().take(64).collect();
-        let message: String = message.chars().take(300).collect();
-        self.db
-            .prepare("INSERT INTO rejected_requests (merchant_id, route, code, status, minute, count, last_message, last_at) \
-                      VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7) ON CONFLICT (merchant_id, route, code, minute) DO UPDATE SET \
-                      count = count + 1, last_message = excluded.last_message, last_at = excluded.last_at")
-            .bind(&[
-                text(&merchant),
-                text(route),
-                text(code),
-                int(i64::from(status)),
-                int(now_ms / 60_000 * 60_000),
-                text(&message),
-                int(now_ms),
-            ])?
-            .run()
-            .await?;
+        let mut statements = Vec::with_capacity(rows.len());
+        for (key, count) in rows {
+            statements.push(
+                self.db
+                    .prepare("INSERT INTO rejected_requests (merchant_id, route, code, status, minute, count, last_message, last_at) \
+                              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (merchant_id, route, code, minute) DO UPDATE SET \
+                              count = count + excluded.count, status = excluded.status, last_message = excluded.last_message, \
+                              last_at = MAX(last_at, excluded.last_at)")
+                    .bind(&[
+                        text(&key.merchant_id),
+                        text(&key.route),
+                        text(&key.code),
+                        int(i64::from(count.status)),
+                        int(key.minute),
+                        int(count.count),
+                        text(&count.last_message),
+                        int(count.last_at),
+                    ])?,
+            );
+        }
+        if !statements.is_empty() {
+            self.db.batch(statements).await?;
+        }
         Ok(())
     }
 
