@@ -174,7 +174,8 @@ pub struct DestinationSpec {
     /// (HTTP status, `Retry-After` header, body) → outcome of the whole request.
     pub classify: fn(u16, Option<&str>, &str) -> Outcome,
     /// Per-row outcomes, for platforms that report them (Google Ads partial failure,
-    /// LinkedIn batch statuses). `None` → the whole-request outcome applies.
+    /// LinkedIn batch statuses). `None` → the whole-request outcome applies; an empty
+    /// list → some rows failed without saying which, so each row is re-sent alone.
     pub classify_rows: Option<RowClassifier>,
     /// Present when the destination needs an OAuth access token.
     pub auth: Option<&'static AuthSpec>,
@@ -243,6 +244,9 @@ pub fn row_outcomes(
     rows: usize,
 ) -> Option<Vec<Outcome>> {
     if let Some(per_row) = spec.classify_rows.and_then(|f| f(status, body, rows)) {
+        if per_row.is_empty() && rows > 1 {
+            return None;
+        }
         if per_row.len() == rows {
             return Some(per_row);
         }

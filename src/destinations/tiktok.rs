@@ -44,7 +44,7 @@ pub const SPEC: DestinationSpec = DestinationSpec {
     name: NAME,
     build,
     classify,
-    classify_rows: None,
+    classify_rows: Some(classify_rows),
     auth: None,
     match_keys: &[
         MatchKey {
@@ -203,6 +203,20 @@ fn retryable_code(code: i64) -> bool {
     code == 40100 || (50000..60000).contains(&code)
 }
 
+/// TikTok's partial success (HTTP 200, code 20001) does not say which events of a batch
+/// were refused, so a batch answered that way is not taken as delivered: each event is
+/// re-sent alone and judged on its own answer (TikTok deduplicates by `event_id`, so an
+/// event that did land is not counted twice).
+fn classify_rows(status: u16, body: &str, rows: usize) -> Option<Vec<Outcome>> {
+    let code = serde_json::from_str::<Value>(body)
+        .ok()?
+        .get("code")
+        .and_then(Value::as_i64);
+    ((200..300).contains(&status) && code == Some(PARTIAL_SUCCESS) && rows > 1).then(Vec::new)
+}
+
+const PARTIAL_SUCCESS: i64 = 20001;
+
 fn classify(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
     let parsed = serde_json::from_str::<Value>(body).ok();
     let code = parsed
@@ -220,9 +234,10 @@ fn classify(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
         truncate(message, 300)
     );
     if (200..300).contains(&status) {
-        // 20001 is partial success: with one event per request, the event was taken.
+        // Partial success of a single-event request: the event was taken (a batch
+        // answered so is re-sent event by event, see `classify_rows`).
         match code {
-            Some(0) | Some(20001) => return Outcome::Delivered,
+            Some(0) | Some(PARTIAL_SUCCESS) => return Outcome::Delivered,
             Some(c) if retryable_code(c) => {
                 return Outcome::Retry {
                     after_seconds: parse_retry_after(retry_after),
@@ -245,6 +260,26 @@ fn classify(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A batch answered with partial success was marked delivered as a whole.
+    #[test]
+    fn partial_success_of_a_batch_resends_each_event_alone() {
+        let body = r#"{"code":20001,"message":"Partial Success","data":{}}"#;
+        assert_eq!(
+            crate::destinations::row_outcomes(&SPEC, 200, None, body, 3),
+            None,
+            "a batch with unknown failed rows must be resolved per event"
+        );
+        assert_eq!(
+            crate::destinations::row_outcomes(&SPEC, 200, None, body, 1),
+            Some(vec![Outcome::Delivered])
+        );
+        let ok = r#"{"code":0,"message":"OK","data":{}}"#;
+        assert_eq!(
+            crate::destinations::row_outcomes(&SPEC, 200, None, ok, 3),
+            Some(vec![Outcome::Delivered; 3])
+        );
+    }
     use crate::destinations::{build_for_test, Endpoints};
     use crate::event::{Customer, SubscriptionDetails, Values};
     use crate::hashing::sha256_hex;
