@@ -247,8 +247,9 @@ pub fn integration(kind: IntegrationKind, name: &str) -> Result<Integration, Api
 }
 
 impl Integration {
-    /// A config the module can run with, on a plan that includes it.
-    pub fn check(&self, plan: Plan, config: &Value) -> Result<(), ApiError> {
+    /// A config the module can run with, on a plan that includes it, pinning no API
+    /// version past its sunset.
+    pub fn check(&self, plan: Plan, config: &Value, now_s: i64) -> Result<(), ApiError> {
         if let Some(feature) = self.required_feature {
             plan.require(feature)?;
         }
@@ -261,7 +262,16 @@ impl Integration {
         (self.validate_config)(config).map_err(|reason| ApiError::InvalidConfig {
             name: self.name.into(),
             reason,
-        })
+        })?;
+        if self.kind == IntegrationKind::Destination {
+            crate::api_versions::refuse_sunset(self.name, config, now_s).map_err(|reason| {
+                ApiError::InvalidConfig {
+                    name: self.name.into(),
+                    reason,
+                }
+            })?;
+        }
+        Ok(())
     }
 
     /// The config as the API shows it: secrets reduced to their last 4 characters.
@@ -501,6 +511,24 @@ pub fn page(mut rows: Vec<Value>, limit: usize) -> Value {
 mod input_tests {
     use super::*;
 
+    /// Every Google request of a merchant pinned to a sunset version fails.
+    #[test]
+    fn a_destination_pinned_to_a_sunset_version_is_refused() {
+        let google = integration(IntegrationKind::Destination, "google_ads").unwrap();
+        let config = json!({
+            "customer_id": "1234567890",
+            "refresh_token": "1//refresh",
+            "api_version": "v22",
+            "conversion_actions": { "subscription_started": "987654321" }
+        });
+        let err = google.check(Plan::Scale, &config, 1_796_040_000).unwrap_err();
+        assert_eq!(err.status(), 422);
+        assert!(err.to_string().contains("sunset on 2026-10-07"), "{err}");
+        let mut current = config.clone();
+        current["api_version"] = json!("v26");
+        google.check(Plan::Scale, &current, 1_796_040_000).unwrap();
+    }
+
     /// 120 repeated filters gave 503 (D1: "Expression tree is too large").
     #[test]
     fn repeated_or_too_many_query_parameters_are_a_400() {
@@ -530,6 +558,7 @@ mod input_tests {
             .check(
                 Plan::Scale,
                 &json!({ "endpoint_secrets": "whsec_live_leaky_secret" }),
+                1_796_040_000,
             )
             .unwrap_err();
         assert_eq!(err.status(), 422);
@@ -610,12 +639,12 @@ mod tests {
         let stripe = integration(IntegrationKind::Source, "stripe").unwrap();
         let config = json!({"endpoint_secrets": ["whsec_abcdefghijklmnop"]});
         assert_eq!(
-            stripe.check(Plan::Starter, &config).unwrap_err().code(),
+            stripe.check(Plan::Starter, &config, 0).unwrap_err().code(),
             "plan_required"
         );
-        assert!(stripe.check(Plan::Scale, &config).is_ok());
+        assert!(stripe.check(Plan::Scale, &config, 0).is_ok());
         let err = stripe
-            .check(Plan::Scale, &json!({"endpoint_secret": "whsec_x"}))
+            .check(Plan::Scale, &json!({"endpoint_secret": "whsec_x"}), 0)
             .unwrap_err();
         assert_eq!((err.status(), err.code()), (422, "invalid_config"));
         assert!(!err.to_string().contains("whsec_x"));

@@ -6,6 +6,7 @@
 //! D1 and cron.
 
 pub mod admin;
+pub mod api_versions;
 pub mod api_keys;
 pub mod config;
 pub mod delivery;

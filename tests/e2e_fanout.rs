@@ -17,7 +17,7 @@ use tracklayer::hashing::sha256_hex;
 
 const SECRET: &str = "whsec_fanout_e2e";
 const WAIT: Duration = Duration::from_secs(60);
-const GOOGLE_UPLOAD: &str = "/v22/customers/1234567890:uploadClickConversions";
+const GOOGLE_UPLOAD: &str = "/v26/customers/1234567890:uploadClickConversions";
 const EMAIL: &str = "jane.doe@example.com";
 
 fn product_events(worker: &Worker, key: &str, body: &Value) -> support::HttpResponse {
@@ -296,7 +296,7 @@ fn one_trial_conversion_reaches_all_six_platforms_and_faults_end_right() {
         GOOGLE_UPLOAD,
         vec![(
             200,
-            r#"{"partialFailureError":{"code":3,"message":"Partial failure","details":[{"@type":"type.googleapis.com/google.ads.googleads.v22.errors.GoogleAdsFailure","errors":[{"errorCode":{"conversionUploadError":"UNPARSEABLE_GCLID"},"message":"The imported gclid could not be decoded.","location":{"fieldPathElements":[{"fieldName":"conversions","index":1},{"fieldName":"gclid"}]}}],"requestId":"e2e"}]},"results":[{"gclid":"Cj0KCQiA-good","conversionAction":"customers/1234567890/conversionActions/987654399","conversionDateTime":"x"},{}]}"#,
+            r#"{"partialFailureError":{"code":3,"message":"Partial failure","details":[{"@type":"type.googleapis.com/google.ads.googleads.v26.errors.GoogleAdsFailure","errors":[{"errorCode":{"conversionUploadError":"UNPARSEABLE_GCLID"},"message":"The imported gclid could not be decoded.","location":{"fieldPathElements":[{"fieldName":"conversions","index":1},{"fieldName":"gclid"}]}}],"requestId":"e2e"}]},"results":[{"gclid":"Cj0KCQiA-good","conversionAction":"customers/1234567890/conversionActions/987654399","conversionDateTime":"x"},{}]}"#,
         )],
     );
     let before = platforms.requests_to(GOOGLE_UPLOAD).len();

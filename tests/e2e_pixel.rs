@@ -17,7 +17,7 @@ use support::{carrying, eventually, http, now, post_stripe, stripe_event, StandI
 
 const SECRET: &str = "whsec_pixel_e2e";
 const WAIT: Duration = Duration::from_secs(60);
-const GOOGLE_UPLOAD: &str = "/v22/customers/1234567890:uploadClickConversions";
+const GOOGLE_UPLOAD: &str = "/v26/customers/1234567890:uploadClickConversions";
 
 /// One page view in the test browser whose state lives in `state`.
 fn visit(worker: &Worker, state: &Path, page: &str, key: &str, calls: Value) -> Value {

@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 pub const NAME: &str = "google_ads";
 pub const DEFAULT_BASE_URL: &str = "https://googleads.googleapis.com";
 pub const DEFAULT_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
-pub const DEFAULT_API_VERSION: &str = "v22";
+pub const DEFAULT_API_VERSION: &str = "v26";
 /// `TOO_MANY_CONVERSIONS_IN_REQUEST`: "Upload fewer than 2001"; adjustments likewise.
 pub const MAX_BATCH: usize = 2000;
 /// Google refuses a click conversion for 6 h after the click or after the conversion
@@ -933,7 +933,7 @@ mod tests {
                 "code": 3,
                 "message": "Partial failure",
                 "details": [{
-                    "@type": "type.googleapis.com/google.ads.googleads.v22.errors.GoogleAdsFailure",
+                    "@type": "type.googleapis.com/google.ads.googleads.v26.errors.GoogleAdsFailure",
                     "errors": [
                         { "errorCode": { "conversionUploadError": "TOO_RECENT_EVENT" },
                           "message": "The click associated with the given identifier is too recent.",
@@ -974,7 +974,7 @@ mod tests {
     fn whole_request_answers() {
         let denied = json!({ "error": { "code": 403, "status": "PERMISSION_DENIED",
             "message": "The caller does not have permission",
-            "details": [{ "@type": "type.googleapis.com/google.ads.googleads.v22.errors.GoogleAdsFailure",
+            "details": [{ "@type": "type.googleapis.com/google.ads.googleads.v26.errors.GoogleAdsFailure",
                           "errors": [{ "errorCode": { "authorizationError": "DEVELOPER_TOKEN_NOT_APPROVED" }, "message": "not approved" }] }] } });
         assert!(matches!(classify(403, None, &denied.to_string()),
             Outcome::Permanent { reason } if reason.contains("DEVELOPER_TOKEN_NOT_APPROVED")));

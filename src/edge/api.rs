@@ -250,6 +250,14 @@ async fn merchant_view(env: &Env, route: &Route) -> Answer {
         }
         body[field] = Value::Object(shown);
     }
+    // Written by the daily job (API versions near or past their sunset).
+    body["warnings"] = Value::Array(
+        Routing::from_env(env)
+            .map_err(unavailable)?
+            .warnings(&route.merchant_id)
+            .await
+            .map_err(unavailable)?,
+    );
     body["value_policy"] = serde_json::from_str(&settings.value_policy).unwrap_or(Value::Null);
     body["lifecycle"] = serde_json::from_str(&settings.lifecycle).unwrap_or(Value::Null);
     body["dry_run"] = Value::Bool(settings.dry_run != 0);
@@ -345,7 +353,7 @@ async fn put_integration(
     let config: Value = parse_body(&body)?;
     let routing = Routing::from_env(env).map_err(unavailable)?;
     let route = route_of(&routing, merchant_id).await?;
-    spec.check(route.plan, &config)?;
+    spec.check(route.plan, &config, now_ms() / 1000)?;
     let keyring = require_keyring(env)?;
     let plaintext = serde_json::to_vec(&config).unwrap_or_default();
     let sealed = keyring

@@ -313,6 +313,33 @@ async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     }
 }
 
+/// Re-reads every destination config and records which pin an API version within 30
+/// days of (or past) its sunset, for the merchant's views. Returns how many.
+async fn record_version_warnings(env: &Env, routing: &Routing, now: i64) -> Result<usize> {
+    let keyring = keyring(env);
+    let mut warnings = Vec::new();
+    for region in [Region::Us, Region::Eu] {
+        let store = Store::for_region(env, region)?;
+        for (merchant_id, row) in store.all_configs("destination").await? {
+            let context = crate::secrets::config_context(&merchant_id, "destination", &row.name);
+            let Some(config) = keyring
+                .as_ref()
+                .and_then(|k| k.open(&row.config, &context).ok())
+                .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            else {
+                continue;
+            };
+            if let Some(warning) = crate::api_versions::warning(&row.name, &config, now / 1000) {
+                warnings.push((merchant_id, row.name, warning));
+            }
+        }
+    }
+    routing
+        .replace_warnings("api_version", &warnings, now)
+        .await?;
+    Ok(warnings.len())
+}
+
 /// Runs at most once per UTC day even if the trigger fires twice: applies the
 /// retention windows in every region and to the global rejected-request log.
 async fn daily(env: &Env, cron: &str, scheduled_ms: i64) -> Result<()> {
@@ -333,6 +360,10 @@ async fn daily(env: &Env, cron: &str, scheduled_ms: i64) -> Result<()> {
         }
         detail.insert(crate::admin::region_name(region).to_string(), purged.into());
     }
+    detail.insert(
+        "api_version_warnings".into(),
+        record_version_warnings(env, &routing, now).await?.into(),
+    );
     if let Some(cutoff) = policy.rejected_cutoff(now) {
         detail.insert(
             "rejected_requests".into(),

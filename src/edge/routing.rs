@@ -145,6 +145,9 @@ impl Routing {
                     .prepare("DELETE FROM pixel_keys WHERE merchant_id = ?1")
                     .bind(&[text(merchant_id)])?,
                 self.db
+                    .prepare("DELETE FROM merchant_warnings WHERE merchant_id = ?1")
+                    .bind(&[text(merchant_id)])?,
+                self.db
                     .prepare("DELETE FROM merchant_routes WHERE merchant_id = ?1")
                     .bind(&[text(merchant_id)])?,
             ])
@@ -270,6 +273,61 @@ impl Routing {
     }
 
     /// Counts one refused request in its minute.
+    /// Replaces every warning of `kind` with the current set, in one transaction.
+    pub async fn replace_warnings(
+        &self,
+        kind: &str,
+        warnings: &[(String, String, Value)],
+        now_ms: i64,
+    ) -> Result<()> {
+        let mut statements = vec![self
+            .db
+            .prepare("DELETE FROM merchant_warnings WHERE kind = ?1")
+            .bind(&[text(kind)])?];
+        for (merchant_id, subject, detail) in warnings {
+            statements.push(
+                self.db
+                    .prepare("INSERT OR REPLACE INTO merchant_warnings (merchant_id, kind, subject, detail, recorded_at) \
+                              VALUES (?1, ?2, ?3, ?4, ?5)")
+                    .bind(&[
+                        text(merchant_id),
+                        text(kind),
+                        text(subject),
+                        text(&detail.to_string()),
+                        int(now_ms),
+                    ])?,
+            );
+        }
+        self.db.batch(statements).await?;
+        Ok(())
+    }
+
+    /// The merchant's current warnings, newest first.
+    pub async fn warnings(&self, merchant_id: &str) -> Result<Vec<Value>> {
+        #[derive(Deserialize)]
+        struct Row {
+            kind: String,
+            detail: String,
+            recorded_at: i64,
+        }
+        let rows: Vec<Row> = self
+            .db
+            .prepare("SELECT kind, detail, recorded_at FROM merchant_warnings WHERE merchant_id = ?1 ORDER BY recorded_at DESC")
+            .bind(&[text(merchant_id)])?
+            .all()
+            .await?
+            .results()?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let mut detail: Value = serde_json::from_str(&r.detail).unwrap_or(Value::Null);
+                detail["kind"] = Value::String(r.kind);
+                detail["recorded_at"] = Value::from(r.recorded_at);
+                detail
+            })
+            .collect())
+    }
+
     /// Adds a batch of per-minute refusal counts (see `crate::rejections`) in one round trip.
     pub async fn record_rejections(
         &self,
