@@ -98,7 +98,7 @@ pub const VERSIONED: &[VersionedDestination] = &[
     VersionedDestination {
         destination: crate::destinations::linkedin::NAME,
         config_field: "linkedin_version",
-        default: None,
+        default: Some(crate::destinations::linkedin::DEFAULT_VERSION),
         rule: Rule::MonthlyOneYear,
     },
     VersionedDestination {

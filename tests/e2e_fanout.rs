@@ -348,13 +348,14 @@ fn one_trial_conversion_reaches_all_six_platforms_and_faults_end_right() {
         "the access token is cached"
     );
 
-    // Fault: LinkedIn has sunset the pinned version (426) → dead letter with a hint.
+    // Fault: LinkedIn retired the pinned version before the date we hold for it (426)
+    // → dead letter with a hint.
     worker.provision(
         json!({ "merchant_id": "m_li_old", "plan": "scale" }),
         &[("stripe", json!({ "endpoint_secrets": [SECRET] }))],
         &[(
             "linkedin",
-            json!({ "access_token": "li_old_e2e", "linkedin_version": "202411",
+            json!({ "access_token": "li_old_e2e", "linkedin_version": support::linkedin_version_near_sunset(),
                     "conversion_rules": { "trial_started": "104011" } }),
         )],
     );

@@ -469,7 +469,25 @@ fn stripe_webhook_travels_to_meta_on_a_local_cloudflare_stack() {
         first["events"][0]["event_id"]
     );
 
-    // 7. The daily cron reaches the scheduled handler, once per day.
+    // 7. The daily cron reaches the scheduled handler, once per day, and records a
+    //    warning the merchant sees for an API version within 30 days of its sunset.
+    let near_sunset = support::linkedin_version_near_sunset();
+    worker.provision(
+        json!({ "merchant_id": "m_version", "plan": "scale" }),
+        &[],
+        &[(
+            "linkedin",
+            json!({ "access_token": "li_version_e2e", "linkedin_version": near_sunset,
+                    "conversion_rules": { "trial_started": "104011" } }),
+        )],
+    );
+    let sunset = worker.admin(
+        "PUT",
+        "/v1/admin/merchants/m_version/destinations/linkedin",
+        Some(&json!({ "access_token": "li_version_e2e", "linkedin_version": "202401",
+                      "conversion_rules": { "trial_started": "104011" } })),
+    );
+    assert_eq!(sunset.status, 422, "a sunset version is refused: {}", sunset.body);
     for _ in 0..2 {
         let fired = http(
             "GET",
@@ -491,6 +509,15 @@ fn stripe_webhook_travels_to_meta_on_a_local_cloudflare_stack() {
     });
     assert_eq!(runs.len(), 1, "the daily job is idempotent per UTC day");
     assert_eq!(runs[0]["cron"], "0 9 * * *");
+    let shown = admin(&worker, "/v1/admin/merchants/m_version");
+    let warnings = shown["warnings"].as_array().cloned().unwrap_or_default();
+    assert_eq!(warnings.len(), 1, "{shown}");
+    assert_eq!(warnings[0]["destination"], "linkedin");
+    assert_eq!(warnings[0]["version"], near_sunset.as_str());
+    assert_eq!(warnings[0]["level"], "warning");
+    assert!(admin(&worker, "/v1/admin/merchants/m_ok")["warnings"]
+        .as_array()
+        .is_some_and(|w| w.is_empty()));
 
     // 8. Dry run: built and recorded exactly as it would be sent, never sent; after
     //    going live the next event is delivered.

@@ -29,6 +29,25 @@ pub fn stripe_event(fixture: &str, event_id: &str) -> Vec<u8> {
     serde_json::to_vec(&event).unwrap()
 }
 
+/// A `LinkedIn-Version` within its last 30 days today (LinkedIn keeps each monthly
+/// version one year; we date its sunset the 15th of that month a year on).
+pub fn linkedin_version_near_sunset() -> String {
+    let today = tracklayer::time::utc_date(now());
+    let (year, month, day): (i64, i64, i64) = (
+        today[..4].parse().unwrap(),
+        today[5..7].parse().unwrap(),
+        today[8..10].parse().unwrap(),
+    );
+    let (year, month) = if day < 15 {
+        (year, month)
+    } else if month == 12 {
+        (year + 1, 1)
+    } else {
+        (year, month + 1)
+    };
+    format!("{}{month:02}", year - 1)
+}
+
 /// Posts a Stripe webhook body signed with `secret` the way Stripe signs it.
 pub fn post_stripe(worker: &Worker, merchant: &str, secret: &str, body: &[u8]) -> HttpResponse {
     let target = format!("/v1/integrations/stripe/subscription-events?merchant_id={merchant}");
