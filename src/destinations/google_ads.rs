@@ -9,7 +9,7 @@
 //! TrackLayer's OAuth client; the developer token is TrackLayer's too (operator secrets).
 
 use super::{
-    parse_retry_after, plan_indexed_rows, truncate, AccessToken, AuthSpec, BuildError, Context,
+    parse_retry_after, plan_indexed_multi_rows, truncate, AccessToken, AuthSpec, BuildError, Context,
     DestinationSpec, MatchKey, OutboundRequest, Outcome, Plan,
 };
 use crate::config::MerchantConfig;
@@ -32,11 +32,9 @@ pub const MAX_BATCH: usize = 2000;
 /// action was created: come back then.
 const RETRY_LATER_SECONDS: u32 = 6 * 3600;
 
-/// Properties the edge sets on a correction once it has found the conversion it corrects.
-pub const ADJUSTS_EVENT_ID: &str = "adjusts_event_id";
-pub const ADJUSTS_EVENT_NAME: &str = "adjusts_event_name";
-pub const ADJUSTS_VALUE: &str = "adjusts_value";
-pub const ADJUSTS_OCCURRED_AT: &str = "adjusts_occurred_at";
+/// Property a correction carries once the edge found what it adjusts: a JSON list of
+/// `{event_id, name, occurred_at, value}`.
+pub const ADJUSTS: &str = "adjusts";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -189,10 +187,10 @@ fn accepts(event: &CanonicalEvent, merchant: &MerchantConfig) -> bool {
     }
 }
 
-/// What the edge looks up for a correction: the subscription (and invoice) whose
-/// conversion it corrects, among the conversions this merchant maps.
+/// What the edge looks up for a correction: every conversion of the subscription it
+/// corrects, among the conversions this merchant maps, with its Google delivery state.
 pub fn needs_original(event: &CanonicalEvent) -> bool {
-    event.name.is_correction() && event.property(ADJUSTS_EVENT_ID).is_none()
+    event.name.is_correction() && event.property(ADJUSTS).is_none()
 }
 
 pub fn conversion_names(merchant: &MerchantConfig) -> Vec<EventName> {
@@ -202,27 +200,145 @@ pub fn conversion_names(merchant: &MerchantConfig) -> Vec<EventName> {
         .unwrap_or_default()
 }
 
-/// Records on the correction which conversion it corrects, and the value that
-/// conversion was uploaded with (the merchant's value policy, as in [`click_conversion`]).
+/// Where a conversion a correction may adjust stands at Google.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadState {
+    /// Queued or retrying: its fate is not known yet.
+    Pending,
+    Delivered,
+    DeadLettered,
+    /// Skipped, simulated in dry run, or never planned for Google.
+    NotSent,
+}
+
+impl UploadState {
+    /// From a delivery row's status (`None`: no row for this destination).
+    pub fn from_status(status: Option<&str>) -> Self {
+        match status {
+            Some("pending") => UploadState::Pending,
+            Some("delivered") => UploadState::Delivered,
+            Some("dead_lettered") => UploadState::DeadLettered,
+            _ => UploadState::NotSent,
+        }
+    }
+}
+
+/// What to do with a correction now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorrectionPlan {
+    /// Adjust these accepted conversions.
+    Adjust(Vec<CanonicalEvent>),
+    /// A conversion it corrects has not been accepted or refused yet: ask again later,
+    /// without spending an attempt.
+    Wait(String),
+    /// Nothing to adjust, final.
+    Skip(String),
+}
+
+/// Which conversions a correction adjusts, given every mapped conversion of its
+/// subscription up to the correction's time and where each stands.
+///
+/// - A cancellation within `retract_cancellations_within_days` of a conversion retracts
+///   every conversion of the subscription uploaded within that window (start, upgrades,
+///   renewals); older ones stay (the revenue was real).
+/// - A refund restates (or, in full, retracts) the conversion of the refunded invoice,
+///   else the subscription's newest conversion.
+///
+/// A correction never goes out before what it corrects was accepted; if that was
+/// dead-lettered or never sent, the correction is skipped with that reason.
+pub fn plan_correction(
+    correction: &CanonicalEvent,
+    candidates: &[(CanonicalEvent, UploadState)],
+    config: &GoogleAdsConfig,
+) -> CorrectionPlan {
+    let targets: Vec<&(CanonicalEvent, UploadState)> = match correction.name {
+        EventName::SubscriptionCancelled => {
+            let window_days = config.retract_cancellations_within_days.unwrap_or(0);
+            let in_window: Vec<_> = candidates
+                .iter()
+                .filter(|(c, _)| correction.occurred_at - c.occurred_at <= i64::from(window_days) * 86_400)
+                .collect();
+            if in_window.is_empty() {
+                return CorrectionPlan::Skip(if candidates.is_empty() {
+                    "no conversion of this subscription was uploaded to Google Ads, so there is nothing to adjust".into()
+                } else {
+                    format!("cancelled more than {window_days} days after the conversion; kept as is")
+                });
+            }
+            in_window
+        }
+        _ => {
+            let invoice = correction.property("invoice_id");
+            let refunded = candidates
+                .iter()
+                .find(|(c, _)| invoice.is_some() && c.property("invoice_id") == invoice)
+                .or_else(|| candidates.iter().max_by_key(|(c, _)| c.occurred_at));
+            match refunded {
+                Some(target) => vec![target],
+                None => {
+                    return CorrectionPlan::Skip(
+                        "no conversion of this subscription was uploaded to Google Ads, so there is nothing to adjust".into(),
+                    )
+                }
+            }
+        }
+    };
+    if let Some((pending, _)) = targets.iter().find(|(_, s)| *s == UploadState::Pending) {
+        return CorrectionPlan::Wait(format!(
+            "waiting for conversion {} to be accepted by Google Ads",
+            pending.event_id
+        ));
+    }
+    let accepted: Vec<CanonicalEvent> = targets
+        .iter()
+        .filter(|(_, s)| *s == UploadState::Delivered)
+        .map(|(c, _)| c.clone())
+        .collect();
+    if !accepted.is_empty() {
+        return CorrectionPlan::Adjust(accepted);
+    }
+    CorrectionPlan::Skip(
+        if targets.iter().any(|(_, s)| *s == UploadState::DeadLettered) {
+            "the conversion it corrects was dead-lettered, so Google Ads never accepted it".into()
+        } else {
+            "the conversion it corrects was never sent to Google Ads".into()
+        },
+    )
+}
+
+/// Records on the correction which conversions it adjusts, and the value each was
+/// uploaded with (the merchant's value policy, as in [`click_conversion`]).
+pub fn attach_originals(
+    correction: &mut CanonicalEvent,
+    originals: &[CanonicalEvent],
+    merchant: &MerchantConfig,
+) {
+    let targets: Vec<Value> = originals
+        .iter()
+        .map(|original| {
+            json!({
+                "event_id": original.event_id,
+                "name": original.name.as_str(),
+                "occurred_at": original.occurred_at,
+                "value": merchant
+                    .value_policy
+                    .primary_value(original, NAME)
+                    .map(|v| v.to_string()),
+            })
+        })
+        .collect();
+    correction
+        .properties
+        .insert(ADJUSTS.into(), Value::Array(targets).to_string());
+}
+
+/// [`attach_originals`] for one conversion.
 pub fn attach_original(
     correction: &mut CanonicalEvent,
     original: &CanonicalEvent,
     merchant: &MerchantConfig,
 ) {
-    correction
-        .properties
-        .insert(ADJUSTS_EVENT_ID.into(), original.event_id.clone());
-    correction
-        .properties
-        .insert(ADJUSTS_EVENT_NAME.into(), original.name.as_str().into());
-    correction
-        .properties
-        .insert(ADJUSTS_OCCURRED_AT.into(), original.occurred_at.to_string());
-    if let Some(value) = merchant.value_policy.primary_value(original, NAME) {
-        correction
-            .properties
-            .insert(ADJUSTS_VALUE.into(), value.to_string());
-    }
+    attach_originals(correction, std::slice::from_ref(original), merchant);
 }
 
 fn build(
@@ -280,7 +396,7 @@ fn build(
         (true, "uploadConversionAdjustments", "conversionAdjustments"),
     ] {
         let url = format!("{base}:{method}");
-        plan_indexed_rows(
+        plan_indexed_multi_rows(
             &mut plan,
             events
                 .iter()
@@ -291,7 +407,7 @@ fn build(
                 if corrections {
                     adjustment(event, &config, context.now_s)
                 } else {
-                    click_conversion(event, merchant, &config)
+                    click_conversion(event, merchant, &config).map(|row| vec![row])
                 }
             },
             |rows| {
@@ -381,79 +497,88 @@ pub fn click_conversion(
     Ok(Value::Object(row))
 }
 
-/// RETRACTION for a full refund (or an early cancellation), RESTATEMENT to what is left
-/// after a partial refund. Identified by the original's `orderId` (our event id).
+#[derive(Deserialize)]
+struct AdjustedConversion {
+    event_id: String,
+    name: String,
+    occurred_at: i64,
+    value: Option<String>,
+}
+
+/// One adjustment row per conversion the correction adjusts: RETRACTION for a full
+/// refund (or an early cancellation), RESTATEMENT to what is left after a partial
+/// refund. Each identified by the original's `orderId` (our event id).
 pub fn adjustment(
     event: &CanonicalEvent,
     config: &GoogleAdsConfig,
     now: i64,
-) -> Result<Value, BuildError> {
+) -> Result<Vec<Value>, BuildError> {
     let not_applicable = |why: &str| BuildError::NotApplicable {
         destination: NAME,
         reason: why.to_string(),
     };
-    let (Some(order_id), Some(original_name)) = (
-        event.property(ADJUSTS_EVENT_ID),
-        event
-            .property(ADJUSTS_EVENT_NAME)
-            .and_then(EventName::parse),
-    ) else {
-        return Err(not_applicable(
-            "no conversion of this subscription was uploaded to Google Ads, so there is nothing to adjust",
-        ));
-    };
-    let action = config
-        .action_resource(original_name)
-        .ok_or_else(|| not_applicable("the corrected conversion is no longer mapped"))?;
-    let original_at = event
-        .property(ADJUSTS_OCCURRED_AT)
-        .and_then(|t| t.parse::<i64>().ok())
-        .unwrap_or(event.occurred_at);
-    // Google requires the adjustment to come after the conversion.
-    let adjusted_at = event
-        .occurred_at
-        .clamp(original_at + 1, now.max(original_at + 1));
-    let mut row = json!({
-        "conversionAction": action,
-        "orderId": order_id,
-        "adjustmentDateTime": date_time(adjusted_at),
-    });
-    match event.name {
-        EventName::SubscriptionCancelled => {
-            let window_days = config.retract_cancellations_within_days.unwrap_or(0);
-            if event.occurred_at - original_at > i64::from(window_days) * 86_400 {
-                return Err(not_applicable(&format!(
-                    "cancelled more than {window_days} days after the conversion; kept as is"
-                )));
-            }
-            row["adjustmentType"] = json!("RETRACTION");
-        }
-        _ => {
-            let original = event
-                .property(ADJUSTS_VALUE)
-                .and_then(Amount::parse_decimal);
-            let refunded = event
-                .values
-                .gross_value
-                .or(event.values.net_value)
-                .map(|a| a.minor.abs());
-            match (original, refunded) {
-                (Some(original), Some(refunded)) if refunded < original.minor => {
-                    let remaining = Amount {
-                        minor: original.minor - refunded,
-                        exponent: original.exponent,
-                    };
-                    row["adjustmentType"] = json!("RESTATEMENT");
-                    row["restatementValue"] = json!({
-                        "adjustedValue": remaining.as_f64(),
-                        "currencyCode": event.values.currency.as_deref().unwrap_or("USD").to_ascii_uppercase(),
-                    });
+    let targets: Vec<AdjustedConversion> = event
+        .property(ADJUSTS)
+        .and_then(|list| serde_json::from_str(list).ok())
+        .filter(|list: &Vec<AdjustedConversion>| !list.is_empty())
+        .ok_or_else(|| {
+            not_applicable(
+                "no conversion of this subscription was uploaded to Google Ads, so there is nothing to adjust",
+            )
+        })?;
+    let mut rows = Vec::with_capacity(targets.len());
+    for target in targets {
+        let original_name = EventName::parse(&target.name)
+            .ok_or_else(|| not_applicable("the corrected conversion is no longer mapped"))?;
+        let action = config
+            .action_resource(original_name)
+            .ok_or_else(|| not_applicable("the corrected conversion is no longer mapped"))?;
+        let original_at = target.occurred_at;
+        // Google requires the adjustment to come after the conversion.
+        let adjusted_at = event
+            .occurred_at
+            .clamp(original_at + 1, now.max(original_at + 1));
+        let mut row = json!({
+            "conversionAction": action,
+            "orderId": target.event_id,
+            "adjustmentDateTime": date_time(adjusted_at),
+        });
+        match event.name {
+            EventName::SubscriptionCancelled => {
+                let window_days = config.retract_cancellations_within_days.unwrap_or(0);
+                if event.occurred_at - original_at > i64::from(window_days) * 86_400 {
+                    return Err(not_applicable(&format!(
+                        "cancelled more than {window_days} days after the conversion; kept as is"
+                    )));
                 }
-                _ => row["adjustmentType"] = json!("RETRACTION"),
+                row["adjustmentType"] = json!("RETRACTION");
+            }
+            _ => {
+                let original = target.value.as_deref().and_then(Amount::parse_decimal);
+                let refunded = event
+                    .values
+                    .gross_value
+                    .or(event.values.net_value)
+                    .map(|a| a.minor.abs());
+                match (original, refunded) {
+                    (Some(original), Some(refunded)) if refunded < original.minor => {
+                        let remaining = Amount {
+                            minor: original.minor - refunded,
+                            exponent: original.exponent,
+                        };
+                        row["adjustmentType"] = json!("RESTATEMENT");
+                        row["restatementValue"] = json!({
+                            "adjustedValue": remaining.as_f64(),
+                            "currencyCode": event.values.currency.as_deref().unwrap_or("USD").to_ascii_uppercase(),
+                        });
+                    }
+                    _ => row["adjustmentType"] = json!("RETRACTION"),
+                }
             }
         }
+        rows.push(row);
     }
-    Ok(row)
+    Ok(rows)
 }
 
 fn token_request(
@@ -873,6 +998,113 @@ mod tests {
             ),
             Err(BuildError::NotApplicable { .. })
         ));
+    }
+
+    fn conversion_at(name: EventName, at: i64, id: &str) -> CanonicalEvent {
+        let mut c = conversion();
+        c.name = name;
+        c.occurred_at = at;
+        c.event_id = id.into();
+        c
+    }
+
+    fn cancellation(at: i64) -> CanonicalEvent {
+        let mut cancel = tests_support::event();
+        cancel.name = EventName::SubscriptionCancelled;
+        cancel.occurred_at = at;
+        cancel
+    }
+
+    /// A correction handled before its conversion was recorded `skipped` for good.
+    #[test]
+    fn a_correction_waits_for_its_conversion_and_skips_only_when_it_failed() {
+        let config: GoogleAdsConfig = merchant(json!({ "retract_cancellations_within_days": 7 }))
+            .destination_config(NAME)
+            .unwrap();
+        let start = conversion_at(EventName::SubscriptionStarted, NOW - 3 * 86_400, "tl_start");
+        let cancel = cancellation(NOW);
+        for state in [UploadState::Pending] {
+            assert!(matches!(
+                plan_correction(&cancel, &[(start.clone(), state)], &config),
+                CorrectionPlan::Wait(_)
+            ));
+        }
+        match plan_correction(&cancel, &[(start.clone(), UploadState::DeadLettered)], &config) {
+            CorrectionPlan::Skip(reason) => assert!(reason.contains("dead-lettered"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        match plan_correction(&cancel, &[(start.clone(), UploadState::NotSent)], &config) {
+            CorrectionPlan::Skip(reason) => assert!(reason.contains("never sent"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(plan_correction(&cancel, &[], &config), CorrectionPlan::Skip(_)));
+        assert_eq!(
+            plan_correction(&cancel, &[(start.clone(), UploadState::Delivered)], &config),
+            CorrectionPlan::Adjust(vec![start])
+        );
+    }
+
+    /// A cancellation retracts every conversion of the subscription inside the window,
+    /// not just the newest; older ones are kept.
+    #[test]
+    fn a_cancellation_retracts_every_conversion_inside_the_window() {
+        let m = merchant(json!({ "retract_cancellations_within_days": 7 }));
+        let config: GoogleAdsConfig = m.destination_config(NAME).unwrap();
+        let old = conversion_at(EventName::SubscriptionStarted, NOW - 40 * 86_400, "tl_old");
+        let upgrade = conversion_at(EventName::SubscriptionStarted, NOW - 5 * 86_400, "tl_upgrade");
+        let renewal = conversion_at(EventName::SubscriptionStarted, NOW - 86_400, "tl_renewal");
+        let cancel = cancellation(NOW);
+        let candidates = [
+            (renewal.clone(), UploadState::Delivered),
+            (upgrade.clone(), UploadState::Delivered),
+            (old, UploadState::Delivered),
+        ];
+        let CorrectionPlan::Adjust(targets) = plan_correction(&cancel, &candidates, &config) else {
+            panic!("expected adjustments");
+        };
+        assert_eq!(targets, vec![renewal, upgrade]);
+        let mut adjusted = cancel.clone();
+        attach_originals(&mut adjusted, &targets, &m);
+        let req = build_for_test(build, &[adjusted], &m, &Endpoints::default(), NOW).unwrap();
+        let body: Value = serde_json::from_str(&req.body).unwrap();
+        let rows = body["conversionAdjustments"].as_array().unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0]["orderId"], "tl_renewal");
+        assert_eq!(rows[1]["orderId"], "tl_upgrade");
+        assert!(rows.iter().all(|r| r["adjustmentType"] == "RETRACTION"));
+        // Outside the window: kept, nothing to retract.
+        let late = cancellation(NOW + 30 * 86_400);
+        assert!(matches!(
+            plan_correction(&late, &candidates, &config),
+            CorrectionPlan::Skip(_)
+        ));
+    }
+
+    /// A refund restates the conversion of the refunded invoice, not the newest one.
+    #[test]
+    fn a_refund_adjusts_the_conversion_of_its_invoice() {
+        let config: GoogleAdsConfig = merchant(json!({})).destination_config(NAME).unwrap();
+        let mut first = conversion_at(EventName::SubscriptionStarted, NOW - 60 * 86_400, "tl_inv1");
+        first.properties.insert("invoice_id".into(), "in_1".into());
+        let mut second = conversion_at(EventName::SubscriptionStarted, NOW - 30 * 86_400, "tl_inv2");
+        second.properties.insert("invoice_id".into(), "in_2".into());
+        let mut refund = tests_support::event();
+        refund.name = EventName::Refund;
+        refund.occurred_at = NOW;
+        refund.properties.insert("invoice_id".into(), "in_1".into());
+        let candidates = [
+            (second.clone(), UploadState::Delivered),
+            (first.clone(), UploadState::Delivered),
+        ];
+        assert_eq!(
+            plan_correction(&refund, &candidates, &config),
+            CorrectionPlan::Adjust(vec![first])
+        );
+        refund.properties.remove("invoice_id");
+        assert_eq!(
+            plan_correction(&refund, &candidates, &config),
+            CorrectionPlan::Adjust(vec![second])
+        );
     }
 
     #[test]

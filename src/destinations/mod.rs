@@ -212,24 +212,80 @@ pub fn plan_indexed_rows<'a, R>(
     events: impl IntoIterator<Item = (usize, &'a CanonicalEvent)>,
     max_rows: usize,
     mut row: impl FnMut(&CanonicalEvent) -> Result<R, BuildError>,
+    request: impl FnMut(Vec<R>) -> Result<OutboundRequest, BuildError>,
+) -> Result<(), BuildError> {
+    plan_indexed_multi_rows(plan, events, max_rows, |e| row(e).map(|r| vec![r]), request)
+}
+
+/// Like [`plan_indexed_rows`], for events that become several rows (a cancellation
+/// retracting several conversions). An event's rows stay in one request; the plan's
+/// `rows` name the event once per row (see [`merge_row_outcomes`]).
+pub fn plan_indexed_multi_rows<'a, R>(
+    plan: &mut Plan,
+    events: impl IntoIterator<Item = (usize, &'a CanonicalEvent)>,
+    max_rows: usize,
+    mut row: impl FnMut(&CanonicalEvent) -> Result<Vec<R>, BuildError>,
     mut request: impl FnMut(Vec<R>) -> Result<OutboundRequest, BuildError>,
 ) -> Result<(), BuildError> {
-    let mut accepted = Vec::new();
+    let max_rows = max_rows.max(1);
+    let mut rows: Vec<usize> = Vec::new();
+    let mut built: Vec<R> = Vec::new();
     for (index, event) in events {
         match row(event) {
-            Ok(built) => accepted.push((index, built)),
+            Ok(event_rows) if event_rows.is_empty() => {}
+            Ok(event_rows) => {
+                if !built.is_empty() && built.len() + event_rows.len() > max_rows {
+                    plan.requests.push(PlannedRequest {
+                        request: request(std::mem::take(&mut built))?,
+                        rows: std::mem::take(&mut rows),
+                    });
+                }
+                rows.extend(std::iter::repeat_n(index, event_rows.len()));
+                built.extend(event_rows);
+            }
             Err(err) => plan.refused.push((index, err)),
         }
     }
-    let mut accepted = accepted.into_iter().peekable();
-    while accepted.peek().is_some() {
-        let (rows, built): (Vec<usize>, Vec<R>) = accepted.by_ref().take(max_rows.max(1)).unzip();
+    if !built.is_empty() {
         plan.requests.push(PlannedRequest {
             request: request(built)?,
             rows,
         });
     }
     Ok(())
+}
+
+/// One outcome per event from one per request row: an event with several rows gets the
+/// most serious of theirs (permanent, then retry, then delivered), in first-row order.
+pub fn merge_row_outcomes(rows: &[usize], outcomes: Vec<Outcome>) -> Vec<(usize, Outcome)> {
+    fn rank(outcome: &Outcome) -> u8 {
+        match outcome {
+            Outcome::AlreadyDelivered => 0,
+            Outcome::Delivered => 1,
+            Outcome::Retry { .. } => 2,
+            Outcome::Permanent { .. } => 3,
+        }
+    }
+    let mut merged: Vec<(usize, Outcome)> = Vec::new();
+    for (&index, outcome) in rows.iter().zip(outcomes) {
+        match merged.iter_mut().find(|(i, _)| *i == index) {
+            Some((_, kept)) if rank(&outcome) > rank(kept) => *kept = outcome,
+            Some(_) => {}
+            None => merged.push((index, outcome)),
+        }
+    }
+    merged
+}
+
+/// The distinct events of a request, in first-row order.
+pub fn distinct_rows(rows: &[usize]) -> Vec<usize> {
+    let mut distinct: Vec<usize> = Vec::with_capacity(rows.len());
+    for &i in rows {
+        if !distinct.contains(&i) {
+            distinct.push(i);
+        }
+    }
+    distinct
 }
 
 /// Outcomes per row of one answer. A permanent refusal of a multi-row request that the
@@ -260,6 +316,30 @@ pub fn row_outcomes(
 /// For destinations that take every forwardable event.
 pub fn accepts_all(_event: &CanonicalEvent, _merchant: &MerchantConfig) -> bool {
     true
+}
+
+#[cfg(test)]
+mod row_tests {
+    use super::*;
+
+    #[test]
+    fn an_event_with_several_rows_gets_its_most_serious_outcome() {
+        let retry = Outcome::Retry {
+            after_seconds: None,
+            reason: "r".into(),
+        };
+        let merged = merge_row_outcomes(
+            &[4, 4, 7, 4],
+            vec![
+                Outcome::Delivered,
+                retry.clone(),
+                Outcome::AlreadyDelivered,
+                Outcome::AlreadyDelivered,
+            ],
+        );
+        assert_eq!(merged, vec![(4, retry), (7, Outcome::AlreadyDelivered)]);
+        assert_eq!(distinct_rows(&[4, 4, 7, 4]), vec![4, 7]);
+    }
 }
 
 pub const REGISTRY: &[DestinationSpec] = &[

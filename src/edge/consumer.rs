@@ -154,6 +154,9 @@ pub async fn consume_deliveries(batch: MessageBatch<String>, env: &Env) {
     );
 }
 
+/// How long a correction waits before it looks again for the conversion it corrects.
+const CORRECTION_WAIT_SECONDS: u32 = 60;
+
 #[derive(Clone, Copy)]
 enum Step {
     Ack,
@@ -325,23 +328,39 @@ async fn deliver_group(
     } else {
         Vec::new()
     };
+    // Google Ads corrections adjust conversions Google accepted: found here, or the
+    // correction waits (no attempt spent) or is skipped with the reason.
     let mut events = Vec::with_capacity(members.len());
-    for member in members {
+    let mut settled = vec![false; members.len()];
+    for (i, member) in members.iter().enumerate() {
         let mut event = enriched
             .get(&member.job.event.event_id)
             .cloned()
             .unwrap_or_else(|| member.job.event.clone());
         if spec.name == google_ads::NAME && google_ads::needs_original(&event) {
-            if let Some(original) = store
-                .delivered_conversion(
-                    &merchant.merchant_id,
-                    spec.name,
-                    &event,
-                    &google_conversions,
-                )
+            let candidates: Vec<(CanonicalEvent, google_ads::UploadState)> = store
+                .correction_candidates(&merchant.merchant_id, spec.name, &event, &google_conversions)
                 .await?
-            {
-                google_ads::attach_original(&mut event, &original, &merchant);
+                .into_iter()
+                .map(|(c, status)| (c, google_ads::UploadState::from_status(status.as_deref())))
+                .collect();
+            let plan = match merchant.destination_config::<google_ads::GoogleAdsConfig>(spec.name) {
+                Ok(config) => google_ads::plan_correction(&event, &candidates, &config),
+                Err(err) => google_ads::CorrectionPlan::Skip(err.to_string()),
+            };
+            match plan {
+                google_ads::CorrectionPlan::Adjust(originals) => {
+                    google_ads::attach_originals(&mut event, &originals, &merchant);
+                }
+                google_ads::CorrectionPlan::Wait(reason) => {
+                    run.wait(i, CORRECTION_WAIT_SECONDS, &reason);
+                    settled[i] = true;
+                }
+                google_ads::CorrectionPlan::Skip(reason) => {
+                    run.record_final(i, "skipped", Some(&reason), None, "skipped")
+                        .await?;
+                    settled[i] = true;
+                }
             }
         }
         events.push(event);
@@ -349,6 +368,12 @@ async fn deliver_group(
     for (i, event) in events.iter().enumerate() {
         run.quality[i] = Some(identity::match_quality(event, spec.match_keys));
     }
+    // What is left to build: `member_of[k]` is the member the k-th built event belongs to.
+    let member_of: Vec<usize> = (0..members.len()).filter(|&i| !settled[i]).collect();
+    if member_of.is_empty() {
+        return Ok(run.into_steps());
+    }
+    let events: Vec<CanonicalEvent> = member_of.iter().map(|&i| events[i].clone()).collect();
 
     let now = now_ms();
     let mut token = None;
@@ -356,7 +381,7 @@ async fn deliver_group(
         match access_token(env, store, &merchant, spec.name, auth, settings, now).await? {
             Ok(t) => token = Some(t),
             Err(outcome) => {
-                for i in 0..members.len() {
+                for &i in &member_of {
                     run.finish(i, &outcome, None, None, 0).await?;
                 }
                 return Ok(run.into_steps());
@@ -372,21 +397,22 @@ async fn deliver_group(
     let plan = match (spec.build)(&events, &merchant, &context) {
         Ok(plan) => plan,
         Err(err) => {
-            for i in 0..members.len() {
+            for &i in &member_of {
                 run.refused(i, &err).await?;
             }
             return Ok(run.into_steps());
         }
     };
-    for (i, err) in &plan.refused {
-        run.refused(*i, err).await?;
+    for (k, err) in &plan.refused {
+        run.refused(member_of[*k], err).await?;
     }
 
     for planned in &plan.requests {
+        let distinct = destinations::distinct_rows(&planned.rows);
         if merchant.dry_run {
             // Record exactly what would be sent (URL without credentials), send nothing.
-            for &i in &planned.rows {
-                run.simulated(i, &planned.request).await?;
+            for &k in &distinct {
+                run.simulated(member_of[k], &planned.request).await?;
             }
             continue;
         }
@@ -395,20 +421,21 @@ async fn deliver_group(
         let log_url = Some(planned.request.log_url.as_str());
         match sent.outcomes {
             Some(outcomes) => {
-                for (&i, outcome) in planned.rows.iter().zip(&outcomes) {
-                    run.finish(i, outcome, sent.status, log_url, sent.duration_ms)
+                for (k, outcome) in destinations::merge_row_outcomes(&planned.rows, outcomes) {
+                    run.finish(member_of[k], &outcome, sent.status, log_url, sent.duration_ms)
                         .await?;
                 }
             }
             None => {
-                // Refused as a whole without saying which row: each row goes alone.
+                // Refused as a whole without saying which row: each event goes alone.
                 console_warn!(
                     "{} refused a batch of {rows} (HTTP {:?}); re-sending each event alone",
                     spec.name,
                     sent.status
                 );
-                for &i in &planned.rows {
-                    match destinations::build_single(spec.build, &events[i], &merchant, &context) {
+                for &k in &distinct {
+                    let i = member_of[k];
+                    match destinations::build_single(spec.build, &events[k], &merchant, &context) {
                         Err(err) => run.refused(i, &err).await?,
                         Ok(request) => {
                             let alone =
@@ -580,6 +607,15 @@ impl Run<'_> {
                     .await
             }
         }
+    }
+
+    /// Comes back later without recording an attempt: nothing was tried.
+    fn wait(&mut self, i: usize, seconds: u32, reason: &str) {
+        console_log!(
+            "job {} waits {seconds}s: {reason}",
+            self.members[i].job.job_id
+        );
+        self.steps[i] = Some(Step::RetryIn(seconds));
     }
 
     async fn simulated(&mut self, i: usize, request: &OutboundRequest) -> worker::Result<()> {

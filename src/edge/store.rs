@@ -604,33 +604,33 @@ impl Store {
             .collect())
     }
 
-    /// The latest conversion of this subscription that reached `destination`, for a
-    /// correction to adjust: the one with the same invoice first, if the correction
-    /// names one.
-    pub async fn delivered_conversion(
+    /// Every mapped conversion of the subscription a correction corrects, up to the
+    /// correction's time, with the status of its delivery to `destination` (`None`: no
+    /// delivery row), newest first. One query.
+    pub async fn correction_candidates(
         &self,
         merchant_id: &str,
         destination: &str,
         correction: &CanonicalEvent,
         names: &[EventName],
-    ) -> Result<Option<CanonicalEvent>> {
+    ) -> Result<Vec<(CanonicalEvent, Option<String>)>> {
         #[derive(Deserialize)]
         struct Row {
             payload: String,
+            status: Option<String>,
         }
         let Some(subscription_id) = correction.subscription.subscription_id.as_deref() else {
-            return Ok(None);
+            return Ok(Vec::new());
         };
         let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
-        let row: Option<Row> = self
+        let rows: Vec<Row> = self
             .db
             .prepare(
-                "SELECT e.payload FROM canonical_events e WHERE e.merchant_id = ?1 \
+                "SELECT e.payload, (SELECT d.status FROM deliveries d WHERE d.event_id = e.event_id \
+                   AND d.destination = ?4) AS status FROM canonical_events e WHERE e.merchant_id = ?1 \
                  AND json_extract(e.payload, '$.subscription.subscription_id') = ?2 \
                  AND e.name IN (SELECT value FROM json_each(?3)) AND e.occurred_at_s <= ?5 \
-                 AND EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.event_id AND d.destination = ?4 \
-                   AND d.status = 'delivered') \
-                 ORDER BY (json_extract(e.payload, '$.properties.invoice_id') IS ?6) DESC, e.occurred_at_s DESC LIMIT 1",
+                 ORDER BY e.occurred_at_s DESC LIMIT 100",
             )
             .bind(&[
                 text(merchant_id),
@@ -638,11 +638,14 @@ impl Store {
                 text(&serde_json::to_string(&names).map_err(rust_error)?),
                 text(destination),
                 int(correction.occurred_at),
-                opt_text(correction.property("invoice_id")),
             ])?
-            .first(None)
-            .await?;
-        Ok(row.and_then(|r| serde_json::from_str(&r.payload).ok()))
+            .all()
+            .await?
+            .results()?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| Some((serde_json::from_str(&r.payload).ok()?, r.status)))
+            .collect())
     }
 
     /// A cached OAuth access token (sealed) that is still valid at `now_ms`.
