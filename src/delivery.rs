@@ -54,17 +54,32 @@ pub struct RetryPolicy {
 /// Cloudflare Queues accepts per-message delays up to 12 hours.
 pub const MAX_QUEUE_DELAY_SECONDS: u32 = 12 * 3600;
 
+/// The default schedule keeps trying for at least this long: a platform outage of an
+/// afternoon must not dead-letter what is in flight (Stripe itself retries for 3 days).
+pub const MIN_RETRY_SPAN_SECONDS: u64 = 24 * 3600;
+
 impl Default for RetryPolicy {
+    /// 30 s doubling to the 3 h cap: 17 attempts span about 25 hours.
     fn default() -> Self {
         RetryPolicy {
             base_delay_seconds: 30,
             max_delay_seconds: 3 * 3600,
-            max_attempts: 6,
+            max_attempts: 17,
         }
     }
 }
 
 impl RetryPolicy {
+    /// Nominal time from the first attempt to the last (jitter averages out).
+    pub fn span_seconds(&self) -> u64 {
+        (1..self.max_attempts)
+            .map(|attempt| {
+                let exponent = attempt.saturating_sub(1).min(20);
+                ((self.base_delay_seconds as u64) << exponent).min(self.max_delay_seconds as u64)
+            })
+            .sum()
+    }
+
     /// Delay before attempt `attempt + 1`, given that `attempt` (1-based) just failed.
     /// The jitter is derived from the job id so a burst of failures spreads out
     /// without needing a random source.
@@ -192,6 +207,20 @@ mod tests {
             policy.backoff_seconds(2, "job_x"),
             policy.backoff_seconds(2, "job_x")
         );
+    }
+
+    /// The default gave up after 15.5 minutes: a 20-minute outage dead-lettered
+    /// everything in flight.
+    #[test]
+    fn the_default_schedule_outlasts_a_day_long_outage() {
+        let policy = RetryPolicy::default();
+        assert!(policy.span_seconds() >= MIN_RETRY_SPAN_SECONDS, "{}", policy.span_seconds());
+        // Still bounded: the last attempt comes within two days.
+        assert!(policy.span_seconds() <= 2 * MIN_RETRY_SPAN_SECONDS);
+        let worst_case: u64 = (1..policy.max_attempts)
+            .map(|a| policy.backoff_seconds(a, "job_x") as u64)
+            .sum();
+        assert!(worst_case >= MIN_RETRY_SPAN_SECONDS * 8 / 10, "{worst_case}");
     }
 
     #[test]
