@@ -519,6 +519,41 @@ fn stripe_webhook_travels_to_meta_on_a_local_cloudflare_stack() {
         .as_array()
         .is_some_and(|w| w.is_empty()));
 
+    // 7b. A delivery lost between the D1 write and the queue (a crash, a lost message)
+    //     stays pending with no attempt: the 5-minute sweeper enqueues it again.
+    let job = worker.d1_rows(
+        "DB_US",
+        "SELECT job_id FROM deliveries WHERE merchant_id = 'm_ok' AND destination = 'meta' \
+         AND status = 'delivered' LIMIT 1",
+    )[0]["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sent_before = meta.requests_to("/px_ok/").len();
+    worker.d1_rows(
+        "DB_US",
+        &format!(
+            "UPDATE deliveries SET status = 'pending', attempts = 0, updated_at = {} WHERE job_id = '{job}'",
+            (now() - 600) * 1000
+        ),
+    );
+    let swept = http(
+        "GET",
+        worker.port,
+        "/cdn-cgi/handler/scheduled?cron=%2A%2F5+%2A+%2A+%2A+%2A",
+        &[],
+        b"",
+    );
+    assert_eq!(swept.status, 200, "{}", swept.body);
+    eventually(WAIT, "the swept job delivered", || {
+        let status = worker.d1_rows(
+            "DB_US",
+            &format!("SELECT status FROM deliveries WHERE job_id = '{job}'"),
+        )[0]["status"]
+            .clone();
+        (status == "delivered" && meta.requests_to("/px_ok/").len() > sent_before).then_some(())
+    });
+
     // 8. Dry run: built and recorded exactly as it would be sent, never sent; after
     //    going live the next event is delivered.
     worker.provision(

@@ -353,6 +353,8 @@ async fn deliver_group(
                     google_ads::attach_originals(&mut event, &originals, &merchant);
                 }
                 google_ads::CorrectionPlan::Wait(reason) => {
+                    // Touched, so the pending-job sweeper does not take it for lost.
+                    store.touch_jobs(&[member.job.job_id.as_str()], now_ms()).await?;
                     run.wait(i, CORRECTION_WAIT_SECONDS, &reason);
                     settled[i] = true;
                 }
@@ -719,6 +721,45 @@ async fn send_to_dlq(env: &Env, region: Region, letter: &DeadLetter) -> worker::
                 .build(),
         )
         .await
+}
+
+/// A pending job untouched this long without an attempt is taken as lost (a crash
+/// between the write and the queue send, a lost message) and enqueued again.
+pub const SWEEP_UNATTEMPTED_AFTER_MS: i64 = 5 * 60_000;
+/// A retried job is silent at most the longest queue delay (12 h); past that, lost too.
+pub const SWEEP_ATTEMPTED_AFTER_MS: i64 = 13 * 3_600_000;
+const SWEEP_BATCH: i64 = 1_000;
+
+/// Re-enqueues lost pending jobs of one region. Idempotent: the consumer only works on
+/// pending rows and every platform deduplicates by our event id, and a re-enqueued job
+/// is touched so the next sweep leaves it alone. Returns how many it re-enqueued.
+pub async fn sweep_pending(env: &Env, region: Region) -> worker::Result<usize> {
+    let store = Store::for_region(env, region)?;
+    let now = now_ms();
+    let jobs = store
+        .stale_jobs(
+            now - SWEEP_UNATTEMPTED_AFTER_MS,
+            now - SWEEP_ATTEMPTED_AFTER_MS,
+            SWEEP_BATCH,
+        )
+        .await?;
+    let queue = env.queue(super::regions::deliveries_binding(region))?;
+    for chunk in jobs.chunks(100) {
+        let mut batch = Vec::with_capacity(chunk.len());
+        for job in chunk {
+            let body = serde_json::to_string(job)
+                .map_err(|e| worker::Error::RustError(e.to_string()))?;
+            batch.push(
+                MessageBuilder::new(body)
+                    .content_type(QueueContentType::Text)
+                    .build(),
+            );
+        }
+        queue.send_batch(batch).await?;
+        let ids: Vec<&str> = chunk.iter().map(|j| j.job_id.as_str()).collect();
+        store.touch_jobs(&ids, now).await?;
+    }
+    Ok(jobs.len())
 }
 
 /// A message that is not a job at all still ends up visible to an operator.

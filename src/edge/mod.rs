@@ -34,6 +34,8 @@ use worker::{
 pub use ledger::Ledger;
 
 pub const DAILY_CRON: &str = "0 9 * * *";
+/// Re-enqueues pending deliveries that nothing is working on (see `consumer::sweep_pending`).
+pub const SWEEP_CRON: &str = "*/5 * * * *";
 
 pub fn now_ms() -> i64 {
     Date::now().as_millis() as i64
@@ -304,6 +306,16 @@ async fn queue(batch: MessageBatch<String>, env: Env, _ctx: Context) -> Result<(
 #[event(scheduled)]
 async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     let cron = event.cron();
+    if cron == SWEEP_CRON {
+        for region in [Region::Us, Region::Eu] {
+            match consumer::sweep_pending(&env, region).await {
+                Ok(0) => {}
+                Ok(n) => console_warn!("sweeper: re-enqueued {n} pending job(s) in {region:?}"),
+                Err(err) => console_error!("sweeper failed in {region:?}: {err}"),
+            }
+        }
+        return;
+    }
     if cron != DAILY_CRON {
         console_warn!("scheduled: no job for cron {cron}");
         return;

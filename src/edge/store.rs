@@ -648,6 +648,60 @@ impl Store {
             .collect())
     }
 
+    /// Pending jobs nobody has touched for a while: never attempted since
+    /// `unattempted_before`, or retried but silent since `attempted_before` (longer than
+    /// any queue delay). Oldest first, with their events, in one query.
+    pub async fn stale_jobs(
+        &self,
+        unattempted_before: i64,
+        attempted_before: i64,
+        limit: i64,
+    ) -> Result<Vec<DeliveryJob>> {
+        #[derive(Deserialize)]
+        struct Row {
+            job_id: String,
+            destination: String,
+            payload: String,
+        }
+        let rows: Vec<Row> = self
+            .db
+            .prepare(
+                "SELECT d.job_id, d.destination, e.payload FROM deliveries d \
+                 JOIN canonical_events e ON e.event_id = d.event_id \
+                 WHERE d.status = 'pending' AND ((d.attempts = 0 AND d.updated_at < ?1) OR d.updated_at < ?2) \
+                 ORDER BY d.updated_at LIMIT ?3",
+            )
+            .bind(&[int(unattempted_before), int(attempted_before), int(limit)])?
+            .all()
+            .await?
+            .results()?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                Some(DeliveryJob {
+                    job_id: r.job_id,
+                    destination: r.destination,
+                    event: serde_json::from_str(&r.payload).ok()?,
+                })
+            })
+            .collect())
+    }
+
+    /// Marks jobs as just worked on (re-enqueued, or waiting on purpose), so the sweeper
+    /// leaves them alone.
+    pub async fn touch_jobs(&self, job_ids: &[&str], now_ms: i64) -> Result<()> {
+        if job_ids.is_empty() {
+            return Ok(());
+        }
+        let ids = serde_json::to_string(job_ids).map_err(rust_error)?;
+        self.db
+            .prepare("UPDATE deliveries SET updated_at = ?2 WHERE status = 'pending' AND job_id IN (SELECT value FROM json_each(?1))")
+            .bind(&[text(&ids), int(now_ms)])?
+            .run()
+            .await?;
+        Ok(())
+    }
+
     /// A cached OAuth access token (sealed) that is still valid at `now_ms`.
     pub async fn cached_token(
         &self,
