@@ -9,9 +9,14 @@ bash scripts/setup.sh
 bash scripts/build-worker.sh
 PORT="${PORT:-8787}"
 STATE="${TRACKLAYER_STATE_DIR:-.state/dev}"
-export ADMIN_TOKEN="${ADMIN_TOKEN:-dev-admin-token}"
-# Local only: a fixed master key so local state survives restarts. Never deploy it.
-DEV_MASTER_KEYS="${MASTER_KEYS:-dev1:ZGV2LW9ubHktbWFzdGVyLWtleS0zMi1ieXRlcyEhISE=}"
+# Secrets come from .dev.vars (wrangler dev reads it), never from the command line where
+# `ps` would show them. A fresh clone gets the example's local-only values.
+if [ ! -f .dev.vars ]; then
+  cp .dev.vars.example .dev.vars
+  echo "dev: created .dev.vars from .dev.vars.example (local-only secrets)"
+fi
+ADMIN_TOKEN="$(sed -n 's/^ADMIN_TOKEN=//p' .dev.vars | tr -d '"')"
+export ADMIN_TOKEN
 mkdir -p "$STATE"
 for binding in DB DB_US DB_EU; do
   wrangler d1 migrations apply "$binding" --local --persist-to "$STATE"
@@ -20,7 +25,6 @@ export TRACKLAYER_SKIP_BUILD=1
 # LOCAL_WORKERD_WITHOUT_JURISDICTIONS: local workerd cannot place EU Durable Objects.
 wrangler dev --local --ip 127.0.0.1 --port "$PORT" --persist-to "$STATE" \
   --show-interactive-dev-session=false \
-  --var "ADMIN_TOKEN:$ADMIN_TOKEN" --var "MASTER_KEYS:$DEV_MASTER_KEYS" \
   --var "LOCAL_WORKERD_WITHOUT_JURISDICTIONS:true" "$@" < /dev/null &
 WRANGLER=$!
 trap 'kill "$WRANGLER" 2>/dev/null || true' EXIT INT TERM
@@ -34,10 +38,10 @@ cat <<MSG
 
 TrackLayer is running on http://127.0.0.1:$PORT
   Stripe webhook URL (demo merchant):
-    http://127.0.0.1:$PORT/v1/integrations/stripe/subscription-events?merchant_id=demo
+    http://127.0.0.1:$PORT/v1/integrations/stripe/events?merchant_id=demo
   Demo endpoint secret: whsec_demo_local_only
   Send a signed demo event:  bash scripts/send-demo-webhook.sh
-  Inspect deliveries:        curl -H 'Authorization: Bearer $ADMIN_TOKEN' \\
+  Inspect deliveries:        curl -H "Authorization: Bearer \$ADMIN_TOKEN" \\
                                http://127.0.0.1:$PORT/v1/admin/merchants/demo/delivery-attempts
   API reference:             http://127.0.0.1:$PORT/v1/openapi.json
 

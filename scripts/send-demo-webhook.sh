@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 FIXTURE="${1:-tests/fixtures/stripe/customer.subscription.created.trialing.json}"
 SECRET="${STRIPE_SECRET:-whsec_demo_local_only}"
-URL="${URL:-http://127.0.0.1:${PORT:-8787}/v1/integrations/stripe/subscription-events?merchant_id=demo}"
+URL="${URL:-http://127.0.0.1:${PORT:-8787}/v1/integrations/stripe/events?merchant_id=demo}"
 BODY_FILE=$(mktemp)
 # A fresh event id and creation time, so the demo is not a duplicate and Meta's 7-day limit holds.
 python3 - "$FIXTURE" > "$BODY_FILE" <<'PY'
