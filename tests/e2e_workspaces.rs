@@ -294,6 +294,24 @@ fn workspaces_keep_secrets_sealed_data_in_region_and_keys_scoped() {
     assert_eq!(revoked.status, 200, "{}", revoked.body);
     let after = with_key(&worker, "GET", "/v1/merchants/m_us/events", &us_key, b"");
     assert_eq!(after.status, 401);
+    // `..` in a path once resolved to the merchant itself: DELETE …/api-keys/.. deleted
+    // m_us. Refused before routing, however it is spelled, and the merchant stays.
+    for (method, path) in [
+        ("DELETE", "/v1/admin/merchants/m_us/api-keys/.."),
+        ("DELETE", "/v1/admin/merchants/m_us/api-keys/%2e%2e"),
+        ("DELETE", "/v1/admin/merchants/m_us/sources/.."),
+        ("DELETE", "/v1/admin/merchants/m_us/pixel/.."),
+        ("PATCH", "/v1/admin/merchants/m_us/api-keys/.."),
+        ("DELETE", "/v1/admin/merchants/m_us/"),
+        ("GET", "/v1//admin/merchants"),
+    ] {
+        let refused = worker.admin(method, path, Some(&json!({ "status": "disabled" })));
+        assert_eq!(refused.status, 400, "{method} {path}: {}", refused.body);
+        assert_eq!(refused.json()["error"]["code"], "invalid_path");
+    }
+    let still = worker.admin("GET", "/v1/admin/merchants/m_us", None);
+    assert_eq!(still.status, 200, "{}", still.body);
+    assert_eq!(still.json()["status"], "active");
 
     // 5. GDPR erasure of one customer leaves none of their events or identity.
     let erased = worker.admin(
@@ -399,7 +417,8 @@ fn workspaces_keep_secrets_sealed_data_in_region_and_keys_scoped() {
         assert_eq!(forged.json()["error"]["code"], "unauthenticated");
     }
     let (attempt, limited) = limited.expect("no 429 within 300 forged requests");
-    assert!(attempt >= 120, "limited after only {attempt} requests");
+    // The address budget is 120 per minute; earlier steps spent a few of it.
+    assert!(attempt >= 110, "limited after only {attempt} requests");
     assert_eq!(limited.json()["error"]["code"], "rate_limited");
     assert_eq!(limited.header("retry-after").as_deref(), Some("60"));
     let flood_event = stripe_event("customer.subscription.created.trialing.json", "evt_flood_signed");
@@ -438,7 +457,7 @@ fn workspaces_keep_secrets_sealed_data_in_region_and_keys_scoped() {
         .filter(|r| r["code"] == "signature_invalid")
         .map(|r| r["count"].as_i64().unwrap())
         .sum();
-    assert!(invalid >= 120, "{log:?}");
+    assert!(invalid >= 110, "{log:?}");
     assert_eq!(
         worker.count(
             "DB",
