@@ -521,7 +521,9 @@ mod input_tests {
             "api_version": "v22",
             "conversion_actions": { "subscription_started": "987654321" }
         });
-        let err = google.check(Plan::Scale, &config, 1_796_040_000).unwrap_err();
+        let err = google
+            .check(Plan::Scale, &config, 1_796_040_000)
+            .unwrap_err();
         assert_eq!(err.status(), 422);
         assert!(err.to_string().contains("sunset on 2026-10-07"), "{err}");
         let mut current = config.clone();

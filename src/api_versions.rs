@@ -111,21 +111,29 @@ pub const VERSIONED: &[VersionedDestination] = &[
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lifecycle {
-    Supported { sunset: String, announced: bool },
+    Supported {
+        sunset: String,
+        announced: bool,
+    },
     /// Within [`WARN_DAYS`] of the sunset.
     NearSunset {
         sunset: String,
         days_left: i64,
         announced: bool,
     },
-    Sunset { sunset: String },
+    Sunset {
+        sunset: String,
+    },
     /// Newer than anything listed, or not a version this platform uses.
     Unknown,
 }
 
 /// The version a merchant's config pins for `destination` (its default if unset), if
 /// the destination is versioned.
-pub fn pinned(destination: &str, config: &serde_json::Value) -> Option<(String, &'static VersionedDestination)> {
+pub fn pinned(
+    destination: &str,
+    config: &serde_json::Value,
+) -> Option<(String, &'static VersionedDestination)> {
     let spec = VERSIONED.iter().find(|d| d.destination == destination)?;
     let version = config
         .get(spec.config_field)
@@ -165,7 +173,10 @@ fn sunset_of(rule: Rule, version: &str) -> Option<(String, bool)> {
             }
             // Older than the oldest listed version: long gone.
             let number = version_number(version)?;
-            let oldest = table.iter().filter_map(|k| version_number(k.version)).min()?;
+            let oldest = table
+                .iter()
+                .filter_map(|k| version_number(k.version))
+                .min()?;
             (number < oldest).then(|| (table[0].sunset.to_string(), true))
         }
         Rule::MonthlyOneYear => {
@@ -194,7 +205,11 @@ fn version_number(version: &str) -> Option<u32> {
 }
 
 /// Why a config pinning a sunset version is refused, if it does.
-pub fn refuse_sunset(destination: &str, config: &serde_json::Value, now_s: i64) -> Result<(), String> {
+pub fn refuse_sunset(
+    destination: &str,
+    config: &serde_json::Value,
+    now_s: i64,
+) -> Result<(), String> {
     let Some((version, spec)) = pinned(destination, config) else {
         return Ok(());
     };
@@ -208,7 +223,11 @@ pub fn refuse_sunset(destination: &str, config: &serde_json::Value, now_s: i64) 
 }
 
 /// A warning the merchant sees for a pinned version near or past its sunset.
-pub fn warning(destination: &str, config: &serde_json::Value, now_s: i64) -> Option<serde_json::Value> {
+pub fn warning(
+    destination: &str,
+    config: &serde_json::Value,
+    now_s: i64,
+) -> Option<serde_json::Value> {
     let (version, spec) = pinned(destination, config)?;
     let (level, sunset, days_left) = match lifecycle(spec.rule, &version, now_s) {
         Lifecycle::NearSunset {
@@ -243,7 +262,9 @@ mod tests {
     #[test]
     fn every_default_has_six_months_left() {
         for spec in VERSIONED {
-            let Some(default) = spec.default else { continue };
+            let Some(default) = spec.default else {
+                continue;
+            };
             match lifecycle(spec.rule, default, NOW + SIX_MONTHS) {
                 Lifecycle::Supported { .. } => {}
                 other => panic!("{} default {default}: {other:?}", spec.destination),
@@ -283,7 +304,10 @@ mod tests {
 
     #[test]
     fn unknown_newer_versions_are_not_refused() {
-        assert_eq!(lifecycle(Rule::Table(GOOGLE_ADS), "v27", NOW), Lifecycle::Unknown);
+        assert_eq!(
+            lifecycle(Rule::Table(GOOGLE_ADS), "v27", NOW),
+            Lifecycle::Unknown
+        );
         assert!(refuse_sunset("google_ads", &json!({ "api_version": "v27" }), NOW).is_ok());
     }
 }

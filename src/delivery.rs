@@ -24,6 +24,70 @@ impl DeliveryJob {
     }
 }
 
+/// Cloudflare Queues takes messages up to 128 KB. A job whose event would not fit (a
+/// 100–400 KB field in a signed webhook) travels as a reference to the stored event.
+pub const MAX_INLINE_JOB_BYTES: usize = 96 * 1024;
+
+/// A job as it travels on the queue: whole, or naming the event the consumer reads back
+/// from storage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum JobMessage {
+    Inline(DeliveryJob),
+    ByReference(JobReference),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobReference {
+    pub job_id: String,
+    pub destination: String,
+    pub merchant_id: String,
+    pub event_id: String,
+}
+
+impl JobMessage {
+    /// The queue message body for `job`: inline when it fits, else by reference.
+    pub fn encode(job: &DeliveryJob) -> String {
+        let inline = serde_json::to_string(job).unwrap_or_default();
+        if !inline.is_empty() && inline.len() <= MAX_INLINE_JOB_BYTES {
+            return inline;
+        }
+        serde_json::to_string(&JobReference {
+            job_id: job.job_id.clone(),
+            destination: job.destination.clone(),
+            merchant_id: job.event.merchant_id.clone(),
+            event_id: job.event.event_id.clone(),
+        })
+        .unwrap_or_default()
+    }
+}
+
+/// `sendBatch` takes at most 100 messages and 256 KB in all.
+pub const MAX_BATCH_MESSAGES: usize = 100;
+pub const MAX_BATCH_BYTES: usize = 250 * 1024;
+
+/// Message bodies split into batches the queue accepts, in order.
+pub fn queue_batches(bodies: Vec<String>) -> Vec<Vec<String>> {
+    let mut batches: Vec<Vec<String>> = Vec::new();
+    let mut current: Vec<String> = Vec::new();
+    let mut bytes = 0;
+    for body in bodies {
+        if !current.is_empty()
+            && (current.len() == MAX_BATCH_MESSAGES || bytes + body.len() > MAX_BATCH_BYTES)
+        {
+            batches.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += body.len();
+        current.push(body);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
+
 /// Deterministic per (event, destination): a redelivered message maps to the same row.
 pub fn job_id(event_id: &str, destination: &str) -> String {
     format!(
@@ -214,13 +278,20 @@ mod tests {
     #[test]
     fn the_default_schedule_outlasts_a_day_long_outage() {
         let policy = RetryPolicy::default();
-        assert!(policy.span_seconds() >= MIN_RETRY_SPAN_SECONDS, "{}", policy.span_seconds());
+        assert!(
+            policy.span_seconds() >= MIN_RETRY_SPAN_SECONDS,
+            "{}",
+            policy.span_seconds()
+        );
         // Still bounded: the last attempt comes within two days.
         assert!(policy.span_seconds() <= 2 * MIN_RETRY_SPAN_SECONDS);
         let worst_case: u64 = (1..policy.max_attempts)
             .map(|a| policy.backoff_seconds(a, "job_x") as u64)
             .sum();
-        assert!(worst_case >= MIN_RETRY_SPAN_SECONDS * 8 / 10, "{worst_case}");
+        assert!(
+            worst_case >= MIN_RETRY_SPAN_SECONDS * 8 / 10,
+            "{worst_case}"
+        );
     }
 
     #[test]
@@ -283,6 +354,48 @@ mod tests {
             ),
             Decision::DeadLetter { .. }
         ));
+    }
+
+    /// A 300 KB field made `send_batch` fail on the 128 KB message limit: 503 forever.
+    #[test]
+    fn a_job_too_large_for_one_message_travels_by_reference() {
+        let mut event = crate::event::tests_support::event();
+        let small = DeliveryJob::new(event.clone(), "meta");
+        let encoded = JobMessage::encode(&small);
+        assert_eq!(
+            serde_json::from_str::<JobMessage>(&encoded).unwrap(),
+            JobMessage::Inline(small)
+        );
+        event
+            .properties
+            .insert("plan_description".into(), "x".repeat(300 * 1024));
+        let large = DeliveryJob::new(event, "meta");
+        let encoded = JobMessage::encode(&large);
+        assert!(encoded.len() < 1024, "{}", encoded.len());
+        match serde_json::from_str::<JobMessage>(&encoded).unwrap() {
+            JobMessage::ByReference(reference) => {
+                assert_eq!(reference.job_id, large.job_id);
+                assert_eq!(reference.event_id, large.event.event_id);
+                assert_eq!(reference.merchant_id, large.event.merchant_id);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn batches_respect_the_count_and_byte_limits() {
+        let big = "x".repeat(90 * 1024);
+        let batches = queue_batches(vec![big.clone(); 6]);
+        assert!(batches
+            .iter()
+            .all(|b| b.iter().map(String::len).sum::<usize>() <= MAX_BATCH_BYTES));
+        assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 6);
+        let small = queue_batches(vec!["{}".to_string(); 250]);
+        assert_eq!(
+            small.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![100, 100, 50]
+        );
+        assert!(queue_batches(Vec::new()).is_empty());
     }
 
     #[test]

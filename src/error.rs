@@ -58,7 +58,10 @@ pub enum IngestError {
     /// merchant, source not configured, bad or missing signature. The caller learns
     /// nothing about the merchant; `detail` goes to the operator's rejected log only.
     #[error("the request could not be authenticated")]
-    Unauthenticated { reason: &'static str, detail: String },
+    Unauthenticated {
+        reason: &'static str,
+        detail: String,
+    },
 }
 
 impl IngestError {

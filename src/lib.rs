@@ -6,8 +6,8 @@
 //! D1 and cron.
 
 pub mod admin;
-pub mod api_versions;
 pub mod api_keys;
+pub mod api_versions;
 pub mod config;
 pub mod delivery;
 pub mod destinations;

@@ -119,7 +119,15 @@ mod tests {
         let mut first_flags = 0;
         for i in 0..2_699 {
             let id = format!("random_{i}");
-            if buffer.record(&id, false, "webhook:stripe", 401, "unauthenticated", "x", 1_000 + i) {
+            if buffer.record(
+                &id,
+                false,
+                "webhook:stripe",
+                401,
+                "unauthenticated",
+                "x",
+                1_000 + i,
+            ) {
                 first_flags += 1;
             }
         }

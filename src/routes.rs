@@ -204,9 +204,7 @@ pub fn check_raw_path(raw_path: &str) -> Result<(), PathError> {
         if segment.is_empty() {
             return Err(PathError::EmptySegment);
         }
-        let decoded = segment
-            .to_ascii_lowercase()
-            .replace("%2e", ".");
+        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
         if decoded == "." || decoded == ".." {
             return Err(PathError::DotSegment);
         }
@@ -218,9 +216,7 @@ pub fn check_raw_path(raw_path: &str) -> Result<(), PathError> {
 /// decoding or resolving anything.
 pub fn raw_path_of(url: &str) -> &str {
     let after_scheme = url.find("://").map_or(url, |i| &url[i + 3..]);
-    let path_and_query = after_scheme
-        .find('/')
-        .map_or("/", |i| &after_scheme[i..]);
+    let path_and_query = after_scheme.find('/').map_or("/", |i| &after_scheme[i..]);
     let end = path_and_query
         .find(['?', '#'])
         .unwrap_or(path_and_query.len());
@@ -383,10 +379,16 @@ mod tests {
         for raw in ["/v1/admin/merchants/m1/", "/v1//admin/merchants", "//v1"] {
             assert_eq!(check_raw_path(raw), Err(PathError::EmptySegment), "{raw}");
         }
-        assert_eq!(check_raw_path("/v1/admin/merchants/m1/api-keys/k.1"), Ok(()));
+        assert_eq!(
+            check_raw_path("/v1/admin/merchants/m1/api-keys/k.1"),
+            Ok(())
+        );
         assert_eq!(check_raw_path("/"), Ok(()));
         // What the normalised forms route to: nothing, not the merchant.
-        assert_eq!(resolve("DELETE", "/v1/admin/merchants/m1/"), Resolution::NotFound);
+        assert_eq!(
+            resolve("DELETE", "/v1/admin/merchants/m1/"),
+            Resolution::NotFound
+        );
         assert_eq!(
             resolve("DELETE", "/v1/admin/merchants/m1/api-keys/.."),
             Resolution::NotFound

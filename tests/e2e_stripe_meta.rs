@@ -214,7 +214,10 @@ fn stripe_webhook_travels_to_meta_on_a_local_cloudflare_stack() {
         (unknown.status, unknown.json()["error"]["code"].clone()),
         (401, json!("unauthenticated"))
     );
-    assert_eq!(unknown.body, missing.body, "an unknown merchant looks like a bad signature");
+    assert_eq!(
+        unknown.body, missing.body,
+        "an unknown merchant looks like a bad signature"
+    );
     let huge = vec![b' '; 600 * 1024];
     let too_large = post_stripe(&worker, "m_ok", &huge, signed(&huge));
     assert_eq!(
@@ -484,10 +487,16 @@ fn stripe_webhook_travels_to_meta_on_a_local_cloudflare_stack() {
     let sunset = worker.admin(
         "PUT",
         "/v1/admin/merchants/m_version/destinations/linkedin",
-        Some(&json!({ "access_token": "li_version_e2e", "linkedin_version": "202401",
-                      "conversion_rules": { "trial_started": "104011" } })),
+        Some(
+            &json!({ "access_token": "li_version_e2e", "linkedin_version": "202401",
+                      "conversion_rules": { "trial_started": "104011" } }),
+        ),
     );
-    assert_eq!(sunset.status, 422, "a sunset version is refused: {}", sunset.body);
+    assert_eq!(
+        sunset.status, 422,
+        "a sunset version is refused: {}",
+        sunset.body
+    );
     for _ in 0..2 {
         let fired = http(
             "GET",
@@ -552,6 +561,33 @@ fn stripe_webhook_travels_to_meta_on_a_local_cloudflare_stack() {
         )[0]["status"]
             .clone();
         (status == "delivered" && meta.requests_to("/px_ok/").len() > sent_before).then_some(())
+    });
+
+    // 7c. A signed event too large for one queue message (a 300 KB field; the body is
+    //     under the 512 KiB limit) is accepted and delivered: its jobs travel by
+    //     reference to the stored event. It used to get 503 forever.
+    let mut large: Value = serde_json::from_slice(&stripe_event(
+        "customer.subscription.created.active.json",
+        "evt_e2e_large_1",
+    ))
+    .unwrap();
+    let long_price = format!("price_{}", "L".repeat(300 * 1024));
+    large["data"]["object"]["id"] = json!("sub_e2e_large_1");
+    large["data"]["object"]["items"]["data"][0]["price"]["id"] = json!(long_price);
+    large["data"]["object"]["items"]["data"][0]["plan"]["id"] = json!(long_price);
+    let large = serde_json::to_vec(&large).unwrap();
+    assert!(large.len() > 300 * 1024 && large.len() < 512 * 1024);
+    let accepted_large = post_stripe(&worker, "m_ok", &large, signed(&large));
+    assert_eq!(accepted_large.status, 202, "{}", accepted_large.body);
+    let large_event_id = accepted_large.json()["events"][0]["event_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    eventually(WAIT, "the large event at Meta", || {
+        meta.requests_to("/px_ok/")
+            .iter()
+            .any(|r| r.body.contains(&large_event_id))
+            .then_some(())
     });
 
     // 8. Dry run: built and recorded exactly as it would be sent, never sent; after

@@ -395,7 +395,10 @@ fn workspaces_keep_secrets_sealed_data_in_region_and_keys_scoped() {
     //    are counted without a global write per request, and never under made-up ids.
     worker.provision(
         json!({ "merchant_id": "m_flood", "plan": "scale" }),
-        &[("stripe", json!({ "endpoint_secrets": [STRIPE_SECRET_FLOOD] }))],
+        &[(
+            "stripe",
+            json!({ "endpoint_secrets": [STRIPE_SECRET_FLOOD] }),
+        )],
         &[],
     );
     let rejected_rows = || worker.count("DB", "SELECT count(*) AS n FROM rejected_requests");
@@ -406,7 +409,10 @@ fn workspaces_keep_secrets_sealed_data_in_region_and_keys_scoped() {
             "POST",
             worker.port,
             "/v1/integrations/stripe/subscription-events?merchant_id=m_flood",
-            &[("content-type", "application/json"), ("stripe-signature", "t=1,v1=00")],
+            &[
+                ("content-type", "application/json"),
+                ("stripe-signature", "t=1,v1=00"),
+            ],
             b"{}",
         );
         if forged.status == 429 {
@@ -421,9 +427,16 @@ fn workspaces_keep_secrets_sealed_data_in_region_and_keys_scoped() {
     assert!(attempt >= 110, "limited after only {attempt} requests");
     assert_eq!(limited.json()["error"]["code"], "rate_limited");
     assert_eq!(limited.header("retry-after").as_deref(), Some("60"));
-    let flood_event = stripe_event("customer.subscription.created.trialing.json", "evt_flood_signed");
+    let flood_event = stripe_event(
+        "customer.subscription.created.trialing.json",
+        "evt_flood_signed",
+    );
     let signed = post_stripe(&worker, "m_flood", STRIPE_SECRET_FLOOD, &flood_event);
-    assert_eq!(signed.status, 202, "a signed webhook during a forged flood: {}", signed.body);
+    assert_eq!(
+        signed.status, 202,
+        "a signed webhook during a forged flood: {}",
+        signed.body
+    );
     for i in 0..200 {
         let random = http(
             "POST",
@@ -435,7 +448,10 @@ fn workspaces_keep_secrets_sealed_data_in_region_and_keys_scoped() {
         assert!(matches!(random.status, 401 | 429), "{}", random.body);
     }
     // Nothing was written per request: the buffered counts are not in D1 yet.
-    assert!(rejected_rows() - rows_before < 5, "rows written during the flood");
+    assert!(
+        rejected_rows() - rows_before < 5,
+        "rows written during the flood"
+    );
     let log = eventually(WAIT, "the rejected-request log", || {
         let items = worker
             .admin(

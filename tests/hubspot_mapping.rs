@@ -212,8 +212,11 @@ fn workflow_bodies_carry_value_and_context_for_later_billing_events() {
 fn v3_signatures_are_checked_over_method_uri_body_and_millisecond_timestamp() {
     let body = mapping::fixture("hubspot", "webhooks-api.deal-lost.json");
     let merchant = merchant(false);
-    let code =
-        |headers: Headers, body: &[u8]| ingest_with(&merchant, &headers, body).unwrap_err().reason_code();
+    let code = |headers: Headers, body: &[u8]| {
+        ingest_with(&merchant, &headers, body)
+            .unwrap_err()
+            .reason_code()
+    };
     // Six minutes old: refused although correctly signed.
     assert_eq!(
         code(v3_headers(&body, NOW_MS - 360_000), &body),

@@ -195,11 +195,20 @@ fn tampered_and_unsigned_bodies_are_refused() {
         mapping::ingest_one("lemonsqueezy", &merchant(), &headers, body, NOW).unwrap_err()
     };
     let err = refused(Headers::new().with("X-Signature", &signature), &tampered);
-    assert_eq!((err.status(), err.reason_code()), (401, "signature_invalid"));
+    assert_eq!(
+        (err.status(), err.reason_code()),
+        (401, "signature_invalid")
+    );
     let err = refused(Headers::new(), &body);
-    assert_eq!((err.status(), err.reason_code()), (401, "signature_missing"));
+    assert_eq!(
+        (err.status(), err.reason_code()),
+        (401, "signature_missing")
+    );
     let err = refused(Headers::new().with("X-Signature", "zz"), &body);
-    assert_eq!((err.status(), err.reason_code()), (401, "signature_malformed"));
+    assert_eq!(
+        (err.status(), err.reason_code()),
+        (401, "signature_malformed")
+    );
     let wrong = lemonsqueezy::sign("another_secret", &body);
     let err = refused(Headers::new().with("X-Signature", &wrong), &body);
     assert_eq!(err.reason_code(), "signature_invalid");

@@ -98,7 +98,10 @@ fn wrong_credentials_are_refused() {
     let body = mapping::fixture("pipedrive", "v2.deal.change.won.json");
     let err =
         mapping::ingest_one("pipedrive", &merchant(true), &auth("nope"), &body, NOW).unwrap_err();
-    assert_eq!((err.status(), err.reason_code()), (401, "signature_invalid"));
+    assert_eq!(
+        (err.status(), err.reason_code()),
+        (401, "signature_invalid")
+    );
     let err =
         mapping::ingest_one("pipedrive", &merchant(true), &Headers::new(), &body, NOW).unwrap_err();
     assert_eq!(err.reason_code(), "signature_missing");

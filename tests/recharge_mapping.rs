@@ -250,6 +250,9 @@ fn a_legacy_signature_over_another_body_or_secret_is_refused() {
     ] {
         let headers = Headers::new().with("X-Recharge-Hmac-Sha256", &header);
         let err = mapping::ingest_one("recharge", &merchant(), &headers, &body, NOW).unwrap_err();
-        assert_eq!((err.status(), err.reason_code()), (401, "signature_invalid"));
+        assert_eq!(
+            (err.status(), err.reason_code()),
+            (401, "signature_invalid")
+        );
     }
 }

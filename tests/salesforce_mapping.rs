@@ -128,7 +128,10 @@ fn success_is_answered_with_the_soap_ack() {
 fn another_org_or_a_wrong_token_is_refused() {
     let body = mapping::fixture("salesforce", "outbound-message.opportunities.xml");
     let err = soap(&merchant(true), "guess", &body).unwrap_err();
-    assert_eq!((err.status(), err.reason_code()), (401, "signature_invalid"));
+    assert_eq!(
+        (err.status(), err.reason_code()),
+        (401, "signature_invalid")
+    );
     let other_org = String::from_utf8(body.clone())
         .unwrap()
         .replace("00D5g000004XyZaEAK", "00D9z000001AbCdEAK");

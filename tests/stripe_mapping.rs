@@ -647,7 +647,10 @@ fn signed_variant(edit: impl Fn(&mut serde_json::Value)) -> (Headers, Vec<u8>) {
         serde_json::from_slice(&fixture("customer.subscription.created.trialing.json")).unwrap();
     edit(&mut event);
     let body = serde_json::to_vec(&event).unwrap();
-    let headers = Headers::new().with("stripe-signature", &stripe::sign(SECRET, 1_770_000_000, &body));
+    let headers = Headers::new().with(
+        "stripe-signature",
+        &stripe::sign(SECRET, 1_770_000_000, &body),
+    );
     (headers, body)
 }
 
@@ -656,7 +659,8 @@ fn signed_variant(edit: impl Fn(&mut serde_json::Value)) -> (Headers, Vec<u8>) {
 #[test]
 fn a_wrongly_typed_field_is_named_without_its_value() {
     let (headers, body) = signed_variant(|e| e["created"] = "jane.doe@example.com".into());
-    let err = mapping::ingest_one("stripe", &merchant(), &headers, &body, 1_770_000_000).unwrap_err();
+    let err =
+        mapping::ingest_one("stripe", &merchant(), &headers, &body, 1_770_000_000).unwrap_err();
     assert_eq!(err.status(), 400);
     let said = format!("{} {}", err.body(), err.log_message());
     assert!(!said.contains("jane.doe"), "{said}");
@@ -666,11 +670,18 @@ fn a_wrongly_typed_field_is_named_without_its_value() {
 /// A `created` of 9.2e18 was accepted and broke the ledger on commit after the 202.
 #[test]
 fn timestamps_beyond_the_representable_range_are_refused_naming_the_field() {
-    for created in [serde_json::json!(9_200_000_000_000_000_000u64), serde_json::json!(-1)] {
+    for created in [
+        serde_json::json!(9_200_000_000_000_000_000u64),
+        serde_json::json!(-1),
+    ] {
         let (headers, body) = signed_variant(|e| e["created"] = created.clone());
         let err =
             mapping::ingest_one("stripe", &merchant(), &headers, &body, 1_770_000_000).unwrap_err();
-        assert_eq!((err.status(), err.code()), (400, "malformed_payload"), "{err}");
+        assert_eq!(
+            (err.status(), err.code()),
+            (400, "malformed_payload"),
+            "{err}"
+        );
         assert!(err.to_string().contains("created"), "{err}");
     }
 }

@@ -9,8 +9,8 @@
 //! TrackLayer's OAuth client; the developer token is TrackLayer's too (operator secrets).
 
 use super::{
-    parse_retry_after, plan_indexed_multi_rows, truncate, AccessToken, AuthSpec, BuildError, Context,
-    DestinationSpec, MatchKey, OutboundRequest, Outcome, Plan,
+    parse_retry_after, plan_indexed_multi_rows, truncate, AccessToken, AuthSpec, BuildError,
+    Context, DestinationSpec, MatchKey, OutboundRequest, Outcome, Plan,
 };
 use crate::config::MerchantConfig;
 use crate::event::{CanonicalEvent, EventName};
@@ -256,13 +256,17 @@ pub fn plan_correction(
             let window_days = config.retract_cancellations_within_days.unwrap_or(0);
             let in_window: Vec<_> = candidates
                 .iter()
-                .filter(|(c, _)| correction.occurred_at - c.occurred_at <= i64::from(window_days) * 86_400)
+                .filter(|(c, _)| {
+                    correction.occurred_at - c.occurred_at <= i64::from(window_days) * 86_400
+                })
                 .collect();
             if in_window.is_empty() {
                 return CorrectionPlan::Skip(if candidates.is_empty() {
                     "no conversion of this subscription was uploaded to Google Ads, so there is nothing to adjust".into()
                 } else {
-                    format!("cancelled more than {window_days} days after the conversion; kept as is")
+                    format!(
+                        "cancelled more than {window_days} days after the conversion; kept as is"
+                    )
                 });
             }
             in_window
@@ -1029,7 +1033,11 @@ mod tests {
                 CorrectionPlan::Wait(_)
             ));
         }
-        match plan_correction(&cancel, &[(start.clone(), UploadState::DeadLettered)], &config) {
+        match plan_correction(
+            &cancel,
+            &[(start.clone(), UploadState::DeadLettered)],
+            &config,
+        ) {
             CorrectionPlan::Skip(reason) => assert!(reason.contains("dead-lettered"), "{reason}"),
             other => panic!("{other:?}"),
         }
@@ -1037,7 +1045,10 @@ mod tests {
             CorrectionPlan::Skip(reason) => assert!(reason.contains("never sent"), "{reason}"),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(plan_correction(&cancel, &[], &config), CorrectionPlan::Skip(_)));
+        assert!(matches!(
+            plan_correction(&cancel, &[], &config),
+            CorrectionPlan::Skip(_)
+        ));
         assert_eq!(
             plan_correction(&cancel, &[(start.clone(), UploadState::Delivered)], &config),
             CorrectionPlan::Adjust(vec![start])
@@ -1051,7 +1062,11 @@ mod tests {
         let m = merchant(json!({ "retract_cancellations_within_days": 7 }));
         let config: GoogleAdsConfig = m.destination_config(NAME).unwrap();
         let old = conversion_at(EventName::SubscriptionStarted, NOW - 40 * 86_400, "tl_old");
-        let upgrade = conversion_at(EventName::SubscriptionStarted, NOW - 5 * 86_400, "tl_upgrade");
+        let upgrade = conversion_at(
+            EventName::SubscriptionStarted,
+            NOW - 5 * 86_400,
+            "tl_upgrade",
+        );
         let renewal = conversion_at(EventName::SubscriptionStarted, NOW - 86_400, "tl_renewal");
         let cancel = cancellation(NOW);
         let candidates = [
@@ -1086,7 +1101,8 @@ mod tests {
         let config: GoogleAdsConfig = merchant(json!({})).destination_config(NAME).unwrap();
         let mut first = conversion_at(EventName::SubscriptionStarted, NOW - 60 * 86_400, "tl_inv1");
         first.properties.insert("invoice_id".into(), "in_1".into());
-        let mut second = conversion_at(EventName::SubscriptionStarted, NOW - 30 * 86_400, "tl_inv2");
+        let mut second =
+            conversion_at(EventName::SubscriptionStarted, NOW - 30 * 86_400, "tl_inv2");
         second.properties.insert("invoice_id".into(), "in_2".into());
         let mut refund = tests_support::event();
         refund.name = EventName::Refund;

@@ -4,7 +4,6 @@
 
 use super::http::{api_error, json_response};
 use super::ledger::LedgerClient;
-use super::regions::deliveries_binding;
 use super::routing::{ApiKeyRow, PixelRow, Route, Routing};
 use super::store::Store;
 use super::{authenticate_merchant_key, keyring, now_ms};
@@ -20,7 +19,7 @@ use crate::routes::RouteId;
 use crate::secrets::{config_context, Keyring, NONCE_LEN};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use worker::{console_error, Env, MessageBuilder, QueueContentType, Request, Response, Result};
+use worker::{console_error, Env, Request, Response, Result};
 
 type Answer = std::result::Result<(u16, Value), ApiError>;
 
@@ -562,14 +561,7 @@ async fn replay(env: &Env, merchant_id: &str, job_id: &str) -> Answer {
         })?;
     let now = now_ms();
     store.reset_delivery(&job, now).await.map_err(unavailable)?;
-    let body = serde_json::to_string(&job).unwrap_or_default();
-    env.queue(deliveries_binding(route.region))
-        .map_err(unavailable)?
-        .send(
-            MessageBuilder::new(body)
-                .content_type(QueueContentType::Text)
-                .build(),
-        )
+    super::regions::enqueue_jobs(env, route.region, [&job])
         .await
         .map_err(unavailable)?;
     store
@@ -596,24 +588,13 @@ async fn replay_many(mut req: Request, env: &Env, merchant_id: &str) -> Answer {
         .dead_letter_jobs(merchant_id, &filter)
         .await
         .map_err(unavailable)?;
-    let queue = env
-        .queue(deliveries_binding(route.region))
-        .map_err(unavailable)?;
     let now = now_ms();
     for job in &jobs {
         store.reset_delivery(job, now).await.map_err(unavailable)?;
     }
-    for chunk in jobs.chunks(100) {
-        let batch = chunk
-            .iter()
-            .map(|job| {
-                MessageBuilder::new(serde_json::to_string(job).unwrap_or_default())
-                    .content_type(QueueContentType::Text)
-                    .build()
-            })
-            .collect::<Vec<_>>();
-        queue.send_batch(batch).await.map_err(unavailable)?;
-    }
+    super::regions::enqueue_jobs(env, route.region, &jobs)
+        .await
+        .map_err(unavailable)?;
     for job in &jobs {
         store
             .mark_replayed(&job.job_id, now)

@@ -8,7 +8,7 @@ use super::routing::Routing;
 use super::store::{AttemptRecord, DeliveryRow, Store};
 use super::{keyring, now_ms, operator_settings, outbound, OperatorSettings};
 use crate::config::{MerchantConfig, Region};
-use crate::delivery::{self, decide, DeadLetter, Decision, DeliveryJob};
+use crate::delivery::{self, decide, DeadLetter, Decision, DeliveryJob, JobMessage, JobReference};
 use crate::destinations::{
     self, google_ads, AuthSpec, BuildError, Context, DestinationSpec, OutboundRequest, Outcome,
 };
@@ -44,10 +44,12 @@ pub async fn consume_deliveries(batch: MessageBatch<String>, env: &Env) {
     let sent_before = outbound::requests_sent();
     // Decode every message first, so the batch is admitted with one D1 read.
     let mut jobs: Vec<(usize, DeliveryJob)> = Vec::with_capacity(messages.len());
+    let mut references: Vec<(usize, JobReference)> = Vec::new();
     for (index, message) in messages.iter().enumerate() {
         let body = body_text(message);
-        match body.as_deref().map(serde_json::from_str::<DeliveryJob>) {
-            Some(Ok(job)) => jobs.push((index, job)),
+        match body.as_deref().map(serde_json::from_str::<JobMessage>) {
+            Some(Ok(JobMessage::Inline(job))) => jobs.push((index, job)),
+            Some(Ok(JobMessage::ByReference(reference))) => references.push((index, reference)),
             _ => match record_poison(&store, body.as_deref().unwrap_or("<non-text body>")).await {
                 Ok(_) => message.ack(),
                 Err(err) => {
@@ -58,6 +60,40 @@ pub async fn consume_deliveries(batch: MessageBatch<String>, env: &Env) {
                     message.retry();
                 }
             },
+        }
+    }
+    // Jobs too large for one message name their stored event: read back in one query.
+    if !references.is_empty() {
+        let ids: Vec<&str> = references
+            .iter()
+            .map(|(_, r)| r.event_id.as_str())
+            .collect();
+        match store.events_by_id(&ids).await {
+            Ok(events) => {
+                for (index, reference) in references {
+                    match events.get(&reference.event_id) {
+                        Some(event) if event.merchant_id == reference.merchant_id => jobs.push((
+                            index,
+                            DeliveryJob {
+                                job_id: reference.job_id,
+                                destination: reference.destination,
+                                event: event.clone(),
+                            },
+                        )),
+                        // Erased or purged since: nothing may be sent.
+                        _ => messages[index].ack(),
+                    }
+                }
+            }
+            Err(err) => {
+                console_error!(
+                    "deliveries: {err}; {} referenced job(s) will be retried",
+                    references.len()
+                );
+                for (index, _) in &references {
+                    messages[*index].retry();
+                }
+            }
         }
     }
     let job_ids: Vec<&str> = jobs.iter().map(|(_, job)| job.job_id.as_str()).collect();
@@ -339,7 +375,12 @@ async fn deliver_group(
             .unwrap_or_else(|| member.job.event.clone());
         if spec.name == google_ads::NAME && google_ads::needs_original(&event) {
             let candidates: Vec<(CanonicalEvent, google_ads::UploadState)> = store
-                .correction_candidates(&merchant.merchant_id, spec.name, &event, &google_conversions)
+                .correction_candidates(
+                    &merchant.merchant_id,
+                    spec.name,
+                    &event,
+                    &google_conversions,
+                )
                 .await?
                 .into_iter()
                 .map(|(c, status)| (c, google_ads::UploadState::from_status(status.as_deref())))
@@ -354,7 +395,9 @@ async fn deliver_group(
                 }
                 google_ads::CorrectionPlan::Wait(reason) => {
                     // Touched, so the pending-job sweeper does not take it for lost.
-                    store.touch_jobs(&[member.job.job_id.as_str()], now_ms()).await?;
+                    store
+                        .touch_jobs(&[member.job.job_id.as_str()], now_ms())
+                        .await?;
                     run.wait(i, CORRECTION_WAIT_SECONDS, &reason);
                     settled[i] = true;
                 }
@@ -424,8 +467,14 @@ async fn deliver_group(
         match sent.outcomes {
             Some(outcomes) => {
                 for (k, outcome) in destinations::merge_row_outcomes(&planned.rows, outcomes) {
-                    run.finish(member_of[k], &outcome, sent.status, log_url, sent.duration_ms)
-                        .await?;
+                    run.finish(
+                        member_of[k],
+                        &outcome,
+                        sent.status,
+                        log_url,
+                        sent.duration_ms,
+                    )
+                    .await?;
                 }
             }
             None => {
@@ -702,7 +751,7 @@ impl Run<'_> {
                     last_error,
                     reason,
                 };
-                send_to_dlq(self.env, self.region, &letter).await?;
+                send_to_dlq(self.env, self.region, self.store, &letter).await?;
                 Step::Ack
             }
         };
@@ -711,9 +760,18 @@ impl Run<'_> {
     }
 }
 
-async fn send_to_dlq(env: &Env, region: Region, letter: &DeadLetter) -> worker::Result<()> {
+async fn send_to_dlq(
+    env: &Env,
+    region: Region,
+    store: &Store,
+    letter: &DeadLetter,
+) -> worker::Result<()> {
     let body =
         serde_json::to_string(letter).map_err(|e| worker::Error::RustError(e.to_string()))?;
+    // Too large for one queue message: record it where the DLQ consumer would.
+    if body.len() > delivery::MAX_INLINE_JOB_BYTES {
+        return store.record_dead_letter(letter, now_ms()).await;
+    }
     env.queue(dead_letter_binding(region))?
         .send(
             MessageBuilder::new(body)
@@ -743,22 +801,9 @@ pub async fn sweep_pending(env: &Env, region: Region) -> worker::Result<usize> {
             SWEEP_BATCH,
         )
         .await?;
-    let queue = env.queue(super::regions::deliveries_binding(region))?;
-    for chunk in jobs.chunks(100) {
-        let mut batch = Vec::with_capacity(chunk.len());
-        for job in chunk {
-            let body = serde_json::to_string(job)
-                .map_err(|e| worker::Error::RustError(e.to_string()))?;
-            batch.push(
-                MessageBuilder::new(body)
-                    .content_type(QueueContentType::Text)
-                    .build(),
-            );
-        }
-        queue.send_batch(batch).await?;
-        let ids: Vec<&str> = chunk.iter().map(|j| j.job_id.as_str()).collect();
-        store.touch_jobs(&ids, now).await?;
-    }
+    super::regions::enqueue_jobs(env, region, &jobs).await?;
+    let ids: Vec<&str> = jobs.iter().map(|j| j.job_id.as_str()).collect();
+    store.touch_jobs(&ids, now).await?;
     Ok(jobs.len())
 }
 
@@ -812,16 +857,35 @@ pub async fn consume_dead_letters(batch: MessageBatch<String>, env: &Env) {
     };
     for message in batch.raw_iter() {
         let body = body_text(&message).unwrap_or_default();
-        let letter = serde_json::from_str::<DeadLetter>(&body).ok().or_else(|| {
-            serde_json::from_str::<DeliveryJob>(&body)
-                .ok()
-                .map(|job| DeadLetter {
-                    job,
-                    attempts: 0,
-                    last_error: "queue retries exhausted before the consumer gave up".into(),
-                    reason: "queue_exhausted".into(),
-                })
-        });
+        let exhausted = |job| DeadLetter {
+            job,
+            attempts: 0,
+            last_error: "queue retries exhausted before the consumer gave up".into(),
+            reason: "queue_exhausted".into(),
+        };
+        let letter = match serde_json::from_str::<DeadLetter>(&body) {
+            Ok(letter) => Some(letter),
+            Err(_) => match serde_json::from_str::<JobMessage>(&body) {
+                Ok(JobMessage::Inline(job)) => Some(exhausted(job)),
+                Ok(JobMessage::ByReference(reference)) => {
+                    match store.events_by_id(&[reference.event_id.as_str()]).await {
+                        Ok(mut events) => events.remove(&reference.event_id).map(|event| {
+                            exhausted(DeliveryJob {
+                                job_id: reference.job_id.clone(),
+                                destination: reference.destination.clone(),
+                                event,
+                            })
+                        }),
+                        Err(err) => {
+                            console_error!("dead letters: {err}; retrying");
+                            message.retry();
+                            continue;
+                        }
+                    }
+                }
+                Err(_) => None,
+            },
+        };
         let letter = letter.unwrap_or_else(|| poison_letter(&body));
         match store.record_dead_letter(&letter, now_ms()).await {
             Ok(()) => message.ack(),

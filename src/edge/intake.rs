@@ -3,7 +3,6 @@
 
 use super::http::{ingest_error, json_response, read_body_limited, with_header};
 use super::ledger::LedgerClient;
-use super::regions::deliveries_binding;
 use super::routing::Routing;
 use super::store::Store;
 use super::{authenticate_merchant_key, keyring, now_ms, record_rejection};
@@ -15,10 +14,7 @@ use crate::ledger::ClaimOutcome;
 use crate::sources::crm::CrmContext;
 use crate::sources::{product, Headers, SourceOutput, SourceSpec, WebhookRequest};
 use serde_json::json;
-use worker::{
-    console_error, Context, Env, MessageBuilder, QueueContentType, Request, Response,
-    Result,
-};
+use worker::{console_error, Context, Env, Request, Response, Result};
 
 /// Requests per minute per merchant and route family that proved they hold the
 /// merchant's secret (signed webhooks, API-keyed product events).
@@ -76,7 +72,12 @@ async fn refuse_unverified(
 ) -> Result<Response> {
     let err = err.unauthenticated();
     let address = client_address(req);
-    let by_address = within_budget(env, UNVERIFIED_RATE_LIMIT_BINDING, format!("addr:{address}")).await?;
+    let by_address = within_budget(
+        env,
+        UNVERIFIED_RATE_LIMIT_BINDING,
+        format!("addr:{address}"),
+    )
+    .await?;
     let by_merchant = known_merchant.is_empty()
         || within_budget(
             env,
@@ -511,22 +512,7 @@ async fn record_and_enqueue(
         .iter()
         .filter(|job| pending.contains(&job.event.event_id))
         .collect();
-    let queue = env.queue(deliveries_binding(merchant.region))?;
-    // Pre-serialised JSON as text: what arrives is exactly what was sent.
-    // sendBatch takes at most 100 messages.
-    for chunk in jobs.chunks(100) {
-        let mut batch = Vec::with_capacity(chunk.len());
-        for job in chunk {
-            let body =
-                serde_json::to_string(job).map_err(|e| worker::Error::RustError(e.to_string()))?;
-            batch.push(
-                MessageBuilder::new(body)
-                    .content_type(QueueContentType::Text)
-                    .build(),
-            );
-        }
-        queue.send_batch(batch).await?;
-    }
+    super::regions::enqueue_jobs(env, merchant.region, jobs).await?;
     let pending_refs: Vec<&str> = pending.iter().map(String::as_str).collect();
     store.mark_enqueued(&pending_refs, now).await?;
     Ok(pending)

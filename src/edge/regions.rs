@@ -22,6 +22,36 @@ pub fn deliveries_binding(region: Region) -> &'static str {
     }
 }
 
+/// Puts delivery jobs on the region's queue: each inline or, when too large for one
+/// message, by reference to its stored event; batches split by count and bytes.
+pub async fn enqueue_jobs<'a>(
+    env: &Env,
+    region: Region,
+    jobs: impl IntoIterator<Item = &'a crate::delivery::DeliveryJob>,
+) -> Result<()> {
+    let bodies: Vec<String> = jobs
+        .into_iter()
+        .map(crate::delivery::JobMessage::encode)
+        .collect();
+    if bodies.is_empty() {
+        return Ok(());
+    }
+    let queue = env.queue(deliveries_binding(region))?;
+    for batch in crate::delivery::queue_batches(bodies) {
+        // Pre-serialised JSON as text: what arrives is exactly what was sent.
+        let messages = batch
+            .into_iter()
+            .map(|body| {
+                worker::MessageBuilder::new(body)
+                    .content_type(worker::QueueContentType::Text)
+                    .build()
+            })
+            .collect::<Vec<_>>();
+        queue.send_batch(messages).await?;
+    }
+    Ok(())
+}
+
 pub fn dead_letter_binding(region: Region) -> &'static str {
     match region {
         Region::Us => "DELIVERIES_DLQ_US",

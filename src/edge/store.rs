@@ -883,6 +883,33 @@ impl Store {
         Ok(())
     }
 
+    /// Stored canonical events by id (jobs that travelled by reference), in one query.
+    /// A missing id was erased or purged.
+    pub async fn events_by_id(
+        &self,
+        event_ids: &[&str],
+    ) -> Result<HashMap<String, CanonicalEvent>> {
+        #[derive(Deserialize)]
+        struct Row {
+            event_id: String,
+            payload: String,
+        }
+        if event_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<Row> = self
+            .rows_for_list(
+                "SELECT event_id, payload FROM canonical_events \
+                 WHERE event_id IN (SELECT value FROM json_each(?1))",
+                event_ids,
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| Some((r.event_id, serde_json::from_str(&r.payload).ok()?)))
+            .collect())
+    }
+
     /// The delivery rows of these jobs (missing ones were erased), in one query.
     pub async fn deliveries(&self, job_ids: &[&str]) -> Result<HashMap<String, DeliveryRow>> {
         #[derive(Deserialize)]

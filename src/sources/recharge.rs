@@ -55,7 +55,6 @@ fn default_tolerance() -> i64 {
     DEFAULT_TOLERANCE_SECONDS
 }
 
-
 const SCHEME: TimestampedHmac = TimestampedHmac {
     header: SIGNATURE_HEADER,
     part_separator: ',',
