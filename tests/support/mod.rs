@@ -365,9 +365,14 @@ impl Worker {
                 &[state],
             );
         }
+        Self::start_on(state_dir, vars)
+    }
 
+    /// Starts `wrangler dev` on an existing state directory (a restart after a crash).
+    pub fn start_on(state_dir: PathBuf, vars: &[(&str, String)]) -> Self {
+        let state = state_dir.to_str().unwrap().to_string();
         let port = free_port();
-        let log_path = state_dir.join("wrangler.log");
+        let log_path = state_dir.join(format!("wrangler-{port}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
         let mut command = String::from(
             "source scripts/env.sh && export TRACKLAYER_SKIP_BUILD=1 && exec wrangler dev --local --ip 127.0.0.1 \
@@ -394,7 +399,7 @@ impl Worker {
             .arg(command)
             .arg("bash")
             .arg(port.to_string())
-            .arg(state)
+            .arg(&state)
             .current_dir(ROOT)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -417,6 +422,17 @@ impl Worker {
             thread::sleep(Duration::from_millis(500));
         }
         panic!("wrangler dev did not become ready; log:\n{}", worker.log());
+    }
+
+    /// SIGKILL to the whole `wrangler dev` process group, as a crash would: no shutdown
+    /// code runs. Returns the state directory, kept for a restart with [`Self::start_on`].
+    pub fn kill_hard(mut self) -> PathBuf {
+        let group = -(self.child.id() as libc::pid_t);
+        signal_group(group, libc::SIGKILL);
+        let _ = self.child.wait();
+        let state_dir = std::mem::take(&mut self.state_dir);
+        std::mem::forget(self);
+        state_dir
     }
 
     /// An operator API call with the test's admin token.
