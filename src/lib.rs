@@ -19,6 +19,7 @@ pub mod identity;
 pub mod ingest;
 pub mod input;
 pub mod ledger;
+pub mod log;
 pub mod money;
 pub mod pixel;
 pub mod plans;

@@ -24,20 +24,18 @@ fn delivered(worker: &Worker) -> i64 {
         .unwrap_or(0)
 }
 
-/// (messages, outbound requests, ms) of every consumer invocation in the log.
+/// (messages, outbound requests, ms) of every consumer invocation in the log: its
+/// structured `deliveries batch` line.
 fn invocations(log: &str) -> Vec<(u64, u64, u64)> {
     log.lines()
+        .filter(|line| line.contains("\"msg\":\"deliveries batch\""))
         .filter_map(|line| {
-            let rest = line.split("deliveries batch: ").nth(1)?;
-            let numbers: Vec<u64> = rest
-                .split(|c: char| !c.is_ascii_digit())
-                .filter(|s| !s.is_empty())
-                .filter_map(|s| s.parse().ok())
-                .collect();
-            match numbers.as_slice() {
-                [messages, _admitted, requests, ms] => Some((*messages, *requests, *ms)),
-                _ => None,
-            }
+            let json: Value = serde_json::from_str(&line[line.find('{')?..]).ok()?;
+            Some((
+                json["messages"].as_u64()?,
+                json["outbound_requests"].as_u64()?,
+                json["duration_ms"].as_u64()?,
+            ))
         })
         .collect()
 }

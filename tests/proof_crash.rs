@@ -42,7 +42,10 @@ fn every_acknowledged_webhook_survives_a_hard_kill() {
     worker.provision(
         json!({ "merchant_id": "m_crash", "plan": "scale" }),
         &[("stripe", json!({ "endpoint_secrets": [SECRET] }))],
-        &[("meta", json!({ "pixel_id": "px_crash", "access_token": "tok_crash" }))],
+        &[(
+            "meta",
+            json!({ "pixel_id": "px_crash", "access_token": "tok_crash" }),
+        )],
     );
 
     // Four clients post distinct subscriptions; each 2xx answer is remembered with the
@@ -75,7 +78,10 @@ fn every_acknowledged_webhook_survives_a_hard_kill() {
                                 .as_str()
                                 .unwrap_or_default()
                                 .to_string();
-                            acknowledged.lock().unwrap().insert(format!("evt_crash_{i:05}"), id);
+                            acknowledged
+                                .lock()
+                                .unwrap()
+                                .insert(format!("evt_crash_{i:05}"), id);
                         }
                     }
                 }
@@ -96,7 +102,10 @@ fn every_acknowledged_webhook_survives_a_hard_kill() {
     println!(
         "killed after {} acknowledged webhooks; {} of them had reached Meta",
         acked.len(),
-        acked.values().filter(|id| at_meta_before.contains(*id)).count()
+        acked
+            .values()
+            .filter(|id| at_meta_before.contains(*id))
+            .count()
     );
 
     let worker = Worker::start_on(state, &vars(&meta));
@@ -131,7 +140,12 @@ fn every_acknowledged_webhook_survives_a_hard_kill() {
             .collect();
         let settled = acked
             .values()
-            .filter(|id| matches!(status.get(*id).map(String::as_str), Some("delivered" | "dead_lettered")))
+            .filter(|id| {
+                matches!(
+                    status.get(*id).map(String::as_str),
+                    Some("delivered" | "dead_lettered")
+                )
+            })
             .count();
         if settled == acked.len() || started.elapsed() > RECOVERY_LIMIT {
             break (settled, status);

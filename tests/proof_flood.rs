@@ -77,7 +77,10 @@ fn a_forged_flood_does_not_hold_back_signed_webhooks() {
     worker.provision(
         json!({ "merchant_id": "m_flood", "plan": "scale" }),
         &[("stripe", json!({ "endpoint_secrets": [SECRET] }))],
-        &[("meta", json!({ "pixel_id": "px_flood", "access_token": "tok_flood" }))],
+        &[(
+            "meta",
+            json!({ "pixel_id": "px_flood", "access_token": "tok_flood" }),
+        )],
     );
     let port = worker.port;
     let rows = || worker.count("DB", "SELECT count(*) AS n FROM rejected_requests");
@@ -139,5 +142,8 @@ fn a_forged_flood_does_not_hold_back_signed_webhooks() {
         "a signed webhook was refused during the flood"
     );
     assert!(forged.keys().all(|s| matches!(s, 401 | 429)), "{forged:?}");
-    assert!(rows_during < 20, "{rows_during} rows for {forged_total} refusals");
+    assert!(
+        rows_during < 20,
+        "{rows_during} rows for {forged_total} refusals"
+    );
 }

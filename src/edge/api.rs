@@ -19,12 +19,12 @@ use crate::routes::RouteId;
 use crate::secrets::{config_context, Keyring, NONCE_LEN};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use worker::{console_error, Env, Request, Response, Result};
+use worker::{Env, Request, Response, Result};
 
 type Answer = std::result::Result<(u16, Value), ApiError>;
 
 fn unavailable(err: worker::Error) -> ApiError {
-    console_error!("admin API: {err}");
+    super::emit(crate::log::Log::error("admin API: storage unavailable").reason(err));
     ApiError::Unavailable("storage is temporarily unavailable; retry".into())
 }
 

@@ -6,7 +6,7 @@
 use super::regions::{dead_letter_binding, queue_region};
 use super::routing::Routing;
 use super::store::{AttemptRecord, DeliveryRow, Store};
-use super::{keyring, now_ms, operator_settings, outbound, OperatorSettings};
+use super::{emit, keyring, now_ms, operator_settings, outbound, OperatorSettings};
 use crate::config::{MerchantConfig, Region};
 use crate::delivery::{self, decide, DeadLetter, Decision, DeliveryJob, JobMessage, JobReference};
 use crate::destinations::{
@@ -15,11 +15,12 @@ use crate::destinations::{
 use crate::event::CanonicalEvent;
 use crate::hashing::sha256_hex;
 use crate::identity::{self, MatchQuality};
+use crate::log::Log;
 use crate::secrets::config_context;
 use std::collections::HashMap;
 use worker::{
-    console_error, console_log, console_warn, Env, MessageBatch, MessageBuilder, MessageExt,
-    QueueContentType, QueueRetryOptionsBuilder, RawMessage,
+    Env, MessageBatch, MessageBuilder, MessageExt, QueueContentType, QueueRetryOptionsBuilder,
+    RawMessage,
 };
 
 fn body_text(message: &RawMessage) -> Option<String> {
@@ -34,7 +35,7 @@ pub async fn consume_deliveries(batch: MessageBatch<String>, env: &Env) {
     let store = match Store::for_region(env, region) {
         Ok(store) => store,
         Err(err) => {
-            console_error!("deliveries: D1 unavailable ({err}); retrying batch");
+            emit(Log::error("deliveries: storage unavailable, batch retried").reason(&err));
             batch.retry_all();
             return;
         }
@@ -53,9 +54,10 @@ pub async fn consume_deliveries(batch: MessageBatch<String>, env: &Env) {
             _ => match record_poison(&store, body.as_deref().unwrap_or("<non-text body>")).await {
                 Ok(_) => message.ack(),
                 Err(err) => {
-                    console_error!(
-                        "deliveries: {err}; message {} will be retried",
-                        message.id()
+                    emit(
+                        Log::error("deliveries: poison message not recorded, retried")
+                            .text("message_id", &message.id())
+                            .reason(&err),
                     );
                     message.retry();
                 }
@@ -86,9 +88,10 @@ pub async fn consume_deliveries(batch: MessageBatch<String>, env: &Env) {
                 }
             }
             Err(err) => {
-                console_error!(
-                    "deliveries: {err}; {} referenced job(s) will be retried",
-                    references.len()
+                emit(
+                    Log::error("deliveries: referenced events unreadable, retried")
+                        .number("messages", references.len() as i64)
+                        .reason(&err),
                 );
                 for (index, _) in &references {
                     messages[*index].retry();
@@ -100,9 +103,10 @@ pub async fn consume_deliveries(batch: MessageBatch<String>, env: &Env) {
     let rows = match store.deliveries(&job_ids).await {
         Ok(rows) => rows,
         Err(err) => {
-            console_error!(
-                "deliveries: {err}; {} message(s) will be retried",
-                jobs.len()
+            emit(
+                Log::error("deliveries: admission read failed, retried")
+                    .number("messages", jobs.len() as i64)
+                    .reason(&err),
             );
             for (index, _) in &jobs {
                 messages[*index].retry();
@@ -125,9 +129,10 @@ pub async fn consume_deliveries(batch: MessageBatch<String>, env: &Env) {
     let enriched = match enrich_identities(&store, pending.iter().map(|p| &p.job.event)).await {
         Ok(enriched) => enriched,
         Err(err) => {
-            console_error!(
-                "deliveries: identity lookup failed ({err}); {} message(s) will be retried",
-                pending.len()
+            emit(
+                Log::error("deliveries: identity lookup failed, retried")
+                    .number("messages", pending.len() as i64)
+                    .reason(&err),
             );
             for member in &pending {
                 messages[member.message].retry();
@@ -153,9 +158,12 @@ pub async fn consume_deliveries(batch: MessageBatch<String>, env: &Env) {
         {
             Ok(steps) => steps,
             Err(err) => {
-                console_error!(
-                    "deliveries: {err}; {} message(s) will be retried",
-                    members.len()
+                emit(
+                    Log::error("deliveries: group bookkeeping failed, retried")
+                        .merchant(&pending[group[0]].job.event.merchant_id)
+                        .destination(&pending[group[0]].job.destination)
+                        .number("messages", members.len() as i64)
+                        .reason(&err),
                 );
                 vec![Err(err.to_string()); members.len()]
             }
@@ -171,9 +179,10 @@ pub async fn consume_deliveries(batch: MessageBatch<String>, env: &Env) {
                 ),
                 Err(err) => {
                     // Our own bookkeeping failed (D1/queue): let the queue redeliver it.
-                    console_error!(
-                        "deliveries: {err}; message {} will be retried",
-                        message.id()
+                    emit(
+                        Log::error("deliveries: bookkeeping failed, message retried")
+                            .job(&member.job.job_id)
+                            .reason(&err),
                     );
                     message.retry();
                 }
@@ -181,12 +190,15 @@ pub async fn consume_deliveries(batch: MessageBatch<String>, env: &Env) {
         }
     }
     // One line per invocation: what a batch cost (load script and operators read it).
-    console_log!(
-        "deliveries batch: {} messages, {} admitted, {} outbound requests, {} ms",
-        messages.len(),
-        pending.len(),
-        outbound::requests_sent() - sent_before,
-        now_ms() - started_ms
+    emit(
+        Log::info("deliveries batch")
+            .number("messages", messages.len() as i64)
+            .number("admitted", pending.len() as i64)
+            .number(
+                "outbound_requests",
+                (outbound::requests_sent() - sent_before) as i64,
+            )
+            .duration_ms(now_ms() - started_ms),
     );
 }
 
@@ -210,17 +222,21 @@ struct Pending {
 /// attempt number this run is.
 fn admit(row: Option<&DeliveryRow>, job: &DeliveryJob) -> Option<u32> {
     let Some(row) = row else {
-        console_log!(
-            "job {} has no delivery record (erased); dropping it",
-            job.job_id
+        emit(
+            Log::info("job dropped: no delivery record (erased)")
+                .merchant(&job.event.merchant_id)
+                .destination(&job.destination)
+                .job(&job.job_id),
         );
         return None;
     };
     if row.status != "pending" {
-        console_log!(
-            "job {} already {}; skipping duplicate message",
-            job.job_id,
-            row.status
+        emit(
+            Log::info("duplicate message skipped")
+                .merchant(&job.event.merchant_id)
+                .destination(&job.destination)
+                .job(&job.job_id)
+                .outcome(&row.status),
         );
         return None;
     }
@@ -243,7 +259,7 @@ async fn load_merchant(
             store.load_merchant(&route, keyring(env).as_ref()).await?
         }
         Some(_) => {
-            console_error!("jobs of merchant {merchant_id} arrived in the wrong region");
+            emit(Log::error("jobs arrived in the wrong region").merchant(merchant_id));
             None
         }
         None => None,
@@ -479,10 +495,14 @@ async fn deliver_group(
             }
             None => {
                 // Refused as a whole without saying which row: each event goes alone.
-                console_warn!(
-                    "{} refused a batch of {rows} (HTTP {:?}); re-sending each event alone",
-                    spec.name,
-                    sent.status
+                emit(
+                    Log::warn(
+                        "batch refused without per-row outcomes; re-sending each event alone",
+                    )
+                    .merchant(&merchant.merchant_id)
+                    .destination(spec.name)
+                    .number("rows", rows as i64)
+                    .number("http_status", i64::from(sent.status.unwrap_or(0))),
                 );
                 for &k in &distinct {
                     let i = member_of[k];
@@ -662,9 +682,16 @@ impl Run<'_> {
 
     /// Comes back later without recording an attempt: nothing was tried.
     fn wait(&mut self, i: usize, seconds: u32, reason: &str) {
-        console_log!(
-            "job {} waits {seconds}s: {reason}",
-            self.members[i].job.job_id
+        let job = &self.members[i].job;
+        emit(
+            Log::info("correction waits for its conversion")
+                .merchant(&job.event.merchant_id)
+                .destination(&job.destination)
+                .event(&job.event.event_id)
+                .job(&job.job_id)
+                .outcome("waiting")
+                .number("retry_in_s", i64::from(seconds))
+                .reason(reason),
         );
         self.steps[i] = Some(Step::RetryIn(seconds));
     }
@@ -732,18 +759,31 @@ impl Run<'_> {
         let step = match decision {
             Decision::Done => Step::Ack,
             Decision::RetryIn { seconds, reason } => {
-                console_warn!(
-                    "job {} attempt {} failed ({reason}); retry in {seconds}s",
-                    job.job_id,
-                    member.attempt
+                emit(
+                    Log::warn("delivery attempt failed")
+                        .merchant(&job.event.merchant_id)
+                        .destination(&job.destination)
+                        .event(&job.event.event_id)
+                        .job(&job.job_id)
+                        .outcome("retry")
+                        .number("attempt", i64::from(member.attempt))
+                        .number("retry_in_s", i64::from(seconds))
+                        .duration_ms(duration_ms)
+                        .reason(&reason),
                 );
                 Step::RetryIn(seconds)
             }
             Decision::DeadLetter { reason, last_error } => {
-                console_warn!(
-                    "job {} dead-lettered after {} attempt(s): {reason}",
-                    job.job_id,
-                    member.attempt
+                emit(
+                    Log::warn("delivery dead-lettered")
+                        .merchant(&job.event.merchant_id)
+                        .destination(&job.destination)
+                        .event(&job.event.event_id)
+                        .job(&job.job_id)
+                        .outcome("dead_lettered")
+                        .number("attempt", i64::from(member.attempt))
+                        .duration_ms(duration_ms)
+                        .reason(&reason),
                 );
                 let letter = DeadLetter {
                     job: job.clone(),
@@ -809,7 +849,9 @@ pub async fn sweep_pending(env: &Env, region: Region) -> worker::Result<usize> {
 
 /// A message that is not a job at all still ends up visible to an operator.
 async fn record_poison(store: &Store, body: &str) -> worker::Result<Step> {
-    console_error!("deliveries: unreadable message recorded as dead letter");
+    emit(Log::error(
+        "unreadable queue message recorded as dead letter",
+    ));
     let letter = poison_letter(body);
     store.record_dead_letter(&letter, now_ms()).await?;
     Ok(Step::Ack)
@@ -850,7 +892,7 @@ pub async fn consume_dead_letters(batch: MessageBatch<String>, env: &Env) {
     let store = match Store::for_region(env, queue_region(&batch.queue())) {
         Ok(store) => store,
         Err(err) => {
-            console_error!("dead letters: D1 unavailable ({err}); retrying batch");
+            emit(Log::error("dead letters: storage unavailable, batch retried").reason(&err));
             batch.retry_all();
             return;
         }
@@ -877,7 +919,10 @@ pub async fn consume_dead_letters(batch: MessageBatch<String>, env: &Env) {
                             })
                         }),
                         Err(err) => {
-                            console_error!("dead letters: {err}; retrying");
+                            emit(
+                                Log::error("dead letters: referenced event unreadable, retried")
+                                    .reason(&err),
+                            );
                             message.retry();
                             continue;
                         }
@@ -890,9 +935,12 @@ pub async fn consume_dead_letters(batch: MessageBatch<String>, env: &Env) {
         match store.record_dead_letter(&letter, now_ms()).await {
             Ok(()) => message.ack(),
             Err(err) => {
-                console_error!(
-                    "dead letters: could not record {}: {err}",
-                    letter.job.job_id
+                emit(
+                    Log::error("dead letter not recorded, retried")
+                        .merchant(&letter.job.event.merchant_id)
+                        .destination(&letter.job.destination)
+                        .job(&letter.job.job_id)
+                        .reason(&err),
                 );
                 message.retry();
             }

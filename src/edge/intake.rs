@@ -5,16 +5,17 @@ use super::http::{ingest_error, json_response, read_body_limited, with_header};
 use super::ledger::LedgerClient;
 use super::routing::Routing;
 use super::store::Store;
-use super::{authenticate_merchant_key, keyring, now_ms, record_rejection};
+use super::{authenticate_merchant_key, emit, keyring, now_ms, record_rejection};
 use crate::config::MerchantConfig;
 use crate::enrich::StoredContext;
 use crate::error::IngestError;
 use crate::ingest;
 use crate::ledger::ClaimOutcome;
+use crate::log::Log;
 use crate::sources::crm::CrmContext;
 use crate::sources::{product, Headers, SourceOutput, SourceSpec, WebhookRequest};
 use serde_json::json;
-use worker::{console_error, Context, Env, Request, Response, Result};
+use worker::{Context, Env, Request, Response, Result};
 
 /// Requests per minute per merchant and route family that proved they hold the
 /// merchant's secret (signed webhooks, API-keyed product events).
@@ -116,6 +117,13 @@ pub fn refuse(
     route: &str,
     err: &IngestError,
 ) -> Result<Response> {
+    emit(
+        Log::warn("request refused")
+            .merchant(merchant_id)
+            .text("route", route)
+            .number("status", i64::from(err.status()))
+            .outcome(err.reason_code()),
+    );
     record_rejection(
         env,
         ctx,
@@ -131,6 +139,39 @@ pub fn refuse(
             retry_after_seconds,
         } => with_header(response, "retry-after", &retry_after_seconds.to_string()),
         _ => Ok(response),
+    }
+}
+
+/// One log line per notification: what became of it and how long the webhook took.
+fn log_accepted(
+    merchant_id: &str,
+    source: &str,
+    summaries: &[serde_json::Value],
+    duration_ms: i64,
+) {
+    for summary in summaries {
+        let events: Vec<&str> = summary["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["event_id"].as_str())
+            .collect();
+        emit(
+            Log::info("webhook")
+                .merchant(merchant_id)
+                .source(source)
+                .text(
+                    "source_event_id",
+                    summary["source_event_id"].as_str().unwrap_or(""),
+                )
+                .event(&events.join(","))
+                .outcome(summary["status"].as_str().unwrap_or(""))
+                .number(
+                    "deliveries_enqueued",
+                    summary["deliveries_enqueued"].as_i64().unwrap_or(0),
+                )
+                .duration_ms(duration_ms),
+        );
     }
 }
 
@@ -270,6 +311,7 @@ pub async fn webhook(
         Ok(summaries) => summaries,
         Err(err) => return refuse(env, ctx, &merchant_id, &route, &err),
     };
+    log_accepted(&merchant_id, name, &summaries, now_ms() - now);
     if let Some(acknowledgement) = source.acknowledgement {
         let (content_type, body) = acknowledgement();
         let response = Response::ok(body)?;
@@ -441,9 +483,20 @@ pub async fn accept(
     let (plan, enqueued) = match accepted {
         Ok(done) => done,
         Err(err) => {
-            console_error!("{source} event {source_event_id} not accepted: {err}");
+            emit(
+                Log::error("webhook not persisted; the source will retry")
+                    .merchant(merchant_id)
+                    .source(source)
+                    .text("source_event_id", &source_event_id)
+                    .reason(&err),
+            );
             if let Err(release_err) = ledger.release(&dedup_key).await {
-                console_error!("ledger release failed: {release_err}");
+                emit(
+                    Log::error("ledger release failed")
+                        .merchant(merchant_id)
+                        .source(source)
+                        .reason(release_err),
+                );
             }
             return Ok(Err(IngestError::Unavailable(
                 "could not persist the event".into(),
@@ -454,7 +507,13 @@ pub async fn accept(
     if let Err(err) = ledger.commit(&dedup_key, output.subscription.clone()).await {
         // The event is safe in D1 and on the queue; a redelivery after the lease is
         // stopped by the enqueue bookkeeping and the consumer's per-job ledger.
-        console_error!("ledger commit failed for {dedup_key}: {err}");
+        emit(
+            Log::error("ledger commit failed; the event is recorded and enqueued")
+                .merchant(merchant_id)
+                .source(source)
+                .text("source_event_id", &output.source_event_id)
+                .reason(err),
+        );
     }
     let status = if output.ignored_reason.is_some() {
         "ignored"

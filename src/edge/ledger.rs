@@ -11,8 +11,8 @@ use serde_json::json;
 use std::time::Duration;
 use wasm_bindgen::JsValue;
 use worker::{
-    console_error, durable_object, Date, DurableObject, Env, Method, Request, RequestInit,
-    Response, Result, SqlStorage, SqlStorageValue, State, Stub,
+    durable_object, Date, DurableObject, Env, Method, Request, RequestInit, Response, Result,
+    SqlStorage, SqlStorageValue, State, Stub,
 };
 
 pub const BINDING: &str = "LEDGER";
@@ -146,7 +146,7 @@ impl DurableObject for Ledger {
     fn new(state: State, _env: Env) -> Self {
         let ledger = Ledger { state };
         if let Err(err) = ledger.ensure_schema() {
-            console_error!("ledger schema setup failed: {err}");
+            super::emit(crate::log::Log::error("ledger schema setup failed").reason(err));
         }
         ledger
     }

@@ -37,6 +37,15 @@ pub const DAILY_CRON: &str = "0 9 * * *";
 /// Re-enqueues pending deliveries that nothing is working on (see `consumer::sweep_pending`).
 pub const SWEEP_CRON: &str = "*/5 * * * *";
 
+/// Writes one structured log line (see `crate::log`) at its level.
+pub fn emit(log: crate::log::Log) {
+    match log.level {
+        crate::log::Level::Info => console_log!("{}", log.line()),
+        crate::log::Level::Warn => console_warn!("{}", log.line()),
+        crate::log::Level::Error => console_error!("{}", log.line()),
+    }
+}
+
 pub fn now_ms() -> i64 {
     Date::now().as_millis() as i64
 }
@@ -116,7 +125,7 @@ pub fn keyring(env: &Env) -> Option<Keyring> {
     match Keyring::parse(&spec) {
         Ok(keyring) => Some(keyring),
         Err(err) => {
-            console_error!("MASTER_KEYS is unusable: {err}");
+            emit(crate::log::Log::error("MASTER_KEYS is unusable").reason(err));
             None
         }
     }
@@ -182,7 +191,10 @@ pub async fn flush_rejections(env: &Env) {
         Err(err) => Err(err),
     };
     if let Err(err) = written {
-        console_warn!("could not record rejected requests: {err}");
+        emit(
+            crate::log::Log::warn("rejected-request counts not written; kept for the next flush")
+                .reason(err),
+        );
         REJECTIONS.with(|buffer| buffer.borrow_mut().restore(rows, now_ms()));
     }
 }
@@ -206,7 +218,7 @@ pub async fn authenticate_merchant_key(
         return Ok(Err(ApiError::InvalidApiKey));
     }
     if let Err(err) = routing.touch_api_key(key_id, now_ms()).await {
-        console_warn!("api key last-used update failed: {err}");
+        emit(crate::log::Log::warn("api key last-used update failed").reason(err));
     }
     Ok(Ok(row.merchant_id))
 }
@@ -218,7 +230,7 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     match route(req, &env, &ctx).await {
         Ok(response) => Ok(response),
         Err(err) => {
-            console_error!("unhandled error: {err}");
+            emit(crate::log::Log::error("unhandled error").reason(err));
             json_error(500, "internal_error", "internal error")
         }
     }
@@ -310,18 +322,26 @@ async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
         for region in [Region::Us, Region::Eu] {
             match consumer::sweep_pending(&env, region).await {
                 Ok(0) => {}
-                Ok(n) => console_warn!("sweeper: re-enqueued {n} pending job(s) in {region:?}"),
-                Err(err) => console_error!("sweeper failed in {region:?}: {err}"),
+                Ok(n) => emit(
+                    crate::log::Log::warn("sweeper re-enqueued lost pending jobs")
+                        .text("region", crate::admin::region_name(region))
+                        .number("jobs", n as i64),
+                ),
+                Err(err) => emit(
+                    crate::log::Log::error("sweeper failed")
+                        .text("region", crate::admin::region_name(region))
+                        .reason(err),
+                ),
             }
         }
         return;
     }
     if cron != DAILY_CRON {
-        console_warn!("scheduled: no job for cron {cron}");
+        emit(crate::log::Log::warn("scheduled: no job for this cron").text("cron", &cron));
         return;
     }
     if let Err(err) = daily(&env, &cron, event.schedule() as i64).await {
-        console_error!("daily job failed: {err}");
+        emit(crate::log::Log::error("daily job failed").reason(err));
     }
 }
 
@@ -358,7 +378,7 @@ async fn daily(env: &Env, cron: &str, scheduled_ms: i64) -> Result<()> {
     let routing = Routing::from_env(env)?;
     let run_date = utc_date(scheduled_ms / 1000);
     if !routing.claim_cron_run(cron, &run_date, now_ms()).await? {
-        console_log!("daily job for {run_date} already ran");
+        emit(crate::log::Log::info("daily job already ran").text("date", &run_date));
         return Ok(());
     }
     let policy = retention_policy(env);
@@ -386,6 +406,10 @@ async fn daily(env: &Env, cron: &str, scheduled_ms: i64) -> Result<()> {
     routing
         .finish_cron_run(cron, &run_date, &detail, now_ms())
         .await?;
-    console_log!("daily job {run_date}: {detail}");
+    emit(
+        crate::log::Log::info("daily job done")
+            .text("date", &run_date)
+            .text("detail", &detail.to_string()),
+    );
     Ok(())
 }

@@ -7,7 +7,7 @@ use super::store::Store;
 use super::{now_ms, record_rejection};
 use crate::config::MerchantStatus;
 use crate::pixel::{self, BeaconContext, PixelError};
-use worker::{console_error, Context, Env, Request, Response, Result};
+use worker::{Context, Env, Request, Response, Result};
 
 /// Beacons per minute per merchant and visitor address, if the binding exists.
 const RATE_LIMIT_BINDING: &str = "PIXEL_RATE_LIMITER";
@@ -103,9 +103,10 @@ pub async fn collect(
     }
     .await;
     if let Err(err) = stored {
-        console_error!(
-            "pixel beacon for merchant {} not stored: {err}",
-            row.merchant_id
+        super::emit(
+            crate::log::Log::error("pixel beacon not stored")
+                .merchant(&row.merchant_id)
+                .reason(&err),
         );
         let err = PixelError::Unavailable("could not store the beacon".into());
         return refuse(env, ctx, merchant, Some(&origin), &err);
@@ -124,7 +125,7 @@ async fn lookup(env: &Env, pixel_key: &str) -> std::result::Result<PixelRow, Pix
         Ok(Some(row)) => Ok(row),
         Ok(None) => Err(PixelError::UnknownKey),
         Err(err) => {
-            console_error!("pixel lookup failed: {err}");
+            super::emit(crate::log::Log::error("pixel lookup failed").reason(&err));
             Err(PixelError::Unavailable(
                 "pixel settings are unavailable".into(),
             ))

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
 use wasm_bindgen::JsValue;
-use worker::{console_error, D1Database, Env, Result};
+use worker::{D1Database, Env, Result};
 
 /// A newer capture replaces stored values field by field (`json_patch`); an older one
 /// only fills what is missing.
@@ -1305,9 +1305,12 @@ impl Store {
 /// `null`, which the module refuses as misconfigured.
 fn open_config(merchant_id: &str, kind: &str, row: &ConfigRow, keyring: Option<&Keyring>) -> Value {
     let Some(keyring) = keyring else {
-        console_error!(
-            "MASTER_KEYS is not configured: {kind} {} of merchant {merchant_id} cannot be opened",
-            row.name
+        super::emit(
+            crate::log::Log::error(
+                "MASTER_KEYS is not configured: a stored config cannot be opened",
+            )
+            .merchant(merchant_id)
+            .text("config", &format!("{kind} {}", row.name)),
         );
         return Value::Null;
     };
@@ -1319,9 +1322,11 @@ fn open_config(merchant_id: &str, kind: &str, row: &ConfigRow, keyring: Option<&
     {
         Ok(config) => config,
         Err(reason) => {
-            console_error!(
-                "merchant {merchant_id}: stored {kind} {} does not open: {reason}",
-                row.name
+            super::emit(
+                crate::log::Log::error("a stored config does not open")
+                    .merchant(merchant_id)
+                    .text("config", &format!("{kind} {}", row.name))
+                    .reason(reason),
             );
             Value::Null
         }
