@@ -199,6 +199,107 @@ pub fn decide(outcome: &Outcome, attempt: u32, policy: &RetryPolicy, jitter_key:
     }
 }
 
+/// After this many requests in a row that a destination answered with nothing but
+/// transient failures (5xx, 429, timeouts), its jobs are parked: held without spending
+/// attempts, while one probe request at a time checks whether it is back.
+pub const PARK_AFTER_FAILED_REQUESTS: u32 = 5;
+/// Longest pause between probes of a parked destination.
+pub const MAX_PROBE_DELAY_SECONDS: u32 = 15 * 60;
+
+/// How one (merchant, destination) has been answering, across queue batches.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestinationHealth {
+    /// Requests in a row answered only with transient failures.
+    pub consecutive_failures: u32,
+    /// Set while parked (unix ms).
+    pub parked_since: Option<i64>,
+    pub next_probe_at: Option<i64>,
+    pub probes: u32,
+}
+
+/// What a batch may do with a destination's jobs now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    SendAll,
+    /// Parked and a probe is due: send one job, hold the others.
+    ProbeOne,
+    /// Parked: hold every job this long, spending no attempt.
+    Hold {
+        seconds: u32,
+    },
+}
+
+/// How a destination answered one request, for [`DestinationHealth::observe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// It answered (delivered, duplicate, or refused one event on its merits).
+    Answered,
+    /// 5xx, 429, timeout: the platform itself is failing.
+    Transient,
+}
+
+/// What changed with an observation, for the log and the operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthChange {
+    None,
+    Parked,
+    Released,
+}
+
+impl DestinationHealth {
+    pub fn is_parked(&self) -> bool {
+        self.parked_since.is_some()
+    }
+
+    pub fn admit(&self, now_ms: i64) -> Admission {
+        match self.next_probe_at {
+            Some(at) if self.is_parked() && now_ms < at => Admission::Hold {
+                seconds: ((at - now_ms + 999) / 1000).clamp(1, MAX_PROBE_DELAY_SECONDS as i64)
+                    as u32,
+            },
+            _ if self.is_parked() => Admission::ProbeOne,
+            _ => Admission::SendAll,
+        }
+    }
+
+    /// Folds in one request's answer. Any real answer releases the destination; only
+    /// transient failures count toward parking, and while parked each failed probe
+    /// pushes the next one further out (the retry policy's backoff, capped).
+    pub fn observe(&mut self, answer: Answer, now_ms: i64, policy: &RetryPolicy) -> HealthChange {
+        match answer {
+            Answer::Answered => {
+                let was_parked = self.is_parked();
+                *self = DestinationHealth::default();
+                if was_parked {
+                    HealthChange::Released
+                } else {
+                    HealthChange::None
+                }
+            }
+            Answer::Transient => {
+                self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+                let delay = |probes: u32| {
+                    let exponent = probes.min(20);
+                    ((policy.base_delay_seconds as u64) << exponent)
+                        .min(MAX_PROBE_DELAY_SECONDS as u64) as i64
+                };
+                if self.is_parked() {
+                    self.probes = self.probes.saturating_add(1);
+                    self.next_probe_at = Some(now_ms + delay(self.probes) * 1000);
+                    HealthChange::None
+                } else if self.consecutive_failures >= PARK_AFTER_FAILED_REQUESTS {
+                    self.parked_since = Some(now_ms);
+                    self.probes = 0;
+                    self.next_probe_at = Some(now_ms + delay(0) * 1000);
+                    HealthChange::Parked
+                } else {
+                    HealthChange::None
+                }
+            }
+        }
+    }
+}
+
 /// Groups a queue batch by (merchant, destination), each group in queue order, groups
 /// in order of first appearance: one build (and as few requests as the platform
 /// allows) per group.
@@ -396,6 +497,63 @@ mod tests {
             vec![100, 100, 50]
         );
         assert!(queue_batches(Vec::new()).is_empty());
+    }
+
+    /// A destination failing every event used to burn every job's attempts until all
+    /// were dead-lettered; now it is parked and probed until it answers.
+    #[test]
+    fn a_destination_failing_every_request_is_parked_probed_and_released() {
+        let policy = RetryPolicy::default();
+        let mut health = DestinationHealth::default();
+        let mut now = 1_000_000;
+        for _ in 1..PARK_AFTER_FAILED_REQUESTS {
+            assert_eq!(
+                health.observe(Answer::Transient, now, &policy),
+                HealthChange::None
+            );
+            assert_eq!(health.admit(now), Admission::SendAll);
+        }
+        assert_eq!(
+            health.observe(Answer::Transient, now, &policy),
+            HealthChange::Parked
+        );
+        assert_eq!(health.admit(now), Admission::Hold { seconds: 30 });
+        now += 30_000;
+        assert_eq!(health.admit(now), Admission::ProbeOne);
+        // A failed probe pushes the next one out, up to the cap.
+        health.observe(Answer::Transient, now, &policy);
+        assert_eq!(health.admit(now), Admission::Hold { seconds: 60 });
+        for _ in 0..20 {
+            health.observe(Answer::Transient, now, &policy);
+        }
+        assert_eq!(
+            health.admit(now),
+            Admission::Hold {
+                seconds: MAX_PROBE_DELAY_SECONDS
+            }
+        );
+        now += i64::from(MAX_PROBE_DELAY_SECONDS) * 1000;
+        assert_eq!(health.admit(now), Admission::ProbeOne);
+        assert_eq!(
+            health.observe(Answer::Answered, now, &policy),
+            HealthChange::Released
+        );
+        assert_eq!(health, DestinationHealth::default());
+        assert_eq!(health.admit(now), Admission::SendAll);
+    }
+
+    #[test]
+    fn an_answer_between_failures_keeps_the_destination_live() {
+        let policy = RetryPolicy::default();
+        let mut health = DestinationHealth::default();
+        for i in 0..50 {
+            let answer = if i % 4 == 3 {
+                Answer::Answered
+            } else {
+                Answer::Transient
+            };
+            assert_ne!(health.observe(answer, 0, &policy), HealthChange::Parked);
+        }
     }
 
     #[test]

@@ -249,6 +249,13 @@ async fn merchant_view(env: &Env, route: &Route) -> Answer {
         }
         body[field] = Value::Object(shown);
     }
+    // Destinations failing every request: their jobs are held and probed (see README).
+    body["parked_destinations"] = Value::Array(
+        store
+            .parked_destinations(&route.merchant_id)
+            .await
+            .map_err(unavailable)?,
+    );
     // Written by the daily job (API versions near or past their sunset).
     body["warnings"] = Value::Array(
         Routing::from_env(env)

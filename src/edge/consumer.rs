@@ -143,31 +143,118 @@ pub async fn consume_deliveries(batch: MessageBatch<String>, env: &Env) {
 
     let settings = operator_settings(env);
     let mut merchants: HashMap<String, Option<MerchantConfig>> = HashMap::new();
-    for group in delivery::group_jobs(pending.iter().map(|p| &p.job)) {
-        let members: Vec<&Pending> = group.iter().map(|&i| &pending[i]).collect();
-        let steps = match deliver_group(
-            env,
-            region,
-            &store,
-            &settings,
-            &mut merchants,
-            &enriched,
-            &members,
-        )
-        .await
-        {
-            Ok(steps) => steps,
-            Err(err) => {
-                emit(
-                    Log::error("deliveries: group bookkeeping failed, retried")
-                        .merchant(&pending[group[0]].job.event.merchant_id)
-                        .destination(&pending[group[0]].job.destination)
-                        .number("messages", members.len() as i64)
-                        .reason(&err),
-                );
-                vec![Err(err.to_string()); members.len()]
+    let groups = delivery::group_jobs(pending.iter().map(|p| &p.job));
+    // Parked destinations (failing every request) hold their jobs: one read per batch.
+    let pairs: Vec<(String, String)> = groups
+        .iter()
+        .map(|g| {
+            let job = &pending[g[0]].job;
+            (job.event.merchant_id.clone(), job.destination.clone())
+        })
+        .collect();
+    let healths = match store.destination_health(&pairs).await {
+        Ok(healths) => healths,
+        Err(err) => {
+            emit(
+                Log::error("deliveries: destination health unreadable, batch retried").reason(&err),
+            );
+            for member in &pending {
+                messages[member.message].retry();
             }
+            return;
+        }
+    };
+    for (group, pair) in groups.into_iter().zip(pairs) {
+        let members: Vec<&Pending> = group.iter().map(|&i| &pending[i]).collect();
+        let mut health = healths.get(&pair).cloned().unwrap_or_default();
+        let now = now_ms();
+        let (send, hold_seconds) = match health.admit(now) {
+            delivery::Admission::SendAll => (members.len(), 0),
+            // The rest come back shortly: released by then if the probe is answered.
+            delivery::Admission::ProbeOne => (1, PROBE_FOLLOWERS_WAIT_SECONDS),
+            delivery::Admission::Hold { seconds } => (0, seconds),
         };
+        let (sent_members, held) = members.split_at(send);
+        let mut steps = Vec::with_capacity(members.len());
+        let mut answers = Vec::new();
+        if !sent_members.is_empty() {
+            match deliver_group(
+                env,
+                region,
+                &store,
+                &settings,
+                &mut merchants,
+                &enriched,
+                sent_members,
+                health.is_parked(),
+            )
+            .await
+            {
+                Ok((group_steps, group_answers)) => {
+                    steps.extend(group_steps);
+                    answers = group_answers;
+                }
+                Err(err) => {
+                    emit(
+                        Log::error("deliveries: group bookkeeping failed, retried")
+                            .merchant(&pair.0)
+                            .destination(&pair.1)
+                            .number("messages", sent_members.len() as i64)
+                            .reason(&err),
+                    );
+                    steps.extend(vec![Err(err.to_string()); sent_members.len()]);
+                }
+            }
+        }
+        if !held.is_empty() {
+            let ids: Vec<&str> = held.iter().map(|m| m.job.job_id.as_str()).collect();
+            // Touched, so the sweeper does not take held jobs for lost.
+            let held_step = match store.touch_jobs(&ids, now).await {
+                Ok(()) => Ok(Step::RetryIn(hold_seconds)),
+                Err(err) => Err(err.to_string()),
+            };
+            emit(
+                Log::warn("destination parked: jobs held without spending attempts")
+                    .merchant(&pair.0)
+                    .destination(&pair.1)
+                    .number("held", held.len() as i64)
+                    .number("retry_in_s", i64::from(hold_seconds)),
+            );
+            steps.extend(vec![held_step; held.len()]);
+        }
+        let before = health.clone();
+        let mut change = delivery::HealthChange::None;
+        for answer in answers {
+            match health.observe(answer, now_ms(), &settings.retry) {
+                delivery::HealthChange::None => {}
+                other => change = other,
+            }
+        }
+        if health != before {
+            if let Err(err) = store
+                .put_destination_health(&pair.0, &pair.1, &health, now_ms())
+                .await
+            {
+                emit(Log::error("destination health not saved").reason(&err));
+            }
+        }
+        match change {
+            delivery::HealthChange::Parked => emit(
+                Log::warn("destination parked after consecutive transient failures")
+                    .merchant(&pair.0)
+                    .destination(&pair.1)
+                    .number(
+                        "consecutive_failures",
+                        i64::from(health.consecutive_failures),
+                    ),
+            ),
+            delivery::HealthChange::Released => emit(
+                Log::warn("destination answered a probe: released")
+                    .merchant(&pair.0)
+                    .destination(&pair.1),
+            ),
+            delivery::HealthChange::None => {}
+        }
         for (member, step) in members.iter().zip(steps) {
             let message = &messages[member.message];
             match step {
@@ -201,6 +288,9 @@ pub async fn consume_deliveries(batch: MessageBatch<String>, env: &Env) {
             .duration_ms(now_ms() - started_ms),
     );
 }
+
+/// While a parked destination's probe is out, the group's other jobs wait this long.
+const PROBE_FOLLOWERS_WAIT_SECONDS: u32 = 5;
 
 /// How long a correction waits before it looks again for the conversion it corrects.
 const CORRECTION_WAIT_SECONDS: u32 = 60;
@@ -338,9 +428,10 @@ async fn deliver_group(
     merchants: &mut HashMap<String, Option<MerchantConfig>>,
     enriched: &HashMap<String, CanonicalEvent>,
     members: &[&Pending],
-) -> worker::Result<Vec<Result<Step, String>>> {
+    probe: bool,
+) -> worker::Result<(Vec<Result<Step, String>>, Vec<delivery::Answer>)> {
     let Some(first) = members.first() else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     };
     let merchant =
         load_merchant(env, region, store, merchants, &first.job.event.merchant_id).await?;
@@ -353,6 +444,8 @@ async fn deliver_group(
         members,
         steps: vec![None; members.len()],
         quality: vec![None; members.len()],
+        answers: Vec::new(),
+        probe,
     };
     let (Some(merchant), Some(spec)) = (merchant, spec) else {
         let reason = if spec.is_none() {
@@ -482,6 +575,7 @@ async fn deliver_group(
         let log_url = Some(planned.request.log_url.as_str());
         match sent.outcomes {
             Some(outcomes) => {
+                run.answered(&outcomes);
                 for (k, outcome) in destinations::merge_row_outcomes(&planned.rows, outcomes) {
                     run.finish(
                         member_of[k],
@@ -519,6 +613,7 @@ async fn deliver_group(
                                     after_seconds: None,
                                     reason: "no outcome for a single event".into(),
                                 });
+                            run.answered(std::slice::from_ref(&outcome));
                             run.finish(
                                 i,
                                 &outcome,
@@ -660,14 +755,34 @@ struct Run<'a> {
     members: &'a [&'a Pending],
     steps: Vec<Option<Step>>,
     quality: Vec<Option<MatchQuality>>,
+    /// How the destination answered each request sent (for parking).
+    answers: Vec<delivery::Answer>,
+    /// A probe of a parked destination: a transient failure spends no attempt.
+    probe: bool,
 }
 
 impl Run<'_> {
-    fn into_steps(self) -> Vec<Result<Step, String>> {
-        self.steps
+    fn into_steps(self) -> (Vec<Result<Step, String>>, Vec<delivery::Answer>) {
+        let steps = self
+            .steps
             .into_iter()
             .map(|s| s.ok_or_else(|| "no outcome recorded".to_string()))
-            .collect()
+            .collect();
+        (steps, self.answers)
+    }
+
+    /// Notes how the destination answered one request: any real answer means it is up;
+    /// only transient failures everywhere mean it is failing.
+    fn answered(&mut self, outcomes: &[Outcome]) {
+        if outcomes.is_empty() {
+            return;
+        }
+        let transient = outcomes.iter().all(|o| matches!(o, Outcome::Retry { .. }));
+        self.answers.push(if transient {
+            delivery::Answer::Transient
+        } else {
+            delivery::Answer::Answered
+        });
     }
 
     async fn refused(&mut self, i: usize, err: &BuildError) -> worker::Result<()> {
@@ -743,10 +858,28 @@ impl Run<'_> {
     ) -> worker::Result<()> {
         let member = self.members[i];
         let job = &member.job;
-        let decision = decide(outcome, member.attempt, &self.settings.retry, &job.job_id);
+        let probe_failed = self.probe && matches!(outcome, Outcome::Retry { .. });
+        // A failed probe is logged but not counted: the job keeps its attempts.
+        let attempt = if probe_failed {
+            member.attempt.saturating_sub(1)
+        } else {
+            member.attempt
+        };
+        let decision = if probe_failed {
+            Decision::RetryIn {
+                seconds: self
+                    .settings
+                    .retry
+                    .backoff_seconds(attempt.max(1), &job.job_id),
+                reason: "probe of a parked destination failed".into(),
+            }
+        } else {
+            decide(outcome, member.attempt, &self.settings.retry, &job.job_id)
+        };
         let (label, detail) = delivery::attempt_label(outcome);
+        let label = if probe_failed { "probe_failed" } else { label };
         let record = AttemptRecord {
-            attempt: member.attempt,
+            attempt,
             outcome: label,
             http_status,
             detail,

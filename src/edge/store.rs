@@ -648,6 +648,90 @@ impl Store {
             .collect())
     }
 
+    /// The health of these (merchant, destination) pairs; absent ones are healthy.
+    pub async fn destination_health(
+        &self,
+        pairs: &[(String, String)],
+    ) -> Result<HashMap<(String, String), crate::delivery::DestinationHealth>> {
+        #[derive(Deserialize)]
+        struct Row {
+            merchant_id: String,
+            destination: String,
+            consecutive_failures: i64,
+            parked_since: Option<i64>,
+            next_probe_at: Option<i64>,
+            probes: i64,
+        }
+        if pairs.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let keys: Vec<String> = pairs.iter().map(|(m, d)| format!("{m}\u{1f}{d}")).collect();
+        let rows: Vec<Row> = self
+            .rows_for_list(
+                "SELECT merchant_id, destination, consecutive_failures, parked_since, next_probe_at, probes \
+                 FROM destination_health WHERE merchant_id || char(31) || destination IN (SELECT value FROM json_each(?1))",
+                &keys,
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                (
+                    (r.merchant_id, r.destination),
+                    crate::delivery::DestinationHealth {
+                        consecutive_failures: r.consecutive_failures.max(0) as u32,
+                        parked_since: r.parked_since,
+                        next_probe_at: r.next_probe_at,
+                        probes: r.probes.max(0) as u32,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    pub async fn put_destination_health(
+        &self,
+        merchant_id: &str,
+        destination: &str,
+        health: &crate::delivery::DestinationHealth,
+        now_ms: i64,
+    ) -> Result<()> {
+        self.db
+            .prepare(
+                "INSERT INTO destination_health (merchant_id, destination, consecutive_failures, parked_since, \
+                 next_probe_at, probes, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                 ON CONFLICT (merchant_id, destination) DO UPDATE SET consecutive_failures = excluded.consecutive_failures, \
+                 parked_since = excluded.parked_since, next_probe_at = excluded.next_probe_at, probes = excluded.probes, \
+                 updated_at = excluded.updated_at",
+            )
+            .bind(&[
+                text(merchant_id),
+                text(destination),
+                int(i64::from(health.consecutive_failures)),
+                opt_int(health.parked_since),
+                opt_int(health.next_probe_at),
+                int(i64::from(health.probes)),
+                int(now_ms),
+            ])?
+            .run()
+            .await?;
+        Ok(())
+    }
+
+    /// Parked destinations of a merchant, for its views.
+    pub async fn parked_destinations(&self, merchant_id: &str) -> Result<Vec<Value>> {
+        Ok(self
+            .db
+            .prepare(
+                "SELECT destination, parked_since, next_probe_at, probes, consecutive_failures \
+                 FROM destination_health WHERE merchant_id = ?1 AND parked_since IS NOT NULL",
+            )
+            .bind(&[text(merchant_id)])?
+            .all()
+            .await?
+            .results()?)
+    }
+
     /// Pending jobs nobody has touched for a while: never attempted since
     /// `unattempted_before`, or retried but silent since `attempted_before` (longer than
     /// any queue delay). Oldest first, with their events, in one query.
@@ -1268,7 +1352,8 @@ impl Store {
 
     /// Whole-merchant deletion: every row of every table in this region.
     pub async fn delete_merchant(&self, merchant_id: &str) -> Result<Value> {
-        const TABLES: [&str; 14] = [
+        const TABLES: [&str; 15] = [
+            "destination_health",
             "identity_links",
             "identities",
             "oauth_tokens",
