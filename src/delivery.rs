@@ -53,6 +53,12 @@ impl JobMessage {
         if !inline.is_empty() && inline.len() <= MAX_INLINE_JOB_BYTES {
             return inline;
         }
+        JobMessage::encode_reference(job)
+    }
+
+    /// The body naming the stored event, so the consumer reads what sibling
+    /// notifications merged into it since.
+    pub fn encode_reference(job: &DeliveryJob) -> String {
         serde_json::to_string(&JobReference {
             job_id: job.job_id.clone(),
             destination: job.destination.clone(),

@@ -274,6 +274,46 @@ impl CanonicalEvent {
     pub fn property(&self, key: &str) -> Option<&str> {
         self.properties.get(key).map(String::as_str)
     }
+
+    /// Folds in what a sibling notification of the same occurrence (same event id) knows
+    /// and this one does not: what is already here stays, gaps are filled. The store
+    /// does the same with SQLite's `json_patch(sibling, stored)`; a test keeps the two
+    /// in step.
+    pub fn merge_sibling(&mut self, sibling: &CanonicalEvent) {
+        fn fill<T: Clone>(slot: &mut Option<T>, other: &Option<T>) {
+            if slot.is_none() {
+                slot.clone_from(other);
+            }
+        }
+        let (v, o) = (&mut self.values, &sibling.values);
+        fill(&mut v.currency, &o.currency);
+        fill(&mut v.mrr, &o.mrr);
+        fill(&mut v.arr, &o.arr);
+        fill(&mut v.contract_value, &o.contract_value);
+        fill(&mut v.gross_value, &o.gross_value);
+        fill(&mut v.net_value, &o.net_value);
+        fill(&mut v.tax_amount, &o.tax_amount);
+        fill(&mut v.mrr_delta, &o.mrr_delta);
+        let (c, o) = (&mut self.customer, &sibling.customer);
+        fill(&mut c.customer_id, &o.customer_id);
+        fill(&mut c.email, &o.email);
+        let (s, o) = (&mut self.subscription, &sibling.subscription);
+        fill(&mut s.subscription_id, &o.subscription_id);
+        fill(&mut s.status, &o.status);
+        fill(&mut s.plan_id, &o.plan_id);
+        fill(&mut s.billing_interval, &o.billing_interval);
+        fill(&mut s.billing_interval_count, &o.billing_interval_count);
+        fill(&mut s.trial_start_at, &o.trial_start_at);
+        fill(&mut s.trial_end_at, &o.trial_end_at);
+        fill(&mut s.effective_end_at, &o.effective_end_at);
+        fill(&mut s.cancel_reason, &o.cancel_reason);
+        for (key, value) in &sibling.properties {
+            self.properties
+                .entry(key.clone())
+                .or_insert_with(|| value.clone());
+        }
+        self.touchpoints.fill_from(&sibling.touchpoints);
+    }
 }
 
 /// `tl_` + 32 hex chars of SHA-256 over (merchant, source, occurrence key, canonical name).

@@ -85,6 +85,7 @@ fn paddle_and_hubspot_reach_meta_once_through_the_local_stack() {
         ("TIKTOK_API_BASE_URL", meta.base_url()),
         ("GA4_API_BASE_URL", meta.base_url()),
         ("RETRY_BASE_DELAY_SECONDS", "1".into()),
+        ("SIBLING_WAIT_SECONDS", "4".into()),
     ]);
     provision(&worker);
 
@@ -327,4 +328,54 @@ fn paddle_and_hubspot_reach_meta_once_through_the_local_stack() {
         events[0]["user_data"]["em"][0],
         tracklayer::hashing::sha256_hex("priya@helixlabs.example")
     );
+
+    // A Paddle checkout whose notifications arrive out of Paddle's documented order:
+    // the subscription first (MRR, no totals), the transactions after. The start waits
+    // for its siblings (SIBLING_WAIT_SECONDS here), then goes out once with every value.
+    worker.provision(
+        json!({ "merchant_id": "m_paddle_checkout", "plan": "scale" }),
+        &[("paddle", json!({ "secret_keys": [PADDLE_SECRET] }))],
+        &[(
+            "klaviyo",
+            json!({ "private_api_key": "pk_checkout_e2e_key" }),
+        )],
+    );
+    let checkout_target = "/v1/integrations/paddle/events?merchant_id=m_paddle_checkout";
+    let mut start_id = Value::Null;
+    for fixture in [
+        "checkout.2.subscription.created.active.json",
+        "checkout.4.transaction.completed.json",
+        "checkout.3.subscription.activated.json",
+        "checkout.1.transaction.paid.json",
+    ] {
+        let body = paddle_event(fixture);
+        let signature = paddle::sign(PADDLE_SECRET, now(), &body);
+        let answer = post(
+            &worker,
+            checkout_target,
+            &[("Paddle-Signature", signature)],
+            &body,
+        );
+        assert_eq!(answer.status, 202, "{fixture}: {}", answer.body);
+        assert_eq!(answer.json()["events"][0]["name"], "subscription_started");
+        start_id = answer.json()["events"][0]["event_id"].clone();
+    }
+    let start = eventually(WAIT, "the checkout's start at Klaviyo", || {
+        meta.requests_to("/api/events")
+            .into_iter()
+            .map(|r| serde_json::from_str::<Value>(&r.body).unwrap())
+            .find(|b| b["data"]["attributes"]["unique_id"] == start_id)
+    });
+    std::thread::sleep(Duration::from_secs(6));
+    let sent_for_start = meta
+        .requests_to("/api/events")
+        .iter()
+        .filter(|r| r.body.contains(start_id.as_str().unwrap()))
+        .count();
+    assert_eq!(sent_for_start, 1, "the start is sent once");
+    let properties = &start["data"]["attributes"]["properties"];
+    assert_eq!(properties["mrr"], 87.0, "{properties}");
+    assert_eq!(properties["arr"], 1044.0, "{properties}");
+    assert_eq!(properties["gross_value"], 103.53, "{properties}");
+    assert_eq!(properties["net_value"], 87.0, "{properties}");
 }

@@ -212,3 +212,120 @@ fn signature_is_checked_on_the_raw_bytes() {
     .unwrap_err();
     assert_eq!(err.status(), 401);
 }
+
+fn signed(name: &str) -> (Headers, Vec<u8>, i64) {
+    let body = mapping::fixture("paddle", name);
+    let occurred = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["occurred_at"]
+        .as_str()
+        .and_then(parse_rfc3339)
+        .unwrap();
+    let headers = Headers::new().with(
+        "Paddle-Signature",
+        &paddle::sign(SECRET, occurred + 1, &body),
+    );
+    (headers, body, occurred + 2)
+}
+
+fn forwarded_in(order: &[&str]) -> Vec<String> {
+    let mut pipeline = mapping::Pipeline::default();
+    for name in order {
+        let (headers, body, now) = signed(name);
+        pipeline.receive("paddle", &merchant(), &headers, &body, now);
+    }
+    pipeline
+        .forwarded()
+        .iter()
+        .map(mapping::value_fields)
+        .collect()
+}
+
+/// The first notification of a checkout used to become the forwarded start, built from
+/// the transaction totals only (no MRR/ARR for LinkedIn's ARR). Every arrival order of
+/// Paddle's four notifications must forward the same start with every value.
+#[test]
+fn a_checkout_forwards_the_same_start_in_every_arrival_order() {
+    let notifications = [
+        "checkout.1.transaction.paid.json",
+        "checkout.2.subscription.created.active.json",
+        "checkout.3.subscription.activated.json",
+        "checkout.4.transaction.completed.json",
+    ];
+    let orders = mapping::permutations(&notifications);
+    assert_eq!(orders.len(), 24);
+    let documented = forwarded_in(&notifications);
+    assert_eq!(documented.len(), 1, "{documented:?}");
+    assert!(
+        documented[0].contains("subscription_started"),
+        "{documented:?}"
+    );
+    // 3 seats × €29.00 monthly; totals of the first payment.
+    for expected in [
+        "currency=Some(\"EUR\")",
+        "mrr=Some(\"87.00\")",
+        "arr=Some(\"1044.00\")",
+        "gross=Some(\"103.53\")",
+        "net=Some(\"87.00\")",
+        "tax=Some(\"16.53\")",
+    ] {
+        assert!(
+            documented[0].contains(expected),
+            "{expected}: {documented:?}"
+        );
+    }
+    for order in &orders {
+        assert_eq!(forwarded_in(order), documented, "order {order:?}");
+    }
+}
+
+/// A trial conversion is reported by the trial-end transaction and subscription.activated.
+#[test]
+fn a_trial_conversion_forwards_the_same_values_in_either_order() {
+    let start = "subscription.created.trialing.json";
+    let conversion = [
+        "transaction.paid.trial-end.json",
+        "subscription.activated.json",
+    ];
+    let mut results = Vec::new();
+    for order in mapping::permutations(&conversion) {
+        let all: Vec<&str> = std::iter::once(start)
+            .chain(order.iter().copied())
+            .collect();
+        let forwarded = forwarded_in(&all);
+        let converted: Vec<&String> = forwarded
+            .iter()
+            .filter(|f| f.contains("trial_converted"))
+            .collect();
+        assert_eq!(converted.len(), 1, "{forwarded:?}");
+        assert!(
+            converted[0].contains("mrr=Some(\"87.00\")"),
+            "{converted:?}"
+        );
+        assert!(
+            converted[0].contains("gross=Some(\"103.53\")"),
+            "{converted:?}"
+        );
+        results.push(forwarded);
+    }
+    assert_eq!(results[0], results[1]);
+}
+
+/// Both the transaction and the subscription notification of a start ask the edge to
+/// wait for their siblings before forwarding (jobs by reference, delayed).
+#[test]
+fn start_notifications_wait_for_their_siblings() {
+    for name in [
+        "checkout.1.transaction.paid.json",
+        "checkout.2.subscription.created.active.json",
+        "checkout.3.subscription.activated.json",
+    ] {
+        assert_eq!(
+            mapped(name).sibling_wait_seconds,
+            Some(paddle::SIBLING_WAIT_SECONDS),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        mapped("transaction.paid.renewal.json").sibling_wait_seconds,
+        None
+    );
+}

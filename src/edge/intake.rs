@@ -571,7 +571,14 @@ async fn record_and_enqueue(
         .iter()
         .filter(|job| pending.contains(&job.event.event_id))
         .collect();
-    super::regions::enqueue_jobs(env, merchant.region, jobs).await?;
+    // Operators may shorten the wait (tests do); a source's own wait is the default.
+    let wait = plan.output.sibling_wait_seconds.map(|source_wait| {
+        env.var("SIBLING_WAIT_SECONDS")
+            .ok()
+            .and_then(|v| v.to_string().parse::<u32>().ok())
+            .unwrap_or(source_wait)
+    });
+    super::regions::enqueue_jobs_after(env, merchant.region, jobs, wait).await?;
     let pending_refs: Vec<&str> = pending.iter().map(String::as_str).collect();
     store.mark_enqueued(&pending_refs, now).await?;
     Ok(pending)

@@ -29,10 +29,23 @@ pub async fn enqueue_jobs<'a>(
     region: Region,
     jobs: impl IntoIterator<Item = &'a crate::delivery::DeliveryJob>,
 ) -> Result<()> {
-    let bodies: Vec<String> = jobs
-        .into_iter()
-        .map(crate::delivery::JobMessage::encode)
-        .collect();
+    enqueue_jobs_after(env, region, jobs, None).await
+}
+
+/// [`enqueue_jobs`], or with `wait_seconds`: by reference and delayed, so the consumer
+/// reads the stored event after sibling notifications merged their values into it.
+pub async fn enqueue_jobs_after<'a>(
+    env: &Env,
+    region: Region,
+    jobs: impl IntoIterator<Item = &'a crate::delivery::DeliveryJob>,
+    wait_seconds: Option<u32>,
+) -> Result<()> {
+    let encode = if wait_seconds.is_some() {
+        crate::delivery::JobMessage::encode_reference
+    } else {
+        crate::delivery::JobMessage::encode
+    };
+    let bodies: Vec<String> = jobs.into_iter().map(encode).collect();
     if bodies.is_empty() {
         return Ok(());
     }
@@ -42,9 +55,12 @@ pub async fn enqueue_jobs<'a>(
         let messages = batch
             .into_iter()
             .map(|body| {
-                worker::MessageBuilder::new(body)
-                    .content_type(worker::QueueContentType::Text)
-                    .build()
+                let message =
+                    worker::MessageBuilder::new(body).content_type(worker::QueueContentType::Text);
+                match wait_seconds {
+                    Some(seconds) => message.delay_seconds(seconds).build(),
+                    None => message.build(),
+                }
             })
             .collect::<Vec<_>>();
         queue.send_batch(messages).await?;

@@ -297,7 +297,8 @@ impl Store {
                     .prepare(
                         "INSERT INTO canonical_events (event_id, merchant_id, name, source, source_event_id, \
                          source_event_type, occurred_at_s, payload, received_at, ordering_key) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (event_id) DO NOTHING",
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (event_id) DO UPDATE SET \
+                         payload = json_patch(excluded.payload, canonical_events.payload)",
                     )
                     .bind(&[
                         text(&event.event_id),

@@ -90,6 +90,10 @@ pub struct SourceOutput {
     pub ignored_reason: Option<String>,
     /// Deal context a CRM notification leaves for later billing events.
     pub crm_context: Option<crm::CrmContext>,
+    /// Set when other notifications of the same source report the same conversion with
+    /// values this one lacks (Paddle's transaction and subscription events): its jobs
+    /// wait this long and then read the stored event, which every sibling has merged into.
+    pub sibling_wait_seconds: Option<u32>,
 }
 
 /// One webhook request as received: what every signature scheme may cover.
@@ -192,6 +196,7 @@ impl Notice<'_> {
             customer: None,
             ignored_reason: None,
             crm_context: None,
+            sibling_wait_seconds: None,
         }
     }
 

@@ -23,6 +23,9 @@ use serde_json::Value;
 pub const NAME: &str = "paddle";
 pub const SIGNATURE_HEADER: &str = "Paddle-Signature";
 pub const DEFAULT_TOLERANCE_SECONDS: i64 = 30;
+/// Paddle documents `transaction.paid` → `subscription.created` → `subscription.activated`
+/// → `transaction.completed` within seconds; a conversion waits this long for them.
+pub const SIBLING_WAIT_SECONDS: u32 = 60;
 
 pub const SPEC: SourceSpec = SourceSpec {
     name: NAME,
@@ -160,6 +163,9 @@ struct Transaction {
     currency_code: String,
     billing_period: Option<Period>,
     details: TransactionDetails,
+    /// The prices paid for, in the subscription items' shape.
+    #[serde(default)]
+    items: Vec<SubscriptionItem>,
 }
 
 #[derive(Deserialize)]
@@ -228,6 +234,7 @@ pub fn map_event(merchant_id: &str, body: &[u8]) -> Result<SourceOutput, IngestE
             customer: None,
             ignored_reason: None,
             crm_context: None,
+            sibling_wait_seconds: None,
         },
     };
     match note.event_type.as_str() {
@@ -368,6 +375,13 @@ impl Mapper<'_> {
             cancel_reason: None,
         };
         event.values = values;
+        if matches!(
+            name,
+            EventName::SubscriptionStarted | EventName::TrialConverted
+        ) {
+            // The transaction of this start carries the totals; see `transaction_paid`.
+            self.output.sibling_wait_seconds = Some(SIBLING_WAIT_SECONDS);
+        }
         match name {
             EventName::SubscriptionCancelled => {
                 event.values.mrr_delta = event.values.mrr.map(Amount::negated);
@@ -471,7 +485,17 @@ impl Mapper<'_> {
             }
         };
         let mut event = self.transaction_event(txn, name, &key);
-        event.values = totals;
+        let recurring = recurring_from_items(&txn.items, &txn.currency_code)?;
+        event.values = Values {
+            mrr: recurring.mrr,
+            arr: recurring.arr,
+            ..totals
+        };
+        // A start or conversion is also reported by subscription.created/activated, in
+        // an order Paddle does not guarantee: wait for the siblings before forwarding.
+        if name != EventName::SubscriptionRenewed {
+            self.output.sibling_wait_seconds = Some(SIBLING_WAIT_SECONDS);
+        }
         if let Some(start) = period_start {
             event
                 .properties
@@ -554,9 +578,15 @@ fn money_values(totals: &Totals, currency: &str) -> Result<Values, IngestError> 
 
 /// MRR/ARR over the subscription's recurring items (unit price × quantity).
 fn recurring_values(sub: &Subscription) -> Result<Values, IngestError> {
-    let currency = sub.currency_code.to_ascii_uppercase();
+    recurring_from_items(&sub.items, &sub.currency_code)
+}
+
+/// MRR/ARR over recurring items. Subscriptions and transactions list their items in the
+/// same shape, so every notification of one conversion values it the same way.
+fn recurring_from_items(items: &[SubscriptionItem], currency: &str) -> Result<Values, IngestError> {
+    let currency = currency.to_ascii_uppercase();
     let (mut mrr, mut arr, mut priced) = (0i64, 0i64, 0);
-    for item in &sub.items {
+    for item in items {
         let Some(cycle) = &item.price.billing_cycle else {
             continue;
         };

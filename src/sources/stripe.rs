@@ -346,6 +346,7 @@ pub fn map_event(merchant_id: &str, body: &[u8]) -> Result<SourceOutput, IngestE
             customer: None,
             ignored_reason: None,
             crm_context: None,
+            sibling_wait_seconds: None,
         },
     };
     let object = &event.data.object;
