@@ -76,6 +76,7 @@ pub fn enrich(
         recognise_plan_change(event, context);
         recognise_trial_conversion(event, context);
         inherit_recurring_values(event, context);
+        value_cancellation(event, context);
         recognise_reactivation(event, context, settings);
     }
 }
@@ -204,6 +205,34 @@ fn inherit_recurring_values(event: &mut CanonicalEvent, context: &StoredContext)
     }
     if event.values.arr.is_none() {
         event.values.arr = state.arr;
+    }
+}
+
+/// A cancellation takes away what the subscription was worth: its stored MRR (as a
+/// negative `mrr_delta`), or where the source states no price, the last recurring
+/// payment. Sources whose cancellation payload lacks both still send a value.
+fn value_cancellation(event: &mut CanonicalEvent, context: &StoredContext) {
+    if event.name != EventName::SubscriptionCancelled {
+        return;
+    }
+    let Some(state) = &context.subscription else {
+        return;
+    };
+    if event.values.currency.is_some() && event.values.currency != state.currency {
+        return;
+    }
+    if event.values.currency.is_none() {
+        event.values.currency.clone_from(&state.currency);
+    }
+    if event.values.mrr.is_none() && event.values.arr.is_none() {
+        event.values.mrr = state.mrr;
+        event.values.arr = state.arr;
+    }
+    if event.values.mrr_delta.is_none() {
+        event.values.mrr_delta = event.values.mrr.map(crate::money::Amount::negated);
+    }
+    if event.values.mrr.is_none() && event.values.net_value.is_none() {
+        event.values.net_value = state.last_payment;
     }
 }
 

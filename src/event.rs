@@ -144,9 +144,39 @@ pub struct Customer {
     pub customer_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_name: Option<String>,
+    /// ISO 3166-1 alpha-2, as the billing address gives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
 }
 
 impl Customer {
+    /// A full name as one field (`user_name`, `customer_name`): first word, then the rest.
+    pub fn set_full_name(&mut self, full_name: Option<&str>) {
+        let Some(name) = full_name.map(str::trim).filter(|n| !n.is_empty()) else {
+            return;
+        };
+        let (first, last) = name.split_once(char::is_whitespace).unwrap_or((name, ""));
+        self.first_name = Some(first.trim().to_string());
+        let last = last.trim();
+        if !last.is_empty() {
+            self.last_name = Some(last.to_string());
+        }
+    }
+
+    /// A two-letter country code, upper-cased; anything else is not a country code.
+    pub fn set_country(&mut self, country: Option<&str>) {
+        if let Some(code) = country
+            .map(str::trim)
+            .filter(|c| c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic()))
+        {
+            self.country = Some(code.to_ascii_uppercase());
+        }
+    }
+
     /// The customer id, trimmed; `None` when missing or blank.
     pub fn id(&self) -> Option<&str> {
         self.customer_id
@@ -297,6 +327,9 @@ impl CanonicalEvent {
         let (c, o) = (&mut self.customer, &sibling.customer);
         fill(&mut c.customer_id, &o.customer_id);
         fill(&mut c.email, &o.email);
+        fill(&mut c.first_name, &o.first_name);
+        fill(&mut c.last_name, &o.last_name);
+        fill(&mut c.country, &o.country);
         let (s, o) = (&mut self.subscription, &sibling.subscription);
         fill(&mut s.subscription_id, &o.subscription_id);
         fill(&mut s.status, &o.status);

@@ -67,6 +67,25 @@ pub fn normalize_phone_digits(raw: &str) -> Option<String> {
 }
 
 /// SHA-256 of the phone digits (Meta, TikTok), or the value itself if already a hash.
+/// A first or last name as Meta and TikTok match it: trimmed, lower-cased, without
+/// punctuation (letters of any script kept), SHA-256 hex.
+pub fn hash_name(raw: &str) -> Option<String> {
+    let normalized: String = raw
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || c.is_whitespace())
+        .collect();
+    let normalized = normalized.trim();
+    (!normalized.is_empty()).then(|| sha256_hex(normalized))
+}
+
+/// A country as Meta matches it: the ISO 3166-1 alpha-2 code, lower-cased, SHA-256 hex.
+pub fn hash_country(raw: &str) -> Option<String> {
+    let code = raw.trim().to_ascii_lowercase();
+    (code.len() == 2 && code.bytes().all(|b| b.is_ascii_lowercase())).then(|| sha256_hex(&code))
+}
+
 pub fn hash_phone_digits(raw: &str) -> Option<String> {
     hash_normalized(raw, normalize_phone_digits)
 }
@@ -96,6 +115,21 @@ pub fn hash_email_google(raw: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_and_countries_hash_as_meta_normalises_them() {
+        // printf '%s' 'priya' | sha256sum
+        assert_eq!(hash_name("  Priya ").unwrap(), sha256_hex("priya"));
+        assert_eq!(hash_name("O'Brien").unwrap(), sha256_hex("obrien"));
+        assert_eq!(hash_name("Zoë").unwrap(), sha256_hex("zoë"));
+        assert_eq!(hash_name(" . "), None);
+        assert_eq!(hash_country("US").unwrap(), sha256_hex("us"));
+        assert_eq!(
+            hash_country("us").unwrap(),
+            "79adb2a2fce5c6ba215fe5f27f532d4e7edbac4b6a5e09e1ef3a08084a904621"
+        );
+        assert_eq!(hash_country("USA"), None);
+    }
 
     #[test]
     fn sha256_known_vectors() {

@@ -55,6 +55,38 @@ pub fn should_apply(
     }
 }
 
+/// The state after `incoming`, if it is newer: the incoming observation, with what it
+/// does not state (a payment event knows no MRR; a subscription event no last payment)
+/// carried over from the current state.
+pub fn next_state(
+    current: Option<&SubscriptionState>,
+    incoming: &SubscriptionObservation,
+) -> Option<SubscriptionState> {
+    if !should_apply(current, incoming) {
+        return None;
+    }
+    let mut next = incoming.clone();
+    if let Some(current) = current {
+        let same_currency = next.currency.is_none() || next.currency == current.currency;
+        if next.trial_end_at.is_none() {
+            next.trial_end_at = current.trial_end_at;
+        }
+        if same_currency {
+            if next.currency.is_none() {
+                next.currency.clone_from(&current.currency);
+            }
+            if next.mrr.is_none() && next.arr.is_none() {
+                next.mrr = current.mrr;
+                next.arr = current.arr;
+            }
+            if next.last_payment.is_none() {
+                next.last_payment = current.last_payment;
+            }
+        }
+    }
+    Some(next)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +134,33 @@ mod tests {
             source_event_id: id.into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_newer_observation_keeps_what_it_does_not_state() {
+        let usd = |minor| crate::money::Amount::from_minor(minor, "USD");
+        let subscribed = SubscriptionObservation {
+            currency: Some("USD".into()),
+            mrr: Some(usd(4900)),
+            arr: Some(usd(58800)),
+            ..obs("active", 100, "evt_a")
+        };
+        let paid = SubscriptionObservation {
+            currency: Some("USD".into()),
+            last_payment: Some(usd(4900)),
+            ..obs("active", 200, "evt_b")
+        };
+        let next = next_state(Some(&subscribed), &paid).unwrap();
+        assert_eq!(
+            (next.mrr, next.last_payment),
+            (Some(usd(4900)), Some(usd(4900)))
+        );
+        let cancelled = obs("cancelled", 300, "evt_c");
+        let last = next_state(Some(&next), &cancelled).unwrap();
+        assert_eq!(last.status, "cancelled");
+        assert_eq!(last.mrr, Some(usd(4900)));
+        assert_eq!(last.last_payment, Some(usd(4900)));
+        assert_eq!(next_state(Some(&last), &paid), None, "older never applies");
     }
 
     #[test]

@@ -82,6 +82,20 @@ fn lemonsqueezy_notifications_map_to_canonical_events() {
                 ("/properties/period_start", "1768469420"),
             ],
         },
+        // A plan change is billed as a proration at once: a positive charge is an
+        // upgrade, valued at what was charged (Lemon Squeezy states no price, so the
+        // MRR change is unknown).
+        Case {
+            fixture: "subscription_payment_success.updated-proration.json",
+            name: Some(EventName::SubscriptionUpgraded),
+            occurrence_key: "1438203:invoice:3907715",
+            fields: &[
+                ("/values/net_value", "25.00"),
+                ("/values/gross_value", "30.00"),
+                ("/values/currency", "EUR"),
+                ("/customer/email", "dana@northwind.example"),
+            ],
+        },
         Case {
             fixture: "subscription_payment_recovered.renewal.json",
             name: Some(EventName::SubscriptionRenewed),
@@ -212,4 +226,30 @@ fn tampered_and_unsigned_bodies_are_refused() {
     let wrong = lemonsqueezy::sign("another_secret", &body);
     let err = refused(Headers::new().with("X-Signature", &wrong), &body);
     assert_eq!(err.reason_code(), "signature_invalid");
+}
+
+/// A cancellation reached the platforms with no value and no currency although the
+/// subscription's last invoice was known: it now takes away that payment.
+#[test]
+fn a_cancellation_takes_away_the_last_payment() {
+    let mut pipeline = mapping::Pipeline::default();
+    for name in [
+        "subscription_payment_success.renewal.json",
+        "subscription_expired.json",
+    ] {
+        let body = mapping::fixture("lemonsqueezy", name);
+        let headers = Headers::new().with("X-Signature", &lemonsqueezy::sign(SECRET, &body));
+        pipeline.receive("lemonsqueezy", &merchant(), &headers, &body, NOW);
+    }
+    let cancelled = pipeline
+        .forwarded()
+        .into_iter()
+        .find(|e| e.name == EventName::SubscriptionCancelled)
+        .expect("cancellation forwarded");
+    assert_eq!(cancelled.values.currency.as_deref(), Some("EUR"));
+    let value = merchant()
+        .value_policy
+        .primary_value(&cancelled, "meta")
+        .expect("a value");
+    assert_eq!(value.to_string(), "-49.00");
 }

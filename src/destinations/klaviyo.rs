@@ -132,6 +132,17 @@ pub fn create_event_body(
     {
         profile.insert("phone_number".into(), json!(format!("+{digits}")));
     }
+    for (field, value) in [
+        ("first_name", &event.customer.first_name),
+        ("last_name", &event.customer.last_name),
+    ] {
+        if let Some(value) = value {
+            profile.insert(field.into(), json!(value));
+        }
+    }
+    if let Some(country) = &event.customer.country {
+        profile.insert("location".into(), json!({ "country": country }));
+    }
 
     let mut properties = Map::new();
     properties.insert("canonical_event".into(), json!(event.name.as_str()));
@@ -268,6 +279,7 @@ mod tests {
             customer: Customer {
                 customer_id: Some("cus_ABC".into()),
                 email: Some(" Jane.Doe@Example.com ".into()),
+                ..Customer::default()
             },
             subscription: SubscriptionDetails {
                 subscription_id: Some("sub_1".into()),

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::config::MerchantConfig;
 use crate::event::{CanonicalEvent, EventName};
-use crate::hashing::{hash_email, hash_identifier, hash_phone_digits};
+use crate::hashing::{hash_country, hash_email, hash_identifier, hash_name, hash_phone_digits};
 use crate::identity::Identifier;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -178,6 +178,24 @@ pub fn server_event(
     {
         user_data.insert("ph".into(), json!([ph]));
     }
+    for (field, hashed) in [
+        (
+            "fn",
+            event.customer.first_name.as_deref().and_then(hash_name),
+        ),
+        (
+            "ln",
+            event.customer.last_name.as_deref().and_then(hash_name),
+        ),
+        (
+            "country",
+            event.customer.country.as_deref().and_then(hash_country),
+        ),
+    ] {
+        if let Some(hashed) = hashed {
+            user_data.insert(field.into(), json!([hashed]));
+        }
+    }
     if user_data.is_empty() {
         return Err(BuildError::NoIdentity);
     }
@@ -313,6 +331,7 @@ mod tests {
             customer: Customer {
                 customer_id: Some("cus_ABC".into()),
                 email: Some(" Jane.Doe@Example.com".into()),
+                ..Customer::default()
             },
             subscription: SubscriptionDetails {
                 subscription_id: Some("sub_1".into()),

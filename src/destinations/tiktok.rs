@@ -310,6 +310,7 @@ mod tests {
             customer: Customer {
                 customer_id: Some("cus_ABC".into()),
                 email: Some(" Jane.Doe@Example.com".into()),
+                ..Customer::default()
             },
             subscription: SubscriptionDetails {
                 subscription_id: Some("sub_1".into()),

@@ -120,11 +120,11 @@ impl Ledger {
         let Some(observation) = &request.subscription else {
             return Ok(false);
         };
-        if !ledger::should_apply(self.current_state()?.as_ref(), observation) {
+        let Some(next) = ledger::next_state(self.current_state()?.as_ref(), observation) else {
             return Ok(false);
-        }
-        let state = serde_json::to_string(observation)
-            .map_err(|e| worker::Error::RustError(e.to_string()))?;
+        };
+        let state =
+            serde_json::to_string(&next).map_err(|e| worker::Error::RustError(e.to_string()))?;
         sql.exec(
             "INSERT INTO subscription_state (id, state) VALUES (1, ?) \
              ON CONFLICT (id) DO UPDATE SET state = excluded.state",

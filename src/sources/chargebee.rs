@@ -105,6 +105,41 @@ struct SubscriptionItem {
 struct Customer {
     id: String,
     email: Option<String>,
+    first_name: Option<String>,
+    last_name: Option<String>,
+    phone: Option<String>,
+    billing_address: Option<BillingAddress>,
+}
+
+#[derive(Deserialize)]
+struct BillingAddress {
+    country: Option<String>,
+}
+
+/// Everything the notification says about the person: every Chargebee event carries
+/// `content.customer`, and Chargebee warns events may arrive out of order, so a
+/// subscription event must not wait for `customer_created` to be identifiable.
+fn identify(event: &mut crate::event::CanonicalEvent, customer: Option<&Customer>) {
+    let Some(customer) = customer else { return };
+    event.customer.customer_id = Some(customer.id.clone());
+    event.customer.email = non_empty(customer.email.as_deref());
+    event.customer.first_name = non_empty(customer.first_name.as_deref());
+    event.customer.last_name = non_empty(customer.last_name.as_deref());
+    event.customer.set_country(
+        customer
+            .billing_address
+            .as_ref()
+            .and_then(|a| a.country.as_deref()),
+    );
+    event.touchpoints.phone = non_empty(customer.phone.as_deref());
+}
+
+fn customer_record(customer: &Customer, observed_at: i64) -> CustomerRecord {
+    CustomerRecord {
+        customer_id: customer.id.clone(),
+        email: non_empty(customer.email.as_deref()),
+        observed_at,
+    }
 }
 
 #[derive(Deserialize)]
@@ -166,7 +201,7 @@ pub fn map_event(merchant_id: &str, body: &[u8]) -> Result<SourceOutput, IngestE
         _ => None,
     };
     if let (Some(name), Some(sub)) = (name, &content.subscription) {
-        return subscription(&notice, sub, content.invoice.as_ref(), name);
+        return subscription(&notice, sub, content, name);
     }
     match event.event_type.as_str() {
         "payment_failed" | "payment_refunded" => payment(&notice, content),
@@ -176,11 +211,7 @@ pub fn map_event(merchant_id: &str, body: &[u8]) -> Result<SourceOutput, IngestE
                 .as_ref()
                 .ok_or_else(|| malformed("customer event without content.customer"))?;
             let mut output = notice.output(format!("customer:{}", customer.id));
-            output.customer = Some(CustomerRecord {
-                customer_id: customer.id.clone(),
-                email: non_empty(customer.email.as_deref()),
-                observed_at: notice.occurred_at,
-            });
+            output.customer = Some(customer_record(customer, notice.occurred_at));
             Ok(output)
         }
         "payment_succeeded" => Ok(notice.ignored(
@@ -256,9 +287,10 @@ fn recurring_values(sub: &Subscription) -> Values {
 fn subscription(
     notice: &Notice,
     sub: &Subscription,
-    invoice: Option<&Invoice>,
+    content: &Content,
     name: EventName,
 ) -> Result<SourceOutput, IngestError> {
+    let invoice = content.invoice.as_ref();
     let values = recurring_values(sub);
     let mut output = notice.output(format!("subscription:{}", sub.id));
     output.subscription = Some(SubscriptionObservation {
@@ -270,6 +302,7 @@ fn subscription(
         currency: values.currency.clone(),
         mrr: values.mrr,
         arr: values.arr,
+        last_payment: None,
     });
     let key = match name {
         EventName::SubscriptionRenewed => {
@@ -283,6 +316,12 @@ fn subscription(
     };
     let mut event = notice.event(name, &key);
     event.customer.customer_id = sub.customer_id.clone();
+    identify(&mut event, content.customer.as_ref());
+    // The person is remembered too, for later events that lack it.
+    output.customer = content
+        .customer
+        .as_ref()
+        .map(|c| customer_record(c, notice.occurred_at));
     event.subscription.subscription_id = Some(sub.id.clone());
     event.subscription.status = Some(sub.status.clone());
     event.subscription.plan_id = sub
@@ -400,11 +439,7 @@ fn payment(notice: &Notice, content: &Content) -> Result<SourceOutput, IngestErr
         gross_value: amount.map(|minor| Amount::from_minor(minor, &currency)),
         ..Values::default()
     };
-    event.customer.customer_id = content.customer.as_ref().map(|c| c.id.clone());
-    event.customer.email = content
-        .customer
-        .as_ref()
-        .and_then(|c| non_empty(c.email.as_deref()));
+    identify(&mut event, content.customer.as_ref());
     event.subscription.subscription_id = transaction
         .subscription_id
         .clone()

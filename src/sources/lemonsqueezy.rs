@@ -102,6 +102,7 @@ struct Subscription {
     #[serde(default)]
     variant_id: Value,
     user_email: Option<String>,
+    user_name: Option<String>,
     status: String,
     trial_ends_at: Option<String>,
     renews_at: Option<String>,
@@ -120,6 +121,7 @@ struct Invoice {
     subscription_id: Value,
     customer_id: Value,
     user_email: Option<String>,
+    user_name: Option<String>,
     billing_reason: String,
     currency: String,
     status: String,
@@ -220,6 +222,7 @@ fn subscription(
     let mut event = notice.event(name, &key);
     event.customer.customer_id = id_text(&sub.customer_id);
     event.customer.email = non_empty(sub.user_email.as_deref());
+    event.customer.set_full_name(sub.user_name.as_deref());
     event.subscription.subscription_id = Some(id.to_string());
     event.subscription.status = Some(sub.status.clone());
     event.subscription.plan_id = id_text(&sub.variant_id);
@@ -291,11 +294,14 @@ fn invoice_event(
                     EventName::SubscriptionRenewed,
                     format!("{subscription_id}:invoice:{invoice_id}"),
                 ),
-                other => {
-                    return ignored(&format!(
-                        "invoice billing_reason {other} (proration) is not mapped"
-                    ))
-                }
+                // A plan change is billed at once as a proration: a positive charge is
+                // an upgrade. Lemon Squeezy states no price, so the MRR change is not
+                // known; the value is the charge (see README).
+                "updated" => (
+                    EventName::SubscriptionUpgraded,
+                    format!("{subscription_id}:invoice:{invoice_id}"),
+                ),
+                other => return ignored(&format!("invoice billing_reason {other} is not mapped")),
             }
         }
         "subscription_payment_failed" => (EventName::PaymentFailed, notice.event_id.clone()),
@@ -310,6 +316,7 @@ fn invoice_event(
     let mut event: CanonicalEvent = notice.event(name, &key);
     event.customer.customer_id = id_text(&invoice.customer_id);
     event.customer.email = non_empty(invoice.user_email.as_deref());
+    event.customer.set_full_name(invoice.user_name.as_deref());
     event.subscription.subscription_id = Some(subscription_id);
     event.values = Values {
         currency: Some(currency.clone()),
@@ -354,6 +361,26 @@ fn invoice_event(
         }
     }
     let mut output = notice.output(ordering_key);
+    if matches!(
+        name,
+        EventName::SubscriptionStarted | EventName::SubscriptionRenewed
+    ) {
+        // A paid period: the subscription is active and worth this payment per period,
+        // which values its cancellation later.
+        output.subscription = Some(SubscriptionObservation {
+            subscription_id: event
+                .subscription
+                .subscription_id
+                .clone()
+                .unwrap_or_default(),
+            status: "active".into(),
+            observed_at: notice.occurred_at,
+            source_event_id: notice.event_id.clone(),
+            currency: Some(currency.clone()),
+            last_payment: event.values.net_value,
+            ..SubscriptionObservation::default()
+        });
+    }
     output.events.push(event);
     Ok(output)
 }

@@ -63,6 +63,10 @@ pub struct SubscriptionObservation {
     pub mrr: Option<crate::money::Amount>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arr: Option<crate::money::Amount>,
+    /// The last recurring payment, net of tax (one period): what a cancellation takes
+    /// away where the source states no price (Lemon Squeezy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_payment: Option<crate::money::Amount>,
 }
 
 /// A customer identity the source told us about (e.g. Stripe `customer.updated`).

@@ -347,6 +347,7 @@ impl Mapper<'_> {
             currency: values.currency.clone(),
             mrr: values.mrr,
             arr: values.arr,
+            last_payment: None,
         });
         let key = if name.is_once_per_subscription() {
             sub.id.clone()

@@ -275,6 +275,7 @@ fn subscription(
         currency: values.currency.clone(),
         mrr: values.mrr,
         arr: values.arr,
+        last_payment: None,
     });
     let key = notice.occurrence_key(name, id, &notice.event_id);
     let mut event = notice.event(name, &key);
@@ -377,6 +378,16 @@ fn charge(
             .or_else(|| field(charge, "customer").and_then(|c| c.get("email")))
             .and_then(Value::as_str),
     );
+    // The charge's billing address names the payer.
+    if let Some(address) = field(charge, "billing_address") {
+        let part = |name| non_empty(address.get(name).and_then(Value::as_str));
+        event.customer.first_name = part("first_name");
+        event.customer.last_name = part("last_name");
+        event
+            .customer
+            .set_country(address.get("country_code").and_then(Value::as_str));
+        event.touchpoints.phone = part("phone");
+    }
     event.subscription.subscription_id = subscription_id;
     event.values = Values {
         currency: Some(currency.clone()),

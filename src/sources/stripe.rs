@@ -205,6 +205,9 @@ struct Invoice {
     id: String,
     customer: Option<Expandable>,
     customer_email: Option<String>,
+    customer_name: Option<String>,
+    customer_phone: Option<String>,
+    customer_address: Option<Address>,
     currency: String,
     #[serde(default)]
     amount_paid: i64,
@@ -223,6 +226,11 @@ struct Invoice {
     total_taxes: Option<Vec<TaxAmount>>,
     #[serde(default)]
     lines: InvoiceLines,
+}
+
+#[derive(Deserialize)]
+struct Address {
+    country: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -453,6 +461,7 @@ impl Mapper<'_> {
         event.customer = Customer {
             customer_id: sub.customer.as_ref().map(|c| c.id().to_string()),
             email: non_empty(sub.customer.as_ref().and_then(Expandable::email)),
+            ..Customer::default()
         };
         let first_recurring = sub
             .items
@@ -502,6 +511,7 @@ impl Mapper<'_> {
             currency: values.currency.clone(),
             mrr: values.mrr,
             arr: values.arr,
+            last_payment: None,
         });
     }
 
@@ -619,7 +629,19 @@ impl Mapper<'_> {
                     .as_deref()
                     .or(invoice.customer.as_ref().and_then(Expandable::email)),
             ),
+            ..Customer::default()
         };
+        // Invoices copy the customer's name, phone and address at finalisation.
+        event
+            .customer
+            .set_full_name(invoice.customer_name.as_deref());
+        event.customer.set_country(
+            invoice
+                .customer_address
+                .as_ref()
+                .and_then(|a| a.country.as_deref()),
+        );
+        event.touchpoints.phone = non_empty(invoice.customer_phone.as_deref());
         event
             .properties
             .insert("invoice_id".into(), invoice.id.clone());

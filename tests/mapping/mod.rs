@@ -137,9 +137,8 @@ impl Pipeline {
             }
             if let Some(observation) = plan.output.subscription {
                 let current = self.state.get(&observation.subscription_id);
-                if tracklayer::ledger::should_apply(current, &observation) {
-                    self.state
-                        .insert(observation.subscription_id.clone(), observation);
+                if let Some(next) = tracklayer::ledger::next_state(current, &observation) {
+                    self.state.insert(observation.subscription_id.clone(), next);
                 }
             }
             if let Some(record) = plan.output.customer {
