@@ -107,6 +107,16 @@ pub fn plan(
     context: &StoredContext,
 ) -> IngestPlan {
     enrich(&mut output.events, context, &merchant.lifecycle);
+    // Decided after enrichment: a renewal may have turned out to be a trial conversion.
+    if let Some(siblings) = sources::find(output.source).and_then(|s| s.conversion_siblings) {
+        if output
+            .events
+            .iter()
+            .any(|e| siblings.events.contains(&e.name))
+        {
+            output.sibling_wait_seconds = Some(siblings.wait_seconds);
+        }
+    }
     let destinations = merchant.connected_destinations();
     let jobs = output
         .events

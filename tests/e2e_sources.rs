@@ -85,7 +85,6 @@ fn paddle_and_hubspot_reach_meta_once_through_the_local_stack() {
         ("TIKTOK_API_BASE_URL", meta.base_url()),
         ("GA4_API_BASE_URL", meta.base_url()),
         ("RETRY_BASE_DELAY_SECONDS", "1".into()),
-        ("SIBLING_WAIT_SECONDS", "4".into()),
     ]);
     provision(&worker);
 

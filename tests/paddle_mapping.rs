@@ -318,14 +318,17 @@ fn start_notifications_wait_for_their_siblings() {
         "checkout.2.subscription.created.active.json",
         "checkout.3.subscription.activated.json",
     ] {
+        let plan = ingest::plan(mapped(name), &merchant(), &StoredContext::default());
         assert_eq!(
-            mapped(name).sibling_wait_seconds,
+            plan.output.sibling_wait_seconds,
             Some(paddle::SIBLING_WAIT_SECONDS),
             "{name}"
         );
     }
-    assert_eq!(
-        mapped("transaction.paid.renewal.json").sibling_wait_seconds,
-        None
+    let renewal = ingest::plan(
+        mapped("transaction.paid.renewal.json"),
+        &merchant(),
+        &StoredContext::default(),
     );
+    assert_eq!(renewal.output.sibling_wait_seconds, None);
 }

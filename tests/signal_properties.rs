@@ -238,7 +238,9 @@ fn corrections_carry_a_currency_and_a_negative_value() {
             let outputs =
                 mapping::ingest_all(source, &merchant(source), &headers, &body, now).unwrap();
             for output in outputs {
-                let Some(mut observation) = output.subscription else { continue };
+                let Some(mut observation) = output.subscription else {
+                    continue;
+                };
                 if ["cancelled", "canceled", "expired"].contains(&observation.status.as_str()) {
                     continue;
                 }

@@ -685,3 +685,97 @@ fn timestamps_beyond_the_representable_range_are_refused_naming_the_field() {
         assert!(err.to_string().contains("created"), "{err}");
     }
 }
+
+fn forwarded_in(order: &[&str]) -> Vec<tracklayer::event::CanonicalEvent> {
+    let mut pipeline = mapping::Pipeline::default();
+    for name in order {
+        let body = fixture(name);
+        let created = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["created"]
+            .as_i64()
+            .unwrap();
+        let headers = Headers::new().with(
+            "stripe-signature",
+            &stripe::sign(SECRET, created + 5, &body),
+        );
+        pipeline.receive("stripe", &merchant(), &headers, &body, created + 5);
+    }
+    pipeline.forwarded()
+}
+
+/// Stripe reports a trial conversion twice: `customer.subscription.updated` (MRR, ARR)
+/// and the trial-end `invoice.paid` (what was charged). Either order forwards one
+/// conversion with both.
+#[test]
+fn a_trial_conversion_forwards_the_same_values_in_either_order() {
+    let trial = "customer.subscription.created.trialing.json";
+    let siblings = [
+        "customer.subscription.updated.trial-converted.json",
+        "invoice.paid.trial-end.json",
+    ];
+    let mut results = Vec::new();
+    for order in mapping::permutations(&siblings) {
+        let all: Vec<&str> = std::iter::once(trial)
+            .chain(order.iter().copied())
+            .collect();
+        let converted: Vec<String> = forwarded_in(&all)
+            .iter()
+            .filter(|e| e.name == EventName::TrialConverted)
+            .map(mapping::value_fields)
+            .collect();
+        assert_eq!(converted.len(), 1, "{order:?}: {converted:?}");
+        for part in [
+            "mrr=Some",
+            "arr=Some",
+            "gross=Some",
+            "net=Some",
+            "currency=Some",
+        ] {
+            assert!(
+                converted[0].contains(part),
+                "{order:?} lacks {part}: {converted:?}"
+            );
+        }
+        results.push(converted);
+    }
+    assert_eq!(results[0], results[1]);
+}
+
+/// The first of the two waits for the other before it is forwarded.
+#[test]
+fn both_notifications_of_a_trial_conversion_wait_for_their_sibling() {
+    for name in [
+        "customer.subscription.updated.trial-converted.json",
+        "invoice.paid.trial-end.json",
+    ] {
+        let body = fixture(name);
+        let created = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["created"]
+            .as_i64()
+            .unwrap();
+        let headers =
+            Headers::new().with("stripe-signature", &stripe::sign(SECRET, created, &body));
+        let output = mapping::ingest_one("stripe", &merchant(), &headers, &body, created).unwrap();
+        let context = StoredContext {
+            subscription: Some(tracklayer::sources::SubscriptionObservation {
+                subscription_id: output.events[0]
+                    .subscription
+                    .subscription_id
+                    .clone()
+                    .unwrap_or_default(),
+                status: "trialing".into(),
+                trial_end_at: output.events[0].subscription.trial_end_at.or(Some(created)),
+                ..Default::default()
+            }),
+            ..StoredContext::default()
+        };
+        let plan = ingest::plan(output, &merchant(), &context);
+        assert!(
+            plan.output.sibling_wait_seconds.is_some(),
+            "{name}: {:?}",
+            plan.output
+                .events
+                .iter()
+                .map(|e| e.name)
+                .collect::<Vec<_>>()
+        );
+    }
+}

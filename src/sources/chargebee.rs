@@ -26,6 +26,7 @@ pub const SPEC: SourceSpec = SourceSpec {
     secret_fields: &["basic_auth"],
     validate_config: crate::config::check_config::<Config>,
     required_feature: None,
+    conversion_siblings: None,
 };
 
 /// Chargebee settings: the webhook's Basic credentials (several while rotating).

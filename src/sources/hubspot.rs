@@ -46,6 +46,7 @@ pub const SPEC: SourceSpec = SourceSpec {
     secret_fields: &["client_secrets"],
     validate_config: crate::config::check_config::<Config>,
     required_feature: None,
+    conversion_siblings: None,
 };
 
 /// HubSpot settings: the app's client secret(s), signature versions, stage rules and

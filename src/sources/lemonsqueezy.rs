@@ -34,6 +34,7 @@ pub const SPEC: SourceSpec = SourceSpec {
     secret_fields: &["signing_secrets"],
     validate_config: crate::config::check_config::<Config>,
     required_feature: None,
+    conversion_siblings: None,
 };
 
 /// Lemon Squeezy settings: the signing secret(s) given when the webhook was created.

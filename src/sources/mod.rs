@@ -135,6 +135,18 @@ pub struct SourceSpec {
     pub validate_config: fn(&serde_json::Value) -> Result<(), String>,
     /// The plan feature ingesting from this source needs, if any.
     pub required_feature: Option<crate::plans::Feature>,
+    /// Conversions this source reports through several notifications, each with part of
+    /// the values, in no guaranteed order.
+    pub conversion_siblings: Option<Siblings>,
+}
+
+/// Which canonical events of a source arrive as several sibling notifications, and how
+/// long the first waits for the others before it is forwarded (see
+/// `SourceOutput::sibling_wait_seconds`).
+#[derive(Debug, Clone, Copy)]
+pub struct Siblings {
+    pub events: &'static [EventName],
+    pub wait_seconds: u32,
 }
 
 pub const REGISTRY: &[SourceSpec] = &[

@@ -34,6 +34,12 @@ pub const SPEC: SourceSpec = SourceSpec {
     secret_fields: &["secret_keys"],
     validate_config: crate::config::check_config::<Config>,
     required_feature: None,
+    conversion_siblings: Some(super::Siblings {
+        // `transaction.paid` → `subscription.created` → `subscription.activated` →
+        // `transaction.completed`, documented to arrive within seconds, in any order.
+        events: &[EventName::SubscriptionStarted, EventName::TrialConverted],
+        wait_seconds: SIBLING_WAIT_SECONDS,
+    }),
 };
 
 /// Paddle source settings: the notification destination's secret key(s).
@@ -376,13 +382,6 @@ impl Mapper<'_> {
             cancel_reason: None,
         };
         event.values = values;
-        if matches!(
-            name,
-            EventName::SubscriptionStarted | EventName::TrialConverted
-        ) {
-            // The transaction of this start carries the totals; see `transaction_paid`.
-            self.output.sibling_wait_seconds = Some(SIBLING_WAIT_SECONDS);
-        }
         match name {
             EventName::SubscriptionCancelled => {
                 event.values.mrr_delta = event.values.mrr.map(Amount::negated);
@@ -492,11 +491,6 @@ impl Mapper<'_> {
             arr: recurring.arr,
             ..totals
         };
-        // A start or conversion is also reported by subscription.created/activated, in
-        // an order Paddle does not guarantee: wait for the siblings before forwarding.
-        if name != EventName::SubscriptionRenewed {
-            self.output.sibling_wait_seconds = Some(SIBLING_WAIT_SECONDS);
-        }
         if let Some(start) = period_start {
             event
                 .properties

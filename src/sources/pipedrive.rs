@@ -28,6 +28,7 @@ pub const SPEC: SourceSpec = SourceSpec {
     secret_fields: &["basic_auth"],
     validate_config: crate::config::check_config::<Config>,
     required_feature: None,
+    conversion_siblings: None,
 };
 
 /// Pipedrive settings.

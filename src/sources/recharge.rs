@@ -36,6 +36,7 @@ pub const SPEC: SourceSpec = SourceSpec {
     secret_fields: &["client_secrets"],
     validate_config: crate::config::check_config::<Config>,
     required_feature: None,
+    conversion_siblings: None,
 };
 
 /// Recharge settings: the API client secret(s) that sign webhooks.

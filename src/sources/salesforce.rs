@@ -36,6 +36,7 @@ pub const SPEC: SourceSpec = SourceSpec {
     secret_fields: &["endpoint_tokens"],
     validate_config: crate::config::check_config::<Config>,
     required_feature: None,
+    conversion_siblings: None,
 };
 
 /// The answer Salesforce requires before it stops retrying a message.

@@ -29,6 +29,11 @@ pub const SPEC: SourceSpec = SourceSpec {
     secret_fields: &["endpoint_secrets"],
     validate_config: crate::config::check_config::<Config>,
     required_feature: Some(crate::plans::Feature::StripeIngest),
+    conversion_siblings: Some(super::Siblings {
+        // `customer.subscription.updated` (MRR) and the trial-end `invoice.paid` (charge).
+        events: &[EventName::TrialConverted],
+        wait_seconds: 60,
+    }),
 };
 
 /// Stripe source settings. Several secrets are kept while an endpoint secret is rolled.

@@ -383,6 +383,8 @@ impl Worker {
             ("MASTER_KEYS", MASTER_KEYS.to_string()),
             // Local workerd refuses `namespace.jurisdiction()`; see src/edge/regions.rs.
             ("LOCAL_WORKERD_WITHOUT_JURISDICTIONS", "true".to_string()),
+            // Conversions reported by sibling notifications wait this long (60 s live).
+            ("SIBLING_WAIT_SECONDS", "2".to_string()),
         ];
         for (name, value) in defaults
             .iter()
