@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Ingest throughput, measured against the floor in the same run: a bare Rust echo worker
+# built with the same toolchain. Both run under `wrangler dev` (local workerd); wrk
+# (Debian package) posts for BENCH_SECONDS (15) with BENCH_CONNECTIONS (16), interleaved
+# echo, TrackLayer, echo, TrackLayer. TrackLayer gets distinct, freshly signed Stripe
+# webhooks for a Scale merchant with a Meta destination (a local sink answers 200), so
+# the queue consumer runs too. The ingest rate limit is raised in a generated config so
+# it is not what is measured. Prints requests/s, p50, p99 and the ratio.
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+cd "$ROOT"
+bash scripts/setup.sh >/dev/null
+command -v wrk >/dev/null || { echo "bench: install wrk (apt-get install wrk)" >&2; exit 1; }
+SECONDS_PER_RUN="${BENCH_SECONDS:-15}"
+CONNECTIONS="${BENCH_CONNECTIONS:-16}"
+WORK="$(mktemp -d /tmp/tracklayer-bench.XXXXXX)"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill -- "-$pid" 2>/dev/null || kill "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK" wrangler.bench.generated.toml
+}
+trap cleanup EXIT INT TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_ready() {
+  for _ in $(seq 1 180); do
+    curl -fsS "http://127.0.0.1:$1$2" >/dev/null 2>&1 && return 0
+    sleep 1
+  done
+  echo "bench: nothing answered on port $1" >&2; exit 1
+}
+
+echo "bench: building TrackLayer and the echo worker (release)"
+bash scripts/build-worker.sh >/dev/null
+bash scripts/build-echo-worker.sh >/dev/null
+
+# A local sink standing in for Meta, so deliveries succeed quickly.
+SINK_PORT=$(free_port)
+python3 - "$SINK_PORT" >/dev/null 2>&1 <<'PY' &
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        body = b'{"events_received":1,"fbtrace_id":"bench"}'
+        self.send_response(200); self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body))); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+PY
+PIDS+=($!)
+
+# TrackLayer with the ingest limit out of the way.
+sed -e 's/simple = { limit = 600, period = 60 }/simple = { limit = 100000000, period = 60 }/' \
+    -e 's/simple = { limit = 120, period = 60 }/simple = { limit = 100000000, period = 60 }/' \
+    wrangler.toml > wrangler.bench.generated.toml
+STATE="$WORK/state"; mkdir -p "$STATE"
+for binding in DB DB_US DB_EU; do
+  wrangler d1 migrations apply "$binding" --local --persist-to "$STATE" -c wrangler.bench.generated.toml >/dev/null
+done
+TL_PORT=$(free_port)
+ADMIN="bench-admin-token"
+setsid bash -c "export TRACKLAYER_SKIP_BUILD=1; exec wrangler dev -c wrangler.bench.generated.toml --local --ip 127.0.0.1 \
+  --port $TL_PORT --persist-to '$STATE' --show-interactive-dev-session=false \
+  --var ADMIN_TOKEN:$ADMIN --var MASTER_KEYS:b1:KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio= \
+  --var LOCAL_WORKERD_WITHOUT_JURISDICTIONS:true --var META_API_BASE_URL:http://127.0.0.1:$SINK_PORT" \
+  </dev/null >"$WORK/tracklayer.log" 2>&1 &
+PIDS+=($!)
+ECHO_PORT=$(free_port)
+(cd benches/echo-worker && setsid bash -c "export TRACKLAYER_SKIP_BUILD=1; exec wrangler dev --local --ip 127.0.0.1 \
+  --port $ECHO_PORT --show-interactive-dev-session=false" </dev/null >"$WORK/echo.log" 2>&1) &
+PIDS+=($!)
+wait_ready "$TL_PORT" /healthz
+wait_ready "$ECHO_PORT" /
+
+auth=(-H "authorization: Bearer $ADMIN" -H "content-type: application/json")
+curl -fsS "${auth[@]}" -X POST "http://127.0.0.1:$TL_PORT/v1/admin/merchants" \
+  -d '{"merchant_id":"m_bench","plan":"scale"}' >/dev/null
+curl -fsS "${auth[@]}" -X PUT "http://127.0.0.1:$TL_PORT/v1/admin/merchants/m_bench/sources/stripe" \
+  -d '{"endpoint_secrets":["whsec_bench_secret"]}' >/dev/null
+curl -fsS "${auth[@]}" -X PUT "http://127.0.0.1:$TL_PORT/v1/admin/merchants/m_bench/destinations/meta" \
+  -d '{"pixel_id":"px_bench","access_token":"tok_bench"}' >/dev/null
+
+# Distinct subscriptions, signed now (Stripe's 300 s tolerance covers both runs).
+sign_bodies() {
+  python3 - "$1" "$WORK/bodies.$1.txt" <<'PY'
+import hashlib, hmac, json, sys, time
+run, out = sys.argv[1], sys.argv[2]
+fixture = json.load(open("tests/fixtures/stripe/customer.subscription.created.active.json"))
+now = int(time.time())
+with open(out, "w") as f:
+    for i in range(40000):
+        fixture["id"] = f"evt_bench_{run}_{i:06d}"
+        fixture["created"] = now - 5
+        fixture["data"]["object"]["id"] = f"sub_bench_{run}_{i:06d}"
+        body = json.dumps(fixture, separators=(",", ":"))
+        sig = hmac.new(b"whsec_bench_secret", f"{now}.{body}".encode(), hashlib.sha256).hexdigest()
+        f.write(f"t={now},v1={sig}\t{body}\n")
+PY
+}
+cat > "$WORK/post.lua" <<'LUA'
+local lines, i = {}, 0
+local path = os.getenv("BENCH_BODIES")
+if path then for line in io.lines(path) do lines[#lines + 1] = line end end
+request = function()
+  if #lines == 0 then
+    return wrk.format("POST", nil, { ["content-type"] = "application/json" }, '{"ping":1}')
+  end
+  i = i % #lines + 1
+  local sig, body = lines[i]:match("^([^\t]+)\t(.*)$")
+  return wrk.format("POST", nil, { ["content-type"] = "application/json", ["stripe-signature"] = sig }, body)
+end
+LUA
+
+run_wrk() { # name url bodies
+  BENCH_BODIES="$3" wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" --latency -s "$WORK/post.lua" "$2" >"$WORK/$1.out" 2>&1
+  local rps p50 p99 non2xx
+  rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/$1.out")
+  p50=$(awk '$1=="50%" {print $2}' "$WORK/$1.out")
+  p99=$(awk '$1=="99%" {print $2}' "$WORK/$1.out")
+  non2xx=$(awk '/Non-2xx/ {print $NF}' "$WORK/$1.out")
+  printf '%-12s %10s req/s   p50 %8s   p99 %8s   non-2xx %s\n' "$1" "$rps" "$p50" "$p99" "${non2xx:-0}"
+  echo "$rps" >"$WORK/$1.rps"
+}
+
+echo "bench: $CONNECTIONS connections, ${SECONDS_PER_RUN}s per run"
+run_wrk echo-1 "http://127.0.0.1:$ECHO_PORT/" ""
+sign_bodies 1
+run_wrk tracklayer-1 "http://127.0.0.1:$TL_PORT/v1/integrations/stripe/events?merchant_id=m_bench" "$WORK/bodies.1.txt"
+run_wrk echo-2 "http://127.0.0.1:$ECHO_PORT/" ""
+sign_bodies 2
+run_wrk tracklayer-2 "http://127.0.0.1:$TL_PORT/v1/integrations/stripe/events?merchant_id=m_bench" "$WORK/bodies.2.txt"
+python3 - "$WORK" <<'PY'
+import sys
+w = sys.argv[1]
+r = lambda n: float(open(f"{w}/{n}.rps").read() or 0)
+echo = (r("echo-1") + r("echo-2")) / 2
+tl = (r("tracklayer-1") + r("tracklayer-2")) / 2
+print(f"bench: echo {echo:.0f} req/s, TrackLayer {tl:.0f} req/s: {100 * tl / echo:.1f} % of echo")
+PY
