@@ -27,7 +27,9 @@ wait_ready() {
     curl -fsS "http://127.0.0.1:$1$2" >/dev/null 2>&1 && return 0
     sleep 1
   done
-  echo "bench: nothing answered on port $1" >&2; exit 1
+  echo "bench: nothing answered on port $1; logs:" >&2
+  tail -20 "$WORK"/*.log >&2
+  exit 1
 }
 
 echo "bench: building TrackLayer and the echo worker (release)"
@@ -60,14 +62,14 @@ done
 TL_PORT=$(free_port)
 ADMIN="bench-admin-token"
 setsid bash -c "export TRACKLAYER_SKIP_BUILD=1; exec wrangler dev -c wrangler.bench.generated.toml --local --ip 127.0.0.1 \
-  --port $TL_PORT --persist-to '$STATE' --show-interactive-dev-session=false \
+  --port $TL_PORT --inspector-port $(free_port) --persist-to '$STATE' --show-interactive-dev-session=false \
   --var ADMIN_TOKEN:$ADMIN --var MASTER_KEYS:b1:KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio= \
   --var LOCAL_WORKERD_WITHOUT_JURISDICTIONS:true --var META_API_BASE_URL:http://127.0.0.1:$SINK_PORT" \
   </dev/null >"$WORK/tracklayer.log" 2>&1 &
 PIDS+=($!)
 ECHO_PORT=$(free_port)
-(cd benches/echo-worker && setsid bash -c "export TRACKLAYER_SKIP_BUILD=1; exec wrangler dev --local --ip 127.0.0.1 \
-  --port $ECHO_PORT --show-interactive-dev-session=false" </dev/null >"$WORK/echo.log" 2>&1) &
+setsid bash -c "cd benches/echo-worker && export TRACKLAYER_SKIP_BUILD=1 && exec wrangler dev --local --ip 127.0.0.1 \
+  --port $ECHO_PORT --inspector-port $(free_port) --show-interactive-dev-session=false" </dev/null >"$WORK/echo.log" 2>&1 &
 PIDS+=($!)
 wait_ready "$TL_PORT" /healthz
 wait_ready "$ECHO_PORT" /
@@ -98,15 +100,27 @@ with open(out, "w") as f:
 PY
 }
 cat > "$WORK/post.lua" <<'LUA'
-local lines, i = {}, 0
-local path = os.getenv("BENCH_BODIES")
-if path then for line in io.lines(path) do lines[#lines + 1] = line end end
+-- Each wrk thread has its own Lua state: threads take interleaved lines, so no body is
+-- sent twice (a duplicate would measure the cheaper dedup path).
+local threads = 0
+function setup(thread)
+  thread:set("tid", threads)
+  threads = threads + 1
+end
+local lines, i, step = {}, 0, 1
+function init(args)
+  local path = os.getenv("BENCH_BODIES")
+  if path and path ~= "" then for line in io.lines(path) do lines[#lines + 1] = line end end
+  i = tid or 0
+  step = 2
+end
 request = function()
   if #lines == 0 then
     return wrk.format("POST", nil, { ["content-type"] = "application/json" }, '{"ping":1}')
   end
-  i = i % #lines + 1
-  local sig, body = lines[i]:match("^([^\t]+)\t(.*)$")
+  local line = lines[(i % #lines) + 1]
+  i = i + step
+  local sig, body = line:match("^([^\t]+)\t(.*)$")
   return wrk.format("POST", nil, { ["content-type"] = "application/json", ["stripe-signature"] = sig }, body)
 end
 LUA
@@ -137,3 +151,8 @@ echo = (r("echo-1") + r("echo-2")) / 2
 tl = (r("tracklayer-1") + r("tracklayer-2")) / 2
 print(f"bench: echo {echo:.0f} req/s, TrackLayer {tl:.0f} req/s: {100 * tl / echo:.1f} % of echo")
 PY
+# What the refused requests were, from the worker's structured log lines.
+echo "bench: TrackLayer refusals by reason:"
+grep -o '"msg":"request refused"[^}]*' "$WORK/tracklayer.log" | grep -o '"outcome":"[^"]*","status":[0-9]*\|"status":[0-9]*,"outcome":"[^"]*"\|"outcome":"[^"]*"' \
+  | sort | uniq -c | sort -rn | head -5 || true
+grep -o '"msg":"webhook not persisted[^}]*' "$WORK/tracklayer.log" | grep -o '"reason":"[^"]\{0,120\}' | sort | uniq -c | sort -rn | head -3 || true
