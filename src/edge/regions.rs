@@ -84,27 +84,28 @@ pub fn queue_region(queue_name: &str) -> Region {
     }
 }
 
-/// Set only by local runs (`scripts/dev.sh`, the e2e harness): the workerd bundled with
-/// wrangler 4.86 throws "Jurisdiction restrictions are not implemented in workerd".
-/// Never set it in a deployment: EU ledgers would leave the EU jurisdiction.
+/// Set only by local runs (`scripts/dev.sh`, the e2e harness): local workerd (still in
+/// wrangler 4.164) throws "Jurisdiction restrictions are not implemented in workerd".
+/// Never set it in a deployment: ledgers would leave their region's jurisdiction.
 pub const LOCAL_WITHOUT_JURISDICTIONS: &str = "LOCAL_WORKERD_WITHOUT_JURISDICTIONS";
 
-/// The ledger namespace for `region`: EU objects are created and stored in the EU
-/// jurisdiction. workers-rs 0.8 has no wrapper for `namespace.jurisdiction()`, so it is
+/// The ledger namespace for `region`: objects are created and stored in the region's
+/// jurisdiction (`eu`, or `us`, which Durable Objects offer since 2026-06-26). workers-rs 0.8 has no wrapper for `namespace.jurisdiction()`, so it is
 /// called through the JS object.
 pub fn ledger_namespace(env: &Env, binding: &str, region: Region) -> Result<ObjectNamespace> {
     let namespace = env.durable_object(binding)?;
     let local_only = env
         .var(LOCAL_WITHOUT_JURISDICTIONS)
         .is_ok_and(|v| v.to_string() == "true");
-    match region {
-        Region::Us => Ok(namespace),
-        Region::Eu if local_only => Ok(namespace),
-        Region::Eu => {
-            let jurisdiction: js_sys::Function =
-                js_sys::Reflect::get(namespace.as_ref(), &"jurisdiction".into())?.dyn_into()?;
-            let scoped = jurisdiction.call1(namespace.as_ref(), &"eu".into())?;
-            Ok(ObjectNamespace::unchecked_from_js(scoped))
-        }
+    if local_only {
+        return Ok(namespace);
     }
+    let name = match region {
+        Region::Us => "us",
+        Region::Eu => "eu",
+    };
+    let jurisdiction: js_sys::Function =
+        js_sys::Reflect::get(namespace.as_ref(), &"jurisdiction".into())?.dyn_into()?;
+    let scoped = jurisdiction.call1(namespace.as_ref(), &name.into())?;
+    Ok(ObjectNamespace::unchecked_from_js(scoped))
 }
