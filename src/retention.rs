@@ -1,6 +1,35 @@
 //! How long each kind of data is kept. The daily job deletes what is older, in every
 //! region; operators set the windows with `RETENTION_*_DAYS` worker vars.
 
+/// Every regional table holding a merchant's rows, children before parents: what
+/// deleting a merchant clears (a test checks this against the migrations).
+pub const MERCHANT_REGIONAL_TABLES: [&str; 15] = [
+    "destination_health",
+    "identity_links",
+    "identities",
+    "oauth_tokens",
+    "delivery_attempts",
+    "dead_letters",
+    "deliveries",
+    "canonical_events",
+    "ignored_events",
+    "customers",
+    "crm_context",
+    "ledger_keys",
+    "merchant_sources",
+    "merchant_destinations",
+    "merchants",
+];
+
+/// Every global table keyed by merchant, the routing row last.
+pub const MERCHANT_GLOBAL_TABLES: [&str; 5] = [
+    "api_keys",
+    "rejected_requests",
+    "pixel_keys",
+    "merchant_warnings",
+    "merchant_routes",
+];
+
 /// Days to keep each kind of data. 0 keeps it forever.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetentionPolicy {
@@ -93,6 +122,95 @@ impl RetentionPolicy {
     pub fn rejected_cutoff(&self, now_ms: i64) -> Option<i64> {
         (self.rejected_days > 0)
             .then(|| now_ms.saturating_sub(i64::from(self.rejected_days) * DAY_MS))
+    }
+}
+
+#[cfg(test)]
+mod schema_tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// The tables each migration directory leaves, with their columns: CREATE TABLE,
+    /// ALTER TABLE … ADD/DROP COLUMN, RENAME TO and DROP TABLE, in file order.
+    fn schema(dir: &str) -> BTreeMap<String, Vec<String>> {
+        let path = format!("{}/migrations/{dir}", env!("CARGO_MANIFEST_DIR"));
+        let mut files: Vec<_> = std::fs::read_dir(path)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+            .collect();
+        files.sort();
+        let mut tables: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for file in files {
+            let sql: String = std::fs::read_to_string(file)
+                .unwrap()
+                .lines()
+                .map(|l| l.split("--").next().unwrap_or(""))
+                .collect::<Vec<_>>()
+                .join("\n");
+            for statement in sql.split(';') {
+                let words: Vec<&str> = statement.split_whitespace().collect();
+                let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
+                match upper
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .as_slice()
+                {
+                    ["CREATE", "TABLE", ..] => {
+                        let name = words[2].trim_end_matches('(').to_string();
+                        let body = &statement[statement.find('(').unwrap() + 1..];
+                        let columns = body
+                            .split(',')
+                            .filter_map(|c| c.split_whitespace().next())
+                            .map(|c| c.trim_start_matches('(').to_string())
+                            .collect();
+                        tables.insert(name, columns);
+                    }
+                    ["DROP", "TABLE", ..] => {
+                        tables.remove(words[2]);
+                    }
+                    ["ALTER", "TABLE", _, "RENAME", "TO", _] => {
+                        if let Some(columns) = tables.remove(words[2]) {
+                            tables.insert(words[5].to_string(), columns);
+                        }
+                    }
+                    ["ALTER", "TABLE", _, "ADD", "COLUMN", ..] => {
+                        if let Some(columns) = tables.get_mut(words[2]) {
+                            columns.push(words[5].to_string());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        tables
+    }
+
+    fn with_merchant_id(dir: &str) -> Vec<String> {
+        schema(dir)
+            .into_iter()
+            .filter(|(_, columns)| columns.iter().any(|c| c == "merchant_id"))
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    /// A table added by a migration and forgotten here would keep a deleted merchant's
+    /// rows for ever.
+    #[test]
+    fn merchant_deletion_clears_every_table_that_holds_merchant_rows() {
+        let mut regional: Vec<String> = MERCHANT_REGIONAL_TABLES
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
+        regional.sort();
+        assert_eq!(regional, with_merchant_id("regional"));
+        let mut global: Vec<String> = MERCHANT_GLOBAL_TABLES
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
+        global.sort();
+        assert_eq!(global, with_merchant_id("global"));
     }
 }
 

@@ -100,7 +100,13 @@ fn fixtures(source: &str) -> Vec<String> {
 /// Forwardable events of one fixture, planned with `context`.
 fn forwarded(source: &str, name: &str, context: &StoredContext) -> (Value, Vec<CanonicalEvent>) {
     let (payload, events) = planned(source, name, context);
-    (payload, events.into_iter().filter(|e| e.name.is_forwardable()).collect())
+    (
+        payload,
+        events
+            .into_iter()
+            .filter(|e| e.name.is_forwardable())
+            .collect(),
+    )
 }
 
 /// Every event of one fixture, forwardable or recorded only, planned with `context`.
@@ -285,12 +291,42 @@ fn corrections_carry_a_currency_and_a_negative_value() {
 #[test]
 fn every_revenue_changing_plan_change_is_an_upgrade_or_a_downgrade() {
     let table: [(&str, &str, EventName, Option<&str>); 6] = [
-        ("stripe", "customer.subscription.updated.upgrade.json", EventName::SubscriptionUpgraded, None),
-        ("stripe", "customer.subscription.updated.downgrade.json", EventName::SubscriptionDowngraded, None),
-        ("paddle", "subscription.updated.seats.json", EventName::SubscriptionUpgraded, Some("1.00")),
-        ("chargebee", "subscription_changed.upgrade.json", EventName::SubscriptionUpgraded, Some("1.00")),
-        ("recharge", "subscription.updated.quantity.json", EventName::SubscriptionUpgraded, Some("1.00")),
-        ("lemonsqueezy", "subscription_payment_success.updated-proration.json", EventName::SubscriptionUpgraded, None),
+        (
+            "stripe",
+            "customer.subscription.updated.upgrade.json",
+            EventName::SubscriptionUpgraded,
+            None,
+        ),
+        (
+            "stripe",
+            "customer.subscription.updated.downgrade.json",
+            EventName::SubscriptionDowngraded,
+            None,
+        ),
+        (
+            "paddle",
+            "subscription.updated.seats.json",
+            EventName::SubscriptionUpgraded,
+            Some("1.00"),
+        ),
+        (
+            "chargebee",
+            "subscription_changed.upgrade.json",
+            EventName::SubscriptionUpgraded,
+            Some("1.00"),
+        ),
+        (
+            "recharge",
+            "subscription.updated.quantity.json",
+            EventName::SubscriptionUpgraded,
+            Some("1.00"),
+        ),
+        (
+            "lemonsqueezy",
+            "subscription_payment_success.updated-proration.json",
+            EventName::SubscriptionUpgraded,
+            None,
+        ),
     ];
     for (source, name, expected, stored_mrr) in table {
         // Sources without previous values compare with the stored subscription: one
@@ -299,7 +335,11 @@ fn every_revenue_changing_plan_change_is_an_upgrade_or_a_downgrade() {
         let mut context = StoredContext::default();
         if let (Some(mrr), Some(event)) = (stored_mrr, unplanned.first()) {
             context.subscription = Some(tracklayer::sources::SubscriptionObservation {
-                subscription_id: event.subscription.subscription_id.clone().unwrap_or_default(),
+                subscription_id: event
+                    .subscription
+                    .subscription_id
+                    .clone()
+                    .unwrap_or_default(),
                 status: "active".into(),
                 currency: event.values.currency.clone(),
                 mrr: tracklayer::money::Amount::parse_decimal(mrr),
@@ -310,16 +350,31 @@ fn every_revenue_changing_plan_change_is_an_upgrade_or_a_downgrade() {
         let change = events
             .iter()
             .find(|e| e.name == expected)
-            .unwrap_or_else(|| panic!("{source}/{name}: {:?}", events.iter().map(|e| e.name).collect::<Vec<_>>()));
+            .unwrap_or_else(|| {
+                panic!(
+                    "{source}/{name}: {:?}",
+                    events.iter().map(|e| e.name).collect::<Vec<_>>()
+                )
+            });
         if source == "lemonsqueezy" {
-            assert!(change.values.mrr_delta.is_none(), "{source}/{name}: no price, no delta");
-            assert!(change.values.net_value.is_some(), "{source}/{name}: the charge");
+            assert!(
+                change.values.mrr_delta.is_none(),
+                "{source}/{name}: no price, no delta"
+            );
+            assert!(
+                change.values.net_value.is_some(),
+                "{source}/{name}: the charge"
+            );
         } else {
             let delta = change
                 .values
                 .mrr_delta
                 .unwrap_or_else(|| panic!("{source}/{name}: no mrr_delta"));
-            assert_eq!(delta.minor > 0, expected == EventName::SubscriptionUpgraded, "{source}/{name}: {delta}");
+            assert_eq!(
+                delta.minor > 0,
+                expected == EventName::SubscriptionUpgraded,
+                "{source}/{name}: {delta}"
+            );
         }
     }
 }

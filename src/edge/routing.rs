@@ -133,25 +133,15 @@ impl Routing {
 
     /// Removes the route and every API key of the merchant.
     pub async fn delete(&self, merchant_id: &str) -> Result<()> {
-        self.db
-            .batch(vec![
+        let mut statements = Vec::new();
+        for table in crate::retention::MERCHANT_GLOBAL_TABLES {
+            statements.push(
                 self.db
-                    .prepare("DELETE FROM api_keys WHERE merchant_id = ?1")
+                    .prepare(format!("DELETE FROM {table} WHERE merchant_id = ?1"))
                     .bind(&[text(merchant_id)])?,
-                self.db
-                    .prepare("DELETE FROM rejected_requests WHERE merchant_id = ?1")
-                    .bind(&[text(merchant_id)])?,
-                self.db
-                    .prepare("DELETE FROM pixel_keys WHERE merchant_id = ?1")
-                    .bind(&[text(merchant_id)])?,
-                self.db
-                    .prepare("DELETE FROM merchant_warnings WHERE merchant_id = ?1")
-                    .bind(&[text(merchant_id)])?,
-                self.db
-                    .prepare("DELETE FROM merchant_routes WHERE merchant_id = ?1")
-                    .bind(&[text(merchant_id)])?,
-            ])
-            .await?;
+            );
+        }
+        self.db.batch(statements).await?;
         Ok(())
     }
 

@@ -1353,23 +1353,7 @@ impl Store {
 
     /// Whole-merchant deletion: every row of every table in this region.
     pub async fn delete_merchant(&self, merchant_id: &str) -> Result<Value> {
-        const TABLES: [&str; 15] = [
-            "destination_health",
-            "identity_links",
-            "identities",
-            "oauth_tokens",
-            "delivery_attempts",
-            "dead_letters",
-            "deliveries",
-            "canonical_events",
-            "ignored_events",
-            "customers",
-            "crm_context",
-            "ledger_keys",
-            "merchant_sources",
-            "merchant_destinations",
-            "merchants",
-        ];
+        const TABLES: [&str; 15] = crate::retention::MERCHANT_REGIONAL_TABLES;
         let mut statements = Vec::new();
         for table in TABLES {
             statements.push(
