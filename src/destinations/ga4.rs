@@ -22,6 +22,16 @@ pub const NAME: &str = "ga4";
 pub const DEFAULT_BASE_URL: &str = "https://www.google-analytics.com";
 /// Google's EU collection endpoint, used for EU merchants.
 pub const DEFAULT_EU_BASE_URL: &str = "https://region1.google-analytics.com";
+/// The collection host.
+pub const COLLECT: super::EndpointSpec = super::EndpointSpec {
+    default: DEFAULT_BASE_URL,
+    override_var: "GA4_API_BASE_URL",
+};
+/// The EU collection host, for EU merchants (the same override replaces both).
+pub const COLLECT_EU: super::EndpointSpec = super::EndpointSpec {
+    default: DEFAULT_EU_BASE_URL,
+    override_var: "GA4_API_BASE_URL",
+};
 /// GA4 accepts `timestamp_micros` up to 72 hours in the past.
 pub const MAX_EVENT_AGE_SECONDS: i64 = 72 * 3600;
 const MAX_PARAMS: usize = 25;
@@ -43,6 +53,7 @@ pub struct Ga4Config {
 
 pub const SPEC: DestinationSpec = DestinationSpec {
     name: NAME,
+    endpoints: &[COLLECT, COLLECT_EU],
     build,
     classify,
     classify_rows: None,
@@ -92,8 +103,8 @@ fn build(
 ) -> Result<Plan, BuildError> {
     let config: Ga4Config = merchant.destination_config(NAME)?;
     let base = match merchant.region {
-        Region::Eu => context.endpoints.ga4_eu.trim_end_matches('/'),
-        Region::Us => context.endpoints.ga4.trim_end_matches('/'),
+        Region::Eu => context.endpoints.url(&COLLECT_EU),
+        Region::Us => context.endpoints.url(&COLLECT),
     };
     let log_url = format!(
         "{base}/mp/collect?measurement_id={}",

@@ -25,6 +25,16 @@ use std::collections::BTreeMap;
 pub const NAME: &str = "google_ads";
 pub const DEFAULT_BASE_URL: &str = "https://googleads.googleapis.com";
 pub const DEFAULT_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
+/// The Google Ads API.
+pub const API: super::EndpointSpec = super::EndpointSpec {
+    default: DEFAULT_BASE_URL,
+    override_var: "GOOGLE_ADS_API_BASE_URL",
+};
+/// The OAuth token endpoint.
+pub const OAUTH_TOKEN: super::EndpointSpec = super::EndpointSpec {
+    default: DEFAULT_TOKEN_URL,
+    override_var: "GOOGLE_OAUTH_TOKEN_URL",
+};
 pub const DEFAULT_API_VERSION: &str = "v26";
 /// `TOO_MANY_CONVERSIONS_IN_REQUEST`: "Upload fewer than 2001"; adjustments likewise.
 pub const MAX_BATCH: usize = 2000;
@@ -151,6 +161,7 @@ static AUTH: AuthSpec = AuthSpec {
 
 pub const SPEC: DestinationSpec = DestinationSpec {
     name: NAME,
+    endpoints: &[API, OAUTH_TOKEN],
     build,
     classify,
     classify_rows: Some(classify_rows),
@@ -376,7 +387,7 @@ fn build(
         .ok_or(BuildError::Misconfigured(NAME))?;
     let base = format!(
         "{}/{}/customers/{}",
-        context.endpoints.google_ads.trim_end_matches('/'),
+        context.endpoints.url(&API),
         config.api_version,
         config.customer_id.0
     );
@@ -611,8 +622,8 @@ fn token_request(
     .join("&");
     Ok(OutboundRequest {
         method: "POST",
-        url: context.endpoints.google_oauth_token.clone(),
-        log_url: context.endpoints.google_oauth_token.clone(),
+        url: context.endpoints.url(&OAUTH_TOKEN).to_string(),
+        log_url: context.endpoints.url(&OAUTH_TOKEN).to_string(),
         headers: vec![(
             "content-type".into(),
             "application/x-www-form-urlencoded".into(),

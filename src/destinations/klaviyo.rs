@@ -22,6 +22,11 @@ use serde_json::{json, Map, Value};
 
 pub const NAME: &str = "klaviyo";
 pub const DEFAULT_BASE_URL: &str = "https://a.klaviyo.com";
+/// The Klaviyo API.
+pub const API: super::EndpointSpec = super::EndpointSpec {
+    default: DEFAULT_BASE_URL,
+    override_var: "KLAVIYO_API_BASE_URL",
+};
 /// Klaviyo revisions are supported about two years; pinned, overridable per merchant.
 pub const DEFAULT_REVISION: &str = "2026-04-15";
 
@@ -43,6 +48,7 @@ fn default_revision() -> String {
 
 pub const SPEC: DestinationSpec = DestinationSpec {
     name: NAME,
+    endpoints: &[API],
     build,
     classify,
     classify_rows: None,
@@ -73,10 +79,7 @@ fn build(
     context: &Context,
 ) -> Result<Plan, BuildError> {
     let config: KlaviyoConfig = merchant.destination_config(NAME)?;
-    let url = format!(
-        "{}/api/events",
-        context.endpoints.klaviyo.trim_end_matches('/')
-    );
+    let url = format!("{}/api/events", context.endpoints.url(&API));
     // Create Event takes one event. (The bulk endpoint is an asynchronous job without
     // per-event results, which would hide a refused event.)
     plan_rows(

@@ -22,6 +22,11 @@ use std::collections::BTreeMap;
 
 pub const NAME: &str = "linkedin";
 pub const DEFAULT_BASE_URL: &str = "https://api.linkedin.com";
+/// The REST API.
+pub const API: super::EndpointSpec = super::EndpointSpec {
+    default: DEFAULT_BASE_URL,
+    override_var: "LINKEDIN_API_BASE_URL",
+};
 /// Monthly versions are supported about a year; pinned, overridable per merchant.
 pub const DEFAULT_VERSION: &str = "202608";
 /// LinkedIn refuses conversions older than 90 days.
@@ -75,6 +80,7 @@ impl<'de> Deserialize<'de> for ConversionRules {
 
 pub const SPEC: DestinationSpec = DestinationSpec {
     name: NAME,
+    endpoints: &[API],
     build,
     classify,
     classify_rows: Some(classify_batch),
@@ -111,10 +117,7 @@ fn build(
     context: &Context,
 ) -> Result<Plan, BuildError> {
     let config: LinkedInConfig = merchant.destination_config(NAME)?;
-    let url = format!(
-        "{}/rest/conversionEvents",
-        context.endpoints.linkedin.trim_end_matches('/')
-    );
+    let url = format!("{}/rest/conversionEvents", context.endpoints.url(&API));
     plan_rows(
         events,
         MAX_BATCH,

@@ -19,6 +19,11 @@ use serde_json::{json, Map, Value};
 
 pub const NAME: &str = "meta";
 pub const DEFAULT_BASE_URL: &str = "https://graph.facebook.com";
+/// The Graph API.
+pub const GRAPH: super::EndpointSpec = super::EndpointSpec {
+    default: DEFAULT_BASE_URL,
+    override_var: "META_API_BASE_URL",
+};
 pub const DEFAULT_API_VERSION: &str = "v25.0";
 pub const MAX_EVENT_AGE_SECONDS: i64 = 7 * 24 * 3600;
 
@@ -49,6 +54,7 @@ fn default_action_source() -> String {
 
 pub const SPEC: DestinationSpec = DestinationSpec {
     name: NAME,
+    endpoints: &[GRAPH],
     build,
     classify,
     classify_rows: None,
@@ -111,7 +117,7 @@ fn build(
     context: &Context,
 ) -> Result<Plan, BuildError> {
     let config: MetaConfig = merchant.destination_config(NAME)?;
-    let base = context.endpoints.meta_graph.trim_end_matches('/');
+    let base = context.endpoints.url(&GRAPH);
     let path = format!(
         "{base}/{}/{}/events",
         encode_query_value(&config.api_version),
@@ -458,10 +464,7 @@ mod tests {
 
     #[test]
     fn operator_base_url_override_is_used() {
-        let endpoints = Endpoints {
-            meta_graph: "http://127.0.0.1:9999/".into(),
-            ..Endpoints::default()
-        };
+        let endpoints = Endpoints::default().with(&GRAPH, "http://127.0.0.1:9999/");
         let req = build_for_test(build, &[trial()], &merchant(), &endpoints, NOW).unwrap();
         assert!(req
             .url

@@ -15,33 +15,47 @@ use crate::event::{CanonicalEvent, EventName};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// Base URLs of the platforms. Only operator configuration (worker env vars) may change
-/// them, so tests can point at a local stand-in; merchant input never can.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoints {
-    pub meta_graph: String,
-    pub klaviyo: String,
-    pub tiktok: String,
-    pub ga4: String,
-    pub linkedin: String,
-    /// GA4's EU collection host, for EU merchants.
-    pub ga4_eu: String,
-    pub google_ads: String,
-    pub google_oauth_token: String,
+/// One base URL a destination calls: its default, and the operator variable that may
+/// replace it (to point tests at a local stand-in). Merchant input never can. Declared
+/// by the destination's module and listed in its spec, so the edge reads every override
+/// from the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointSpec {
+    pub default: &'static str,
+    pub override_var: &'static str,
 }
 
-impl Default for Endpoints {
-    fn default() -> Self {
-        Endpoints {
-            meta_graph: meta::DEFAULT_BASE_URL.to_string(),
-            klaviyo: klaviyo::DEFAULT_BASE_URL.to_string(),
-            tiktok: tiktok::DEFAULT_BASE_URL.to_string(),
-            ga4: ga4::DEFAULT_BASE_URL.to_string(),
-            linkedin: linkedin::DEFAULT_BASE_URL.to_string(),
-            ga4_eu: ga4::DEFAULT_EU_BASE_URL.to_string(),
-            google_ads: google_ads::DEFAULT_BASE_URL.to_string(),
-            google_oauth_token: google_ads::DEFAULT_TOKEN_URL.to_string(),
+/// The operator's base URL overrides, by variable name; everything else is the default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Endpoints {
+    overrides: std::collections::BTreeMap<&'static str, String>,
+}
+
+impl Endpoints {
+    /// Reads the override variable of every registered destination's endpoints.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
+        let mut endpoints = Endpoints::default();
+        for endpoint in REGISTRY.iter().flat_map(|spec| spec.endpoints) {
+            if let Some(url) = var(endpoint.override_var).filter(|u| !u.is_empty()) {
+                endpoints.overrides.insert(endpoint.override_var, url);
+            }
         }
+        endpoints
+    }
+
+    /// An override, as the operator's variable would set it (tests).
+    pub fn with(mut self, endpoint: &EndpointSpec, url: &str) -> Self {
+        self.overrides
+            .insert(endpoint.override_var, url.to_string());
+        self
+    }
+
+    /// The base URL to call, without a trailing slash.
+    pub fn url(&self, endpoint: &EndpointSpec) -> &str {
+        self.overrides
+            .get(endpoint.override_var)
+            .map_or(endpoint.default, String::as_str)
+            .trim_end_matches('/')
     }
 }
 
@@ -170,6 +184,8 @@ pub type RowClassifier = fn(u16, &str, usize) -> Option<Vec<Outcome>>;
 
 pub struct DestinationSpec {
     pub name: &'static str,
+    /// The base URLs it calls (see [`EndpointSpec`]).
+    pub endpoints: &'static [EndpointSpec],
     pub build: fn(&[CanonicalEvent], &MerchantConfig, &Context) -> Result<Plan, BuildError>,
     /// (HTTP status, `Retry-After` header, body) → outcome of the whole request.
     pub classify: fn(u16, Option<&str>, &str) -> Outcome,
@@ -321,6 +337,31 @@ pub fn accepts_all(_event: &CanonicalEvent, _merchant: &MerchantConfig) -> bool 
 #[cfg(test)]
 mod row_tests {
     use super::*;
+
+    #[test]
+    fn every_endpoint_is_overridable_only_by_its_documented_operator_variable() {
+        let readme = include_str!("../../README.md");
+        for spec in REGISTRY {
+            assert!(
+                !spec.endpoints.is_empty(),
+                "{} calls no base URL",
+                spec.name
+            );
+            for endpoint in spec.endpoints {
+                assert!(endpoint.default.starts_with("https://"), "{endpoint:?}");
+                assert!(
+                    readme.contains(&format!("`{}`", endpoint.override_var)),
+                    "{} is not in the README's configuration",
+                    endpoint.override_var
+                );
+                let overridden = Endpoints::from_vars(|name| {
+                    (name == endpoint.override_var).then(|| "http://127.0.0.1:1/".to_string())
+                });
+                assert_eq!(overridden.url(endpoint), "http://127.0.0.1:1");
+                assert_eq!(Endpoints::default().url(endpoint), endpoint.default);
+            }
+        }
+    }
 
     #[test]
     fn an_event_with_several_rows_gets_its_most_serious_outcome() {

@@ -19,6 +19,11 @@ use serde_json::{json, Map, Value};
 
 pub const NAME: &str = "tiktok";
 pub const DEFAULT_BASE_URL: &str = "https://business-api.tiktok.com";
+/// The Business API.
+pub const API: super::EndpointSpec = super::EndpointSpec {
+    default: DEFAULT_BASE_URL,
+    override_var: "TIKTOK_API_BASE_URL",
+};
 const TRACK_PATH: &str = "/open_api/v1.3/event/track/";
 
 /// TikTok settings for one pixel.
@@ -42,6 +47,7 @@ fn default_event_source() -> String {
 
 pub const SPEC: DestinationSpec = DestinationSpec {
     name: NAME,
+    endpoints: &[API],
     build,
     classify,
     classify_rows: Some(classify_rows),
@@ -100,10 +106,7 @@ fn build(
     context: &Context,
 ) -> Result<Plan, BuildError> {
     let config: TikTokConfig = merchant.destination_config(NAME)?;
-    let url = format!(
-        "{}{TRACK_PATH}",
-        context.endpoints.tiktok.trim_end_matches('/')
-    );
+    let url = format!("{}{TRACK_PATH}", context.endpoints.url(&API));
     plan_rows(
         events,
         MAX_BATCH,

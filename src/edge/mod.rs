@@ -65,30 +65,8 @@ pub fn operator_settings(env: &Env) -> OperatorSettings {
             .filter(|v| !v.is_empty())
     };
     let number = |name: &str| var(name).and_then(|v| v.parse::<u32>().ok());
-    let mut endpoints = Endpoints::default();
-    if let Some(url) = var("META_API_BASE_URL") {
-        endpoints.meta_graph = url;
-    }
-    if let Some(url) = var("KLAVIYO_API_BASE_URL") {
-        endpoints.klaviyo = url;
-    }
-    if let Some(url) = var("TIKTOK_API_BASE_URL") {
-        endpoints.tiktok = url;
-    }
-    // One stand-in for both GA4 hosts: the EU host is a production routing choice.
-    if let Some(url) = var("LINKEDIN_API_BASE_URL") {
-        endpoints.linkedin = url;
-    }
-    if let Some(url) = var("GA4_API_BASE_URL") {
-        endpoints.ga4 = url.clone();
-        endpoints.ga4_eu = url;
-    }
-    if let Some(url) = var("GOOGLE_ADS_API_BASE_URL") {
-        endpoints.google_ads = url;
-    }
-    if let Some(url) = var("GOOGLE_OAUTH_TOKEN_URL") {
-        endpoints.google_oauth_token = url;
-    }
+    // Every registered destination names its own override variables.
+    let endpoints = Endpoints::from_vars(&var);
     // TrackLayer's own Google app: worker secrets (plain vars also work locally).
     let secret = |name: &str| {
         env.secret(name)
