@@ -28,20 +28,8 @@ fn merchant() -> MerchantConfig {
 }
 
 fn mapped(name: &str) -> SourceOutput {
-    let body = std::fs::read(format!(
-        "{}/tests/fixtures/paddle/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap_or_else(|e| panic!("fixture {name}: {e}"));
-    let occurred = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["occurred_at"]
-        .as_str()
-        .and_then(parse_rfc3339)
-        .unwrap();
-    let headers = Headers::new().with(
-        "Paddle-Signature",
-        &paddle::sign(SECRET, occurred + 1, &body),
-    );
-    mapping::ingest_one("paddle", &merchant(), &headers, &body, occurred + 2).expect(name)
+    let (headers, body, now) = signed(name);
+    mapping::ingest_one("paddle", &merchant(), &headers, &body, now).expect(name)
 }
 
 #[test]

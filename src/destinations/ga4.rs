@@ -8,8 +8,8 @@
 //! purchases on it); refunds use GA4's `refund` event.
 
 use super::{
-    encode_query_value, parse_retry_after, plan_rows, truncate, BuildError, Context,
-    DestinationSpec, MatchKey, NameOverrides, OutboundRequest, Outcome, Plan,
+    encode_query_value, plan_rows, truncate, BuildError, Context, DestinationSpec, MatchKey,
+    NameOverrides, OutboundRequest, Outcome, Plan,
 };
 use crate::config::{MerchantConfig, Region};
 use crate::event::{CanonicalEvent, EventName};
@@ -311,14 +311,7 @@ fn classify(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
         return Outcome::Delivered;
     }
     let reason = format!("HTTP {status}, ga4: {}", truncate(body.trim(), 300));
-    if status == 429 || status >= 500 {
-        Outcome::Retry {
-            after_seconds: parse_retry_after(retry_after),
-            reason,
-        }
-    } else {
-        Outcome::Permanent { reason }
-    }
+    super::failure_outcome(status, retry_after, reason, false)
 }
 
 #[cfg(test)]

@@ -9,8 +9,8 @@
 //! properties, never as the revenue `value`.
 
 use super::{
-    parse_retry_after, plan_rows, truncate, BuildError, Context, DestinationSpec, MatchKey,
-    NameOverrides, OutboundRequest, Outcome, Plan,
+    plan_rows, truncate, BuildError, Context, DestinationSpec, MatchKey, NameOverrides,
+    OutboundRequest, Outcome, Plan,
 };
 use crate::config::MerchantConfig;
 use crate::event::CanonicalEvent;
@@ -244,14 +244,8 @@ fn classify(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
         })
         .unwrap_or_else(|| "no error body".to_string());
     let reason = format!("HTTP {status}, klaviyo {}", truncate(&detail, 300));
-    if status == 429 || status == 408 || status >= 500 {
-        Outcome::Retry {
-            after_seconds: parse_retry_after(retry_after),
-            reason,
-        }
-    } else {
-        Outcome::Permanent { reason }
-    }
+    // Klaviyo documents 408 as worth retrying too.
+    super::failure_outcome(status, retry_after, reason, status == 408)
 }
 
 #[cfg(test)]

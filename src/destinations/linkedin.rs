@@ -8,8 +8,8 @@
 //! `user.userIds` carries the SHA-256 email and the unhashed `li_fat_id`. Scale plan.
 
 use super::{
-    parse_retry_after, plan_rows, truncate, BuildError, Context, DestinationSpec, MatchKey,
-    OutboundRequest, Outcome, Plan,
+    plan_rows, truncate, BuildError, Context, DestinationSpec, MatchKey, OutboundRequest, Outcome,
+    Plan,
 };
 use crate::config::MerchantConfig;
 use crate::event::{CanonicalEvent, EventName};
@@ -256,14 +256,7 @@ fn classify(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
         ""
     };
     let reason = format!("HTTP {status}, linkedin {}{hint}", truncate(&message, 300));
-    if status == 429 || status >= 500 {
-        Outcome::Retry {
-            after_seconds: parse_retry_after(retry_after),
-            reason,
-        }
-    } else {
-        Outcome::Permanent { reason }
-    }
+    super::failure_outcome(status, retry_after, reason, false)
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@
 //! with `event_name` to deduplicate against the browser pixel and our own retries.
 
 use super::{
-    encode_query_value, parse_retry_after, plan_rows, truncate, BuildError, Context,
-    DestinationSpec, MatchKey, NameOverrides, OutboundRequest, Outcome, Plan,
+    encode_query_value, plan_rows, truncate, BuildError, Context, DestinationSpec, MatchKey,
+    NameOverrides, OutboundRequest, Outcome, Plan,
 };
 use crate::config::MerchantConfig;
 use crate::event::{CanonicalEvent, EventName};
@@ -286,18 +286,8 @@ fn classify(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
         subcode.map_or(String::new(), |s| format!("/{s}")),
         truncate(message, 300)
     );
-    let retryable = status == 429
-        || status >= 500
-        || transient
-        || code.is_some_and(|c| RETRYABLE_CODES.contains(&c));
-    if retryable {
-        Outcome::Retry {
-            after_seconds: parse_retry_after(retry_after),
-            reason,
-        }
-    } else {
-        Outcome::Permanent { reason }
-    }
+    let transient = transient || code.is_some_and(|c| RETRYABLE_CODES.contains(&c));
+    super::failure_outcome(status, retry_after, reason, transient)
 }
 
 #[cfg(test)]

@@ -450,6 +450,25 @@ pub fn find(name: &str) -> Option<&'static DestinationSpec> {
 }
 
 /// `Retry-After` in seconds (HTTP-date forms are rare on these APIs and are ignored).
+/// The shared reading of a failed answer: 429 and 5xx (and whatever the platform itself
+/// marks `transient`) are retried, honouring `Retry-After`; anything else refuses this
+/// request for good.
+pub fn failure_outcome(
+    status: u16,
+    retry_after: Option<&str>,
+    reason: String,
+    transient: bool,
+) -> Outcome {
+    if transient || status == 429 || status >= 500 {
+        Outcome::Retry {
+            after_seconds: parse_retry_after(retry_after),
+            reason,
+        }
+    } else {
+        Outcome::Permanent { reason }
+    }
+}
+
 pub fn parse_retry_after(header: Option<&str>) -> Option<u32> {
     header.and_then(|v| v.trim().parse::<u32>().ok())
 }

@@ -250,14 +250,7 @@ fn classify(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
             _ => return Outcome::Permanent { reason },
         }
     }
-    if status == 429 || status >= 500 {
-        Outcome::Retry {
-            after_seconds: parse_retry_after(retry_after),
-            reason,
-        }
-    } else {
-        Outcome::Permanent { reason }
-    }
+    super::failure_outcome(status, retry_after, reason, false)
 }
 
 #[cfg(test)]
