@@ -90,6 +90,7 @@ fn stripe_webhook_travels_to_meta_on_a_local_cloudflare_stack() {
         ("RETRY_BASE_DELAY_SECONDS", "1".into()),
         ("RETRY_MAX_ATTEMPTS", "4".into()),
         ("LINKEDIN_API_BASE_URL", meta.base_url()),
+        ("WEBHOOK_DESTINATION_TEST_URL", format!("{}/merchant-hook", meta.base_url())),
     ]);
     provision(&worker);
     // m_conv also reports trial conversions to LinkedIn (a Scale feature).
@@ -588,6 +589,63 @@ fn stripe_webhook_travels_to_meta_on_a_local_cloudflare_stack() {
             .any(|r| r.body.contains(&large_event_id))
             .then_some(())
     });
+
+    // 7d. Enterprise: the signed webhook to the merchant's own endpoint carries the
+    //     canonical event; the signature verifies with the merchant's secret.
+    const HOOK_SECRET: &str = "whsec_merchant_hook_e2e_0001";
+    let refused = worker.admin(
+        "PUT",
+        "/v1/admin/merchants/m_ok/destinations/webhook",
+        Some(&json!({ "url": "https://hooks.acme.example/tl", "signing_secrets": [HOOK_SECRET] })),
+    );
+    assert_eq!(refused.status, 403, "a Scale merchant: {}", refused.body);
+    worker.provision(
+        json!({ "merchant_id": "m_hook", "plan": "enterprise" }),
+        &[("stripe", json!({ "endpoint_secrets": [SECRET] }))],
+        &[(
+            "webhook",
+            json!({ "url": "https://hooks.acme.example/tl", "signing_secrets": [HOOK_SECRET] }),
+        )],
+    );
+    let private = worker.admin(
+        "PUT",
+        "/v1/admin/merchants/m_hook/destinations/webhook",
+        Some(&json!({ "url": "https://169.254.169.254/latest", "signing_secrets": [HOOK_SECRET] })),
+    );
+    assert_eq!(private.status, 422, "{}", private.body);
+    let hooked = stripe_event("customer.subscription.created.trialing.json", "evt_e2e_hook_1");
+    let accepted_hook = post_stripe(&worker, "m_hook", &hooked, signed(&hooked));
+    assert_eq!(accepted_hook.status, 202, "{}", accepted_hook.body);
+    let hook_event_id = accepted_hook.json()["events"][0]["event_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let received = eventually(WAIT, "the merchant's webhook", || {
+        meta.requests_to("/merchant-hook").into_iter().next()
+    });
+    let header = |name: &str| {
+        received
+            .headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(header("tracklayer-event-id"), hook_event_id);
+    let signature = header("tracklayer-signature");
+    let t: i64 = signature
+        .split(',')
+        .find_map(|p| p.strip_prefix("t="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        signature,
+        tracklayer::destinations::webhook::sign(&[HOOK_SECRET.to_string()], t, &received.body)
+    );
+    let body: Value = serde_json::from_str(&received.body).unwrap();
+    assert_eq!(body["event_id"], hook_event_id.as_str());
+    assert_eq!(body["name"], "trial_started");
 
     // 8. Dry run: built and recorded exactly as it would be sent, never sent; after
     //    going live the next event is delivered.

@@ -9,6 +9,7 @@ pub mod klaviyo;
 pub mod linkedin;
 pub mod meta;
 pub mod tiktok;
+pub mod webhook;
 
 use crate::config::MerchantConfig;
 use crate::event::{CanonicalEvent, EventName};
@@ -390,6 +391,7 @@ pub const REGISTRY: &[DestinationSpec] = &[
     ga4::SPEC,
     linkedin::SPEC,
     google_ads::SPEC,
+    webhook::SPEC,
 ];
 
 /// A builder, as registered in [`DestinationSpec::build`].
