@@ -62,9 +62,10 @@ fn authentic(source: &str, body: &[u8]) -> Headers {
         "stripe" => Headers::new().with("Stripe-Signature", &stripe::sign("s", NOW, body)),
         "paddle" => Headers::new().with("Paddle-Signature", &paddle::sign("s", NOW, body)),
         "lemonsqueezy" => Headers::new().with("X-Signature", &lemonsqueezy::sign("s", body)),
-        "recharge" => {
-            Headers::new().with("X-Recharge-Hmac-Sha256", &recharge::sign_legacy("s", body))
-        }
+        // The timestamped scheme: the legacy header is refused by default.
+        "recharge" => Headers::new()
+            .with("X-Recharge-Webhook-Signature", &recharge::sign("s", NOW, body))
+            .with("X-Recharge-Topic", "charge/paid"),
         "hubspot" => Headers::new()
             .with(
                 "X-HubSpot-Signature-v3",
@@ -176,6 +177,24 @@ proptest! {
         let (name, fixture) = SOURCES[source];
         let body = retyped(&mapping::fixture(name, fixture), pick, replacement);
         survives(name, &body);
+    }
+}
+
+/// The properties above only mean something if authentic input reaches the mapping
+/// code: a signing change that made every case a 401 would leave them passing silently.
+#[test]
+fn every_authentic_fixture_reaches_the_mapping_code() {
+    for (source, fixture) in SOURCES {
+        let body = mapping::fixture(source, fixture);
+        let headers = authentic(source, &body);
+        let outputs = ingest::verify_and_map(
+            source,
+            &merchant(),
+            &WebhookRequest::post(URL, &headers, &body),
+            NOW,
+        )
+        .unwrap_or_else(|e| panic!("{source}/{fixture} refused: {} ({e})", e.reason_code()));
+        assert!(!outputs.is_empty(), "{source}/{fixture}");
     }
 }
 
