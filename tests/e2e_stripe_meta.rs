@@ -90,7 +90,10 @@ fn stripe_webhook_travels_to_meta_on_a_local_cloudflare_stack() {
         ("RETRY_BASE_DELAY_SECONDS", "1".into()),
         ("RETRY_MAX_ATTEMPTS", "4".into()),
         ("LINKEDIN_API_BASE_URL", meta.base_url()),
-        ("WEBHOOK_DESTINATION_TEST_URL", format!("{}/merchant-hook", meta.base_url())),
+        (
+            "WEBHOOK_DESTINATION_TEST_URL",
+            format!("{}/merchant-hook", meta.base_url()),
+        ),
     ]);
     provision(&worker);
     // m_conv also reports trial conversions to LinkedIn (a Scale feature).
@@ -613,7 +616,10 @@ fn stripe_webhook_travels_to_meta_on_a_local_cloudflare_stack() {
         Some(&json!({ "url": "https://169.254.169.254/latest", "signing_secrets": [HOOK_SECRET] })),
     );
     assert_eq!(private.status, 422, "{}", private.body);
-    let hooked = stripe_event("customer.subscription.created.trialing.json", "evt_e2e_hook_1");
+    let hooked = stripe_event(
+        "customer.subscription.created.trialing.json",
+        "evt_e2e_hook_1",
+    );
     let accepted_hook = post_stripe(&worker, "m_hook", &hooked, signed(&hooked));
     assert_eq!(accepted_hook.status, 202, "{}", accepted_hook.body);
     let hook_event_id = accepted_hook.json()["events"][0]["event_id"]

@@ -64,7 +64,10 @@ fn authentic(source: &str, body: &[u8]) -> Headers {
         "lemonsqueezy" => Headers::new().with("X-Signature", &lemonsqueezy::sign("s", body)),
         // The timestamped scheme: the legacy header is refused by default.
         "recharge" => Headers::new()
-            .with("X-Recharge-Webhook-Signature", &recharge::sign("s", NOW, body))
+            .with(
+                "X-Recharge-Webhook-Signature",
+                &recharge::sign("s", NOW, body),
+            )
             .with("X-Recharge-Topic", "charge/paid"),
         "hubspot" => Headers::new()
             .with(
