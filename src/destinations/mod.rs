@@ -51,12 +51,17 @@ impl Endpoints {
         self
     }
 
-    /// The base URL to call, without a trailing slash.
-    pub fn url(&self, endpoint: &EndpointSpec) -> &str {
+    /// The operator's replacement for `endpoint`, if one is set.
+    pub fn overridden(&self, endpoint: &EndpointSpec) -> Option<&str> {
         self.overrides
             .get(endpoint.override_var)
-            .map_or(endpoint.default, String::as_str)
-            .trim_end_matches('/')
+            .map(|url| url.trim_end_matches('/'))
+    }
+
+    /// The base URL to call, without a trailing slash.
+    pub fn url(&self, endpoint: &EndpointSpec) -> &str {
+        self.overridden(endpoint)
+            .unwrap_or(endpoint.default.trim_end_matches('/'))
     }
 }
 

@@ -129,10 +129,10 @@ fn build(
         destination: NAME,
         reason,
     })?;
-    let url = match context.endpoints.url(&TEST_URL) {
-        overridden if overridden != TEST_URL.default => overridden.to_string(),
-        _ => config.url.clone(),
-    };
+    let url = context
+        .endpoints
+        .overridden(&TEST_URL)
+        .map_or_else(|| config.url.clone(), str::to_string);
     // One event per request: the receiver answers for each on its own.
     plan_rows(
         events,
