@@ -347,15 +347,6 @@ pub fn attach_originals(
         .insert(ADJUSTS.into(), Value::Array(targets).to_string());
 }
 
-/// [`attach_originals`] for one conversion.
-pub fn attach_original(
-    correction: &mut CanonicalEvent,
-    original: &CanonicalEvent,
-    merchant: &MerchantConfig,
-) {
-    attach_originals(correction, std::slice::from_ref(original), merchant);
-}
-
 fn build(
     events: &[CanonicalEvent],
     merchant: &MerchantConfig,
@@ -953,7 +944,7 @@ mod tests {
             gross_value: Some(Amount::from_minor(refunded_minor, "usd")),
             ..Values::default()
         };
-        attach_original(&mut r, &conversion(), &merchant(json!({})));
+        attach_originals(&mut r, &[conversion()], &merchant(json!({})));
         r
     }
 
@@ -1140,7 +1131,7 @@ mod tests {
         let mut cancel = tests_support::event();
         cancel.name = EventName::SubscriptionCancelled;
         cancel.occurred_at = NOW - 60;
-        attach_original(&mut cancel, &conversion(), &m);
+        attach_originals(&mut cancel, &[conversion()], &m);
         assert!(accepts(&cancel, &m));
         assert!(!accepts(&cancel, &merchant(json!({}))));
         let req = build_for_test(build, &[cancel.clone()], &m, &Endpoints::default(), NOW).unwrap();
