@@ -38,27 +38,20 @@ pub struct RejectionBuffer {
 }
 
 impl RejectionBuffer {
-    /// Counts one refusal. `known_merchant` is false when the id names no merchant: the
-    /// count then goes to [`NO_MERCHANT`]. Returns true when this is the first count
-    /// since the last flush (the caller schedules one).
-    #[allow(clippy::too_many_arguments)]
+    /// Counts one refusal. `merchant_id` is [`NO_MERCHANT`] when the request named no
+    /// merchant we know: callers never pass an id a caller made up. Returns true when
+    /// this is the first count since the last flush (the caller schedules one).
     pub fn record(
         &mut self,
         merchant_id: &str,
-        known_merchant: bool,
         route: &str,
         status: u16,
         code: &str,
         message: &str,
         now_ms: i64,
     ) -> bool {
-        let merchant_id = if known_merchant {
-            merchant_id.chars().take(64).collect()
-        } else {
-            NO_MERCHANT.to_string()
-        };
         let mut key = RejectionKey {
-            merchant_id,
+            merchant_id: merchant_id.chars().take(64).collect(),
             route: route.chars().take(64).collect(),
             code: code.to_string(),
             minute: now_ms / 60_000 * 60_000,
@@ -114,14 +107,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_flood_of_random_ids_is_one_counter_row() {
+    fn a_flood_naming_no_known_merchant_is_one_counter_row() {
         let mut buffer = RejectionBuffer::default();
         let mut first_flags = 0;
+        // The edge counts a request naming no merchant it knows under NO_MERCHANT.
         for i in 0..2_699 {
-            let id = format!("random_{i}");
             if buffer.record(
-                &id,
-                false,
+                NO_MERCHANT,
                 "webhook:stripe",
                 401,
                 "unauthenticated",
@@ -143,7 +135,7 @@ mod tests {
     fn memory_is_bounded_and_overflow_is_counted() {
         let mut buffer = RejectionBuffer::default();
         for i in 0..(MAX_KEYS as i64 + 100) {
-            buffer.record("m1", true, &format!("route{i}"), 400, "bad", "", 0);
+            buffer.record("m1", &format!("route{i}"), 400, "bad", "", 0);
         }
         let rows = buffer.drain();
         assert_eq!(rows.len(), MAX_KEYS + 1);
@@ -156,9 +148,9 @@ mod tests {
     #[test]
     fn a_failed_write_keeps_the_counts() {
         let mut buffer = RejectionBuffer::default();
-        buffer.record("m1", true, "r", 401, "c", "", 0);
+        buffer.record("m1", "r", 401, "c", "", 0);
         let rows = buffer.drain();
-        buffer.record("m1", true, "r", 401, "c", "", 1);
+        buffer.record("m1", "r", 401, "c", "", 1);
         buffer.restore(rows, 2);
         assert_eq!(buffer.drain()[0].1.count, 2);
     }

@@ -138,15 +138,9 @@ pub fn record_rejection(
     message: &str,
 ) {
     let first = REJECTIONS.with(|buffer| {
-        buffer.borrow_mut().record(
-            merchant_id,
-            !merchant_id.is_empty(),
-            route,
-            status,
-            code,
-            message,
-            now_ms(),
-        )
+        buffer
+            .borrow_mut()
+            .record(merchant_id, route, status, code, message, now_ms())
     });
     if first {
         let env = env.clone();
