@@ -666,12 +666,13 @@ impl Store {
         if pairs.is_empty() {
             return Ok(HashMap::new());
         }
-        let keys: Vec<String> = pairs.iter().map(|(m, d)| format!("{m}\u{1f}{d}")).collect();
+        // Row values against the primary key, so each pair is an index lookup.
         let rows: Vec<Row> = self
             .rows_for_list(
                 "SELECT merchant_id, destination, consecutive_failures, parked_since, next_probe_at, probes \
-                 FROM destination_health WHERE merchant_id || char(31) || destination IN (SELECT value FROM json_each(?1))",
-                &keys,
+                 FROM destination_health WHERE (merchant_id, destination) IN \
+                 (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?1))",
+                pairs,
             )
             .await?;
         Ok(rows
