@@ -164,7 +164,7 @@ pub fn region_name(region: Region) -> &'static str {
 
 /// Which dead letters a bulk replay puts back on the queue: not yet replayed, of one
 /// destination and time range (`dead_lettered_at`, unix ms), oldest first, at most `limit`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayFilter {
     #[serde(default)]
@@ -346,13 +346,13 @@ pub fn view(name: &str) -> Result<&'static View, ApiError> {
 }
 
 /// SQL value of a list query parameter.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SqlParam {
     Text(String),
     Int(i64),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListQuery {
     pub sql: String,
     pub params: Vec<SqlParam>,

@@ -23,6 +23,7 @@ pub mod log;
 pub mod money;
 pub mod pixel;
 pub mod plans;
+pub mod records;
 pub mod rejections;
 pub mod retention;
 pub mod routes;

@@ -234,7 +234,7 @@ pub struct BeaconContext<'a> {
 }
 
 /// What one beacon adds to the identity store.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Capture {
     /// `visitor:<id>`: the identity-store key of this browser.
     pub visitor_key: String,

@@ -3,23 +3,8 @@
 
 /// Every regional table holding a merchant's rows, children before parents: what
 /// deleting a merchant clears (a test checks this against the migrations).
-pub const MERCHANT_REGIONAL_TABLES: [&str; 15] = [
-    "destination_health",
-    "identity_links",
-    "identities",
-    "oauth_tokens",
-    "delivery_attempts",
-    "dead_letters",
-    "deliveries",
-    "canonical_events",
-    "ignored_events",
-    "customers",
-    "crm_context",
-    "ledger_keys",
-    "merchant_sources",
-    "merchant_destinations",
-    "merchants",
-];
+pub const MERCHANT_REGIONAL_TABLES: [&str; 3] =
+    ["merchant_sources", "merchant_destinations", "merchants"];
 
 /// Every global table keyed by merchant, the routing row last.
 pub const MERCHANT_GLOBAL_TABLES: [&str; 5] = [

@@ -32,6 +32,7 @@ pub enum RouteId {
     AdminEraseCustomer,
     AdminRejectedRequests,
     AdminCronRuns,
+    AdminMetrics,
     AdminRotateSecrets,
 }
 
@@ -165,6 +166,7 @@ pub const ROUTES: &[Route] = &[
         RouteId::AdminRejectedRequests,
     ),
     route("GET", "/v1/admin/cron-runs", RouteId::AdminCronRuns),
+    route("GET", "/v1/admin/metrics", RouteId::AdminMetrics),
     route(
         "POST",
         "/v1/admin/rotate-secrets",

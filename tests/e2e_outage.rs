@@ -65,8 +65,8 @@ fn an_outage_parks_the_destination_and_releases_every_event_once() {
     assert_eq!(parked[0]["destination"], "meta");
 
     let rows = eventually(WAIT, "every event delivered after the outage", || {
-        let rows = worker.d1_rows(
-            "DB_US",
+        let rows = worker.object_rows(
+            Some("us"),
             "SELECT event_id, status, attempts FROM deliveries WHERE merchant_id = 'm_outage'",
         );
         (rows.len() == 3 && rows.iter().all(|r| r["status"] == "delivered")).then_some(rows)
@@ -78,8 +78,8 @@ fn an_outage_parks_the_destination_and_releases_every_event_once() {
         );
     }
     assert_eq!(
-        worker.count(
-            "DB_US",
+        worker.object_count(
+            Some("us"),
             "SELECT count(*) AS n FROM dead_letters WHERE merchant_id = 'm_outage'"
         ),
         0

@@ -211,7 +211,7 @@ fn pixel_click_ids_reach_the_conversion_weeks_later() {
         .iter()
         .all(|b| b["body"]["visitor_id"] == visitor_id.as_str()));
     assert_eq!(
-        worker.count("DB_US", &format!("SELECT count(*) AS n FROM identity_links WHERE merchant_id = 'm_px' AND visitor_key = 'visitor:{visitor_id}' AND identity_key = 'email:jane.doe@example.com'")),
+        worker.object_count(Some("us"), &format!("SELECT count(*) AS n FROM identity_links WHERE merchant_id = 'm_px' AND visitor_key = 'visitor:{visitor_id}' AND identity_key = 'email:jane.doe@example.com'")),
         1
     );
 
@@ -444,11 +444,11 @@ fn pixel_click_ids_reach_the_conversion_weeks_later() {
         erased.body
     );
     assert_eq!(
-        worker.count("DB_US", &format!("SELECT count(*) AS n FROM identities WHERE identity_key = 'visitor:{visitor_id}' OR identity_key = 'email:jane.doe@example.com'")),
+        worker.object_count(Some("us"), &format!("SELECT count(*) AS n FROM identities WHERE identity_key = 'visitor:{visitor_id}' OR identity_key = 'email:jane.doe@example.com'")),
         0
     );
     assert_eq!(
-        worker.count("DB_US", "SELECT count(*) AS n FROM identity_links WHERE identity_key = 'email:jane.doe@example.com'"),
+        worker.object_count(Some("us"), "SELECT count(*) AS n FROM identity_links WHERE identity_key = 'email:jane.doe@example.com'"),
         0
     );
 

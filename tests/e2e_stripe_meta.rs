@@ -85,7 +85,7 @@ fn stripe_webhook_travels_to_meta_on_a_local_cloudflare_stack() {
             r#"{"error":{"message":"Invalid parameter","type":"OAuthException","code":100,"error_subcode":2804019,"fbtrace_id":"AxYz"}}"#,
         )],
     );
-    let worker = Worker::start(&[
+    let vars = [
         ("META_API_BASE_URL", meta.base_url()),
         ("RETRY_BASE_DELAY_SECONDS", "1".into()),
         ("RETRY_MAX_ATTEMPTS", "4".into()),
@@ -94,7 +94,8 @@ fn stripe_webhook_travels_to_meta_on_a_local_cloudflare_stack() {
             "WEBHOOK_DESTINATION_TEST_URL",
             format!("{}/merchant-hook", meta.base_url()),
         ),
-    ]);
+    ];
+    let worker = Worker::start(&vars);
     provision(&worker);
     // m_conv also reports trial conversions to LinkedIn (a Scale feature).
     let linkedin = worker.admin(
@@ -532,10 +533,11 @@ fn stripe_webhook_travels_to_meta_on_a_local_cloudflare_stack() {
         .as_array()
         .is_some_and(|w| w.is_empty()));
 
-    // 7b. A delivery lost between the D1 write and the queue (a crash, a lost message)
-    //     stays pending with no attempt: the 5-minute sweeper enqueues it again.
-    let job = worker.d1_rows(
-        "DB_US",
+    // 7b. A delivery lost between the write and the queue (a crash, a lost message)
+    //     stays pending with no attempt: the 5-minute sweeper has the merchant's
+    //     object enqueue it again. The loss is made with the worker stopped.
+    let job = worker.object_rows(
+        Some("us"),
         "SELECT job_id FROM deliveries WHERE merchant_id = 'm_ok' AND destination = 'meta' \
          AND status = 'delivered' LIMIT 1",
     )[0]["job_id"]
@@ -543,13 +545,15 @@ fn stripe_webhook_travels_to_meta_on_a_local_cloudflare_stack() {
         .unwrap()
         .to_string();
     let sent_before = meta.requests_to("/px_ok/").len();
-    worker.d1_rows(
-        "DB_US",
+    let state = worker.kill_hard();
+    support::object_execute_in(
+        &state,
         &format!(
             "UPDATE deliveries SET status = 'pending', attempts = 0, updated_at = {} WHERE job_id = '{job}'",
             (now() - 600) * 1000
         ),
     );
+    let worker = Worker::start_on(state, &vars);
     let swept = http(
         "GET",
         worker.port,
@@ -559,8 +563,8 @@ fn stripe_webhook_travels_to_meta_on_a_local_cloudflare_stack() {
     );
     assert_eq!(swept.status, 200, "{}", swept.body);
     eventually(WAIT, "the swept job delivered", || {
-        let status = worker.d1_rows(
-            "DB_US",
+        let status = worker.object_rows(
+            Some("us"),
             &format!("SELECT status FROM deliveries WHERE job_id = '{job}'"),
         )[0]["status"]
             .clone();

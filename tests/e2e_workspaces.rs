@@ -153,26 +153,45 @@ fn workspaces_keep_secrets_sealed_data_in_region_and_keys_scoped() {
             .then_some(())
     });
     eventually(WAIT, "both deliveries recorded", || {
-        let eu = worker.count(
-            "DB_EU",
+        let eu = worker.object_count(
+            Some("eu"),
             "SELECT count(*) AS n FROM deliveries WHERE status = 'delivered'",
         );
-        let us = worker.count(
-            "DB_US",
+        let us = worker.object_count(
+            Some("us"),
             "SELECT count(*) AS n FROM deliveries WHERE status = 'delivered'",
         );
         (eu == 1 && us == 1).then_some(())
     });
-    for (binding, own, other) in [("DB_EU", "m_eu", "m_us"), ("DB_US", "m_us", "m_eu")] {
+    // Records: each merchant's own object, created for its region.
+    for (region, own, other) in [("eu", "m_eu", "m_us"), ("us", "m_us", "m_eu")] {
         for table in [
             "canonical_events",
             "customers",
             "deliveries",
             "delivery_attempts",
-            "ledger_keys",
-            "merchants",
-            "merchant_sources",
+            "object_meta",
         ] {
+            let count = |merchant: &str| {
+                worker.object_count(
+                    Some(region),
+                    &format!("SELECT count(*) AS n FROM {table} WHERE merchant_id = '{merchant}'"),
+                )
+            };
+            assert!(
+                count(own) >= 1,
+                "{region} objects: {table} lacks {own}'s rows"
+            );
+            assert_eq!(
+                count(other),
+                0,
+                "{region} objects: {table} holds {other}'s rows"
+            );
+        }
+    }
+    // Settings: the region's D1 only.
+    for (binding, own, other) in [("DB_EU", "m_eu", "m_us"), ("DB_US", "m_us", "m_eu")] {
+        for table in ["merchants", "merchant_sources"] {
             let mine = worker.count(
                 binding,
                 &format!("SELECT count(*) AS n FROM {table} WHERE merchant_id = '{own}'"),
@@ -247,7 +266,7 @@ fn workspaces_keep_secrets_sealed_data_in_region_and_keys_scoped() {
     let anonymous = http("POST", worker.port, "/v1/product-events", &[], signup);
     assert_eq!(anonymous.status, 401);
     assert_eq!(
-        worker.count("DB_US", "SELECT count(*) AS n FROM canonical_events WHERE merchant_id = 'm_us' AND name = 'signup'"),
+        worker.object_count(Some("us"), "SELECT count(*) AS n FROM canonical_events WHERE merchant_id = 'm_us' AND name = 'signup'"),
         1
     );
     assert_eq!(
@@ -326,14 +345,14 @@ fn workspaces_keep_secrets_sealed_data_in_region_and_keys_scoped() {
         "{}",
         erased.body
     );
-    let left = worker.count(
-        "DB_US",
+    let left = worker.object_count(
+        Some("us"),
         "SELECT count(*) AS n FROM canonical_events WHERE payload LIKE '%jane.doe@example.com%' \
          OR payload LIKE '%cus_SpQ8gWmA1ZbXyT%'",
     );
     assert_eq!(left, 0);
-    let identities = worker.count(
-        "DB_US",
+    let identities = worker.object_count(
+        Some("us"),
         "SELECT count(*) AS n FROM customers WHERE merchant_id = 'm_us'",
     );
     assert_eq!(identities, 0);
@@ -344,33 +363,38 @@ fn workspaces_keep_secrets_sealed_data_in_region_and_keys_scoped() {
         erased.body
     );
     assert_eq!(
-        worker.count(
-            "DB_US",
+        worker.object_count(
+            Some("us"),
             "SELECT count(*) AS n FROM deliveries WHERE merchant_id = 'm_us'"
         ),
         1,
         "only the signup's delivery remains"
     );
-    assert_eq!(worker.count("DB_US", "SELECT count(*) AS n FROM delivery_attempts WHERE merchant_id = 'm_us' AND event_id NOT IN (SELECT event_id FROM canonical_events)"), 0);
+    assert_eq!(worker.object_count(Some("us"), "SELECT count(*) AS n FROM delivery_attempts WHERE merchant_id = 'm_us' AND event_id NOT IN (SELECT event_id FROM canonical_events)"), 0);
 
     // 6. Whole-merchant deletion leaves nothing of it in its region or the routing table.
     let deleted = worker.admin("DELETE", "/v1/admin/merchants/m_eu", None);
     assert_eq!(deleted.status, 200, "{}", deleted.body);
-    assert!(deleted.json()["ledgers_cleared"].as_i64().unwrap() >= 1);
-    for table in [
-        "canonical_events",
-        "customers",
-        "deliveries",
-        "delivery_attempts",
-        "merchants",
-        "merchant_sources",
-        "merchant_destinations",
-        "ledger_keys",
-    ] {
+    assert!(
+        deleted.json()["deleted_rows"]["canonical_events"]
+            .as_i64()
+            .unwrap()
+            >= 1,
+        "{}",
+        deleted.body
+    );
+    for table in ["merchants", "merchant_sources", "merchant_destinations"] {
         assert_eq!(
             worker.count("DB_EU", &format!("SELECT count(*) AS n FROM {table}")),
             0,
             "{table}"
+        );
+    }
+    for table in crate_tables() {
+        assert_eq!(
+            worker.object_count(Some("eu"), &format!("SELECT count(*) AS n FROM {table}")),
+            0,
+            "the EU merchant's object still holds {table}"
         );
     }
     assert_eq!(
@@ -488,4 +512,9 @@ fn workspaces_keep_secrets_sealed_data_in_region_and_keys_scoped() {
     let spec = http("GET", worker.port, "/v1/openapi.json", &[], b"");
     assert_eq!(spec.status, 200);
     assert_eq!(spec.json()["openapi"], "3.1.0");
+}
+
+/// Every table of a merchant's object (see `tracklayer::records::TABLES`).
+fn crate_tables() -> [&'static str; 14] {
+    tracklayer::records::TABLES
 }

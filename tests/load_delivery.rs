@@ -16,12 +16,10 @@ use std::time::{Duration, Instant};
 use support::{http, StandIn, Worker};
 
 fn delivered(worker: &Worker) -> i64 {
-    worker.d1_rows(
-        "DB_US",
+    worker.object_count(
+        Some("us"),
         "SELECT count(*) AS n FROM deliveries WHERE merchant_id = 'm_load' AND status = 'delivered'",
-    )[0]["n"]
-        .as_i64()
-        .unwrap_or(0)
+    )
 }
 
 /// (messages, outbound requests, ms) of every consumer invocation in the log: its

@@ -125,8 +125,8 @@ fn every_acknowledged_webhook_survives_a_hard_kill() {
             );
             last_sweep = Instant::now();
         }
-        let rows = worker.d1_rows(
-            "DB_US",
+        let rows = worker.object_rows(
+            Some("us"),
             "SELECT event_id, status FROM deliveries WHERE merchant_id = 'm_crash'",
         );
         let status: BTreeMap<String, String> = rows

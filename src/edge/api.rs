@@ -3,16 +3,16 @@
 //! reads requests, calls the stores and answers.
 
 use super::http::{api_error, json_response};
-use super::ledger::LedgerClient;
+use super::merchant::MerchantClient;
+use super::metrics::{self, Phase};
 use super::routing::{ApiKeyRow, PixelRow, Route, Routing};
-use super::store::Store;
+use super::settings::{forget_merchants, SettingsStore};
 use super::{authenticate_merchant_key, keyring, now_ms};
 use crate::admin::{
     integration, parse_body, region_name, view, ApiError, IntegrationKind, MerchantPatch,
     NewMerchant, ReplayFilter,
 };
 use crate::config::MerchantStatus;
-use crate::delivery::DeliveryJob;
 use crate::hashing::constant_time_eq;
 use crate::pixel::PixelSettings;
 use crate::routes::RouteId;
@@ -90,7 +90,7 @@ pub async fn admin(
     }
     // Any operator write may change what ingest reads: this isolate re-reads it.
     if req.method() != worker::Method::Get {
-        super::intake::forget_merchants();
+        forget_merchants();
     }
     let param = |name: &str| {
         params
@@ -132,6 +132,7 @@ pub async fn admin(
         RouteId::AdminEraseCustomer => erase_customer(req, env, &merchant_id).await,
         RouteId::AdminRejectedRequests => rejected_requests(&req, env).await,
         RouteId::AdminCronRuns => cron_runs(env).await,
+        RouteId::AdminMetrics => Ok((200, json!(metrics::snapshot()))),
         RouteId::AdminRotateSecrets => rotate_secrets(env).await,
         // Not operator routes; the edge dispatches them elsewhere.
         RouteId::Health
@@ -189,7 +190,7 @@ async fn create_merchant(mut req: Request, env: &Env) -> Answer {
             message: format!("merchant {} already exists", new.merchant_id),
         });
     }
-    let store = Store::for_region(env, new.region).map_err(unavailable)?;
+    let store = SettingsStore::for_region(env, new.region).map_err(unavailable)?;
     let value_policy = serde_json::to_value(&new.value_policy).unwrap_or_default();
     let lifecycle = serde_json::to_value(new.lifecycle.unwrap_or_default()).unwrap_or_default();
     if let Err(err) = store
@@ -211,7 +212,7 @@ async fn create_merchant(mut req: Request, env: &Env) -> Answer {
 
 /// The merchant with its integrations, secrets masked to their last 4 characters.
 async fn merchant_view(env: &Env, route: &Route) -> Answer {
-    let store = Store::for_region(env, route.region).map_err(unavailable)?;
+    let store = SettingsStore::for_region(env, route.region).map_err(unavailable)?;
     let settings = store
         .settings(&route.merchant_id)
         .await
@@ -251,8 +252,8 @@ async fn merchant_view(env: &Env, route: &Route) -> Answer {
     }
     // Destinations failing every request: their jobs are held and probed (see README).
     body["parked_destinations"] = Value::Array(
-        store
-            .parked_destinations(&route.merchant_id)
+        records(env, route)?
+            .parked_destinations()
             .await
             .map_err(unavailable)?,
     );
@@ -303,7 +304,7 @@ async fn update_merchant(mut req: Request, env: &Env, merchant_id: &str) -> Answ
             .lifecycle
             .as_ref()
             .map(|l| serde_json::to_value(l).unwrap_or_default());
-        Store::for_region(env, route.region)
+        SettingsStore::for_region(env, route.region)
             .map_err(unavailable)?
             .update_settings(
                 merchant_id,
@@ -318,20 +319,19 @@ async fn update_merchant(mut req: Request, env: &Env, merchant_id: &str) -> Answ
     get_merchant(env, merchant_id).await
 }
 
-/// Whole-merchant deletion: ledgers, every regional row, then the route and keys.
+/// The merchant's own records (its Durable Object).
+fn records(env: &Env, route: &Route) -> std::result::Result<MerchantClient, ApiError> {
+    MerchantClient::new(env, route.region, &route.merchant_id, Phase::Other).map_err(unavailable)
+}
+
+/// Whole-merchant deletion: its object (every record), its regional settings, then the
+/// route and keys.
 async fn delete_merchant(env: &Env, merchant_id: &str) -> Answer {
     let routing = Routing::from_env(env).map_err(unavailable)?;
     let route = route_of(&routing, merchant_id).await?;
-    let store = Store::for_region(env, route.region).map_err(unavailable)?;
-    let ledger_keys = store.ledger_keys(merchant_id).await.map_err(unavailable)?;
-    for key in &ledger_keys {
-        LedgerClient::for_key(env, route.region, merchant_id, key)
-            .map_err(unavailable)?
-            .forget()
-            .await
-            .map_err(unavailable)?;
-    }
-    let deleted = store
+    let records_deleted = records(env, &route)?.forget().await.map_err(unavailable)?;
+    let settings_deleted = SettingsStore::for_region(env, route.region)
+        .map_err(unavailable)?
         .delete_merchant(merchant_id)
         .await
         .map_err(unavailable)?;
@@ -341,8 +341,8 @@ async fn delete_merchant(env: &Env, merchant_id: &str) -> Answer {
         json!({
             "merchant_id": merchant_id,
             "region": region_name(route.region),
-            "deleted_rows": deleted,
-            "ledgers_cleared": ledger_keys.len(),
+            "deleted_rows": records_deleted,
+            "deleted_settings": settings_deleted,
         }),
     ))
 }
@@ -369,7 +369,7 @@ async fn put_integration(
             random_bytes::<NONCE_LEN>()?,
         )
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    Store::for_region(env, route.region)
+    SettingsStore::for_region(env, route.region)
         .map_err(unavailable)?
         .put_config(merchant_id, kind.as_str(), spec.name, &sealed, now_ms())
         .await
@@ -395,7 +395,7 @@ async fn delete_integration(
     let spec = integration(kind, name)?;
     let routing = Routing::from_env(env).map_err(unavailable)?;
     let route = route_of(&routing, merchant_id).await?;
-    let removed = Store::for_region(env, route.region)
+    let removed = SettingsStore::for_region(env, route.region)
         .map_err(unavailable)?
         .delete_config(merchant_id, kind.as_str(), spec.name)
         .await
@@ -544,8 +544,7 @@ async fn read_view(req: &Request, env: &Env, merchant_id: &str, view_name: &str)
     let query = view.query(merchant_id, &query_pairs(req).map_err(unavailable)?)?;
     let routing = Routing::from_env(env).map_err(unavailable)?;
     let route = route_of(&routing, merchant_id).await?;
-    let rows = Store::for_region(env, route.region)
-        .map_err(unavailable)?
+    let rows = records(env, &route)?
         .list(&query)
         .await
         .map_err(unavailable)?;
@@ -558,23 +557,16 @@ async fn read_view(req: &Request, env: &Env, merchant_id: &str, view_name: &str)
 async fn replay(env: &Env, merchant_id: &str, job_id: &str) -> Answer {
     let routing = Routing::from_env(env).map_err(unavailable)?;
     let route = route_of(&routing, merchant_id).await?;
-    let store = Store::for_region(env, route.region).map_err(unavailable)?;
-    let job: DeliveryJob = store
-        .dead_letter_job(merchant_id, job_id)
-        .await
-        .map_err(unavailable)?
-        .ok_or_else(|| {
-            ApiError::NotFound(format!("dead letter {job_id} of merchant {merchant_id}"))
-        })?;
-    let now = now_ms();
-    store.reset_delivery(&job, now).await.map_err(unavailable)?;
-    super::regions::enqueue_jobs(env, route.region, [&job])
+    let filter: ReplayFilter = parse_body(b"{}")?;
+    let replayed = records(env, &route)?
+        .replay(Some(job_id), &filter)
         .await
         .map_err(unavailable)?;
-    store
-        .mark_replayed(job_id, now)
-        .await
-        .map_err(unavailable)?;
+    if replayed.is_empty() {
+        return Err(ApiError::NotFound(format!(
+            "dead letter {job_id} of merchant {merchant_id}"
+        )));
+    }
     Ok((202, json!({ "job_id": job_id, "status": "requeued" })))
 }
 
@@ -590,28 +582,13 @@ async fn replay_many(mut req: Request, env: &Env, merchant_id: &str) -> Answer {
     filter.validate()?;
     let routing = Routing::from_env(env).map_err(unavailable)?;
     let route = route_of(&routing, merchant_id).await?;
-    let store = Store::for_region(env, route.region).map_err(unavailable)?;
-    let jobs = store
-        .dead_letter_jobs(merchant_id, &filter)
+    let job_ids = records(env, &route)?
+        .replay(None, &filter)
         .await
         .map_err(unavailable)?;
-    let now = now_ms();
-    for job in &jobs {
-        store.reset_delivery(job, now).await.map_err(unavailable)?;
-    }
-    super::regions::enqueue_jobs(env, route.region, &jobs)
-        .await
-        .map_err(unavailable)?;
-    for job in &jobs {
-        store
-            .mark_replayed(&job.job_id, now)
-            .await
-            .map_err(unavailable)?;
-    }
-    let job_ids: Vec<&str> = jobs.iter().map(|j| j.job_id.as_str()).collect();
     Ok((
         202,
-        json!({ "requeued": jobs.len(), "job_ids": job_ids, "limit": filter.limit }),
+        json!({ "requeued": job_ids.len(), "job_ids": job_ids, "limit": filter.limit }),
     ))
 }
 
@@ -641,9 +618,8 @@ async fn erase_customer(mut req: Request, env: &Env, merchant_id: &str) -> Answe
     }
     let routing = Routing::from_env(env).map_err(unavailable)?;
     let route = route_of(&routing, merchant_id).await?;
-    let erased = Store::for_region(env, route.region)
-        .map_err(unavailable)?
-        .erase_customer(merchant_id, email, customer_id)
+    let erased = records(env, &route)?
+        .erase_customer(email, customer_id)
         .await
         .map_err(unavailable)?;
     Ok((
@@ -704,7 +680,7 @@ async fn rotate_secrets(env: &Env) -> Answer {
     let mut resealed = 0u32;
     let mut failed = Vec::new();
     for region in [crate::config::Region::Us, crate::config::Region::Eu] {
-        let store = Store::for_region(env, region).map_err(unavailable)?;
+        let store = SettingsStore::for_region(env, region).map_err(unavailable)?;
         for kind in ["source", "destination"] {
             for (merchant_id, row) in store.all_configs(kind).await.map_err(unavailable)? {
                 if !keyring.needs_rotation(&row.config) {
@@ -770,7 +746,7 @@ pub async fn merchant_read(
 async fn own_merchant(env: &Env, merchant_id: &str) -> Answer {
     let routing = Routing::from_env(env).map_err(unavailable)?;
     let route = route_of(&routing, merchant_id).await?;
-    let store = Store::for_region(env, route.region).map_err(unavailable)?;
+    let store = SettingsStore::for_region(env, route.region).map_err(unavailable)?;
     let mut body = route_json(&route);
     for (kind, field) in [("source", "sources"), ("destination", "destinations")] {
         let names: Vec<String> = store

@@ -1,16 +1,17 @@
-//! Cloudflare Workers bindings: HTTP routes, queue consumers, the ledger Durable
-//! Object, D1 and cron. Decisions are made in the core; this layer only does I/O.
+//! Cloudflare Workers bindings: HTTP routes, queue consumers, the merchants' Durable
+//! Objects, D1 and cron. Decisions are made in the core; this layer only does I/O.
 
 mod api;
 mod consumer;
 mod http;
 mod intake;
-mod ledger;
+mod merchant;
+mod metrics;
 mod outbound;
 mod pixel;
 mod regions;
 mod routing;
-mod store;
+mod settings;
 
 use crate::admin::ApiError;
 use crate::config::Region;
@@ -23,7 +24,7 @@ use crate::time::utc_date;
 use http::{json_error, json_response, with_header};
 use routing::Routing;
 use serde_json::json;
-use store::Store;
+use settings::SettingsStore;
 use worker::{
     console_error, console_log, console_warn, event, Context, Date, Env, MessageBatch, Request,
     Response, Result, ScheduleContext, ScheduledEvent,
@@ -31,7 +32,7 @@ use worker::{
 
 // The Durable Object class must be exported from the wasm module.
 #[allow(unused_imports)]
-pub use ledger::Ledger;
+pub use merchant::Merchant;
 
 pub const DAILY_CRON: &str = "0 9 * * *";
 /// Re-enqueues pending deliveries that nothing is working on (see `consumer::sweep_pending`).
@@ -273,6 +274,7 @@ async fn route(req: Request, env: &Env, ctx: &Context) -> Result<Response> {
         | RouteId::AdminEraseCustomer
         | RouteId::AdminRejectedRequests
         | RouteId::AdminCronRuns
+        | RouteId::AdminMetrics
         | RouteId::AdminRotateSecrets => api::admin(id, &params, req, env).await,
     }
 }
@@ -323,7 +325,7 @@ async fn record_version_warnings(env: &Env, routing: &Routing, now: i64) -> Resu
     let keyring = keyring(env);
     let mut warnings = Vec::new();
     for region in [Region::Us, Region::Eu] {
-        let store = Store::for_region(env, region)?;
+        let store = SettingsStore::for_region(env, region)?;
         for (merchant_id, row) in store.all_configs("destination").await? {
             let context = crate::secrets::config_context(&merchant_id, "destination", &row.name);
             let Some(config) = keyring
@@ -345,7 +347,8 @@ async fn record_version_warnings(env: &Env, routing: &Routing, now: i64) -> Resu
 }
 
 /// Runs at most once per UTC day even if the trigger fires twice: applies the
-/// retention windows in every region and to the global rejected-request log.
+/// retention windows in every merchant's object (merchant by merchant, each purging its
+/// own rows) and to the global rejected-request log.
 async fn daily(env: &Env, cron: &str, scheduled_ms: i64) -> Result<()> {
     let routing = Routing::from_env(env)?;
     let run_date = utc_date(scheduled_ms / 1000);
@@ -357,12 +360,33 @@ async fn daily(env: &Env, cron: &str, scheduled_ms: i64) -> Result<()> {
     let now = now_ms();
     let mut detail = serde_json::Map::new();
     for region in [Region::Us, Region::Eu] {
-        let store = Store::for_region(env, region)?;
-        let mut purged = serde_json::Map::new();
-        for purge in policy.regional_purges(now) {
-            purged.insert(purge.table.to_string(), store.purge(&purge).await?.into());
+        let mut purged: std::collections::BTreeMap<String, i64> = Default::default();
+        for route in routing.routes(Some(region)).await? {
+            let client = merchant::MerchantClient::new(
+                env,
+                region,
+                &route.merchant_id,
+                metrics::Phase::Other,
+            )?;
+            match client.purge().await {
+                Ok(counts) => {
+                    for (table, n) in counts.as_object().into_iter().flatten() {
+                        *purged.entry(table.clone()).or_default() += n.as_i64().unwrap_or(0);
+                    }
+                }
+                Err(err) => emit(
+                    crate::log::Log::error(
+                        "retention failed for a merchant; tomorrow's run tries again",
+                    )
+                    .merchant(&route.merchant_id)
+                    .reason(err),
+                ),
+            }
         }
-        detail.insert(crate::admin::region_name(region).to_string(), purged.into());
+        detail.insert(
+            crate::admin::region_name(region).to_string(),
+            serde_json::to_value(purged).unwrap_or_default(),
+        );
     }
     detail.insert(
         "api_version_warnings".into(),

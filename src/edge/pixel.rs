@@ -3,7 +3,6 @@
 
 use super::http::{json_response, read_body_limited, with_header};
 use super::routing::{PixelRow, Routing};
-use super::store::Store;
 use super::{now_ms, record_rejection};
 use crate::config::MerchantStatus;
 use crate::pixel::{self, BeaconContext, PixelError};
@@ -97,9 +96,14 @@ pub async fn collect(
         Err(err) => return refuse(env, ctx, merchant, Some(&origin), &err),
     };
     let stored = async {
-        Store::for_region(env, row.region)?
-            .record_visitor(&row.merchant_id, &capture, now)
-            .await
+        super::merchant::MerchantClient::new(
+            env,
+            row.region,
+            &row.merchant_id,
+            super::metrics::Phase::Ingest,
+        )?
+        .record_visitor(&capture)
+        .await
     }
     .await;
     if let Err(err) = stored {

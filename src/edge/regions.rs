@@ -68,13 +68,6 @@ pub async fn enqueue_jobs_after<'a>(
     Ok(())
 }
 
-pub fn dead_letter_binding(region: Region) -> &'static str {
-    match region {
-        Region::Us => "DELIVERIES_DLQ_US",
-        Region::Eu => "DELIVERIES_DLQ_EU",
-    }
-}
-
 /// The region a queue belongs to, from its name (`tracklayer-deliveries-eu[-dlq]`).
 pub fn queue_region(queue_name: &str) -> Region {
     if queue_name.contains("-eu") {
@@ -86,14 +79,15 @@ pub fn queue_region(queue_name: &str) -> Region {
 
 /// Set only by local runs (`scripts/dev.sh`, the e2e harness): local workerd (still in
 /// wrangler 4.164) throws "Jurisdiction restrictions are not implemented in workerd".
-/// Never set it in a deployment: ledgers would leave their region's jurisdiction.
+/// Never set it in a deployment: merchants' objects would leave their region's jurisdiction.
 pub const LOCAL_WITHOUT_JURISDICTIONS: &str = "LOCAL_WORKERD_WITHOUT_JURISDICTIONS";
 
-/// The ledger namespace for `region`: objects are created and stored in the region's
-/// jurisdiction (`eu`, or `us`, which Durable Objects offer since 2026-06-26). workers-rs 0.8 has no wrapper for `namespace.jurisdiction()`, so it is
-/// called through the JS object.
-pub fn ledger_namespace(env: &Env, binding: &str, region: Region) -> Result<ObjectNamespace> {
-    let namespace = env.durable_object(binding)?;
+/// The merchants' object namespace for `region`: objects are created and stored in the
+/// region's jurisdiction (`eu`, or `us`, which Durable Objects offer since 2026-06-26).
+/// workers-rs 0.8 has no wrapper for `namespace.jurisdiction()`, so it is called
+/// through the JS object.
+pub fn merchant_namespace(env: &Env, region: Region) -> Result<ObjectNamespace> {
+    let namespace = env.durable_object(super::merchant::BINDING)?;
     let local_only = env
         .var(LOCAL_WITHOUT_JURISDICTIONS)
         .is_ok_and(|v| v.to_string() == "true");

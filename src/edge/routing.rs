@@ -2,7 +2,7 @@
 //! rejected-request counts and cron bookkeeping. Nothing personal lives here.
 
 use super::regions::GLOBAL_DB;
-use super::store::{int, text};
+use super::settings::{int, text};
 use crate::config::{MerchantStatus, Plan, Region};
 use crate::pixel::PixelSettings;
 use serde::{Deserialize, Serialize};

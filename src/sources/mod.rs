@@ -78,7 +78,7 @@ pub struct CustomerRecord {
 }
 
 /// Everything one verified webhook produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SourceOutput {
     pub source: &'static str,
     pub source_event_id: String,
@@ -247,6 +247,57 @@ fn non_empty(value: Option<&str>) -> Option<String> {
         .map(str::trim)
         .filter(|v| !v.is_empty())
         .map(str::to_string)
+}
+
+/// [`SourceOutput`] as read back (it travels to the merchant's object): the source
+/// name becomes one of ours again, with its static name.
+#[derive(serde::Deserialize)]
+struct SourceOutputWire {
+    source: String,
+    source_event_id: String,
+    source_event_type: String,
+    occurred_at: i64,
+    ordering_key: String,
+    events: Vec<CanonicalEvent>,
+    subscription: Option<SubscriptionObservation>,
+    customer: Option<CustomerRecord>,
+    ignored_reason: Option<String>,
+    crm_context: Option<crm::CrmContext>,
+    sibling_wait_seconds: Option<u32>,
+}
+
+impl<'de> serde::Deserialize<'de> for SourceOutput {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = <SourceOutputWire as serde::Deserialize>::deserialize(deserializer)?;
+        SourceOutput::try_from(wire).map_err(serde::de::Error::custom)
+    }
+}
+
+impl TryFrom<SourceOutputWire> for SourceOutput {
+    type Error = String;
+
+    fn try_from(wire: SourceOutputWire) -> Result<Self, String> {
+        let source = if wire.source == product::NAME {
+            product::NAME
+        } else {
+            find(&wire.source)
+                .map(|spec| spec.name)
+                .ok_or_else(|| format!("unknown source {}", wire.source))?
+        };
+        Ok(SourceOutput {
+            source,
+            source_event_id: wire.source_event_id,
+            source_event_type: wire.source_event_type,
+            occurred_at: wire.occurred_at,
+            ordering_key: wire.ordering_key,
+            events: wire.events,
+            subscription: wire.subscription,
+            customer: wire.customer,
+            ignored_reason: wire.ignored_reason,
+            crm_context: wire.crm_context,
+            sibling_wait_seconds: wire.sibling_wait_seconds,
+        })
+    }
 }
 
 pub fn find(name: &str) -> Option<&'static SourceSpec> {

@@ -519,6 +519,20 @@ impl Worker {
         self.d1_rows(binding, sql)[0]["n"].as_i64().unwrap()
     }
 
+    /// Rows of `sql` from every local merchant object's SQLite (`region`: only the
+    /// objects of that region), read directly, concatenated.
+    pub fn object_rows(&self, region: Option<&str>, sql: &str) -> Vec<Value> {
+        object_rows_in(&self.state_dir, region, sql)
+    }
+
+    /// Sum of `n` of a `SELECT count(*) AS n …` over the merchant objects.
+    pub fn object_count(&self, region: Option<&str>, sql: &str) -> i64 {
+        self.object_rows(region, sql)
+            .iter()
+            .map(|r| r["n"].as_i64().unwrap_or(0))
+            .sum()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
@@ -546,6 +560,90 @@ impl Drop for Worker {
         let _ = self.child.wait();
         if std::env::var_os("TRACKLAYER_KEEP_E2E_STATE").is_none() {
             let _ = std::fs::remove_dir_all(&self.state_dir);
+        }
+    }
+}
+
+/// The SQLite files of the local `Merchant` Durable Objects under a state directory.
+pub fn object_files(state_dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let Ok(classes) = std::fs::read_dir(state_dir.join("v3").join("do")) else {
+        return files;
+    };
+    for class in classes.flatten() {
+        if !class.file_name().to_string_lossy().ends_with("-Merchant") {
+            continue;
+        }
+        for file in std::fs::read_dir(class.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if file.path().extension().is_some_and(|e| e == "sqlite") {
+                files.push(file.path());
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+fn sql_value(value: rusqlite::types::ValueRef<'_>) -> Value {
+    use rusqlite::types::ValueRef;
+    match value {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::from(i),
+        ValueRef::Real(f) => Value::from(f),
+        ValueRef::Text(t) => Value::from(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Blob(b) => Value::from(format!("<{} bytes>", b.len())),
+    }
+}
+
+/// [`Worker::object_rows`] on a state directory (also while the worker is stopped).
+pub fn object_rows_in(state_dir: &Path, region: Option<&str>, sql: &str) -> Vec<Value> {
+    let mut rows = Vec::new();
+    for file in object_files(state_dir) {
+        let db = rusqlite::Connection::open(&file).expect("open object sqlite");
+        db.busy_timeout(Duration::from_secs(5)).unwrap();
+        if let Some(region) = region {
+            let own: Option<String> = db
+                .query_row("SELECT region FROM object_meta WHERE id = 1", [], |r| {
+                    r.get(0)
+                })
+                .ok();
+            if own.as_deref() != Some(region) {
+                continue;
+            }
+        }
+        let mut statement = match db.prepare(sql) {
+            Ok(statement) => statement,
+            // An object created but never written has no tables yet.
+            Err(err) if err.to_string().contains("no such table") => continue,
+            Err(err) => panic!("{sql}: {err}"),
+        };
+        let names: Vec<String> = statement
+            .column_names()
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        let mut result = statement.query([]).unwrap();
+        while let Some(row) = result.next().unwrap() {
+            let mut object = serde_json::Map::new();
+            for (i, name) in names.iter().enumerate() {
+                object.insert(name.clone(), sql_value(row.get_ref(i).unwrap()));
+            }
+            rows.push(Value::Object(object));
+        }
+    }
+    rows
+}
+
+/// Runs a write on every merchant object's SQLite: only while the worker is stopped.
+pub fn object_execute_in(state_dir: &Path, sql: &str) {
+    for file in object_files(state_dir) {
+        let db = rusqlite::Connection::open(&file).expect("open object sqlite");
+        if let Err(err) = db.execute_batch(sql) {
+            assert!(err.to_string().contains("no such table"), "{sql}: {err}");
         }
     }
 }

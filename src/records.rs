@@ -1,0 +1,1490 @@
+//! A merchant's own records: the dedup ledger, subscription and customer state,
+//! identities, canonical events, deliveries, attempts, dead letters and CRM context.
+//!
+//! They live in that merchant's Durable Object (its own SQLite, in its region's
+//! jurisdiction); this module is the storage logic, written against the small [`Sql`]
+//! trait so it runs natively in tests (rusqlite) and in the object (`SqlStorage`).
+//! Everything here is synchronous: inside the object one call's statements run without
+//! an await between them, so they commit together and no other request interleaves.
+
+use crate::admin::{ListQuery, ReplayFilter, SqlParam};
+use crate::config::MerchantConfig;
+use crate::delivery::{DeadLetter, DeliveryJob, DestinationHealth, JobMessage};
+use crate::enrich::{KnownCustomer, StoredContext};
+use crate::event::{CanonicalEvent, EventName};
+use crate::identity::{self, Touchpoints};
+use crate::ingest::{self, IngestPlan};
+use crate::ledger::{self, ClaimOutcome, SeenRecord, SubscriptionState};
+use crate::pixel::Capture;
+use crate::retention::Purge;
+use crate::sources::crm::CrmContext;
+use crate::sources::{CustomerRecord, SourceOutput};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, HashMap};
+
+#[derive(Debug, thiserror::Error)]
+#[error("merchant records: {0}")]
+pub struct RecordsError(pub String);
+
+impl RecordsError {
+    fn of(err: impl std::fmt::Display) -> Self {
+        RecordsError(err.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, RecordsError>;
+
+/// One bound parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Param {
+    Null,
+    Int(i64),
+    Text(String),
+}
+
+impl From<&str> for Param {
+    fn from(value: &str) -> Self {
+        Param::Text(value.to_string())
+    }
+}
+impl From<&String> for Param {
+    fn from(value: &String) -> Self {
+        Param::Text(value.clone())
+    }
+}
+impl From<String> for Param {
+    fn from(value: String) -> Self {
+        Param::Text(value)
+    }
+}
+impl From<i64> for Param {
+    fn from(value: i64) -> Self {
+        Param::Int(value)
+    }
+}
+impl<T: Into<Param>> From<Option<T>> for Param {
+    fn from(value: Option<T>) -> Self {
+        value.map_or(Param::Null, Into::into)
+    }
+}
+
+/// The SQLite a merchant's records live in. Placeholders are numbered (`?1`).
+pub trait Sql {
+    /// Rows as JSON objects (integers as numbers, text as strings, NULL as null).
+    fn query(&self, sql: &str, params: Vec<Param>) -> Result<Vec<Map<String, Value>>>;
+    /// Runs a statement; returns the rows it wrote.
+    fn execute(&self, sql: &str, params: Vec<Param>) -> Result<u64>;
+}
+
+/// The object's schema, one step per version; applied in order, each once.
+pub const SCHEMA: &[&str] = &[
+    // v1
+    "CREATE TABLE IF NOT EXISTS object_meta (id INTEGER PRIMARY KEY CHECK (id = 1), merchant_id TEXT NOT NULL, region TEXT NOT NULL, created_at INTEGER NOT NULL);
+     CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, committed INTEGER NOT NULL, lease_until INTEGER NOT NULL, first_seen INTEGER NOT NULL);
+     CREATE INDEX IF NOT EXISTS seen_by_time ON seen (first_seen);
+     CREATE TABLE IF NOT EXISTS subscription_state (ordering_key TEXT PRIMARY KEY, state TEXT NOT NULL, updated_at INTEGER NOT NULL);
+     CREATE TABLE IF NOT EXISTS customers (merchant_id TEXT NOT NULL, source TEXT NOT NULL, customer_id TEXT NOT NULL, email TEXT,
+       observed_at_s INTEGER NOT NULL, updated_at INTEGER NOT NULL, last_cancelled_at_s INTEGER, last_cancelled_subscription TEXT,
+       PRIMARY KEY (merchant_id, source, customer_id));
+     CREATE INDEX IF NOT EXISTS customers_by_time ON customers (merchant_id, updated_at);
+     CREATE TABLE IF NOT EXISTS canonical_events (event_id TEXT PRIMARY KEY, merchant_id TEXT NOT NULL, name TEXT NOT NULL,
+       source TEXT NOT NULL, source_event_id TEXT NOT NULL, source_event_type TEXT NOT NULL, occurred_at_s INTEGER NOT NULL,
+       payload TEXT NOT NULL, received_at INTEGER NOT NULL, enqueued_at INTEGER, ordering_key TEXT);
+     CREATE INDEX IF NOT EXISTS canonical_events_by_merchant ON canonical_events (merchant_id, received_at);
+     CREATE INDEX IF NOT EXISTS canonical_events_by_time ON canonical_events (received_at);
+     CREATE TABLE IF NOT EXISTS ignored_events (merchant_id TEXT NOT NULL, source TEXT NOT NULL, source_event_id TEXT NOT NULL,
+       source_event_type TEXT NOT NULL, reason TEXT NOT NULL, received_at INTEGER NOT NULL, PRIMARY KEY (merchant_id, source, source_event_id));
+     CREATE TABLE IF NOT EXISTS deliveries (job_id TEXT PRIMARY KEY, event_id TEXT NOT NULL, merchant_id TEXT NOT NULL,
+       destination TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'pending'
+       CHECK (status IN ('pending', 'delivered', 'dead_lettered', 'simulated', 'skipped')),
+       attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+       match_score INTEGER, match_keys TEXT);
+     CREATE INDEX IF NOT EXISTS deliveries_by_merchant ON deliveries (merchant_id, destination, status);
+     CREATE INDEX IF NOT EXISTS deliveries_by_time ON deliveries (updated_at);
+     CREATE INDEX IF NOT EXISTS deliveries_by_event ON deliveries (event_id);
+     CREATE INDEX IF NOT EXISTS deliveries_by_status_time ON deliveries (status, updated_at);
+     CREATE TABLE IF NOT EXISTS delivery_attempts (id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, event_id TEXT NOT NULL,
+       merchant_id TEXT NOT NULL, destination TEXT NOT NULL, attempt INTEGER NOT NULL, outcome TEXT NOT NULL, http_status INTEGER,
+       detail TEXT, request_url TEXT, duration_ms INTEGER, attempted_at INTEGER NOT NULL);
+     CREATE INDEX IF NOT EXISTS delivery_attempts_by_job ON delivery_attempts (job_id);
+     CREATE INDEX IF NOT EXISTS delivery_attempts_by_merchant ON delivery_attempts (merchant_id, attempted_at);
+     CREATE TABLE IF NOT EXISTS dead_letters (job_id TEXT PRIMARY KEY, event_id TEXT NOT NULL, merchant_id TEXT NOT NULL,
+       destination TEXT NOT NULL, attempts INTEGER NOT NULL, reason TEXT NOT NULL, last_error TEXT NOT NULL, job TEXT NOT NULL,
+       dead_lettered_at INTEGER NOT NULL, replayed_at INTEGER);
+     CREATE INDEX IF NOT EXISTS dead_letters_by_merchant ON dead_letters (merchant_id, destination, dead_lettered_at);
+     CREATE INDEX IF NOT EXISTS dead_letters_by_time ON dead_letters (dead_lettered_at);
+     CREATE TABLE IF NOT EXISTS crm_context (merchant_id TEXT NOT NULL, identity_key TEXT NOT NULL, crm TEXT NOT NULL,
+       context TEXT NOT NULL, observed_at_s INTEGER NOT NULL, updated_at INTEGER NOT NULL, PRIMARY KEY (merchant_id, identity_key));
+     CREATE TABLE IF NOT EXISTS identities (merchant_id TEXT NOT NULL, identity_key TEXT NOT NULL, touchpoints TEXT NOT NULL,
+       captured_at_s INTEGER NOT NULL, updated_at INTEGER NOT NULL, PRIMARY KEY (merchant_id, identity_key));
+     CREATE INDEX IF NOT EXISTS identities_by_time ON identities (updated_at);
+     CREATE TABLE IF NOT EXISTS identity_links (merchant_id TEXT NOT NULL, visitor_key TEXT NOT NULL, identity_key TEXT NOT NULL,
+       linked_at INTEGER NOT NULL, PRIMARY KEY (merchant_id, visitor_key, identity_key));
+     CREATE INDEX IF NOT EXISTS identity_links_by_identity ON identity_links (merchant_id, identity_key);
+     CREATE INDEX IF NOT EXISTS identity_links_by_time ON identity_links (linked_at);
+     CREATE TABLE IF NOT EXISTS oauth_tokens (merchant_id TEXT NOT NULL, destination TEXT NOT NULL, access_token TEXT NOT NULL,
+       expires_at_ms INTEGER NOT NULL, PRIMARY KEY (merchant_id, destination));
+     CREATE TABLE IF NOT EXISTS destination_health (merchant_id TEXT NOT NULL, destination TEXT NOT NULL,
+       consecutive_failures INTEGER NOT NULL DEFAULT 0, parked_since INTEGER, next_probe_at INTEGER,
+       probes INTEGER NOT NULL DEFAULT 0, updated_at INTEGER NOT NULL, PRIMARY KEY (merchant_id, destination));",
+];
+
+/// Tables holding the merchant's records, in the order whole-merchant deletion and
+/// counting walk them.
+pub const TABLES: [&str; 14] = [
+    "destination_health",
+    "identity_links",
+    "identities",
+    "oauth_tokens",
+    "delivery_attempts",
+    "dead_letters",
+    "deliveries",
+    "canonical_events",
+    "ignored_events",
+    "customers",
+    "crm_context",
+    "subscription_state",
+    "seen",
+    "object_meta",
+];
+
+/// A newer capture replaces stored values field by field (`json_patch`); an older one
+/// only fills what is missing.
+const IDENTITY_UPSERT: &str = "ON CONFLICT (merchant_id, identity_key) DO UPDATE SET \
+     touchpoints = CASE WHEN excluded.captured_at_s >= identities.captured_at_s \
+       THEN json_patch(identities.touchpoints, excluded.touchpoints) \
+       ELSE json_patch(excluded.touchpoints, identities.touchpoints) END, \
+     captured_at_s = max(identities.captured_at_s, excluded.captured_at_s), \
+     updated_at = excluded.updated_at";
+
+fn to_json<T: Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(RecordsError::of)
+}
+
+/// Applies the schema steps this database has not seen yet.
+pub fn migrate(sql: &dyn Sql) -> Result<()> {
+    sql.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)",
+        vec![],
+    )?;
+    let current = sql
+        .query("SELECT version FROM schema_version WHERE id = 1", vec![])?
+        .first()
+        .and_then(|r| r.get("version").and_then(Value::as_i64))
+        .unwrap_or(0);
+    for (index, step) in SCHEMA.iter().enumerate().skip(current.max(0) as usize) {
+        for statement in step.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            sql.execute(statement, vec![])?;
+        }
+        sql.execute(
+            "INSERT INTO schema_version (id, version) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET version = excluded.version",
+            vec![Param::Int(index as i64 + 1)],
+        )?;
+    }
+    Ok(())
+}
+
+/// One delivery attempt as logged, and the delivery's new state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub job_id: String,
+    pub event_id: String,
+    pub destination: String,
+    pub attempt: u32,
+    pub outcome: String,
+    pub http_status: Option<u16>,
+    pub detail: Option<String>,
+    pub request_url: Option<String>,
+    pub duration_ms: i64,
+    pub new_status: String,
+    pub match_score: Option<i64>,
+    pub match_keys: Option<String>,
+    pub at_ms: i64,
+}
+
+/// A claimed notification, recorded, its jobs ready for the queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    pub dedup_key: String,
+    /// The notification as planned (enriched events, the sibling wait decided).
+    pub output: SourceOutput,
+    pub plan_jobs: Vec<DeliveryJob>,
+    /// Events whose jobs this call enqueues (not enqueued by a sibling before).
+    pub enqueue_events: Vec<String>,
+    pub summary: Value,
+}
+
+pub enum Claimed {
+    Duplicate(Value),
+    InFlight,
+    Ready(Box<Prepared>),
+}
+
+/// A job admitted for one attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Admitted {
+    /// The caller's index of the message.
+    pub message: usize,
+    pub job: DeliveryJob,
+    pub attempt: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AdmitRequest {
+    pub jobs: Vec<(usize, JobMessage)>,
+    /// The conversions a Google Ads correction may adjust (the merchant's mapping).
+    #[serde(default)]
+    pub correction_names: Vec<EventName>,
+    /// Destinations whose cached OAuth token the caller needs.
+    #[serde(default)]
+    pub token_destinations: Vec<String>,
+    pub now_ms: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AdmitAnswer {
+    /// Pending jobs, events enriched with stored identity; in request order.
+    pub admitted: Vec<Admitted>,
+    /// Messages to acknowledge without work: delivered already, or erased.
+    pub dropped: Vec<usize>,
+    pub health: BTreeMap<String, DestinationHealth>,
+    /// Google Ads correction job id → the conversions it may adjust and their status.
+    pub corrections: BTreeMap<String, Vec<(CanonicalEvent, Option<String>)>>,
+    /// Destination → sealed access token still valid.
+    pub tokens: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Outcomes {
+    pub attempts: Vec<AttemptRecord>,
+    pub dead_letters: Vec<DeadLetter>,
+    pub health: Vec<(String, DestinationHealth)>,
+    /// Pending jobs held or waiting on purpose: touched so the sweeper leaves them.
+    pub touch: Vec<String>,
+    /// (destination, sealed token, expires at ms)
+    pub store_tokens: Vec<(String, String, i64)>,
+    pub drop_tokens: Vec<String>,
+    pub now_ms: i64,
+}
+
+/// The records of one merchant.
+pub struct Records<'a> {
+    sql: &'a dyn Sql,
+    merchant_id: &'a str,
+}
+
+impl<'a> Records<'a> {
+    pub fn new(sql: &'a dyn Sql, merchant_id: &'a str) -> Self {
+        Records { sql, merchant_id }
+    }
+
+    fn rows<T: DeserializeOwned>(&self, sql: &str, params: Vec<Param>) -> Result<Vec<T>> {
+        self.sql
+            .query(sql, params)?
+            .into_iter()
+            .map(|row| serde_json::from_value(Value::Object(row)).map_err(RecordsError::of))
+            .collect()
+    }
+
+    fn exec(&self, sql: &str, params: Vec<Param>) -> Result<u64> {
+        self.sql.execute(sql, params)
+    }
+
+    fn merchant(&self) -> Param {
+        Param::from(self.merchant_id)
+    }
+
+    /// Which merchant and region this object belongs to; written once.
+    pub fn remember_owner(&self, region: &str, now_ms: i64) -> Result<()> {
+        self.exec(
+            "INSERT INTO object_meta (id, merchant_id, region, created_at) VALUES (1, ?1, ?2, ?3) ON CONFLICT (id) DO NOTHING",
+            vec![self.merchant(), region.into(), now_ms.into()],
+        )?;
+        Ok(())
+    }
+
+    // ---- intake ------------------------------------------------------------------
+
+    /// Claims the notification, reads the stored context, plans, records events and
+    /// jobs, and marks the events this call will enqueue. The caller enqueues, then
+    /// calls [`Records::commit`] (or [`Records::abandon`] if the queue refused).
+    pub fn prepare(
+        &self,
+        output: SourceOutput,
+        merchant: &MerchantConfig,
+        now_ms: i64,
+    ) -> Result<Claimed> {
+        let dedup_key = format!("{}:{}", output.source, output.source_event_id);
+        match self.claim(&dedup_key, now_ms)? {
+            ClaimOutcome::Duplicate => {
+                return Ok(Claimed::Duplicate(
+                    json!({ "status": "duplicate", "source_event_id": output.source_event_id }),
+                ))
+            }
+            ClaimOutcome::InFlight => return Ok(Claimed::InFlight),
+            ClaimOutcome::New => {}
+        }
+        let context = self.stored_context(&output)?;
+        let plan = ingest::plan(output, merchant, &context);
+        self.record_ingest(&plan.output, &plan.jobs, now_ms)?;
+        let ids: Vec<&str> = plan
+            .output
+            .events
+            .iter()
+            .map(|e| e.event_id.as_str())
+            .collect();
+        let enqueue_events = self.events_to_enqueue(&ids)?;
+        self.set_enqueued(&enqueue_events, Some(now_ms))?;
+        let summary = summary(&plan, &enqueue_events);
+        let jobs = plan
+            .jobs
+            .into_iter()
+            .filter(|job| enqueue_events.contains(&job.event.event_id))
+            .collect();
+        Ok(Claimed::Ready(Box::new(Prepared {
+            dedup_key,
+            output: plan.output,
+            plan_jobs: jobs,
+            enqueue_events,
+            summary,
+        })))
+    }
+
+    /// The jobs are on the queue: the notification is done, and the subscription's
+    /// state moves on.
+    pub fn commit(&self, dedup_key: &str, output: &SourceOutput, now_ms: i64) -> Result<()> {
+        self.exec(
+            "UPDATE seen SET committed = 1 WHERE key = ?1",
+            vec![dedup_key.into()],
+        )?;
+        let Some(observation) = &output.subscription else {
+            return Ok(());
+        };
+        let current = self.subscription_state(&output.ordering_key)?;
+        if let Some(next) = ledger::next_state(current.as_ref(), observation) {
+            self.exec(
+                "INSERT INTO subscription_state (ordering_key, state, updated_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (ordering_key) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+                vec![output.ordering_key.as_str().into(), to_json(&next)?.into(), now_ms.into()],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The queue refused: the events are not enqueued and the claim is released, so
+    /// the source's retry does it all again.
+    pub fn abandon(&self, prepared: &Prepared) -> Result<()> {
+        let ids: Vec<String> = prepared.enqueue_events.clone();
+        self.set_enqueued(&ids, None)?;
+        self.exec(
+            "DELETE FROM seen WHERE key = ?1 AND committed = 0",
+            vec![prepared.dedup_key.as_str().into()],
+        )?;
+        Ok(())
+    }
+
+    fn claim(&self, key: &str, now_ms: i64) -> Result<ClaimOutcome> {
+        #[derive(Deserialize)]
+        struct Row {
+            committed: i64,
+            lease_until: i64,
+        }
+        let existing: Vec<Row> = self.rows(
+            "SELECT committed, lease_until FROM seen WHERE key = ?1",
+            vec![key.into()],
+        )?;
+        let record = existing.first().map(|r| SeenRecord {
+            committed: r.committed != 0,
+            lease_until_ms: r.lease_until,
+        });
+        let outcome = ledger::claim(record, now_ms);
+        if outcome == ClaimOutcome::New {
+            self.exec(
+                "INSERT INTO seen (key, committed, lease_until, first_seen) VALUES (?1, 0, ?2, ?3) \
+                 ON CONFLICT (key) DO UPDATE SET lease_until = excluded.lease_until",
+                vec![key.into(), (now_ms + ledger::CLAIM_LEASE_MS).into(), now_ms.into()],
+            )?;
+        }
+        Ok(outcome)
+    }
+
+    pub fn subscription_state(&self, ordering_key: &str) -> Result<Option<SubscriptionState>> {
+        #[derive(Deserialize)]
+        struct Row {
+            state: String,
+        }
+        let rows: Vec<Row> = self.rows(
+            "SELECT state FROM subscription_state WHERE ordering_key = ?1",
+            vec![ordering_key.into()],
+        )?;
+        Ok(rows
+            .first()
+            .and_then(|r| serde_json::from_str(&r.state).ok()))
+    }
+
+    /// Subscription state, known customer and CRM deal context for one notification.
+    fn stored_context(&self, output: &SourceOutput) -> Result<StoredContext> {
+        // CRM notifications carry the billing customer id of another source: there is
+        // no stored customer or deal context to read for them.
+        let from_crm = output.crm_context.is_some();
+        let customer = match output
+            .events
+            .iter()
+            .find_map(|e| e.customer.customer_id.clone())
+            .filter(|_| !from_crm)
+        {
+            Some(customer_id) => self.known_customer(output.source, &customer_id)?,
+            None => None,
+        };
+        let crm = if from_crm {
+            None
+        } else {
+            let mut keys = Vec::new();
+            for event in &output.events {
+                let email = event
+                    .customer
+                    .email
+                    .as_deref()
+                    .or(customer.as_ref().and_then(|c| c.email.as_deref()));
+                keys.extend(email.map(CrmContext::email_key));
+                keys.extend(
+                    event
+                        .customer
+                        .customer_id
+                        .as_deref()
+                        .map(CrmContext::customer_key),
+                );
+            }
+            keys.sort();
+            keys.dedup();
+            self.crm_context(&keys)?
+        };
+        Ok(StoredContext {
+            subscription: self.subscription_state(&output.ordering_key)?,
+            customer,
+            crm,
+        })
+    }
+
+    pub fn known_customer(&self, source: &str, customer_id: &str) -> Result<Option<KnownCustomer>> {
+        #[derive(Deserialize)]
+        struct Row {
+            email: Option<String>,
+            last_cancelled_at_s: Option<i64>,
+            last_cancelled_subscription: Option<String>,
+        }
+        let rows: Vec<Row> = self.rows(
+            "SELECT email, last_cancelled_at_s, last_cancelled_subscription FROM customers \
+             WHERE merchant_id = ?1 AND source = ?2 AND customer_id = ?3",
+            vec![self.merchant(), source.into(), customer_id.into()],
+        )?;
+        Ok(rows.into_iter().next().map(|r| KnownCustomer {
+            email: r.email,
+            last_cancelled_at: r.last_cancelled_at_s,
+            last_cancelled_subscription: r.last_cancelled_subscription,
+        }))
+    }
+
+    /// The newest CRM deal context stored under any of these identity keys.
+    pub fn crm_context(&self, keys: &[String]) -> Result<Option<CrmContext>> {
+        #[derive(Deserialize)]
+        struct Row {
+            context: String,
+        }
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        let rows: Vec<Row> = self.rows(
+            "SELECT context FROM crm_context WHERE merchant_id = ?1 \
+             AND identity_key IN (SELECT value FROM json_each(?2)) ORDER BY observed_at_s DESC LIMIT 1",
+            vec![self.merchant(), to_json(&keys)?.into()],
+        )?;
+        Ok(rows
+            .first()
+            .and_then(|r| serde_json::from_str(&r.context).ok()))
+    }
+
+    /// Records what one verified notification produced: events (siblings merged),
+    /// pending deliveries, an ignored marker, customer identity (newest wins), click
+    /// ids, visitor links, CRM context and cancellations.
+    pub fn record_ingest(
+        &self,
+        output: &SourceOutput,
+        jobs: &[DeliveryJob],
+        now_ms: i64,
+    ) -> Result<()> {
+        for event in &output.events {
+            self.exec(
+                "INSERT INTO canonical_events (event_id, merchant_id, name, source, source_event_id, \
+                 source_event_type, occurred_at_s, payload, received_at, ordering_key) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (event_id) DO UPDATE SET \
+                 payload = json_patch(excluded.payload, canonical_events.payload)",
+                vec![
+                    event.event_id.as_str().into(),
+                    self.merchant(),
+                    event.name.as_str().into(),
+                    event.source.as_str().into(),
+                    event.source_event_id.as_str().into(),
+                    event.source_event_type.as_str().into(),
+                    event.occurred_at.into(),
+                    to_json(event)?.into(),
+                    now_ms.into(),
+                    output.ordering_key.as_str().into(),
+                ],
+            )?;
+        }
+        for job in jobs {
+            self.exec(
+                "INSERT INTO deliveries (job_id, event_id, merchant_id, destination, status, attempts, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5) ON CONFLICT (job_id) DO NOTHING",
+                vec![
+                    job.job_id.as_str().into(),
+                    job.event.event_id.as_str().into(),
+                    self.merchant(),
+                    job.destination.as_str().into(),
+                    now_ms.into(),
+                ],
+            )?;
+        }
+        if let Some(reason) = &output.ignored_reason {
+            self.exec(
+                "INSERT INTO ignored_events (merchant_id, source, source_event_id, source_event_type, reason, received_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+                vec![
+                    self.merchant(),
+                    output.source.into(),
+                    output.source_event_id.as_str().into(),
+                    output.source_event_type.as_str().into(),
+                    reason.as_str().into(),
+                    now_ms.into(),
+                ],
+            )?;
+        }
+        if let Some(customer) = &output.customer {
+            self.upsert_customer(output.source, customer, now_ms)?;
+        }
+        for event in output.events.iter().filter(|e| !e.touchpoints.is_empty()) {
+            let captured_at = event.touchpoints.captured_at.unwrap_or(event.occurred_at);
+            for key in identity::keys(event) {
+                self.upsert_identity(&key, &event.touchpoints, captured_at, now_ms)?;
+            }
+        }
+        // The merchant's server names the pixel visitor this person was.
+        for event in &output.events {
+            let (Some(visitor_id), keys) = (&event.touchpoints.visitor_id, identity::keys(event))
+            else {
+                continue;
+            };
+            if !keys.is_empty() {
+                self.link_visitor(&crate::pixel::visitor_key(visitor_id), &keys, now_ms)?;
+            }
+        }
+        if let Some(context) = &output.crm_context {
+            let json = to_json(context)?;
+            for key in &context.identity_keys {
+                // Newest deal context wins; an older redelivery never overwrites it.
+                self.exec(
+                    "INSERT INTO crm_context (merchant_id, identity_key, crm, context, observed_at_s, updated_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (merchant_id, identity_key) DO UPDATE SET \
+                     crm = excluded.crm, context = excluded.context, observed_at_s = excluded.observed_at_s, \
+                     updated_at = excluded.updated_at WHERE excluded.observed_at_s >= crm_context.observed_at_s",
+                    vec![
+                        self.merchant(),
+                        key.as_str().into(),
+                        context.crm.as_str().into(),
+                        json.as_str().into(),
+                        context.observed_at.into(),
+                        now_ms.into(),
+                    ],
+                )?;
+            }
+        }
+        for event in &output.events {
+            if event.name == EventName::SubscriptionCancelled {
+                self.remember_cancellation(event, now_ms)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn upsert_customer(&self, source: &str, customer: &CustomerRecord, now_ms: i64) -> Result<()> {
+        // An older customer event never overwrites a newer one.
+        self.exec(
+            "INSERT INTO customers (merchant_id, source, customer_id, email, observed_at_s, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (merchant_id, source, customer_id) DO UPDATE SET \
+             email = excluded.email, observed_at_s = excluded.observed_at_s, updated_at = excluded.updated_at \
+             WHERE excluded.observed_at_s >= customers.observed_at_s",
+            vec![
+                self.merchant(),
+                source.into(),
+                customer.customer_id.as_str().into(),
+                customer.email.as_deref().into(),
+                customer.observed_at.into(),
+                now_ms.into(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn upsert_identity(
+        &self,
+        key: &str,
+        touchpoints: &Touchpoints,
+        captured_at_s: i64,
+        now_ms: i64,
+    ) -> Result<()> {
+        self.exec(
+            &format!(
+                "INSERT INTO identities (merchant_id, identity_key, touchpoints, captured_at_s, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) {IDENTITY_UPSERT}"
+            ),
+            vec![
+                self.merchant(),
+                key.into(),
+                to_json(&touchpoints.for_store())?.into(),
+                captured_at_s.into(),
+                now_ms.into(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Links a pixel visitor to the keys of the person it turned out to be, then copies
+    /// what the pixel holds for the visitor to every key it is linked to.
+    fn link_visitor(&self, visitor_key: &str, keys: &[String], now_ms: i64) -> Result<()> {
+        for key in keys {
+            self.exec(
+                "INSERT INTO identity_links (merchant_id, visitor_key, identity_key, linked_at) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (merchant_id, visitor_key, identity_key) \
+                 DO UPDATE SET linked_at = excluded.linked_at",
+                vec![
+                    self.merchant(),
+                    visitor_key.into(),
+                    key.as_str().into(),
+                    now_ms.into(),
+                ],
+            )?;
+        }
+        // WHERE is required before an upsert on INSERT … SELECT (SQLite parsing rule).
+        self.exec(
+            &format!(
+                "INSERT INTO identities (merchant_id, identity_key, touchpoints, captured_at_s, updated_at) \
+                 SELECT l.merchant_id, l.identity_key, v.touchpoints, v.captured_at_s, ?3 \
+                 FROM identity_links l JOIN identities v \
+                   ON v.merchant_id = l.merchant_id AND v.identity_key = l.visitor_key \
+                 WHERE l.merchant_id = ?1 AND l.visitor_key = ?2 {IDENTITY_UPSERT}"
+            ),
+            vec![self.merchant(), visitor_key.into(), now_ms.into()],
+        )?;
+        Ok(())
+    }
+
+    /// One pixel beacon: the visitor's capture, its new links, and the copy to every
+    /// person it is linked to.
+    pub fn record_visitor(&self, capture: &Capture, now_ms: i64) -> Result<()> {
+        let captured_at = capture.touchpoints.captured_at.unwrap_or(now_ms / 1000);
+        self.upsert_identity(
+            &capture.visitor_key,
+            &capture.touchpoints,
+            captured_at,
+            now_ms,
+        )?;
+        self.link_visitor(&capture.visitor_key, &capture.link_keys, now_ms)
+    }
+
+    /// The newest cancellation per customer, for the reactivation rule.
+    fn remember_cancellation(&self, event: &CanonicalEvent, now_ms: i64) -> Result<()> {
+        let Some(customer_id) = &event.customer.customer_id else {
+            return Ok(());
+        };
+        let cancelled_at = event
+            .subscription
+            .effective_end_at
+            .unwrap_or(event.occurred_at);
+        self.exec(
+            "INSERT INTO customers (merchant_id, source, customer_id, email, observed_at_s, updated_at, \
+             last_cancelled_at_s, last_cancelled_subscription) VALUES (?1, ?2, ?3, NULL, 0, ?4, ?5, ?6) \
+             ON CONFLICT (merchant_id, source, customer_id) DO UPDATE SET \
+             last_cancelled_at_s = excluded.last_cancelled_at_s, \
+             last_cancelled_subscription = excluded.last_cancelled_subscription, updated_at = excluded.updated_at \
+             WHERE customers.last_cancelled_at_s IS NULL OR excluded.last_cancelled_at_s >= customers.last_cancelled_at_s",
+            vec![
+                self.merchant(),
+                event.source.as_str().into(),
+                customer_id.as_str().into(),
+                now_ms.into(),
+                cancelled_at.into(),
+                event.subscription.subscription_id.as_deref().into(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Of these events, the ones whose delivery jobs are not on the queue yet. One
+    /// logical conversion reported by two webhooks is enqueued once.
+    fn events_to_enqueue(&self, event_ids: &[&str]) -> Result<Vec<String>> {
+        #[derive(Deserialize)]
+        struct Row {
+            event_id: String,
+        }
+        if event_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<Row> = self.rows(
+            "SELECT event_id FROM canonical_events WHERE enqueued_at IS NULL \
+             AND event_id IN (SELECT value FROM json_each(?1))",
+            vec![to_json(&event_ids)?.into()],
+        )?;
+        Ok(rows.into_iter().map(|r| r.event_id).collect())
+    }
+
+    fn set_enqueued(&self, event_ids: &[String], at_ms: Option<i64>) -> Result<()> {
+        if event_ids.is_empty() {
+            return Ok(());
+        }
+        self.exec(
+            "UPDATE canonical_events SET enqueued_at = ?2 WHERE event_id IN (SELECT value FROM json_each(?1))",
+            vec![to_json(&event_ids)?.into(), at_ms.into()],
+        )?;
+        Ok(())
+    }
+
+    // ---- delivery ----------------------------------------------------------------
+
+    /// Admission for one queue batch of this merchant: which jobs are still pending
+    /// (and their attempt number), their events with identity learnt since, the
+    /// destinations' health, Google Ads correction candidates and cached tokens.
+    pub fn admit(&self, request: AdmitRequest) -> Result<AdmitAnswer> {
+        let mut answer = AdmitAnswer::default();
+        let referenced: Vec<&str> = request
+            .jobs
+            .iter()
+            .filter_map(|(_, m)| match m {
+                JobMessage::ByReference(r) => Some(r.event_id.as_str()),
+                JobMessage::Inline(_) => None,
+            })
+            .collect();
+        let stored = self.events_by_id(&referenced)?;
+        let mut jobs: Vec<(usize, DeliveryJob)> = Vec::with_capacity(request.jobs.len());
+        for (message, job) in request.jobs {
+            match job {
+                JobMessage::Inline(job) if job.event.merchant_id == self.merchant_id => {
+                    jobs.push((message, job))
+                }
+                JobMessage::ByReference(r) if r.merchant_id == self.merchant_id => {
+                    match stored.get(&r.event_id) {
+                        Some(event) => jobs.push((
+                            message,
+                            DeliveryJob {
+                                job_id: r.job_id,
+                                destination: r.destination,
+                                event: event.clone(),
+                            },
+                        )),
+                        // Erased or purged since: nothing may be sent.
+                        None => answer.dropped.push(message),
+                    }
+                }
+                _ => answer.dropped.push(message),
+            }
+        }
+        let ids: Vec<&str> = jobs.iter().map(|(_, j)| j.job_id.as_str()).collect();
+        let rows = self.delivery_rows(&ids)?;
+        let mut seen_jobs = std::collections::HashSet::new();
+        let mut admitted = Vec::new();
+        for (message, job) in jobs {
+            match rows.get(&job.job_id) {
+                // A missing row: erased, or the merchant deleted since.
+                None => answer.dropped.push(message),
+                Some((status, _)) if status != "pending" => answer.dropped.push(message),
+                // The same job twice in one batch (a sweep and its original) goes once.
+                Some(_) if !seen_jobs.insert(job.job_id.clone()) => answer.dropped.push(message),
+                Some((_, attempts)) => admitted.push(Admitted {
+                    message,
+                    attempt: (*attempts).max(0) as u32 + 1,
+                    job,
+                }),
+            }
+        }
+        let enriched = self.enrich_identities(admitted.iter().map(|a| &a.job.event))?;
+        for member in &mut admitted {
+            if let Some(event) = enriched.get(&member.job.event.event_id) {
+                member.job.event = event.clone();
+            }
+        }
+        let mut destinations: Vec<&str> = admitted
+            .iter()
+            .map(|a| a.job.destination.as_str())
+            .collect();
+        destinations.sort();
+        destinations.dedup();
+        answer.health = self.destination_health(&destinations)?;
+        for member in &admitted {
+            if member.job.destination == crate::destinations::google_ads::NAME
+                && crate::destinations::google_ads::needs_original(&member.job.event)
+            {
+                let candidates = self.correction_candidates(
+                    &member.job.destination,
+                    &member.job.event,
+                    &request.correction_names,
+                )?;
+                answer
+                    .corrections
+                    .insert(member.job.job_id.clone(), candidates);
+            }
+        }
+        for destination in &request.token_destinations {
+            if let Some(token) = self.cached_token(destination, request.now_ms)? {
+                answer.tokens.insert(destination.clone(), token);
+            }
+        }
+        answer.admitted = admitted;
+        Ok(answer)
+    }
+
+    /// Everything one queue batch decided for this merchant, in one call.
+    pub fn record_outcomes(&self, outcomes: &Outcomes) -> Result<()> {
+        for record in &outcomes.attempts {
+            self.record_attempt(record)?;
+        }
+        for letter in &outcomes.dead_letters {
+            self.record_dead_letter(letter, outcomes.now_ms)?;
+        }
+        for (destination, health) in &outcomes.health {
+            self.put_destination_health(destination, health, outcomes.now_ms)?;
+        }
+        self.touch_jobs(&outcomes.touch, outcomes.now_ms)?;
+        for (destination, sealed, expires_at_ms) in &outcomes.store_tokens {
+            self.exec(
+                "INSERT INTO oauth_tokens (merchant_id, destination, access_token, expires_at_ms) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (merchant_id, destination) DO UPDATE SET access_token = excluded.access_token, \
+                 expires_at_ms = excluded.expires_at_ms",
+                vec![self.merchant(), destination.as_str().into(), sealed.as_str().into(), (*expires_at_ms).into()],
+            )?;
+        }
+        for destination in &outcomes.drop_tokens {
+            self.exec(
+                "DELETE FROM oauth_tokens WHERE merchant_id = ?1 AND destination = ?2",
+                vec![self.merchant(), destination.as_str().into()],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Stored canonical events by id. A missing id was erased or purged.
+    pub fn events_by_id(&self, event_ids: &[&str]) -> Result<HashMap<String, CanonicalEvent>> {
+        #[derive(Deserialize)]
+        struct Row {
+            event_id: String,
+            payload: String,
+        }
+        if event_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<Row> = self.rows(
+            "SELECT event_id, payload FROM canonical_events WHERE event_id IN (SELECT value FROM json_each(?1))",
+            vec![to_json(&event_ids)?.into()],
+        )?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| Some((r.event_id, serde_json::from_str(&r.payload).ok()?)))
+            .collect())
+    }
+
+    /// job id → (status, attempts).
+    fn delivery_rows(&self, job_ids: &[&str]) -> Result<HashMap<String, (String, i64)>> {
+        #[derive(Deserialize)]
+        struct Row {
+            job_id: String,
+            status: String,
+            attempts: i64,
+        }
+        if job_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<Row> = self.rows(
+            "SELECT job_id, status, attempts FROM deliveries WHERE job_id IN (SELECT value FROM json_each(?1))",
+            vec![to_json(&job_ids)?.into()],
+        )?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.job_id, (r.status, r.attempts)))
+            .collect())
+    }
+
+    /// Identity enrichment at send time: a customer event, or a signup with click ids,
+    /// may have arrived after the billing event.
+    fn enrich_identities<'e>(
+        &self,
+        events: impl Iterator<Item = &'e CanonicalEvent>,
+    ) -> Result<HashMap<String, CanonicalEvent>> {
+        #[derive(Deserialize)]
+        struct EmailRow {
+            source: String,
+            customer_id: String,
+            email: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct IdentityRow {
+            identity_key: String,
+            touchpoints: String,
+        }
+        let mut enriched: HashMap<String, CanonicalEvent> = HashMap::new();
+        for event in events {
+            enriched
+                .entry(event.event_id.clone())
+                .or_insert_with(|| event.clone());
+        }
+        let without_email: Vec<(String, String)> = enriched
+            .values()
+            .filter(|e| e.customer.email.is_none())
+            .filter_map(|e| Some((e.source.clone(), e.customer.customer_id.clone()?)))
+            .collect();
+        if !without_email.is_empty() {
+            let rows: Vec<EmailRow> = self.rows(
+                "SELECT source, customer_id, email FROM customers WHERE merchant_id = ?1 AND (source, customer_id) IN \
+                 (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?2))",
+                vec![self.merchant(), to_json(&without_email)?.into()],
+            )?;
+            let emails: HashMap<(String, String), String> = rows
+                .into_iter()
+                .filter_map(|r| Some(((r.source, r.customer_id), r.email?)))
+                .collect();
+            for event in enriched.values_mut() {
+                if event.customer.email.is_none() {
+                    if let Some(customer_id) = &event.customer.customer_id {
+                        event.customer.email = emails
+                            .get(&(event.source.clone(), customer_id.clone()))
+                            .cloned();
+                    }
+                }
+            }
+        }
+        let mut keys: Vec<String> = enriched.values().flat_map(identity::keys).collect();
+        keys.sort();
+        keys.dedup();
+        if keys.is_empty() {
+            return Ok(enriched);
+        }
+        let rows: Vec<IdentityRow> = self.rows(
+            "SELECT identity_key, touchpoints FROM identities WHERE merchant_id = ?1 \
+             AND identity_key IN (SELECT value FROM json_each(?2)) ORDER BY captured_at_s DESC",
+            vec![self.merchant(), to_json(&keys)?.into()],
+        )?;
+        let records: Vec<(String, Touchpoints)> = rows
+            .into_iter()
+            .filter_map(|r| Some((r.identity_key, serde_json::from_str(&r.touchpoints).ok()?)))
+            .collect();
+        for event in enriched.values_mut() {
+            let own_keys = identity::keys(event);
+            let stored = identity::merge_freshest_first(
+                records
+                    .iter()
+                    .filter(|(key, _)| own_keys.contains(key))
+                    .map(|(_, touchpoints)| touchpoints),
+            );
+            if let Some(stored) = stored {
+                event.touchpoints.fill_from(&stored);
+            }
+        }
+        Ok(enriched)
+    }
+
+    /// Every mapped conversion of the subscription a correction corrects, up to the
+    /// correction's time, with the status of its delivery to `destination`, newest first.
+    pub fn correction_candidates(
+        &self,
+        destination: &str,
+        correction: &CanonicalEvent,
+        names: &[EventName],
+    ) -> Result<Vec<(CanonicalEvent, Option<String>)>> {
+        #[derive(Deserialize)]
+        struct Row {
+            payload: String,
+            status: Option<String>,
+        }
+        let Some(subscription_id) = correction.subscription.subscription_id.as_deref() else {
+            return Ok(Vec::new());
+        };
+        let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+        let rows: Vec<Row> = self.rows(
+            "SELECT e.payload, (SELECT d.status FROM deliveries d WHERE d.event_id = e.event_id \
+               AND d.destination = ?4) AS status FROM canonical_events e WHERE e.merchant_id = ?1 \
+             AND json_extract(e.payload, '$.subscription.subscription_id') = ?2 \
+             AND e.name IN (SELECT value FROM json_each(?3)) AND e.occurred_at_s <= ?5 \
+             ORDER BY e.occurred_at_s DESC LIMIT 100",
+            vec![
+                self.merchant(),
+                subscription_id.into(),
+                to_json(&names)?.into(),
+                destination.into(),
+                correction.occurred_at.into(),
+            ],
+        )?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| Some((serde_json::from_str(&r.payload).ok()?, r.status)))
+            .collect())
+    }
+
+    /// The health of these destinations; absent ones are healthy.
+    pub fn destination_health(
+        &self,
+        destinations: &[&str],
+    ) -> Result<BTreeMap<String, DestinationHealth>> {
+        #[derive(Deserialize)]
+        struct Row {
+            destination: String,
+            consecutive_failures: i64,
+            parked_since: Option<i64>,
+            next_probe_at: Option<i64>,
+            probes: i64,
+        }
+        if destinations.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let rows: Vec<Row> = self.rows(
+            "SELECT destination, consecutive_failures, parked_since, next_probe_at, probes FROM destination_health \
+             WHERE merchant_id = ?1 AND destination IN (SELECT value FROM json_each(?2))",
+            vec![self.merchant(), to_json(&destinations)?.into()],
+        )?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                (
+                    r.destination,
+                    DestinationHealth {
+                        consecutive_failures: r.consecutive_failures.max(0) as u32,
+                        parked_since: r.parked_since,
+                        next_probe_at: r.next_probe_at,
+                        probes: r.probes.max(0) as u32,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    fn put_destination_health(
+        &self,
+        destination: &str,
+        health: &DestinationHealth,
+        now_ms: i64,
+    ) -> Result<()> {
+        self.exec(
+            "INSERT INTO destination_health (merchant_id, destination, consecutive_failures, parked_since, \
+             next_probe_at, probes, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+             ON CONFLICT (merchant_id, destination) DO UPDATE SET consecutive_failures = excluded.consecutive_failures, \
+             parked_since = excluded.parked_since, next_probe_at = excluded.next_probe_at, probes = excluded.probes, \
+             updated_at = excluded.updated_at",
+            vec![
+                self.merchant(),
+                destination.into(),
+                i64::from(health.consecutive_failures).into(),
+                health.parked_since.into(),
+                health.next_probe_at.into(),
+                i64::from(health.probes).into(),
+                now_ms.into(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Parked destinations, for the merchant's views.
+    pub fn parked_destinations(&self) -> Result<Vec<Value>> {
+        Ok(self
+            .sql
+            .query(
+                "SELECT destination, parked_since, next_probe_at, probes, consecutive_failures \
+                 FROM destination_health WHERE merchant_id = ?1 AND parked_since IS NOT NULL",
+                vec![self.merchant()],
+            )?
+            .into_iter()
+            .map(Value::Object)
+            .collect())
+    }
+
+    fn cached_token(&self, destination: &str, now_ms: i64) -> Result<Option<String>> {
+        #[derive(Deserialize)]
+        struct Row {
+            access_token: String,
+        }
+        let rows: Vec<Row> = self.rows(
+            "SELECT access_token FROM oauth_tokens WHERE merchant_id = ?1 AND destination = ?2 AND expires_at_ms > ?3",
+            vec![self.merchant(), destination.into(), now_ms.into()],
+        )?;
+        Ok(rows.into_iter().next().map(|r| r.access_token))
+    }
+
+    /// Logs one attempt and moves the delivery row to its new state.
+    fn record_attempt(&self, record: &AttemptRecord) -> Result<()> {
+        self.exec(
+            "INSERT INTO delivery_attempts (job_id, event_id, merchant_id, destination, attempt, outcome, http_status, \
+             detail, request_url, duration_ms, attempted_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            vec![
+                record.job_id.as_str().into(),
+                record.event_id.as_str().into(),
+                self.merchant(),
+                record.destination.as_str().into(),
+                i64::from(record.attempt).into(),
+                record.outcome.as_str().into(),
+                record.http_status.map(i64::from).into(),
+                record.detail.as_deref().into(),
+                record.request_url.as_deref().into(),
+                record.duration_ms.into(),
+                record.at_ms.into(),
+            ],
+        )?;
+        let last_error = if matches!(record.outcome.as_str(), "delivered" | "dry_run") {
+            None
+        } else {
+            record.detail.as_deref()
+        };
+        self.exec(
+            "INSERT INTO deliveries (job_id, event_id, merchant_id, destination, status, attempts, last_error, created_at, updated_at, \
+             match_score, match_keys) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10) ON CONFLICT (job_id) DO UPDATE SET \
+             status = excluded.status, attempts = excluded.attempts, last_error = excluded.last_error, updated_at = excluded.updated_at, \
+             match_score = COALESCE(excluded.match_score, deliveries.match_score), \
+             match_keys = COALESCE(excluded.match_keys, deliveries.match_keys)",
+            vec![
+                record.job_id.as_str().into(),
+                record.event_id.as_str().into(),
+                self.merchant(),
+                record.destination.as_str().into(),
+                record.new_status.as_str().into(),
+                i64::from(record.attempt).into(),
+                last_error.into(),
+                record.at_ms.into(),
+                record.match_score.into(),
+                record.match_keys.as_deref().into(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Keeps a dead letter, replayable. Its job carries the stored event when there is
+    /// one (siblings merged into it; a job that travelled by reference has no other).
+    pub fn record_dead_letter(&self, letter: &DeadLetter, now_ms: i64) -> Result<()> {
+        let mut job = letter.job.clone();
+        if let Some(stored) = self
+            .events_by_id(&[job.event.event_id.as_str()])?
+            .remove(&job.event.event_id)
+        {
+            job.event = stored;
+        }
+        let job = &job;
+        self.exec(
+            "INSERT INTO dead_letters (job_id, event_id, merchant_id, destination, attempts, reason, last_error, job, dead_lettered_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (job_id) DO UPDATE SET attempts = excluded.attempts, \
+             reason = excluded.reason, last_error = excluded.last_error, dead_lettered_at = excluded.dead_lettered_at, replayed_at = NULL",
+            vec![
+                job.job_id.as_str().into(),
+                job.event.event_id.as_str().into(),
+                self.merchant(),
+                job.destination.as_str().into(),
+                i64::from(letter.attempts).into(),
+                letter.reason.as_str().into(),
+                letter.last_error.as_str().into(),
+                to_json(job)?.into(),
+                now_ms.into(),
+            ],
+        )?;
+        self.exec(
+            "UPDATE deliveries SET status = 'dead_lettered', last_error = ?2, updated_at = ?3 WHERE job_id = ?1",
+            vec![job.job_id.as_str().into(), letter.last_error.as_str().into(), now_ms.into()],
+        )?;
+        Ok(())
+    }
+
+    /// Pending jobs nobody has touched for a while: never attempted since
+    /// `unattempted_before`, or retried but silent since `attempted_before` (longer than
+    /// any queue delay). Oldest first, with their events.
+    pub fn stale_jobs(
+        &self,
+        unattempted_before: i64,
+        attempted_before: i64,
+        limit: i64,
+    ) -> Result<Vec<DeliveryJob>> {
+        #[derive(Deserialize)]
+        struct Row {
+            job_id: String,
+            destination: String,
+            payload: String,
+        }
+        let rows: Vec<Row> = self.rows(
+            "SELECT d.job_id, d.destination, e.payload FROM deliveries d \
+             JOIN canonical_events e ON e.event_id = d.event_id \
+             WHERE d.status = 'pending' AND ((d.attempts = 0 AND d.updated_at < ?1) OR d.updated_at < ?2) \
+             ORDER BY d.updated_at LIMIT ?3",
+            vec![unattempted_before.into(), attempted_before.into(), limit.into()],
+        )?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                Some(DeliveryJob {
+                    job_id: r.job_id,
+                    destination: r.destination,
+                    event: serde_json::from_str(&r.payload).ok()?,
+                })
+            })
+            .collect())
+    }
+
+    /// Whether any delivery is still pending (the sweeper keeps watching while so).
+    pub fn has_pending(&self) -> Result<bool> {
+        Ok(!self
+            .sql
+            .query(
+                "SELECT 1 AS x FROM deliveries WHERE status = 'pending' LIMIT 1",
+                vec![],
+            )?
+            .is_empty())
+    }
+
+    /// Marks jobs as just worked on (re-enqueued, or waiting on purpose), so the sweeper
+    /// leaves them alone.
+    pub fn touch_jobs(&self, job_ids: &[String], now_ms: i64) -> Result<()> {
+        if job_ids.is_empty() {
+            return Ok(());
+        }
+        self.exec(
+            "UPDATE deliveries SET updated_at = ?2 WHERE status = 'pending' AND job_id IN (SELECT value FROM json_each(?1))",
+            vec![to_json(&job_ids)?.into(), now_ms.into()],
+        )?;
+        Ok(())
+    }
+
+    // ---- operator and merchant views -----------------------------------------------
+
+    /// One page of a log view (see `crate::admin::View`).
+    pub fn list(&self, query: &ListQuery) -> Result<Vec<Value>> {
+        let params = query
+            .params
+            .iter()
+            .map(|p| match p {
+                SqlParam::Text(t) => Param::Text(t.clone()),
+                SqlParam::Int(i) => Param::Int(*i),
+            })
+            .collect();
+        Ok(self
+            .sql
+            .query(&query.sql, params)?
+            .into_iter()
+            .map(Value::Object)
+            .collect())
+    }
+
+    /// The jobs of the dead letters a replay selects, made deliverable again (pending,
+    /// attempts from zero) and marked replayed. A job id names one dead letter.
+    pub fn replay(
+        &self,
+        job_id: Option<&str>,
+        filter: &ReplayFilter,
+        now_ms: i64,
+    ) -> Result<Vec<DeliveryJob>> {
+        #[derive(Deserialize)]
+        struct Row {
+            job: String,
+        }
+        let rows: Vec<Row> = match job_id {
+            Some(job_id) => self.rows(
+                "SELECT job FROM dead_letters WHERE merchant_id = ?1 AND job_id = ?2",
+                vec![self.merchant(), job_id.into()],
+            )?,
+            None => self.rows(
+                "SELECT job FROM dead_letters WHERE merchant_id = ?1 AND replayed_at IS NULL \
+                 AND (?2 IS NULL OR destination = ?2) AND (?3 IS NULL OR dead_lettered_at >= ?3) \
+                 AND (?4 IS NULL OR dead_lettered_at < ?4) ORDER BY dead_lettered_at, job_id LIMIT ?5",
+                vec![
+                    self.merchant(),
+                    filter.destination.as_deref().into(),
+                    filter.since.into(),
+                    filter.until.into(),
+                    i64::from(filter.limit).into(),
+                ],
+            )?,
+        };
+        let jobs: Vec<DeliveryJob> = rows
+            .iter()
+            .map(|r| serde_json::from_str(&r.job).map_err(RecordsError::of))
+            .collect::<Result<_>>()?;
+        for job in &jobs {
+            self.exec(
+                "INSERT INTO deliveries (job_id, event_id, merchant_id, destination, status, attempts, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5) ON CONFLICT (job_id) DO UPDATE SET \
+                 status = 'pending', attempts = 0, last_error = NULL, updated_at = excluded.updated_at",
+                vec![
+                    job.job_id.as_str().into(),
+                    job.event.event_id.as_str().into(),
+                    self.merchant(),
+                    job.destination.as_str().into(),
+                    now_ms.into(),
+                ],
+            )?;
+            self.exec(
+                "UPDATE dead_letters SET replayed_at = ?2 WHERE job_id = ?1",
+                vec![job.job_id.as_str().into(), now_ms.into()],
+            )?;
+        }
+        Ok(jobs)
+    }
+
+    /// Deletes the rows retention rules say are due, and dedup records past theirs.
+    /// Returns the count per table.
+    pub fn purge(&self, purges: &[Purge], dedup_cutoff_ms: i64) -> Result<Map<String, Value>> {
+        let mut counts = Map::new();
+        for purge in purges {
+            let condition = purge
+                .only_if
+                .map(|c| format!(" AND {c}"))
+                .unwrap_or_default();
+            let removed = self.exec(
+                &format!(
+                    "DELETE FROM {} WHERE {} < ?1{condition}",
+                    purge.table, purge.column
+                ),
+                vec![purge.cutoff_ms.into()],
+            )?;
+            counts.insert(purge.table.to_string(), removed.into());
+        }
+        let removed = self.exec(
+            "DELETE FROM seen WHERE first_seen < ?1",
+            vec![dedup_cutoff_ms.into()],
+        )?;
+        counts.insert("seen".into(), removed.into());
+        Ok(counts)
+    }
+
+    /// GDPR erasure of one customer: every event, delivery, attempt, dead letter,
+    /// identity and deal context tied to the email or billing/user id, including ids
+    /// the email is known under. Returns the count per table.
+    pub fn erase_customer(&self, email: Option<&str>, customer_id: Option<&str>) -> Result<Value> {
+        #[derive(Deserialize)]
+        struct IdRow {
+            customer_id: String,
+        }
+        let email = email.map(|e| e.trim().to_lowercase());
+        let mut customer_ids: Vec<String> = customer_id.map(str::to_string).into_iter().collect();
+        if let Some(email) = &email {
+            let known: Vec<IdRow> = self.rows(
+                "SELECT customer_id FROM customers WHERE merchant_id = ?1 AND lower(email) = ?2",
+                vec![self.merchant(), email.as_str().into()],
+            )?;
+            customer_ids.extend(known.into_iter().map(|r| r.customer_id));
+        }
+        customer_ids.sort();
+        customer_ids.dedup();
+        let ids_json = to_json(&customer_ids)?;
+        let email_param = Param::from(email.as_deref());
+        // The customer's events, by identity inside the stored payload.
+        let matching = "SELECT event_id FROM canonical_events WHERE merchant_id = ?1 AND (\
+             lower(json_extract(payload, '$.customer.email')) = ?2 OR \
+             json_extract(payload, '$.customer.customer_id') IN (SELECT value FROM json_each(?3)))";
+        let by_event = || {
+            vec![
+                self.merchant(),
+                email_param.clone(),
+                ids_json.as_str().into(),
+            ]
+        };
+        let mut counts = Map::new();
+        for table in ["delivery_attempts", "dead_letters", "deliveries"] {
+            let n = self.exec(
+                &format!("DELETE FROM {table} WHERE merchant_id = ?1 AND event_id IN ({matching})"),
+                by_event(),
+            )?;
+            counts.insert(table.into(), n.into());
+        }
+        let n = self.exec(
+            &format!("DELETE FROM canonical_events WHERE event_id IN ({matching})"),
+            by_event(),
+        )?;
+        counts.insert("canonical_events".into(), n.into());
+        let n = self.exec(
+            "DELETE FROM customers WHERE merchant_id = ?1 AND (lower(email) = ?2 OR customer_id IN (SELECT value FROM json_each(?3)))",
+            by_event(),
+        )?;
+        counts.insert("customers".into(), n.into());
+        let mut keys: Vec<String> = customer_ids
+            .iter()
+            .map(|id| CrmContext::customer_key(id))
+            .collect();
+        keys.extend(email.as_deref().map(CrmContext::email_key));
+        let n = self.exec(
+            "DELETE FROM crm_context WHERE merchant_id = ?1 AND identity_key IN (SELECT value FROM json_each(?2))",
+            vec![self.merchant(), to_json(&keys)?.into()],
+        )?;
+        counts.insert("crm_context".into(), n.into());
+        let mut identity_keys: Vec<String> = customer_ids
+            .iter()
+            .map(|id| identity::customer_key(id))
+            .collect();
+        identity_keys.extend(email.as_deref().map(identity::email_key));
+        let identity_keys = to_json(&identity_keys)?;
+        // The pixel visitors this person was (their IPs and click ids) go with them.
+        let n = self.exec(
+            "DELETE FROM identities WHERE merchant_id = ?1 AND identity_key IN \
+             (SELECT visitor_key FROM identity_links WHERE merchant_id = ?1 \
+              AND identity_key IN (SELECT value FROM json_each(?2)))",
+            vec![self.merchant(), identity_keys.as_str().into()],
+        )?;
+        counts.insert("visitors".into(), n.into());
+        for table in ["identity_links", "identities"] {
+            let n = self.exec(
+                &format!("DELETE FROM {table} WHERE merchant_id = ?1 AND identity_key IN (SELECT value FROM json_each(?2))"),
+                vec![self.merchant(), identity_keys.as_str().into()],
+            )?;
+            counts.insert(table.into(), n.into());
+        }
+        Ok(Value::Object(counts))
+    }
+
+    /// Rows per table, for whole-merchant deletion's report.
+    pub fn counts(&self) -> Result<Map<String, Value>> {
+        let mut counts = Map::new();
+        for table in TABLES {
+            let n = self
+                .sql
+                .query(&format!("SELECT count(*) AS n FROM {table}"), vec![])?
+                .first()
+                .and_then(|r| r.get("n").cloned())
+                .unwrap_or(Value::from(0));
+            counts.insert(table.into(), n);
+        }
+        Ok(counts)
+    }
+}
+
+/// The webhook's answer for one notification.
+fn summary(plan: &IngestPlan, enqueued: &[String]) -> Value {
+    let output = &plan.output;
+    let status = if output.ignored_reason.is_some() {
+        "ignored"
+    } else {
+        "accepted"
+    };
+    let events: Vec<Value> = output
+        .events
+        .iter()
+        .map(|e| {
+            json!({
+                "event_id": e.event_id,
+                "name": e.name.as_str(),
+                "forwarded": e.name.is_forwardable() && enqueued.contains(&e.event_id),
+            })
+        })
+        .collect();
+    let deliveries_enqueued = plan
+        .jobs
+        .iter()
+        .filter(|job| enqueued.contains(&job.event.event_id))
+        .count();
+    json!({
+        "status": status,
+        "source_event_id": output.source_event_id,
+        "reason": output.ignored_reason,
+        "events": events,
+        "deliveries_enqueued": deliveries_enqueued,
+    })
+}
