@@ -115,8 +115,8 @@ mod schema_tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    /// The tables each migration directory leaves, with their columns: CREATE TABLE,
-    /// ALTER TABLE … ADD/DROP COLUMN, RENAME TO and DROP TABLE, in file order.
+    /// The tables each migration directory leaves, with their columns: every file
+    /// applied in order to an empty SQLite, as wrangler applies them.
     fn schema(dir: &str) -> BTreeMap<String, Vec<String>> {
         let path = format!("{}/migrations/{dir}", env!("CARGO_MANIFEST_DIR"));
         let mut files: Vec<_> = std::fs::read_dir(path)
@@ -125,51 +125,32 @@ mod schema_tests {
             .filter(|p| p.extension().is_some_and(|e| e == "sql"))
             .collect();
         files.sort();
-        let mut tables: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let db = rusqlite::Connection::open_in_memory().unwrap();
         for file in files {
-            let sql: String = std::fs::read_to_string(file)
-                .unwrap()
-                .lines()
-                .map(|l| l.split("--").next().unwrap_or(""))
-                .collect::<Vec<_>>()
-                .join("\n");
-            for statement in sql.split(';') {
-                let words: Vec<&str> = statement.split_whitespace().collect();
-                let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
-                match upper
-                    .iter()
-                    .map(String::as_str)
-                    .collect::<Vec<_>>()
-                    .as_slice()
-                {
-                    ["CREATE", "TABLE", ..] => {
-                        let name = words[2].trim_end_matches('(').to_string();
-                        let body = &statement[statement.find('(').unwrap() + 1..];
-                        let columns = body
-                            .split(',')
-                            .filter_map(|c| c.split_whitespace().next())
-                            .map(|c| c.trim_start_matches('(').to_string())
-                            .collect();
-                        tables.insert(name, columns);
-                    }
-                    ["DROP", "TABLE", ..] => {
-                        tables.remove(words[2]);
-                    }
-                    ["ALTER", "TABLE", _, "RENAME", "TO", _] => {
-                        if let Some(columns) = tables.remove(words[2]) {
-                            tables.insert(words[5].to_string(), columns);
-                        }
-                    }
-                    ["ALTER", "TABLE", _, "ADD", "COLUMN", ..] => {
-                        if let Some(columns) = tables.get_mut(words[2]) {
-                            columns.push(words[5].to_string());
-                        }
-                    }
-                    _ => {}
-                }
-            }
+            let sql = std::fs::read_to_string(&file).unwrap();
+            db.execute_batch(&sql)
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         }
-        tables
+        let names: Vec<String> = db
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        names
+            .into_iter()
+            .map(|name| {
+                let columns = db
+                    .prepare(&format!("SELECT name FROM pragma_table_info('{name}')"))
+                    .unwrap()
+                    .query_map([], |r| r.get(0))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect();
+                (name, columns)
+            })
+            .collect()
     }
 
     fn with_merchant_id(dir: &str) -> Vec<String> {
