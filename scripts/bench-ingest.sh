@@ -136,20 +136,35 @@ run_wrk() { # name url bodies
   echo "$rps" >"$WORK/$1.rps"
 }
 
+metrics() { curl -fsS -H "authorization: Bearer $ADMIN" "http://127.0.0.1:$TL_PORT/v1/admin/metrics"; }
 echo "bench: $CONNECTIONS connections, ${SECONDS_PER_RUN}s per run"
+# One warm-up webhook, so the merchant's settings are cached as in steady state.
+sign_bodies 0
+head -1 "$WORK/bodies.0.txt" | { IFS=$'\t' read -r sig body; curl -fsS -o /dev/null -H "stripe-signature: $sig" \
+  -H "content-type: application/json" --data-binary "$body" \
+  "http://127.0.0.1:$TL_PORT/v1/integrations/stripe/events?merchant_id=m_bench"; }
+metrics >"$WORK/metrics.before.json"
 run_wrk echo-1 "http://127.0.0.1:$ECHO_PORT/" ""
 sign_bodies 1
 run_wrk tracklayer-1 "http://127.0.0.1:$TL_PORT/v1/integrations/stripe/events?merchant_id=m_bench" "$WORK/bodies.1.txt"
 run_wrk echo-2 "http://127.0.0.1:$ECHO_PORT/" ""
 sign_bodies 2
 run_wrk tracklayer-2 "http://127.0.0.1:$TL_PORT/v1/integrations/stripe/events?merchant_id=m_bench" "$WORK/bodies.2.txt"
+metrics >"$WORK/metrics.after.json"
 python3 - "$WORK" <<'PY'
-import sys
+import json, sys
 w = sys.argv[1]
 r = lambda n: float(open(f"{w}/{n}.rps").read() or 0)
 echo = (r("echo-1") + r("echo-2")) / 2
 tl = (r("tracklayer-1") + r("tracklayer-2")) / 2
 print(f"bench: echo {echo:.0f} req/s, TrackLayer {tl:.0f} req/s: {100 * tl / echo:.1f} % of echo")
+before = json.load(open(f"{w}/metrics.before.json"))["ingest"]
+after = json.load(open(f"{w}/metrics.after.json"))["ingest"]
+d = {k: after[k] - before[k] for k in after}
+n = max(d["units"], 1)
+print(f"bench: per accepted webhook (warm, {d['units']} webhooks): {d['d1_queries'] / n:.3f} D1 queries, "
+      f"{d['object_calls'] / n:.3f} Durable Object calls, {d['rows_written'] / n:.1f} rows written, "
+      f"{d['queue_messages_sent'] / n:.2f} queue messages")
 PY
 # What the refused requests were, from the worker's structured log lines.
 echo "bench: TrackLayer refusals by reason:"

@@ -263,7 +263,7 @@ pub struct CanonicalEvent {
     pub properties: BTreeMap<String, String>,
     /// Click ids and device data: carried by the event itself or, at send time, filled
     /// from the merchant's identity store. Never forwarded as free-form properties.
-    #[serde(default, skip_serializing_if = "Touchpoints::is_empty")]
+    #[serde(default, skip_serializing_if = "Touchpoints::is_unset")]
     pub touchpoints: Touchpoints,
 }
 

@@ -85,6 +85,11 @@ pub struct Touchpoints {
 }
 
 impl Touchpoints {
+    /// Nothing at all, not even the visitor id a stored or transferred event keeps.
+    pub fn is_unset(&self) -> bool {
+        self.is_empty() && self.visitor_id.is_none() && self.captured_at.is_none()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.fields().iter().all(|(_, v)| v.is_none())
     }

@@ -132,7 +132,9 @@ mod schema_tests {
                 .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         }
         let names: Vec<String> = db
-            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+            )
             .unwrap()
             .query_map([], |r| r.get(0))
             .unwrap()

@@ -270,8 +270,8 @@ fn workspaces_keep_secrets_sealed_data_in_region_and_keys_scoped() {
         1
     );
     assert_eq!(
-        worker.count(
-            "DB_EU",
+        worker.object_count(
+            Some("eu"),
             "SELECT count(*) AS n FROM canonical_events WHERE name = 'signup'"
         ),
         0

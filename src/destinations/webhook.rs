@@ -141,7 +141,10 @@ fn build(
             if !event.name.is_forwardable() {
                 return Err(BuildError::NotForwardable(event.name.as_str()));
             }
-            let body = serde_json::to_string(event).map_err(|e| BuildError::Invalid {
+            // The pixel's visitor id is ours, for linking; it never leaves.
+            let mut event = event.clone();
+            event.touchpoints.visitor_id = None;
+            let body = serde_json::to_string(&event).map_err(|e| BuildError::Invalid {
                 destination: NAME,
                 reason: e.to_string(),
             })?;

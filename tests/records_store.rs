@@ -1,0 +1,371 @@
+//! The merchant's records (`tracklayer::records`) run natively against SQLite, as the
+//! merchant's Durable Object runs them: dedup, "enqueued once", admission, outcomes,
+//! replay, erasure, retention and the sweeper's view, over real signed Stripe fixtures.
+
+mod mapping;
+
+use rusqlite::types::ValueRef;
+use serde_json::{json, Map, Value};
+use tracklayer::config::MerchantConfig;
+use tracklayer::delivery::{DeadLetter, DeliveryJob, EventMessage};
+use tracklayer::records::{
+    self, AdmitRequest, AttemptRecord, Claimed, Outcomes, Param, Records, RecordsError, Sql,
+};
+use tracklayer::sources::{self, Headers, SourceOutput};
+
+const SECRET: &str = "whsec_records_store";
+const MERCHANT: &str = "m_records";
+const NOW_MS: i64 = 1_773_000_000_000;
+
+struct Sqlite(rusqlite::Connection);
+
+fn bind(params: Vec<Param>) -> Vec<rusqlite::types::Value> {
+    params
+        .into_iter()
+        .map(|p| match p {
+            Param::Null => rusqlite::types::Value::Null,
+            Param::Int(i) => rusqlite::types::Value::Integer(i),
+            Param::Text(t) => rusqlite::types::Value::Text(t),
+        })
+        .collect()
+}
+
+impl Sql for Sqlite {
+    fn query(&self, sql: &str, params: Vec<Param>) -> records::Result<Vec<Map<String, Value>>> {
+        let error = |e: rusqlite::Error| RecordsError(format!("{sql}: {e}"));
+        let mut statement = self.0.prepare(sql).map_err(error)?;
+        let names: Vec<String> = statement
+            .column_names()
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        let mut rows = statement
+            .query(rusqlite::params_from_iter(bind(params)))
+            .map_err(error)?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(error)? {
+            let mut object = Map::new();
+            for (i, name) in names.iter().enumerate() {
+                let value = match row.get_ref(i).map_err(error)? {
+                    ValueRef::Null => Value::Null,
+                    ValueRef::Integer(n) => Value::from(n),
+                    ValueRef::Real(f) => Value::from(f),
+                    ValueRef::Text(t) => Value::from(String::from_utf8_lossy(t).into_owned()),
+                    ValueRef::Blob(_) => Value::Null,
+                };
+                object.insert(name.clone(), value);
+            }
+            out.push(object);
+        }
+        Ok(out)
+    }
+
+    fn execute(&self, sql: &str, params: Vec<Param>) -> records::Result<u64> {
+        self.0
+            .execute(sql, rusqlite::params_from_iter(bind(params)))
+            .map(|n| n as u64)
+            .map_err(|e| RecordsError(format!("{sql}: {e}")))
+    }
+}
+
+fn store() -> Sqlite {
+    let sql = Sqlite(rusqlite::Connection::open_in_memory().unwrap());
+    records::migrate(&sql).unwrap();
+    sql
+}
+
+fn merchant() -> MerchantConfig {
+    MerchantConfig {
+        merchant_id: MERCHANT.into(),
+        plan: tracklayer::config::Plan::Scale,
+        ..MerchantConfig::default()
+    }
+    .with_source("stripe", json!({ "endpoint_secrets": [SECRET] }))
+    .with_destination("meta", json!({ "pixel_id": "1", "access_token": "t" }))
+    .with_destination("tiktok", json!({ "pixel_code": "C1", "access_token": "t" }))
+}
+
+/// A Stripe fixture as Stripe would send it: fresh id, signed.
+fn stripe(fixture: &str, event_id: &str) -> SourceOutput {
+    let mut payload: Value = serde_json::from_slice(&mapping::fixture("stripe", fixture)).unwrap();
+    payload["id"] = json!(event_id);
+    let body = serde_json::to_vec(&payload).unwrap();
+    let now = payload["created"].as_i64().unwrap();
+    let headers = Headers::new().with(
+        "Stripe-Signature",
+        &sources::stripe::sign(SECRET, now, &body),
+    );
+    mapping::ingest_one("stripe", &merchant(), &headers, &body, now).expect("accepted")
+}
+
+fn ready(claimed: Claimed) -> Box<records::Prepared> {
+    match claimed {
+        Claimed::Ready(prepared) => prepared,
+        Claimed::Duplicate(_) => panic!("duplicate"),
+        Claimed::InFlight => panic!("in flight"),
+    }
+}
+
+fn count(sql: &Sqlite, query: &str) -> i64 {
+    sql.query(query, vec![]).unwrap()[0]["n"].as_i64().unwrap()
+}
+
+#[test]
+fn a_notification_is_claimed_once_and_a_redelivery_is_a_duplicate() {
+    let sql = store();
+    let records = Records::new(&sql, MERCHANT);
+    let output = stripe("customer.subscription.created.active.json", "evt_rec_1");
+    let prepared = ready(
+        records
+            .prepare(output.clone(), &merchant(), NOW_MS)
+            .unwrap(),
+    );
+    assert_eq!(prepared.plan_jobs.len(), 2, "one job per destination");
+    assert_eq!(prepared.enqueue_events.len(), 1);
+    // While the first is between claim and commit, a redelivery is told to retry.
+    assert!(matches!(
+        records
+            .prepare(output.clone(), &merchant(), NOW_MS + 1)
+            .unwrap(),
+        Claimed::InFlight
+    ));
+    records
+        .commit(&prepared.dedup_key, &prepared.output, NOW_MS)
+        .unwrap();
+    match records.prepare(output, &merchant(), NOW_MS + 2).unwrap() {
+        Claimed::Duplicate(summary) => assert_eq!(summary["status"], "duplicate"),
+        _ => panic!("a committed notification is a duplicate"),
+    }
+    assert_eq!(count(&sql, "SELECT count(*) AS n FROM deliveries"), 2);
+    assert_eq!(
+        count(&sql, "SELECT count(*) AS n FROM subscription_state"),
+        1,
+        "the subscription's state moved on"
+    );
+}
+
+#[test]
+fn a_refused_enqueue_releases_the_claim_and_the_retry_enqueues_again() {
+    let sql = store();
+    let records = Records::new(&sql, MERCHANT);
+    let output = stripe("customer.subscription.created.active.json", "evt_rec_2");
+    let first = ready(
+        records
+            .prepare(output.clone(), &merchant(), NOW_MS)
+            .unwrap(),
+    );
+    records.abandon(&first).unwrap();
+    let retry = ready(records.prepare(output, &merchant(), NOW_MS + 1).unwrap());
+    assert_eq!(retry.enqueue_events, first.enqueue_events);
+    assert_eq!(retry.plan_jobs.len(), 2);
+}
+
+#[test]
+fn one_conversion_reported_by_two_notifications_is_enqueued_once_and_merged() {
+    let sql = store();
+    let records = Records::new(&sql, MERCHANT);
+    // Stripe reports a trial conversion on the subscription update and on the invoice.
+    let update = stripe(
+        "customer.subscription.updated.trial-converted.json",
+        "evt_rec_3a",
+    );
+    let invoice = stripe("invoice.paid.trial-end.json", "evt_rec_3b");
+    let first = ready(records.prepare(update, &merchant(), NOW_MS).unwrap());
+    records
+        .commit(&first.dedup_key, &first.output, NOW_MS)
+        .unwrap();
+    let second = ready(records.prepare(invoice, &merchant(), NOW_MS + 1).unwrap());
+    let shared: Vec<&String> = second
+        .output
+        .events
+        .iter()
+        .map(|e| &e.event_id)
+        .filter(|id| first.enqueue_events.contains(id))
+        .collect();
+    assert!(!shared.is_empty(), "both report the same conversion");
+    for id in shared {
+        assert!(
+            !second.enqueue_events.contains(id),
+            "the sibling does not enqueue {id} again"
+        );
+    }
+}
+
+fn delivered(job: &DeliveryJob, attempt: u32) -> AttemptRecord {
+    AttemptRecord {
+        job_id: job.job_id.clone(),
+        event_id: job.event.event_id.clone(),
+        destination: job.destination.clone(),
+        attempt,
+        outcome: "delivered".into(),
+        http_status: Some(200),
+        detail: None,
+        request_url: Some("https://graph.facebook.com/v25.0/1/events".into()),
+        duration_ms: 80,
+        new_status: "delivered".into(),
+        match_score: Some(3),
+        match_keys: Some("em,external_id".into()),
+        at_ms: NOW_MS + 10,
+    }
+}
+
+#[test]
+fn admission_sends_pending_jobs_once_and_resolves_references() {
+    let sql = store();
+    let records = Records::new(&sql, MERCHANT);
+    let output = stripe("customer.subscription.created.active.json", "evt_rec_4");
+    let prepared = ready(records.prepare(output, &merchant(), NOW_MS).unwrap());
+    let meta = prepared
+        .plan_jobs
+        .iter()
+        .find(|j| j.destination == "meta")
+        .unwrap()
+        .clone();
+    let tiktok = prepared
+        .plan_jobs
+        .iter()
+        .find(|j| j.destination == "tiktok")
+        .unwrap()
+        .clone();
+    let inline = |job: &DeliveryJob| EventMessage::for_jobs([job], false).remove(0);
+    // Both destinations in one message, the event read back from the store.
+    let reference = EventMessage::for_jobs([&meta, &tiktok], true).remove(0);
+    assert!(reference.event.is_none());
+    let mut foreign = meta.clone();
+    foreign.event.merchant_id = "m_other".into();
+    let answer = records
+        .admit(AdmitRequest {
+            messages: vec![
+                (0, reference.clone()),
+                (1, inline(&meta)),
+                (2, inline(&foreign)),
+            ],
+            now_ms: NOW_MS,
+            ..AdmitRequest::default()
+        })
+        .unwrap();
+    let admitted: Vec<(usize, &str)> = answer
+        .admitted
+        .iter()
+        .map(|a| (a.message, a.job.destination.as_str()))
+        .collect();
+    assert_eq!(admitted, vec![(0, "meta"), (0, "tiktok")], "{answer:?}");
+    let dropped: Vec<usize> = answer.dropped.iter().map(|(m, _)| *m).collect();
+    assert_eq!(
+        dropped,
+        vec![2, 1],
+        "another merchant's job, then the repeat"
+    );
+    assert!(answer.admitted.iter().all(|a| a.attempt == 1));
+    assert_eq!(
+        answer.admitted[1].job.event, tiktok.event,
+        "read from the store"
+    );
+
+    records
+        .record_outcomes(&Outcomes {
+            attempts: vec![delivered(&meta, 1)],
+            dead_letters: vec![DeadLetter {
+                job: tiktok.clone(),
+                attempts: 1,
+                last_error: "400 invalid pixel".into(),
+                reason: "permanent".into(),
+            }],
+            now_ms: NOW_MS + 10,
+            ..Outcomes::default()
+        })
+        .unwrap();
+    let again = records
+        .admit(AdmitRequest {
+            messages: vec![(0, inline(&meta)), (1, reference)],
+            now_ms: NOW_MS + 20,
+            ..AdmitRequest::default()
+        })
+        .unwrap();
+    assert!(
+        again.admitted.is_empty(),
+        "delivered and dead-lettered jobs are done"
+    );
+
+    // The dead letter replays: pending again, attempts from zero, marked replayed.
+    let filter: tracklayer::admin::ReplayFilter = serde_json::from_str("{}").unwrap();
+    let replayed = records.replay(None, &filter, NOW_MS + 30).unwrap();
+    assert_eq!(replayed.len(), 1);
+    assert_eq!(replayed[0].job_id, tiktok.job_id);
+    assert_eq!(
+        count(
+            &sql,
+            "SELECT count(*) AS n FROM deliveries WHERE status = 'pending' AND attempts = 0"
+        ),
+        1
+    );
+    assert!(records
+        .replay(None, &filter, NOW_MS + 40)
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn the_sweeper_sees_untouched_pending_jobs_only() {
+    let sql = store();
+    let records = Records::new(&sql, MERCHANT);
+    let output = stripe("customer.subscription.created.active.json", "evt_rec_5");
+    let prepared = ready(records.prepare(output, &merchant(), NOW_MS).unwrap());
+    assert!(records.has_pending().unwrap());
+    let stale = records.stale_jobs(NOW_MS + 1, NOW_MS - 1, 100).unwrap();
+    assert_eq!(stale.len(), 2);
+    let ids: Vec<String> = stale.iter().map(|j| j.job_id.clone()).collect();
+    records.touch_jobs(&ids, NOW_MS + 5).unwrap();
+    assert!(records
+        .stale_jobs(NOW_MS + 1, NOW_MS - 1, 100)
+        .unwrap()
+        .is_empty());
+    assert_eq!(stale[0].event, prepared.plan_jobs[0].event);
+}
+
+#[test]
+fn erasure_removes_the_customer_everywhere_and_retention_keeps_pending_work() {
+    let sql = store();
+    let records = Records::new(&sql, MERCHANT);
+    let output = stripe("customer.subscription.created.active.json", "evt_rec_6");
+    let email = output.events[0].customer.email.clone();
+    let customer_id = output.events[0].customer.customer_id.clone();
+    ready(records.prepare(output, &merchant(), NOW_MS).unwrap());
+    // Retention: everything is older than the cutoff, but pending deliveries stay.
+    let policy = tracklayer::retention::RetentionPolicy::default();
+    let purged = records
+        .purge(&policy.regional_purges(NOW_MS + 500 * 86_400_000), 0)
+        .unwrap();
+    assert_eq!(purged["canonical_events"], 1);
+    assert_eq!(purged["deliveries"], 0, "pending work is never purged");
+
+    let output = stripe("customer.subscription.created.active.json", "evt_rec_7");
+    ready(records.prepare(output, &merchant(), NOW_MS).unwrap());
+    let erased = records
+        .erase_customer(email.as_deref(), customer_id.as_deref())
+        .unwrap();
+    assert_eq!(erased["canonical_events"], 1, "{erased}");
+    assert!(erased["deliveries"].as_u64().unwrap() >= 2, "{erased}");
+    assert_eq!(count(&sql, "SELECT count(*) AS n FROM canonical_events"), 0);
+}
+
+#[test]
+fn every_table_of_the_object_is_counted_for_deletion_and_migration_is_idempotent() {
+    let sql = store();
+    records::migrate(&sql).unwrap();
+    let tables: Vec<String> = sql
+        .query(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
+             AND name <> 'schema_version' ORDER BY name",
+            vec![],
+        )
+        .unwrap()
+        .into_iter()
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect();
+    let mut listed: Vec<String> = records::TABLES.iter().map(|t| t.to_string()).collect();
+    listed.sort();
+    assert_eq!(tables, listed);
+    let counts = Records::new(&sql, MERCHANT).counts().unwrap();
+    assert_eq!(counts.len(), records::TABLES.len());
+}
