@@ -24,48 +24,75 @@ impl DeliveryJob {
     }
 }
 
-/// Cloudflare Queues takes messages up to 128 KB. A job whose event would not fit (a
-/// 100–400 KB field in a signed webhook) travels as a reference to the stored event.
+/// Cloudflare Queues takes messages up to 128 KB. An event that would not fit (a 100–400
+/// KB field in a signed webhook) travels as a reference to the stored event.
 pub const MAX_INLINE_JOB_BYTES: usize = 96 * 1024;
 
-/// A job as it travels on the queue: whole, or naming the event the consumer reads back
-/// from storage.
+/// One event on the queue with the destinations it still goes to: one message per
+/// event, not per destination (each message is written, read and deleted, and billed
+/// for each). Every job is still settled on its own; one that needs a retry while the
+/// others are done travels on in a new message of its own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum JobMessage {
-    Inline(DeliveryJob),
-    ByReference(JobReference),
+#[serde(deny_unknown_fields)]
+pub struct EventMessage {
+    pub merchant_id: String,
+    pub event_id: String,
+    /// The event itself, or absent: the consumer reads the stored one (too large for a
+    /// message, or waiting for sibling notifications to merge into it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<CanonicalEvent>,
+    pub jobs: Vec<MessageJob>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct JobReference {
+pub struct MessageJob {
     pub job_id: String,
     pub destination: String,
-    pub merchant_id: String,
-    pub event_id: String,
 }
 
-impl JobMessage {
-    /// The queue message body for `job`: inline when it fits, else by reference.
-    pub fn encode(job: &DeliveryJob) -> String {
-        let inline = serde_json::to_string(job).unwrap_or_default();
-        if !inline.is_empty() && inline.len() <= MAX_INLINE_JOB_BYTES {
-            return inline;
+impl EventMessage {
+    /// One message per event of `jobs` (in first-seen order), carrying the event when it
+    /// fits and `by_reference` is false.
+    pub fn for_jobs<'a>(
+        jobs: impl IntoIterator<Item = &'a DeliveryJob>,
+        by_reference: bool,
+    ) -> Vec<EventMessage> {
+        let mut messages: Vec<EventMessage> = Vec::new();
+        for job in jobs {
+            let entry = MessageJob {
+                job_id: job.job_id.clone(),
+                destination: job.destination.clone(),
+            };
+            match messages.iter_mut().find(|m| {
+                m.event_id == job.event.event_id && m.merchant_id == job.event.merchant_id
+            }) {
+                Some(message) => {
+                    if !message.jobs.contains(&entry) {
+                        message.jobs.push(entry)
+                    }
+                }
+                None => messages.push(EventMessage {
+                    merchant_id: job.event.merchant_id.clone(),
+                    event_id: job.event.event_id.clone(),
+                    event: (!by_reference).then(|| job.event.clone()),
+                    jobs: vec![entry],
+                }),
+            }
         }
-        JobMessage::encode_reference(job)
+        messages
     }
 
-    /// The body naming the stored event, so the consumer reads what sibling
-    /// notifications merged into it since.
-    pub fn encode_reference(job: &DeliveryJob) -> String {
-        serde_json::to_string(&JobReference {
-            job_id: job.job_id.clone(),
-            destination: job.destination.clone(),
-            merchant_id: job.event.merchant_id.clone(),
-            event_id: job.event.event_id.clone(),
-        })
-        .unwrap_or_default()
+    /// The queue message body: the event inline when it fits, else by reference.
+    pub fn encode(mut self) -> String {
+        if self.event.is_some() {
+            let inline = serde_json::to_string(&self).unwrap_or_default();
+            if !inline.is_empty() && inline.len() <= MAX_INLINE_JOB_BYTES {
+                return inline;
+            }
+            self.event = None;
+        }
+        serde_json::to_string(&self).unwrap_or_default()
     }
 }
 
@@ -465,28 +492,42 @@ mod tests {
 
     /// A 300 KB field made `send_batch` fail on the 128 KB message limit: 503 forever.
     #[test]
-    fn a_job_too_large_for_one_message_travels_by_reference() {
+    fn an_event_too_large_for_one_message_travels_by_reference() {
         let mut event = crate::event::tests_support::event();
         let small = DeliveryJob::new(event.clone(), "meta");
-        let encoded = JobMessage::encode(&small);
-        assert_eq!(
-            serde_json::from_str::<JobMessage>(&encoded).unwrap(),
-            JobMessage::Inline(small)
-        );
+        let encoded = EventMessage::for_jobs([&small], false).remove(0).encode();
+        let decoded: EventMessage = serde_json::from_str(&encoded).unwrap();
+        assert_eq!(decoded.event, Some(small.event.clone()));
         event
             .properties
             .insert("plan_description".into(), "x".repeat(300 * 1024));
         let large = DeliveryJob::new(event, "meta");
-        let encoded = JobMessage::encode(&large);
+        let encoded = EventMessage::for_jobs([&large], false).remove(0).encode();
         assert!(encoded.len() < 1024, "{}", encoded.len());
-        match serde_json::from_str::<JobMessage>(&encoded).unwrap() {
-            JobMessage::ByReference(reference) => {
-                assert_eq!(reference.job_id, large.job_id);
-                assert_eq!(reference.event_id, large.event.event_id);
-                assert_eq!(reference.merchant_id, large.event.merchant_id);
-            }
-            other => panic!("{other:?}"),
-        }
+        let decoded: EventMessage = serde_json::from_str(&encoded).unwrap();
+        assert_eq!(decoded.event, None);
+        assert_eq!(decoded.event_id, large.event.event_id);
+        assert_eq!(decoded.merchant_id, large.event.merchant_id);
+        assert_eq!(decoded.jobs[0].job_id, large.job_id);
+    }
+
+    /// Six destinations of one event are one message; two events are two.
+    #[test]
+    fn one_message_per_event_carries_all_its_destinations() {
+        let event = crate::event::tests_support::event();
+        let mut other = event.clone();
+        other.event_id = "tl_other".into();
+        let jobs: Vec<DeliveryJob> = ["meta", "tiktok", "ga4", "klaviyo", "linkedin", "google_ads"]
+            .iter()
+            .map(|d| DeliveryJob::new(event.clone(), d))
+            .chain([DeliveryJob::new(other, "meta")])
+            .collect();
+        let messages = EventMessage::for_jobs(&jobs, false);
+        assert_eq!(messages.len(), 2);
+        assert_eq!(messages[0].jobs.len(), 6);
+        assert_eq!(messages[1].jobs.len(), 1);
+        let by_reference = EventMessage::for_jobs(&jobs, true);
+        assert!(by_reference.iter().all(|m| m.event.is_none()));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use crate::admin::{ListQuery, ReplayFilter, SqlParam};
 use crate::config::MerchantConfig;
-use crate::delivery::{DeadLetter, DeliveryJob, DestinationHealth, JobMessage};
+use crate::delivery::{DeadLetter, DeliveryJob, DestinationHealth, EventMessage};
 use crate::enrich::{KnownCustomer, StoredContext};
 use crate::event::{CanonicalEvent, EventName};
 use crate::identity::{self, Touchpoints};
@@ -233,7 +233,8 @@ pub struct Admitted {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AdmitRequest {
-    pub jobs: Vec<(usize, JobMessage)>,
+    /// Queue messages by the caller's index.
+    pub messages: Vec<(usize, EventMessage)>,
     /// The conversions a Google Ads correction may adjust (the merchant's mapping).
     #[serde(default)]
     pub correction_names: Vec<EventName>,
@@ -247,8 +248,9 @@ pub struct AdmitRequest {
 pub struct AdmitAnswer {
     /// Pending jobs, events enriched with stored identity; in request order.
     pub admitted: Vec<Admitted>,
-    /// Messages to acknowledge without work: delivered already, or erased.
-    pub dropped: Vec<usize>,
+    /// Jobs with nothing to do (message index, job id): done already, erased, or
+    /// another merchant's.
+    pub dropped: Vec<(usize, String)>,
     pub health: BTreeMap<String, DestinationHealth>,
     /// Google Ads correction job id → the conversions it may adjust and their status.
     pub corrections: BTreeMap<String, Vec<(CanonicalEvent, Option<String>)>>,
@@ -759,35 +761,35 @@ impl<'a> Records<'a> {
     pub fn admit(&self, request: AdmitRequest) -> Result<AdmitAnswer> {
         let mut answer = AdmitAnswer::default();
         let referenced: Vec<&str> = request
-            .jobs
+            .messages
             .iter()
-            .filter_map(|(_, m)| match m {
-                JobMessage::ByReference(r) => Some(r.event_id.as_str()),
-                JobMessage::Inline(_) => None,
-            })
+            .filter(|(_, m)| m.event.is_none())
+            .map(|(_, m)| m.event_id.as_str())
             .collect();
         let stored = self.events_by_id(&referenced)?;
-        let mut jobs: Vec<(usize, DeliveryJob)> = Vec::with_capacity(request.jobs.len());
-        for (message, job) in request.jobs {
-            match job {
-                JobMessage::Inline(job) if job.event.merchant_id == self.merchant_id => {
-                    jobs.push((message, job))
+        let mut jobs: Vec<(usize, DeliveryJob)> = Vec::new();
+        for (message, queued) in request.messages {
+            let event = match queued.event {
+                Some(event) if event.merchant_id == self.merchant_id => Some(event),
+                Some(_) => None,
+                // Erased or purged since: nothing may be sent.
+                None => stored
+                    .get(&queued.event_id)
+                    .filter(|_| queued.merchant_id == self.merchant_id)
+                    .cloned(),
+            };
+            for job in queued.jobs {
+                match &event {
+                    Some(event) => jobs.push((
+                        message,
+                        DeliveryJob {
+                            job_id: job.job_id,
+                            destination: job.destination,
+                            event: event.clone(),
+                        },
+                    )),
+                    None => answer.dropped.push((message, job.job_id)),
                 }
-                JobMessage::ByReference(r) if r.merchant_id == self.merchant_id => {
-                    match stored.get(&r.event_id) {
-                        Some(event) => jobs.push((
-                            message,
-                            DeliveryJob {
-                                job_id: r.job_id,
-                                destination: r.destination,
-                                event: event.clone(),
-                            },
-                        )),
-                        // Erased or purged since: nothing may be sent.
-                        None => answer.dropped.push(message),
-                    }
-                }
-                _ => answer.dropped.push(message),
             }
         }
         let ids: Vec<&str> = jobs.iter().map(|(_, j)| j.job_id.as_str()).collect();
@@ -797,10 +799,14 @@ impl<'a> Records<'a> {
         for (message, job) in jobs {
             match rows.get(&job.job_id) {
                 // A missing row: erased, or the merchant deleted since.
-                None => answer.dropped.push(message),
-                Some((status, _)) if status != "pending" => answer.dropped.push(message),
+                None => answer.dropped.push((message, job.job_id)),
+                Some((status, _)) if status != "pending" => {
+                    answer.dropped.push((message, job.job_id))
+                }
                 // The same job twice in one batch (a sweep and its original) goes once.
-                Some(_) if !seen_jobs.insert(job.job_id.clone()) => answer.dropped.push(message),
+                Some(_) if !seen_jobs.insert(job.job_id.clone()) => {
+                    answer.dropped.push((message, job.job_id))
+                }
                 Some((_, attempts)) => admitted.push(Admitted {
                     message,
                     attempt: (*attempts).max(0) as u32 + 1,

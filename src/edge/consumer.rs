@@ -6,11 +6,11 @@
 
 use super::merchant::MerchantClient;
 use super::metrics::{self, Phase};
-use super::regions::queue_region;
+use super::regions::{queue_region, send_messages};
 use super::settings::cached_merchant;
 use super::{emit, keyring, now_ms, operator_settings, outbound, OperatorSettings};
 use crate::config::{MerchantConfig, Region};
-use crate::delivery::{self, decide, DeadLetter, Decision, DeliveryJob, JobMessage};
+use crate::delivery::{self, decide, DeadLetter, Decision, DeliveryJob, EventMessage};
 use crate::destinations::{
     self, google_ads, AuthSpec, BuildError, Context, DestinationSpec, OutboundRequest, Outcome,
 };
@@ -31,13 +31,6 @@ fn body_text(message: &RawMessage) -> Option<String> {
 /// that name, visible to operators.
 pub const UNATTRIBUTED: &str = "unattributed";
 
-fn merchant_of(message: &JobMessage) -> &str {
-    match message {
-        JobMessage::Inline(job) => &job.event.merchant_id,
-        JobMessage::ByReference(reference) => &reference.merchant_id,
-    }
-}
-
 /// Each region's queue is consumed against that region's objects only. The batch is
 /// split by merchant, then by destination; each group goes out in as few requests as
 /// the platform allows, and every message is still acked or retried on its own.
@@ -46,14 +39,14 @@ pub async fn consume_deliveries(batch: MessageBatch<String>, env: &Env) {
     let messages: Vec<RawMessage> = batch.raw_iter().collect();
     let started_ms = now_ms();
     let sent_before = outbound::requests_sent();
-    let mut by_merchant: BTreeMap<String, Vec<(usize, JobMessage)>> = BTreeMap::new();
+    let mut by_merchant: BTreeMap<String, Vec<(usize, EventMessage)>> = BTreeMap::new();
     for (index, message) in messages.iter().enumerate() {
         let body = body_text(message);
-        match body.as_deref().map(serde_json::from_str::<JobMessage>) {
-            Some(Ok(job)) => by_merchant
-                .entry(merchant_of(&job).to_string())
+        match body.as_deref().map(serde_json::from_str::<EventMessage>) {
+            Some(Ok(event)) => by_merchant
+                .entry(event.merchant_id.clone())
                 .or_default()
-                .push((index, job)),
+                .push((index, event)),
             _ => {
                 let letter = poison_letter(body.as_deref().unwrap_or("<non-text body>"));
                 emit(Log::error(
@@ -79,13 +72,22 @@ pub async fn consume_deliveries(batch: MessageBatch<String>, env: &Env) {
         }
     }
     let settings = operator_settings(env);
-    let mut admitted_total = 0;
-    let (mut acked, mut retried, mut delivered) = (0, 0, 0);
-    for (merchant_id, jobs) in by_merchant {
-        let indexes: Vec<usize> = jobs.iter().map(|(i, _)| *i).collect();
-        let settled = deliver_merchant(env, region, &settings, &merchant_id, jobs).await;
-        let settled = match settled {
-            Ok(settled) => settled,
+    // Each message's jobs and what became of each (a job not admitted is done).
+    let mut per_message: BTreeMap<usize, Vec<(Option<DeliveryJob>, Step)>> = BTreeMap::new();
+    for (merchant_id, events) in by_merchant {
+        let indexes: Vec<usize> = events.iter().map(|(i, _)| *i).collect();
+        for &index in &indexes {
+            per_message.entry(index).or_default();
+        }
+        match deliver_merchant(env, region, &settings, &merchant_id, events).await {
+            Ok(settled) => {
+                for (index, job, step) in settled {
+                    per_message
+                        .entry(index)
+                        .or_default()
+                        .push((Some(job), step));
+                }
+            }
             Err(err) => {
                 emit(
                     Log::error("deliveries: merchant's records unavailable, retried")
@@ -93,45 +95,27 @@ pub async fn consume_deliveries(batch: MessageBatch<String>, env: &Env) {
                         .number("messages", indexes.len() as i64)
                         .reason(&err),
                 );
-                indexes.iter().map(|&i| (i, Step::Retry)).collect()
-            }
-        };
-        for (index, step) in settled {
-            let message = &messages[index];
-            match step {
-                Step::Ack => {
-                    acked += 1;
-                    message.ack()
-                }
-                Step::Delivered => {
-                    acked += 1;
-                    delivered += 1;
-                    admitted_total += 1;
-                    message.ack()
-                }
-                Step::RetryIn(seconds) => {
-                    retried += 1;
-                    admitted_total += 1;
-                    message.retry_with_options(
-                        &QueueRetryOptionsBuilder::new()
-                            .with_delay_seconds(seconds)
-                            .build(),
-                    )
-                }
-                Step::Retry => {
-                    retried += 1;
-                    message.retry()
+                for index in indexes {
+                    per_message
+                        .entry(index)
+                        .or_default()
+                        .push((None, Step::Retry));
                 }
             }
         }
     }
+    let mut tally = Tally::default();
+    for (index, steps) in per_message {
+        settle(env, region, &messages[index], steps, &mut tally).await;
+    }
     metrics::unit(Phase::Delivery);
-    metrics::queue_settled(acked, retried, delivered);
+    metrics::queue_settled(tally.acked, tally.retried, tally.delivered);
+    metrics::queue_sent(Phase::Delivery, tally.sent);
     // One line per invocation: what a batch cost (load script and operators read it).
     emit(
         Log::info("deliveries batch")
             .number("messages", messages.len() as i64)
-            .number("admitted", admitted_total as i64)
+            .number("admitted", tally.jobs as i64)
             .number(
                 "outbound_requests",
                 (outbound::requests_sent() - sent_before) as i64,
@@ -140,15 +124,91 @@ pub async fn consume_deliveries(batch: MessageBatch<String>, env: &Env) {
     );
 }
 
+#[derive(Default)]
+struct Tally {
+    acked: usize,
+    retried: usize,
+    delivered: usize,
+    jobs: usize,
+    sent: usize,
+}
+
+/// Settles one message from its jobs' steps: acked when every job is done; retried as a
+/// whole when its waiting jobs all wait the same time (done ones are dropped at the next
+/// admission); otherwise acked once the waiting jobs travel on in new messages, one per
+/// delay. Bookkeeping that failed retries the whole message.
+async fn settle(
+    env: &Env,
+    region: Region,
+    message: &RawMessage,
+    steps: Vec<(Option<DeliveryJob>, Step)>,
+    tally: &mut Tally,
+) {
+    tally.jobs += steps.len();
+    tally.delivered += steps
+        .iter()
+        .filter(|(_, s)| matches!(s, Step::Delivered))
+        .count();
+    if steps.iter().any(|(_, s)| matches!(s, Step::Retry)) {
+        tally.retried += 1;
+        message.retry();
+        return;
+    }
+    let mut waits: BTreeMap<u32, Vec<&DeliveryJob>> = BTreeMap::new();
+    for (job, step) in &steps {
+        if let (Some(job), Step::RetryIn(seconds)) = (job, step) {
+            waits.entry(*seconds).or_default().push(job);
+        }
+    }
+    let retry_in = |seconds: u32| {
+        QueueRetryOptionsBuilder::new()
+            .with_delay_seconds(seconds)
+            .build()
+    };
+    match waits.len() {
+        0 => {
+            tally.acked += 1;
+            message.ack();
+        }
+        1 => {
+            let seconds = *waits.keys().next().unwrap_or(&0);
+            tally.retried += 1;
+            message.retry_with_options(&retry_in(seconds));
+        }
+        _ => {
+            let mut sent = 0;
+            for (seconds, jobs) in &waits {
+                let messages = EventMessage::for_jobs(jobs.iter().copied(), false);
+                match send_messages(env, region, messages, Some(*seconds)).await {
+                    Ok(n) => sent += n,
+                    Err(err) => {
+                        emit(
+                            Log::error("deliveries: re-enqueue failed, message retried")
+                                .reason(&err),
+                        );
+                        tally.sent += sent;
+                        tally.retried += 1;
+                        message.retry();
+                        return;
+                    }
+                }
+            }
+            tally.sent += sent;
+            tally.acked += 1;
+            message.ack();
+        }
+    }
+}
+
 /// One merchant's share of a batch: admit (one call), deliver per destination, record
-/// every outcome (one call). Returns what to do with each message.
+/// every outcome (one call). Returns each admitted job with what to do next.
 async fn deliver_merchant(
     env: &Env,
     region: Region,
     settings: &OperatorSettings,
     merchant_id: &str,
-    jobs: Vec<(usize, JobMessage)>,
-) -> worker::Result<Vec<(usize, Step)>> {
+    events: Vec<(usize, EventMessage)>,
+) -> worker::Result<Vec<(usize, DeliveryJob, Step)>> {
     let merchant = match cached_merchant(env, merchant_id, Phase::Delivery).await? {
         // A job is only ever delivered from its merchant's own region.
         Ok(merchant) if merchant.region == region => Some(merchant),
@@ -160,18 +220,15 @@ async fn deliver_merchant(
     };
     let client = MerchantClient::new(env, region, merchant_id, Phase::Delivery)?;
     let now = now_ms();
-    let mut destinations_with_auth: Vec<String> = jobs
+    let mut destinations_with_auth: Vec<String> = events
         .iter()
-        .filter_map(|(_, job)| match job {
-            JobMessage::Inline(job) => Some(job.destination.clone()),
-            JobMessage::ByReference(reference) => Some(reference.destination.clone()),
-        })
+        .flat_map(|(_, event)| event.jobs.iter().map(|job| job.destination.clone()))
         .filter(|name| destinations::find(name).is_some_and(|spec| spec.auth.is_some()))
         .collect();
     destinations_with_auth.sort();
     destinations_with_auth.dedup();
     let request = AdmitRequest {
-        jobs,
+        messages: events,
         correction_names: merchant
             .as_ref()
             .map(google_ads::conversion_names)
@@ -180,7 +237,7 @@ async fn deliver_merchant(
         now_ms: now,
     };
     let answer: AdmitAnswer = client.admit(&request).await?;
-    let mut settled: Vec<(usize, Step)> = answer.dropped.iter().map(|&i| (i, Step::Ack)).collect();
+    let mut settled: Vec<(usize, DeliveryJob, Step)> = Vec::new();
     let mut outcomes = Outcomes {
         now_ms: now,
         ..Outcomes::default()
@@ -214,7 +271,7 @@ async fn deliver_merchant(
         let answers = std::mem::take(&mut run.answers);
         let steps = run.into_steps();
         for (member, step) in sent_members.iter().zip(steps) {
-            settled.push((member.message, step));
+            settled.push((member.message, member.job.clone(), step));
         }
         if !held.is_empty() {
             emit(
@@ -227,7 +284,11 @@ async fn deliver_merchant(
             for member in held {
                 // Touched, so the sweeper does not take held jobs for lost.
                 outcomes.touch.push(member.job.job_id.clone());
-                settled.push((member.message, Step::RetryIn(hold_seconds)));
+                settled.push((
+                    member.message,
+                    member.job.clone(),
+                    Step::RetryIn(hold_seconds),
+                ));
             }
         }
         let before = health.clone();
@@ -821,8 +882,8 @@ fn poison_letter(body: &str) -> DeadLetter {
     }
 }
 
-/// Dead-letter queue: raw jobs the queue gave up on (the consumer itself kept failing),
-/// recorded in their merchant's object.
+/// Dead-letter queue: messages the queue gave up on (the consumer itself kept failing),
+/// recorded as dead letters in their merchant's object, one per job.
 pub async fn consume_dead_letters(batch: MessageBatch<String>, env: &Env) {
     let region = queue_region(&batch.queue());
     for message in batch.raw_iter() {
@@ -833,34 +894,43 @@ pub async fn consume_dead_letters(batch: MessageBatch<String>, env: &Env) {
             last_error: "queue retries exhausted before the consumer gave up".into(),
             reason: "queue_exhausted".into(),
         };
-        let (owner, letter) = match serde_json::from_str::<DeadLetter>(&body) {
-            Ok(letter) => (letter.job.event.merchant_id.clone(), letter),
-            Err(_) => match serde_json::from_str::<JobMessage>(&body) {
-                Ok(JobMessage::Inline(job)) => (job.event.merchant_id.clone(), exhausted(job)),
-                // The object reads the stored event when the letter is replayed.
-                Ok(JobMessage::ByReference(reference)) => {
-                    let mut letter = exhausted(poison_letter(&body).job);
-                    letter.job.job_id = reference.job_id.clone();
-                    letter.job.destination = reference.destination.clone();
-                    letter.job.event.event_id = reference.event_id.clone();
-                    letter.job.event.merchant_id = reference.merchant_id.clone();
-                    (reference.merchant_id, letter)
-                }
-                Err(_) => (UNATTRIBUTED.to_string(), poison_letter(&body)),
-            },
+        let (owner, letters) = match serde_json::from_str::<EventMessage>(&body) {
+            Ok(message) => {
+                // The object stores each letter with the stored event when it has one.
+                let mut placeholder = poison_letter(&body).job.event;
+                placeholder.event_id = message.event_id.clone();
+                placeholder.merchant_id = message.merchant_id.clone();
+                let event = message.event.clone().unwrap_or(placeholder);
+                let letters = message
+                    .jobs
+                    .iter()
+                    .map(|job| {
+                        exhausted(DeliveryJob {
+                            job_id: job.job_id.clone(),
+                            destination: job.destination.clone(),
+                            event: event.clone(),
+                        })
+                    })
+                    .collect();
+                (message.merchant_id, letters)
+            }
+            Err(_) => (UNATTRIBUTED.to_string(), vec![poison_letter(&body)]),
         };
-        let recorded = match MerchantClient::new(env, region, &owner, Phase::Delivery) {
-            Ok(client) => client.record_dead_letter(&letter).await,
-            Err(err) => Err(err),
-        };
+        let recorded = async {
+            let client = MerchantClient::new(env, region, &owner, Phase::Delivery)?;
+            for letter in &letters {
+                client.record_dead_letter(letter).await?;
+            }
+            Ok::<_, worker::Error>(())
+        }
+        .await;
         match recorded {
             Ok(()) => message.ack(),
             Err(err) => {
                 emit(
-                    Log::error("dead letter not recorded, retried")
-                        .merchant(&letter.job.event.merchant_id)
-                        .destination(&letter.job.destination)
-                        .job(&letter.job.job_id)
+                    Log::error("dead letters not recorded, retried")
+                        .merchant(&owner)
+                        .number("letters", letters.len() as i64)
                         .reason(&err),
                 );
                 message.retry();

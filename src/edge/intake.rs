@@ -326,7 +326,7 @@ async fn accept_all(
     let merchant_id = merchant.merchant_id.clone();
     let answer = client.ingest(&IngestRequest { merchant, outputs }).await;
     Ok(match answer {
-        Ok(IngestAnswer::Done { summaries }) => {
+        Ok(IngestAnswer::Done { summaries, .. }) => {
             metrics::unit(Phase::Ingest);
             Ok(summaries)
         }

@@ -37,7 +37,12 @@ pub struct IngestRequest {
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "status")]
 pub enum IngestAnswer {
-    Done { summaries: Vec<Value> },
+    Done {
+        summaries: Vec<Value>,
+        /// Queue messages sent (one per event with its destinations).
+        #[serde(default)]
+        queue_messages: usize,
+    },
     InFlight,
     Unavailable,
 }
@@ -161,6 +166,7 @@ impl Merchant {
             .ok()
             .and_then(|v| v.to_string().parse::<u32>().ok());
         let mut summaries = Vec::with_capacity(request.outputs.len());
+        let mut queue_messages = 0;
         for output in request.outputs {
             let now = now_ms();
             let source = output.source;
@@ -189,6 +195,7 @@ impl Merchant {
                 .map(|source_wait| wait_override.unwrap_or(source_wait));
             let sent =
                 enqueue_jobs_after(&self.env, merchant.region, &prepared.plan_jobs, wait).await;
+            let sent = sent.map(|n| queue_messages += n);
             if let Err(err) = sent {
                 emit(
                     Log::error("webhook not enqueued; the source will retry")
@@ -212,10 +219,16 @@ impl Merchant {
             }
             summaries.push(prepared.summary.clone());
         }
-        Self::answer(&sql, IngestAnswer::Done { summaries })
+        Self::answer(
+            &sql,
+            IngestAnswer::Done {
+                summaries,
+                queue_messages,
+            },
+        )
     }
 
-    async fn enqueue(&self, region: Region, jobs: &[DeliveryJob]) -> Result<()> {
+    async fn enqueue(&self, region: Region, jobs: &[DeliveryJob]) -> Result<usize> {
         enqueue_jobs(&self.env, region, jobs).await
     }
 
@@ -231,12 +244,16 @@ impl Merchant {
                 SWEEP_BATCH,
             )
             .map_err(storage_error)?;
+        let mut messages = 0;
         if !jobs.is_empty() {
-            self.enqueue(region, &jobs).await?;
+            messages = self.enqueue(region, &jobs).await?;
             let ids: Vec<String> = jobs.iter().map(|j| j.job_id.clone()).collect();
             records.touch_jobs(&ids, now).map_err(storage_error)?;
         }
-        Self::answer(&sql, json!({ "swept": jobs.len() }))
+        Self::answer(
+            &sql,
+            json!({ "swept": jobs.len(), "queue_messages": messages }),
+        )
     }
 
     async fn replay(
@@ -251,9 +268,9 @@ impl Merchant {
             .replay(request.job_id.as_deref(), &request.filter, now_ms())
             .map_err(storage_error)?;
         // Pending with no attempt: if the queue refuses now, the sweeper sends them.
-        self.enqueue(region, &jobs).await?;
+        let messages = self.enqueue(region, &jobs).await?;
         let ids: Vec<&str> = jobs.iter().map(|j| j.job_id.as_str()).collect();
-        Self::answer(&sql, json!({ "job_ids": ids }))
+        Self::answer(&sql, json!({ "job_ids": ids, "queue_messages": messages }))
     }
 
     async fn handle(&self, mut req: Request) -> Result<Response> {
@@ -444,12 +461,8 @@ impl MerchantClient {
 
     pub async fn ingest(&self, request: &IngestRequest) -> Result<IngestAnswer> {
         let answer: IngestAnswer = self.call("/ingest", request).await?;
-        if let IngestAnswer::Done { summaries } = &answer {
-            let sent: i64 = summaries
-                .iter()
-                .filter_map(|s| s["deliveries_enqueued"].as_i64())
-                .sum();
-            metrics::queue_sent(self.phase, sent.max(0) as usize);
+        if let IngestAnswer::Done { queue_messages, .. } = &answer {
+            metrics::queue_sent(self.phase, *queue_messages);
         }
         Ok(answer)
     }
@@ -508,6 +521,10 @@ impl MerchantClient {
                 },
             )
             .await?;
+        metrics::queue_sent(
+            self.phase,
+            answer["queue_messages"].as_u64().unwrap_or(0) as usize,
+        );
         Ok(answer["job_ids"]
             .as_array()
             .into_iter()
@@ -518,9 +535,11 @@ impl MerchantClient {
 
     pub async fn sweep(&self) -> Result<u64> {
         let answer: Value = self.call("/sweep", &json!({})).await?;
-        let swept = answer["swept"].as_u64().unwrap_or(0);
-        metrics::queue_sent(self.phase, swept as usize);
-        Ok(swept)
+        metrics::queue_sent(
+            self.phase,
+            answer["queue_messages"].as_u64().unwrap_or(0) as usize,
+        );
+        Ok(answer["swept"].as_u64().unwrap_or(0))
     }
 
     pub async fn purge(&self) -> Result<Value> {

@@ -22,13 +22,14 @@ pub fn deliveries_binding(region: Region) -> &'static str {
     }
 }
 
-/// Puts delivery jobs on the region's queue: each inline or, when too large for one
-/// message, by reference to its stored event; batches split by count and bytes.
+/// Puts delivery jobs on the region's queue: one message per event with its
+/// destinations, the event inline or, when too large for one message, by reference to
+/// the stored event; batches split by count and bytes. Returns the messages sent.
 pub async fn enqueue_jobs<'a>(
     env: &Env,
     region: Region,
     jobs: impl IntoIterator<Item = &'a crate::delivery::DeliveryJob>,
-) -> Result<()> {
+) -> Result<usize> {
     enqueue_jobs_after(env, region, jobs, None).await
 }
 
@@ -39,15 +40,22 @@ pub async fn enqueue_jobs_after<'a>(
     region: Region,
     jobs: impl IntoIterator<Item = &'a crate::delivery::DeliveryJob>,
     wait_seconds: Option<u32>,
-) -> Result<()> {
-    let encode = if wait_seconds.is_some() {
-        crate::delivery::JobMessage::encode_reference
-    } else {
-        crate::delivery::JobMessage::encode
-    };
-    let bodies: Vec<String> = jobs.into_iter().map(encode).collect();
+) -> Result<usize> {
+    let messages = crate::delivery::EventMessage::for_jobs(jobs, wait_seconds.is_some());
+    send_messages(env, region, messages, wait_seconds).await
+}
+
+/// Sends event messages, delayed by `delay_seconds` if given. Returns how many.
+pub async fn send_messages(
+    env: &Env,
+    region: Region,
+    messages: Vec<crate::delivery::EventMessage>,
+    delay_seconds: Option<u32>,
+) -> Result<usize> {
+    let bodies: Vec<String> = messages.into_iter().map(|m| m.encode()).collect();
+    let count = bodies.len();
     if bodies.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let queue = env.queue(deliveries_binding(region))?;
     for batch in crate::delivery::queue_batches(bodies) {
@@ -57,7 +65,7 @@ pub async fn enqueue_jobs_after<'a>(
             .map(|body| {
                 let message =
                     worker::MessageBuilder::new(body).content_type(worker::QueueContentType::Text);
-                match wait_seconds {
+                match delay_seconds {
                     Some(seconds) => message.delay_seconds(seconds).build(),
                     None => message.build(),
                 }
@@ -65,7 +73,7 @@ pub async fn enqueue_jobs_after<'a>(
             .collect::<Vec<_>>();
         queue.send_batch(messages).await?;
     }
-    Ok(())
+    Ok(count)
 }
 
 /// The region a queue belongs to, from its name (`tracklayer-deliveries-eu[-dlq]`).
