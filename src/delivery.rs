@@ -348,22 +348,84 @@ pub fn group_jobs<'a>(jobs: impl IntoIterator<Item = &'a DeliveryJob>) -> Vec<Ve
     groups.into_iter().map(|(_, members)| members).collect()
 }
 
-/// The attempt log's outcome label and detail.
-pub fn attempt_label(outcome: &Outcome) -> (&'static str, Option<&str>) {
-    match outcome {
-        Outcome::Delivered => ("delivered", None),
-        Outcome::AlreadyDelivered => ("already_delivered", None),
-        Outcome::Retry { reason, .. } => ("retry", Some(reason.as_str())),
-        Outcome::Permanent { reason } => ("permanent", Some(reason.as_str())),
+/// Where one (event, destination) delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    Pending,
+    Delivered,
+    DeadLettered,
+    /// Built and recorded for a dry-run merchant, never sent.
+    Simulated,
+    /// Nothing to send by design (a refund of a conversion the platform never got).
+    Skipped,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::DeadLettered => "dead_lettered",
+            DeliveryStatus::Simulated => "simulated",
+            DeliveryStatus::Skipped => "skipped",
+        }
     }
 }
 
-/// The delivery row's status after a decision.
-pub fn status_after(decision: &Decision) -> &'static str {
+/// What one attempt came to, as the attempt log says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    Delivered,
+    AlreadyDelivered,
+    Retry,
+    Permanent,
+    /// A probe of a parked destination failed: logged, no attempt spent.
+    ProbeFailed,
+    /// A dry-run merchant's request, built and not sent.
+    DryRun,
+    Skipped,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Delivered => "delivered",
+            AttemptOutcome::AlreadyDelivered => "already_delivered",
+            AttemptOutcome::Retry => "retry",
+            AttemptOutcome::Permanent => "permanent",
+            AttemptOutcome::ProbeFailed => "probe_failed",
+            AttemptOutcome::DryRun => "dry_run",
+            AttemptOutcome::Skipped => "skipped",
+        }
+    }
+
+    /// Whether the attempt leaves no error to show on the delivery.
+    pub fn is_success(self) -> bool {
+        matches!(
+            self,
+            AttemptOutcome::Delivered | AttemptOutcome::AlreadyDelivered | AttemptOutcome::DryRun
+        )
+    }
+}
+
+/// The attempt log's outcome and detail.
+pub fn attempt_label(outcome: &Outcome) -> (AttemptOutcome, Option<&str>) {
+    match outcome {
+        Outcome::Delivered => (AttemptOutcome::Delivered, None),
+        Outcome::AlreadyDelivered => (AttemptOutcome::AlreadyDelivered, None),
+        Outcome::Retry { reason, .. } => (AttemptOutcome::Retry, Some(reason.as_str())),
+        Outcome::Permanent { reason } => (AttemptOutcome::Permanent, Some(reason.as_str())),
+    }
+}
+
+/// The delivery's status after a decision.
+pub fn status_after(decision: &Decision) -> DeliveryStatus {
     match decision {
-        Decision::Done => "delivered",
-        // Dead letters are marked by the dead-letter consumer once recorded.
-        Decision::RetryIn { .. } | Decision::DeadLetter { .. } => "pending",
+        Decision::Done => DeliveryStatus::Delivered,
+        // A dead letter is marked when it is recorded, with the same outcomes.
+        Decision::RetryIn { .. } | Decision::DeadLetter { .. } => DeliveryStatus::Pending,
     }
 }
 

@@ -9,7 +9,9 @@
 
 use crate::admin::{ListQuery, ReplayFilter, SqlParam};
 use crate::config::MerchantConfig;
-use crate::delivery::{DeadLetter, DeliveryJob, DestinationHealth, EventMessage};
+use crate::delivery::{
+    AttemptOutcome, DeadLetter, DeliveryJob, DeliveryStatus, DestinationHealth, EventMessage,
+};
 use crate::enrich::{KnownCustomer, StoredContext};
 use crate::event::{CanonicalEvent, EventName};
 use crate::identity::{self, Touchpoints};
@@ -79,68 +81,75 @@ pub trait Sql {
 }
 
 /// The object's schema, one step per version; applied in order, each once.
+///
+/// Durable Object SQLite bills every row written, index entries included, so the layout
+/// is few and wide: an event's deliveries live in its own row (`deliveries`, one entry
+/// per destination) and one batch's attempts at an event in one `attempt_log` row. The
+/// views `deliveries` and `delivery_attempts` show them one row per delivery and per
+/// attempt. Tables keyed by text are `WITHOUT ROWID` (one b-tree, one row written); an
+/// index exists only where a hot path or paging needs it.
 pub const SCHEMA: &[&str] = &[
     // v1
-    "CREATE TABLE IF NOT EXISTS object_meta (id INTEGER PRIMARY KEY CHECK (id = 1), merchant_id TEXT NOT NULL, region TEXT NOT NULL, created_at INTEGER NOT NULL);
-     CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, committed INTEGER NOT NULL, lease_until INTEGER NOT NULL, first_seen INTEGER NOT NULL);
-     CREATE INDEX IF NOT EXISTS seen_by_time ON seen (first_seen);
-     CREATE TABLE IF NOT EXISTS subscription_state (ordering_key TEXT PRIMARY KEY, state TEXT NOT NULL, updated_at INTEGER NOT NULL);
+    "CREATE TABLE IF NOT EXISTS object_meta (id INTEGER PRIMARY KEY CHECK (id = 1), merchant_id TEXT NOT NULL,
+       region TEXT NOT NULL, created_at INTEGER NOT NULL);
+     CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, committed INTEGER NOT NULL, lease_until INTEGER NOT NULL,
+       first_seen INTEGER NOT NULL) WITHOUT ROWID;
+     CREATE TABLE IF NOT EXISTS subscription_state (ordering_key TEXT PRIMARY KEY, state TEXT NOT NULL,
+       updated_at INTEGER NOT NULL) WITHOUT ROWID;
      CREATE TABLE IF NOT EXISTS customers (merchant_id TEXT NOT NULL, source TEXT NOT NULL, customer_id TEXT NOT NULL, email TEXT,
        observed_at_s INTEGER NOT NULL, updated_at INTEGER NOT NULL, last_cancelled_at_s INTEGER, last_cancelled_subscription TEXT,
-       PRIMARY KEY (merchant_id, source, customer_id));
-     CREATE INDEX IF NOT EXISTS customers_by_time ON customers (merchant_id, updated_at);
+       PRIMARY KEY (merchant_id, source, customer_id)) WITHOUT ROWID;
      CREATE TABLE IF NOT EXISTS canonical_events (event_id TEXT PRIMARY KEY, merchant_id TEXT NOT NULL, name TEXT NOT NULL,
        source TEXT NOT NULL, source_event_id TEXT NOT NULL, source_event_type TEXT NOT NULL, occurred_at_s INTEGER NOT NULL,
-       payload TEXT NOT NULL, received_at INTEGER NOT NULL, enqueued_at INTEGER, ordering_key TEXT);
-     CREATE INDEX IF NOT EXISTS canonical_events_by_merchant ON canonical_events (merchant_id, received_at);
+       payload TEXT NOT NULL, received_at INTEGER NOT NULL, enqueued_at INTEGER, ordering_key TEXT,
+       deliveries TEXT NOT NULL DEFAULT '{}', pending INTEGER NOT NULL DEFAULT 0, pending_since INTEGER) WITHOUT ROWID;
      CREATE INDEX IF NOT EXISTS canonical_events_by_time ON canonical_events (received_at);
+     CREATE INDEX IF NOT EXISTS canonical_events_pending ON canonical_events (pending_since) WHERE pending > 0;
+     CREATE VIEW IF NOT EXISTS deliveries AS SELECT json_extract(d.value, '$.job_id') AS job_id, e.event_id AS event_id,
+       e.merchant_id AS merchant_id, d.key AS destination, json_extract(d.value, '$.status') AS status,
+       json_extract(d.value, '$.attempts') AS attempts, json_extract(d.value, '$.last_error') AS last_error,
+       json_extract(d.value, '$.match_score') AS match_score, json_extract(d.value, '$.match_keys') AS match_keys,
+       json_extract(d.value, '$.created_at') AS created_at, json_extract(d.value, '$.updated_at') AS updated_at
+       FROM canonical_events e, json_each(e.deliveries) d;
      CREATE TABLE IF NOT EXISTS ignored_events (merchant_id TEXT NOT NULL, source TEXT NOT NULL, source_event_id TEXT NOT NULL,
-       source_event_type TEXT NOT NULL, reason TEXT NOT NULL, received_at INTEGER NOT NULL, PRIMARY KEY (merchant_id, source, source_event_id));
-     CREATE TABLE IF NOT EXISTS deliveries (job_id TEXT PRIMARY KEY, event_id TEXT NOT NULL, merchant_id TEXT NOT NULL,
-       destination TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'pending'
-       CHECK (status IN ('pending', 'delivered', 'dead_lettered', 'simulated', 'skipped')),
-       attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
-       match_score INTEGER, match_keys TEXT);
-     CREATE INDEX IF NOT EXISTS deliveries_by_merchant ON deliveries (merchant_id, destination, status);
-     CREATE INDEX IF NOT EXISTS deliveries_by_time ON deliveries (updated_at);
-     CREATE INDEX IF NOT EXISTS deliveries_by_event ON deliveries (event_id);
-     CREATE INDEX IF NOT EXISTS deliveries_by_status_time ON deliveries (status, updated_at);
-     CREATE TABLE IF NOT EXISTS delivery_attempts (id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, event_id TEXT NOT NULL,
-       merchant_id TEXT NOT NULL, destination TEXT NOT NULL, attempt INTEGER NOT NULL, outcome TEXT NOT NULL, http_status INTEGER,
-       detail TEXT, request_url TEXT, duration_ms INTEGER, attempted_at INTEGER NOT NULL);
-     CREATE INDEX IF NOT EXISTS delivery_attempts_by_job ON delivery_attempts (job_id);
-     CREATE INDEX IF NOT EXISTS delivery_attempts_by_merchant ON delivery_attempts (merchant_id, attempted_at);
+       source_event_type TEXT NOT NULL, reason TEXT NOT NULL, received_at INTEGER NOT NULL,
+       PRIMARY KEY (merchant_id, source, source_event_id)) WITHOUT ROWID;
+     CREATE TABLE IF NOT EXISTS attempt_log (id INTEGER PRIMARY KEY, event_id TEXT NOT NULL, merchant_id TEXT NOT NULL,
+       attempted_at INTEGER NOT NULL, attempts TEXT NOT NULL);
+     CREATE VIEW IF NOT EXISTS delivery_attempts AS SELECT a.id * 1000 + x.key AS id, json_extract(x.value, '$.job_id') AS job_id,
+       a.event_id AS event_id, a.merchant_id AS merchant_id, json_extract(x.value, '$.destination') AS destination,
+       json_extract(x.value, '$.attempt') AS attempt, json_extract(x.value, '$.outcome') AS outcome,
+       json_extract(x.value, '$.http_status') AS http_status, json_extract(x.value, '$.detail') AS detail,
+       json_extract(x.value, '$.request_url') AS request_url, json_extract(x.value, '$.duration_ms') AS duration_ms,
+       a.attempted_at AS attempted_at FROM attempt_log a, json_each(a.attempts) x;
      CREATE TABLE IF NOT EXISTS dead_letters (job_id TEXT PRIMARY KEY, event_id TEXT NOT NULL, merchant_id TEXT NOT NULL,
        destination TEXT NOT NULL, attempts INTEGER NOT NULL, reason TEXT NOT NULL, last_error TEXT NOT NULL, job TEXT NOT NULL,
-       dead_lettered_at INTEGER NOT NULL, replayed_at INTEGER);
-     CREATE INDEX IF NOT EXISTS dead_letters_by_merchant ON dead_letters (merchant_id, destination, dead_lettered_at);
-     CREATE INDEX IF NOT EXISTS dead_letters_by_time ON dead_letters (dead_lettered_at);
+       dead_lettered_at INTEGER NOT NULL, replayed_at INTEGER) WITHOUT ROWID;
      CREATE TABLE IF NOT EXISTS crm_context (merchant_id TEXT NOT NULL, identity_key TEXT NOT NULL, crm TEXT NOT NULL,
-       context TEXT NOT NULL, observed_at_s INTEGER NOT NULL, updated_at INTEGER NOT NULL, PRIMARY KEY (merchant_id, identity_key));
+       context TEXT NOT NULL, observed_at_s INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+       PRIMARY KEY (merchant_id, identity_key)) WITHOUT ROWID;
      CREATE TABLE IF NOT EXISTS identities (merchant_id TEXT NOT NULL, identity_key TEXT NOT NULL, touchpoints TEXT NOT NULL,
-       captured_at_s INTEGER NOT NULL, updated_at INTEGER NOT NULL, PRIMARY KEY (merchant_id, identity_key));
-     CREATE INDEX IF NOT EXISTS identities_by_time ON identities (updated_at);
+       captured_at_s INTEGER NOT NULL, updated_at INTEGER NOT NULL, PRIMARY KEY (merchant_id, identity_key)) WITHOUT ROWID;
      CREATE TABLE IF NOT EXISTS identity_links (merchant_id TEXT NOT NULL, visitor_key TEXT NOT NULL, identity_key TEXT NOT NULL,
-       linked_at INTEGER NOT NULL, PRIMARY KEY (merchant_id, visitor_key, identity_key));
+       linked_at INTEGER NOT NULL, PRIMARY KEY (merchant_id, visitor_key, identity_key)) WITHOUT ROWID;
      CREATE INDEX IF NOT EXISTS identity_links_by_identity ON identity_links (merchant_id, identity_key);
-     CREATE INDEX IF NOT EXISTS identity_links_by_time ON identity_links (linked_at);
      CREATE TABLE IF NOT EXISTS oauth_tokens (merchant_id TEXT NOT NULL, destination TEXT NOT NULL, access_token TEXT NOT NULL,
-       expires_at_ms INTEGER NOT NULL, PRIMARY KEY (merchant_id, destination));
+       expires_at_ms INTEGER NOT NULL, PRIMARY KEY (merchant_id, destination)) WITHOUT ROWID;
      CREATE TABLE IF NOT EXISTS destination_health (merchant_id TEXT NOT NULL, destination TEXT NOT NULL,
        consecutive_failures INTEGER NOT NULL DEFAULT 0, parked_since INTEGER, next_probe_at INTEGER,
-       probes INTEGER NOT NULL DEFAULT 0, updated_at INTEGER NOT NULL, PRIMARY KEY (merchant_id, destination));",
+       probes INTEGER NOT NULL DEFAULT 0, updated_at INTEGER NOT NULL, PRIMARY KEY (merchant_id, destination)) WITHOUT ROWID;",
 ];
 
 /// Tables holding the merchant's records, in the order whole-merchant deletion and
-/// counting walk them.
-pub const TABLES: [&str; 14] = [
+/// counting walk them (the views `deliveries` and `delivery_attempts` read
+/// `canonical_events` and `attempt_log`).
+pub const TABLES: [&str; 13] = [
     "destination_health",
     "identity_links",
     "identities",
     "oauth_tokens",
-    "delivery_attempts",
+    "attempt_log",
     "dead_letters",
-    "deliveries",
     "canonical_events",
     "ignored_events",
     "customers",
@@ -149,6 +158,34 @@ pub const TABLES: [&str; 14] = [
     "seen",
     "object_meta",
 ];
+
+/// One delivery of an event, as its row keeps it (`canonical_events.deliveries`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub job_id: String,
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_score: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_keys: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+type Deliveries = BTreeMap<String, Delivery>;
+
+/// How many deliveries are pending, and since when the quietest of them has been.
+fn pending_of(deliveries: &Deliveries) -> (i64, Option<i64>) {
+    let pending: Vec<i64> = deliveries
+        .values()
+        .filter(|d| d.status == DeliveryStatus::Pending)
+        .map(|d| d.updated_at)
+        .collect();
+    (pending.len() as i64, pending.iter().min().copied())
+}
 
 /// A newer capture replaces stored values field by field (`json_patch`); an older one
 /// only fills what is missing.
@@ -193,12 +230,12 @@ pub struct AttemptRecord {
     pub event_id: String,
     pub destination: String,
     pub attempt: u32,
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
     pub http_status: Option<u16>,
     pub detail: Option<String>,
     pub request_url: Option<String>,
     pub duration_ms: i64,
-    pub new_status: String,
+    pub new_status: DeliveryStatus,
     pub match_score: Option<i64>,
     pub match_keys: Option<String>,
     pub at_ms: i64,
@@ -263,8 +300,9 @@ pub struct Outcomes {
     pub attempts: Vec<AttemptRecord>,
     pub dead_letters: Vec<DeadLetter>,
     pub health: Vec<(String, DestinationHealth)>,
-    /// Pending jobs held or waiting on purpose: touched so the sweeper leaves them.
-    pub touch: Vec<String>,
+    /// Pending jobs held or waiting on purpose (event id, destination): touched so the
+    /// sweeper leaves them.
+    pub touch: Vec<(String, String)>,
     /// (destination, sealed token, expires at ms)
     pub store_tokens: Vec<(String, String, i64)>,
     pub drop_tokens: Vec<String>,
@@ -330,15 +368,15 @@ impl<'a> Records<'a> {
         }
         let context = self.stored_context(&output)?;
         let plan = ingest::plan(output, merchant, &context);
-        self.record_ingest(&plan.output, &plan.jobs, now_ms)?;
         let ids: Vec<&str> = plan
             .output
             .events
             .iter()
             .map(|e| e.event_id.as_str())
             .collect();
+        // Decided before the write, which marks them: a sibling already enqueued its own.
         let enqueue_events = self.events_to_enqueue(&ids)?;
-        self.set_enqueued(&enqueue_events, Some(now_ms))?;
+        self.record_ingest(&plan.output, &plan.jobs, &enqueue_events, now_ms)?;
         let summary = summary(&plan, &enqueue_events);
         let jobs = plan
             .jobs
@@ -378,8 +416,7 @@ impl<'a> Records<'a> {
     /// The queue refused: the events are not enqueued and the claim is released, so
     /// the source's retry does it all again.
     pub fn abandon(&self, prepared: &Prepared) -> Result<()> {
-        let ids: Vec<String> = prepared.enqueue_events.clone();
-        self.set_enqueued(&ids, None)?;
+        self.set_enqueued(&prepared.enqueue_events, None)?;
         self.exec(
             "DELETE FROM seen WHERE key = ?1 AND committed = 0",
             vec![prepared.dedup_key.as_str().into()],
@@ -515,14 +552,45 @@ impl<'a> Records<'a> {
         &self,
         output: &SourceOutput,
         jobs: &[DeliveryJob],
+        enqueue_events: &[String],
         now_ms: i64,
     ) -> Result<()> {
         for event in &output.events {
+            let deliveries: Deliveries = jobs
+                .iter()
+                .filter(|job| job.event.event_id == event.event_id)
+                .map(|job| {
+                    (
+                        job.destination.clone(),
+                        Delivery {
+                            job_id: job.job_id.clone(),
+                            status: DeliveryStatus::Pending,
+                            attempts: 0,
+                            last_error: None,
+                            match_score: None,
+                            match_keys: None,
+                            created_at: now_ms,
+                            updated_at: now_ms,
+                        },
+                    )
+                })
+                .collect();
+            let (pending, pending_since) = pending_of(&deliveries);
+            let enqueued_at = enqueue_events.contains(&event.event_id).then_some(now_ms);
+            // A sibling fills the stored event's gaps and adds deliveries it lacks;
+            // what is stored wins for both.
             self.exec(
                 "INSERT INTO canonical_events (event_id, merchant_id, name, source, source_event_id, \
-                 source_event_type, occurred_at_s, payload, received_at, ordering_key) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (event_id) DO UPDATE SET \
-                 payload = json_patch(excluded.payload, canonical_events.payload)",
+                 source_event_type, occurred_at_s, payload, received_at, ordering_key, enqueued_at, deliveries, \
+                 pending, pending_since) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
+                 ON CONFLICT (event_id) DO UPDATE SET \
+                 payload = json_patch(excluded.payload, canonical_events.payload), \
+                 enqueued_at = COALESCE(canonical_events.enqueued_at, excluded.enqueued_at), \
+                 deliveries = json_patch(excluded.deliveries, canonical_events.deliveries), \
+                 pending = (SELECT count(*) FROM json_each(json_patch(excluded.deliveries, canonical_events.deliveries)) \
+                   WHERE json_extract(value, '$.status') = 'pending'), \
+                 pending_since = COALESCE(min(canonical_events.pending_since, excluded.pending_since), \
+                   canonical_events.pending_since, excluded.pending_since)",
                 vec![
                     event.event_id.as_str().into(),
                     self.merchant(),
@@ -534,19 +602,10 @@ impl<'a> Records<'a> {
                     to_json(event)?.into(),
                     now_ms.into(),
                     output.ordering_key.as_str().into(),
-                ],
-            )?;
-        }
-        for job in jobs {
-            self.exec(
-                "INSERT INTO deliveries (job_id, event_id, merchant_id, destination, status, attempts, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5) ON CONFLICT (job_id) DO NOTHING",
-                vec![
-                    job.job_id.as_str().into(),
-                    job.event.event_id.as_str().into(),
-                    self.merchant(),
-                    job.destination.as_str().into(),
-                    now_ms.into(),
+                    enqueued_at.into(),
+                    to_json(&deliveries)?.into(),
+                    pending.into(),
+                    pending_since.into(),
                 ],
             )?;
         }
@@ -724,8 +783,9 @@ impl<'a> Records<'a> {
         Ok(())
     }
 
-    /// Of these events, the ones whose delivery jobs are not on the queue yet. One
-    /// logical conversion reported by two webhooks is enqueued once.
+    /// Of these events, the ones whose delivery jobs are not on the queue yet (new, or
+    /// stored but never enqueued). One logical conversion reported by two webhooks is
+    /// enqueued once.
     fn events_to_enqueue(&self, event_ids: &[&str]) -> Result<Vec<String>> {
         #[derive(Deserialize)]
         struct Row {
@@ -734,12 +794,18 @@ impl<'a> Records<'a> {
         if event_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let rows: Vec<Row> = self.rows(
-            "SELECT event_id FROM canonical_events WHERE enqueued_at IS NULL \
+        let enqueued: Vec<Row> = self.rows(
+            "SELECT event_id FROM canonical_events WHERE enqueued_at IS NOT NULL \
              AND event_id IN (SELECT value FROM json_each(?1))",
             vec![to_json(&event_ids)?.into()],
         )?;
-        Ok(rows.into_iter().map(|r| r.event_id).collect())
+        let mut pending: Vec<String> = Vec::with_capacity(event_ids.len());
+        for id in event_ids {
+            if !enqueued.iter().any(|r| r.event_id == *id) && !pending.iter().any(|p| p == id) {
+                pending.push(id.to_string());
+            }
+        }
+        Ok(pending)
     }
 
     fn set_enqueued(&self, event_ids: &[String], at_ms: Option<i64>) -> Result<()> {
@@ -792,15 +858,23 @@ impl<'a> Records<'a> {
                 }
             }
         }
-        let ids: Vec<&str> = jobs.iter().map(|(_, j)| j.job_id.as_str()).collect();
-        let rows = self.delivery_rows(&ids)?;
+        let ids: Vec<&str> = jobs
+            .iter()
+            .map(|(_, j)| j.event.event_id.as_str())
+            .collect();
+        let rows = self.deliveries_of(&ids)?;
         let mut seen_jobs = std::collections::HashSet::new();
         let mut admitted = Vec::new();
         for (message, job) in jobs {
-            match rows.get(&job.job_id) {
-                // A missing row: erased, or the merchant deleted since.
+            let row = rows
+                .get(&job.event.event_id)
+                .and_then(|deliveries| deliveries.get(&job.destination))
+                .filter(|d| d.job_id == job.job_id)
+                .map(|d| (d.status, d.attempts));
+            match row.as_ref() {
+                // No delivery: erased, or the merchant deleted since.
                 None => answer.dropped.push((message, job.job_id)),
-                Some((status, _)) if status != "pending" => {
+                Some((status, _)) if *status != DeliveryStatus::Pending => {
                     answer.dropped.push((message, job.job_id))
                 }
                 // The same job twice in one batch (a sweep and its original) goes once.
@@ -809,7 +883,7 @@ impl<'a> Records<'a> {
                 }
                 Some((_, attempts)) => admitted.push(Admitted {
                     message,
-                    attempt: (*attempts).max(0) as u32 + 1,
+                    attempt: attempts + 1,
                     job,
                 }),
             }
@@ -850,24 +924,106 @@ impl<'a> Records<'a> {
         Ok(answer)
     }
 
-    /// Everything one queue batch decided for this merchant, in one call.
+    /// Everything one queue batch decided for this merchant, in one call: per event, one
+    /// write of its deliveries and one attempt-log row.
     pub fn record_outcomes(&self, outcomes: &Outcomes) -> Result<()> {
+        let now = outcomes.now_ms;
+        let mut events: Vec<&str> = outcomes
+            .attempts
+            .iter()
+            .map(|a| a.event_id.as_str())
+            .chain(
+                outcomes
+                    .dead_letters
+                    .iter()
+                    .map(|l| l.job.event.event_id.as_str()),
+            )
+            .chain(outcomes.touch.iter().map(|(event, _)| event.as_str()))
+            .collect();
+        events.sort();
+        events.dedup();
+        let mut rows = self.deliveries_of(&events)?;
         for record in &outcomes.attempts {
-            self.record_attempt(record)?;
+            if let Some(delivery) = rows
+                .get_mut(&record.event_id)
+                .and_then(|d| d.get_mut(&record.destination))
+            {
+                delivery.status = record.new_status;
+                delivery.attempts = record.attempt;
+                delivery.last_error = if record.outcome.is_success() {
+                    None
+                } else {
+                    record.detail.clone()
+                };
+                delivery.match_score = record.match_score.or(delivery.match_score);
+                delivery.match_keys = record.match_keys.clone().or(delivery.match_keys.take());
+                delivery.updated_at = record.at_ms;
+            }
+        }
+        for (event, destination) in &outcomes.touch {
+            if let Some(delivery) = rows.get_mut(event).and_then(|d| d.get_mut(destination)) {
+                if delivery.status == DeliveryStatus::Pending {
+                    delivery.updated_at = now;
+                }
+            }
         }
         for letter in &outcomes.dead_letters {
-            self.record_dead_letter(letter, outcomes.now_ms)?;
+            let job = &letter.job;
+            if let Some(delivery) = rows
+                .get_mut(&job.event.event_id)
+                .and_then(|d| d.get_mut(&job.destination))
+            {
+                delivery.status = DeliveryStatus::DeadLettered;
+                delivery.last_error = Some(letter.last_error.clone());
+                delivery.updated_at = now;
+            }
+            self.insert_dead_letter(letter, now)?;
+        }
+        for (event_id, deliveries) in &rows {
+            self.put_deliveries(event_id, deliveries)?;
+        }
+        let mut by_event: BTreeMap<&str, Vec<&AttemptRecord>> = BTreeMap::new();
+        for record in &outcomes.attempts {
+            by_event
+                .entry(record.event_id.as_str())
+                .or_default()
+                .push(record);
+        }
+        for (event_id, records) in by_event {
+            let attempts: Vec<Value> = records
+                .iter()
+                .map(|r| {
+                    json!({
+                        "job_id": r.job_id, "destination": r.destination, "attempt": r.attempt,
+                        "outcome": r.outcome, "http_status": r.http_status, "detail": r.detail,
+                        "request_url": r.request_url, "duration_ms": r.duration_ms,
+                    })
+                })
+                .collect();
+            self.exec(
+                "INSERT INTO attempt_log (event_id, merchant_id, attempted_at, attempts) VALUES (?1, ?2, ?3, ?4)",
+                vec![
+                    event_id.into(),
+                    self.merchant(),
+                    records.iter().map(|r| r.at_ms).max().unwrap_or(now).into(),
+                    to_json(&attempts)?.into(),
+                ],
+            )?;
         }
         for (destination, health) in &outcomes.health {
-            self.put_destination_health(destination, health, outcomes.now_ms)?;
+            self.put_destination_health(destination, health, now)?;
         }
-        self.touch_jobs(&outcomes.touch, outcomes.now_ms)?;
         for (destination, sealed, expires_at_ms) in &outcomes.store_tokens {
             self.exec(
                 "INSERT INTO oauth_tokens (merchant_id, destination, access_token, expires_at_ms) VALUES (?1, ?2, ?3, ?4) \
                  ON CONFLICT (merchant_id, destination) DO UPDATE SET access_token = excluded.access_token, \
                  expires_at_ms = excluded.expires_at_ms",
-                vec![self.merchant(), destination.as_str().into(), sealed.as_str().into(), (*expires_at_ms).into()],
+                vec![
+                    self.merchant(),
+                    destination.as_str().into(),
+                    sealed.as_str().into(),
+                    (*expires_at_ms).into(),
+                ],
             )?;
         }
         for destination in &outcomes.drop_tokens {
@@ -876,6 +1032,43 @@ impl<'a> Records<'a> {
                 vec![self.merchant(), destination.as_str().into()],
             )?;
         }
+        Ok(())
+    }
+
+    /// The deliveries of these events (absent: erased or purged).
+    fn deliveries_of(&self, event_ids: &[&str]) -> Result<HashMap<String, Deliveries>> {
+        #[derive(Deserialize)]
+        struct Row {
+            event_id: String,
+            deliveries: String,
+        }
+        if event_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<Row> = self.rows(
+            "SELECT event_id, deliveries FROM canonical_events WHERE event_id IN (SELECT value FROM json_each(?1))",
+            vec![to_json(&event_ids)?.into()],
+        )?;
+        rows.into_iter()
+            .map(|r| {
+                let deliveries = serde_json::from_str(&r.deliveries).map_err(RecordsError::of)?;
+                Ok((r.event_id, deliveries))
+            })
+            .collect()
+    }
+
+    /// Writes an event's deliveries back, with its pending count.
+    fn put_deliveries(&self, event_id: &str, deliveries: &Deliveries) -> Result<()> {
+        let (pending, pending_since) = pending_of(deliveries);
+        self.exec(
+            "UPDATE canonical_events SET deliveries = ?2, pending = ?3, pending_since = ?4 WHERE event_id = ?1",
+            vec![
+                event_id.into(),
+                to_json(deliveries)?.into(),
+                pending.into(),
+                pending_since.into(),
+            ],
+        )?;
         Ok(())
     }
 
@@ -896,27 +1089,6 @@ impl<'a> Records<'a> {
         Ok(rows
             .into_iter()
             .filter_map(|r| Some((r.event_id, serde_json::from_str(&r.payload).ok()?)))
-            .collect())
-    }
-
-    /// job id → (status, attempts).
-    fn delivery_rows(&self, job_ids: &[&str]) -> Result<HashMap<String, (String, i64)>> {
-        #[derive(Deserialize)]
-        struct Row {
-            job_id: String,
-            status: String,
-            attempts: i64,
-        }
-        if job_ids.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let rows: Vec<Row> = self.rows(
-            "SELECT job_id, status, attempts FROM deliveries WHERE job_id IN (SELECT value FROM json_each(?1))",
-            vec![to_json(&job_ids)?.into()],
-        )?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.job_id, (r.status, r.attempts)))
             .collect())
     }
 
@@ -1016,8 +1188,7 @@ impl<'a> Records<'a> {
         };
         let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
         let rows: Vec<Row> = self.rows(
-            "SELECT e.payload, (SELECT d.status FROM deliveries d WHERE d.event_id = e.event_id \
-               AND d.destination = ?4) AS status FROM canonical_events e WHERE e.merchant_id = ?1 \
+            "SELECT e.payload, json_extract(e.deliveries, ?4) AS status FROM canonical_events e WHERE e.merchant_id = ?1 \
              AND json_extract(e.payload, '$.subscription.subscription_id') = ?2 \
              AND e.name IN (SELECT value FROM json_each(?3)) AND e.occurred_at_s <= ?5 \
              ORDER BY e.occurred_at_s DESC LIMIT 100",
@@ -1025,7 +1196,7 @@ impl<'a> Records<'a> {
                 self.merchant(),
                 subscription_id.into(),
                 to_json(&names)?.into(),
-                destination.into(),
+                format!("$.\"{destination}\".status").into(),
                 correction.occurred_at.into(),
             ],
         )?;
@@ -1123,55 +1294,18 @@ impl<'a> Records<'a> {
         Ok(rows.into_iter().next().map(|r| r.access_token))
     }
 
-    /// Logs one attempt and moves the delivery row to its new state.
-    fn record_attempt(&self, record: &AttemptRecord) -> Result<()> {
-        self.exec(
-            "INSERT INTO delivery_attempts (job_id, event_id, merchant_id, destination, attempt, outcome, http_status, \
-             detail, request_url, duration_ms, attempted_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            vec![
-                record.job_id.as_str().into(),
-                record.event_id.as_str().into(),
-                self.merchant(),
-                record.destination.as_str().into(),
-                i64::from(record.attempt).into(),
-                record.outcome.as_str().into(),
-                record.http_status.map(i64::from).into(),
-                record.detail.as_deref().into(),
-                record.request_url.as_deref().into(),
-                record.duration_ms.into(),
-                record.at_ms.into(),
-            ],
-        )?;
-        let last_error = if matches!(record.outcome.as_str(), "delivered" | "dry_run") {
-            None
-        } else {
-            record.detail.as_deref()
-        };
-        self.exec(
-            "INSERT INTO deliveries (job_id, event_id, merchant_id, destination, status, attempts, last_error, created_at, updated_at, \
-             match_score, match_keys) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10) ON CONFLICT (job_id) DO UPDATE SET \
-             status = excluded.status, attempts = excluded.attempts, last_error = excluded.last_error, updated_at = excluded.updated_at, \
-             match_score = COALESCE(excluded.match_score, deliveries.match_score), \
-             match_keys = COALESCE(excluded.match_keys, deliveries.match_keys)",
-            vec![
-                record.job_id.as_str().into(),
-                record.event_id.as_str().into(),
-                self.merchant(),
-                record.destination.as_str().into(),
-                record.new_status.as_str().into(),
-                i64::from(record.attempt).into(),
-                last_error.into(),
-                record.at_ms.into(),
-                record.match_score.into(),
-                record.match_keys.as_deref().into(),
-            ],
-        )?;
-        Ok(())
+    /// Keeps a dead letter, replayable, and marks its delivery dead-lettered.
+    pub fn record_dead_letter(&self, letter: &DeadLetter, now_ms: i64) -> Result<()> {
+        self.record_outcomes(&Outcomes {
+            dead_letters: vec![letter.clone()],
+            now_ms,
+            ..Outcomes::default()
+        })
     }
 
-    /// Keeps a dead letter, replayable. Its job carries the stored event when there is
-    /// one (siblings merged into it; a job that travelled by reference has no other).
-    pub fn record_dead_letter(&self, letter: &DeadLetter, now_ms: i64) -> Result<()> {
+    /// The letter's job carries the stored event when there is one (siblings merged
+    /// into it; a job that travelled by reference has no other).
+    fn insert_dead_letter(&self, letter: &DeadLetter, now_ms: i64) -> Result<()> {
         let mut job = letter.job.clone();
         if let Some(stored) = self
             .events_by_id(&[job.event.event_id.as_str()])?
@@ -1179,7 +1313,6 @@ impl<'a> Records<'a> {
         {
             job.event = stored;
         }
-        let job = &job;
         self.exec(
             "INSERT INTO dead_letters (job_id, event_id, merchant_id, destination, attempts, reason, last_error, job, dead_lettered_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (job_id) DO UPDATE SET attempts = excluded.attempts, \
@@ -1192,20 +1325,17 @@ impl<'a> Records<'a> {
                 i64::from(letter.attempts).into(),
                 letter.reason.as_str().into(),
                 letter.last_error.as_str().into(),
-                to_json(job)?.into(),
+                to_json(&job)?.into(),
                 now_ms.into(),
             ],
-        )?;
-        self.exec(
-            "UPDATE deliveries SET status = 'dead_lettered', last_error = ?2, updated_at = ?3 WHERE job_id = ?1",
-            vec![job.job_id.as_str().into(), letter.last_error.as_str().into(), now_ms.into()],
         )?;
         Ok(())
     }
 
     /// Pending jobs nobody has touched for a while: never attempted since
     /// `unattempted_before`, or retried but silent since `attempted_before` (longer than
-    /// any queue delay). Oldest first, with their events.
+    /// any queue delay). Oldest first, with their events; found through the index of
+    /// events with pending deliveries.
     pub fn stale_jobs(
         &self,
         unattempted_before: i64,
@@ -1214,51 +1344,59 @@ impl<'a> Records<'a> {
     ) -> Result<Vec<DeliveryJob>> {
         #[derive(Deserialize)]
         struct Row {
-            job_id: String,
-            destination: String,
             payload: String,
+            deliveries: String,
         }
         let rows: Vec<Row> = self.rows(
-            "SELECT d.job_id, d.destination, e.payload FROM deliveries d \
-             JOIN canonical_events e ON e.event_id = d.event_id \
-             WHERE d.status = 'pending' AND ((d.attempts = 0 AND d.updated_at < ?1) OR d.updated_at < ?2) \
-             ORDER BY d.updated_at LIMIT ?3",
-            vec![unattempted_before.into(), attempted_before.into(), limit.into()],
+            "SELECT payload, deliveries FROM canonical_events WHERE pending > 0 AND pending_since < ?1 \
+             ORDER BY pending_since LIMIT ?2",
+            vec![unattempted_before.max(attempted_before).into(), limit.into()],
         )?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|r| {
-                Some(DeliveryJob {
-                    job_id: r.job_id,
-                    destination: r.destination,
-                    event: serde_json::from_str(&r.payload).ok()?,
-                })
-            })
-            .collect())
+        let mut jobs = Vec::new();
+        for row in rows {
+            let (Ok(event), Ok(deliveries)) = (
+                serde_json::from_str::<CanonicalEvent>(&row.payload),
+                serde_json::from_str::<Deliveries>(&row.deliveries),
+            ) else {
+                continue;
+            };
+            for (destination, delivery) in deliveries {
+                let lost = delivery.status == DeliveryStatus::Pending
+                    && ((delivery.attempts == 0 && delivery.updated_at < unattempted_before)
+                        || delivery.updated_at < attempted_before);
+                if lost {
+                    jobs.push(DeliveryJob {
+                        job_id: delivery.job_id,
+                        destination,
+                        event: event.clone(),
+                    });
+                }
+            }
+        }
+        Ok(jobs)
     }
 
-    /// Whether any delivery is still pending (the sweeper keeps watching while so).
+    /// Whether any delivery is still pending.
     pub fn has_pending(&self) -> Result<bool> {
         Ok(!self
             .sql
             .query(
-                "SELECT 1 AS x FROM deliveries WHERE status = 'pending' LIMIT 1",
+                "SELECT 1 AS x FROM canonical_events WHERE pending > 0 LIMIT 1",
                 vec![],
             )?
             .is_empty())
     }
 
-    /// Marks jobs as just worked on (re-enqueued, or waiting on purpose), so the sweeper
-    /// leaves them alone.
-    pub fn touch_jobs(&self, job_ids: &[String], now_ms: i64) -> Result<()> {
-        if job_ids.is_empty() {
-            return Ok(());
-        }
-        self.exec(
-            "UPDATE deliveries SET updated_at = ?2 WHERE status = 'pending' AND job_id IN (SELECT value FROM json_each(?1))",
-            vec![to_json(&job_ids)?.into(), now_ms.into()],
-        )?;
-        Ok(())
+    /// Marks jobs as just worked on (re-enqueued), so the sweeper leaves them alone.
+    pub fn touch_jobs(&self, jobs: &[DeliveryJob], now_ms: i64) -> Result<()> {
+        self.record_outcomes(&Outcomes {
+            touch: jobs
+                .iter()
+                .map(|j| (j.event.event_id.clone(), j.destination.clone()))
+                .collect(),
+            now_ms,
+            ..Outcomes::default()
+        })
     }
 
     // ---- operator and merchant views -----------------------------------------------
@@ -1315,25 +1453,37 @@ impl<'a> Records<'a> {
             .iter()
             .map(|r| serde_json::from_str(&r.job).map_err(RecordsError::of))
             .collect::<Result<_>>()?;
-        for job in &jobs {
-            self.exec(
-                "INSERT INTO deliveries (job_id, event_id, merchant_id, destination, status, attempts, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5) ON CONFLICT (job_id) DO UPDATE SET \
-                 status = 'pending', attempts = 0, last_error = NULL, updated_at = excluded.updated_at",
-                vec![
-                    job.job_id.as_str().into(),
-                    job.event.event_id.as_str().into(),
-                    self.merchant(),
-                    job.destination.as_str().into(),
-                    now_ms.into(),
-                ],
-            )?;
+        let ids: Vec<&str> = jobs.iter().map(|j| j.event.event_id.as_str()).collect();
+        let mut rows = self.deliveries_of(&ids)?;
+        let mut replayed = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            // An erased or purged event is not brought back.
+            let Some(deliveries) = rows.get_mut(&job.event.event_id) else {
+                continue;
+            };
+            deliveries.insert(
+                job.destination.clone(),
+                Delivery {
+                    job_id: job.job_id.clone(),
+                    status: DeliveryStatus::Pending,
+                    attempts: 0,
+                    last_error: None,
+                    match_score: None,
+                    match_keys: None,
+                    created_at: now_ms,
+                    updated_at: now_ms,
+                },
+            );
             self.exec(
                 "UPDATE dead_letters SET replayed_at = ?2 WHERE job_id = ?1",
                 vec![job.job_id.as_str().into(), now_ms.into()],
             )?;
+            replayed.push(job);
         }
-        Ok(jobs)
+        for (event_id, deliveries) in &rows {
+            self.put_deliveries(event_id, deliveries)?;
+        }
+        Ok(replayed)
     }
 
     /// Deletes the rows retention rules say are due, and dedup records past theirs.
@@ -1395,12 +1545,33 @@ impl<'a> Records<'a> {
             ]
         };
         let mut counts = Map::new();
-        for table in ["delivery_attempts", "dead_letters", "deliveries"] {
+        // Deliveries and attempts live in their event's row and attempt-log rows.
+        for (name, count) in [
+            ("deliveries", "SELECT count(*) AS n FROM deliveries"),
+            (
+                "delivery_attempts",
+                "SELECT count(*) AS n FROM delivery_attempts",
+            ),
+        ] {
+            let n = self
+                .sql
+                .query(
+                    &format!("{count} WHERE merchant_id = ?1 AND event_id IN ({matching})"),
+                    by_event(),
+                )?
+                .first()
+                .and_then(|r| r.get("n").cloned())
+                .unwrap_or(Value::from(0));
+            counts.insert(name.into(), n);
+        }
+        for table in ["attempt_log", "dead_letters"] {
             let n = self.exec(
                 &format!("DELETE FROM {table} WHERE merchant_id = ?1 AND event_id IN ({matching})"),
                 by_event(),
             )?;
-            counts.insert(table.into(), n.into());
+            if table == "dead_letters" {
+                counts.insert(table.into(), n.into());
+            }
         }
         let n = self.exec(
             &format!("DELETE FROM canonical_events WHERE event_id IN ({matching})"),

@@ -19,7 +19,6 @@ pub const MERCHANT_GLOBAL_TABLES: [&str; 5] = [
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetentionPolicy {
     pub events_days: u32,
-    pub deliveries_days: u32,
     pub attempts_days: u32,
     pub dead_letters_days: u32,
     pub ignored_days: u32,
@@ -33,7 +32,6 @@ impl Default for RetentionPolicy {
     fn default() -> Self {
         RetentionPolicy {
             events_days: 400,
-            deliveries_days: 400,
             attempts_days: 90,
             dead_letters_days: 180,
             ignored_days: 30,
@@ -67,7 +65,6 @@ impl RetentionPolicy {
         };
         RetentionPolicy {
             events_days: days("RETENTION_EVENTS_DAYS", defaults.events_days),
-            deliveries_days: days("RETENTION_DELIVERIES_DAYS", defaults.deliveries_days),
             attempts_days: days("RETENTION_ATTEMPTS_DAYS", defaults.attempts_days),
             dead_letters_days: days("RETENTION_DEAD_LETTERS_DAYS", defaults.dead_letters_days),
             ignored_days: days("RETENTION_IGNORED_DAYS", defaults.ignored_days),
@@ -77,13 +74,13 @@ impl RetentionPolicy {
         }
     }
 
-    /// The regional purges due at `now_ms`. Deliveries still pending are never purged
-    /// (their job is on a queue); their attempts are logs and follow their own window.
+    /// The purges due at `now_ms` in a merchant's object. An event's deliveries live in
+    /// its row and go with it; an event with a delivery still pending is never purged
+    /// (its job is on a queue). Attempts are logs and follow their own window.
     pub fn regional_purges(&self, now_ms: i64) -> Vec<Purge> {
-        let rules: [(u32, &'static str, &'static str); 9] = [
+        let rules: [(u32, &'static str, &'static str); 8] = [
             (self.events_days, "canonical_events", "received_at"),
-            (self.deliveries_days, "deliveries", "updated_at"),
-            (self.attempts_days, "delivery_attempts", "attempted_at"),
+            (self.attempts_days, "attempt_log", "attempted_at"),
             (self.dead_letters_days, "dead_letters", "dead_lettered_at"),
             (self.ignored_days, "ignored_events", "received_at"),
             (self.customers_days, "customers", "updated_at"),
@@ -98,7 +95,7 @@ impl RetentionPolicy {
                 table,
                 column,
                 cutoff_ms: now_ms.saturating_sub(i64::from(days) * DAY_MS),
-                only_if: (table == "deliveries").then_some("status <> 'pending'"),
+                only_if: (table == "canonical_events").then_some("pending = 0"),
             })
             .collect()
     }
@@ -199,13 +196,14 @@ mod tests {
         let now = 100 * DAY_MS;
         let purges = policy.regional_purges(now);
         assert!(purges.iter().all(|p| p.table != "canonical_events"));
-        let attempts = purges
-            .iter()
-            .find(|p| p.table == "delivery_attempts")
-            .unwrap();
+        let attempts = purges.iter().find(|p| p.table == "attempt_log").unwrap();
         assert_eq!(attempts.cutoff_ms, 93 * DAY_MS);
-        let deliveries = purges.iter().find(|p| p.table == "deliveries").unwrap();
-        assert_eq!(deliveries.only_if, Some("status <> 'pending'"));
+        let events = RetentionPolicy::default().regional_purges(now);
+        let events = events
+            .iter()
+            .find(|p| p.table == "canonical_events")
+            .unwrap();
+        assert_eq!(events.only_if, Some("pending = 0"));
         assert_eq!(policy.rejected_cutoff(now), Some(70 * DAY_MS));
     }
 }

@@ -549,8 +549,10 @@ fn stripe_webhook_travels_to_meta_on_a_local_cloudflare_stack() {
     support::object_execute_in(
         &state,
         &format!(
-            "UPDATE deliveries SET status = 'pending', attempts = 0, updated_at = {} WHERE job_id = '{job}'",
-            (now() - 600) * 1000
+            "UPDATE canonical_events SET deliveries = json_set(deliveries, '$.meta.status', 'pending', \
+             '$.meta.attempts', 0, '$.meta.updated_at', {t}), pending = 1, pending_since = {t} \
+             WHERE event_id = (SELECT event_id FROM deliveries WHERE job_id = '{job}')",
+            t = (now() - 600) * 1000
         ),
     );
     let worker = Worker::start_on(state, &vars);

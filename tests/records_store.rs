@@ -7,7 +7,7 @@ mod mapping;
 use rusqlite::types::ValueRef;
 use serde_json::{json, Map, Value};
 use tracklayer::config::MerchantConfig;
-use tracklayer::delivery::{DeadLetter, DeliveryJob, EventMessage};
+use tracklayer::delivery::{AttemptOutcome, DeadLetter, DeliveryJob, DeliveryStatus, EventMessage};
 use tracklayer::records::{
     self, AdmitRequest, AttemptRecord, Claimed, Outcomes, Param, Records, RecordsError, Sql,
 };
@@ -197,12 +197,12 @@ fn delivered(job: &DeliveryJob, attempt: u32) -> AttemptRecord {
         event_id: job.event.event_id.clone(),
         destination: job.destination.clone(),
         attempt,
-        outcome: "delivered".into(),
+        outcome: AttemptOutcome::Delivered,
         http_status: Some(200),
         detail: None,
         request_url: Some("https://graph.facebook.com/v25.0/1/events".into()),
         duration_ms: 80,
-        new_status: "delivered".into(),
+        new_status: DeliveryStatus::Delivered,
         match_score: Some(3),
         match_keys: Some("em,external_id".into()),
         at_ms: NOW_MS + 10,
@@ -314,8 +314,7 @@ fn the_sweeper_sees_untouched_pending_jobs_only() {
     assert!(records.has_pending().unwrap());
     let stale = records.stale_jobs(NOW_MS + 1, NOW_MS - 1, 100).unwrap();
     assert_eq!(stale.len(), 2);
-    let ids: Vec<String> = stale.iter().map(|j| j.job_id.clone()).collect();
-    records.touch_jobs(&ids, NOW_MS + 5).unwrap();
+    records.touch_jobs(&stale, NOW_MS + 5).unwrap();
     assert!(records
         .stale_jobs(NOW_MS + 1, NOW_MS - 1, 100)
         .unwrap()
@@ -330,14 +329,29 @@ fn erasure_removes_the_customer_everywhere_and_retention_keeps_pending_work() {
     let output = stripe("customer.subscription.created.active.json", "evt_rec_6");
     let email = output.events[0].customer.email.clone();
     let customer_id = output.events[0].customer.customer_id.clone();
-    ready(records.prepare(output, &merchant(), NOW_MS).unwrap());
-    // Retention: everything is older than the cutoff, but pending deliveries stay.
+    let prepared = ready(records.prepare(output, &merchant(), NOW_MS).unwrap());
+    // Retention: everything is older than the cutoff, but an event with pending
+    // deliveries stays until they are done.
     let policy = tracklayer::retention::RetentionPolicy::default();
-    let purged = records
-        .purge(&policy.regional_purges(NOW_MS + 500 * 86_400_000), 0)
+    let later = NOW_MS + 500 * 86_400_000;
+    let purged = records.purge(&policy.regional_purges(later), 0).unwrap();
+    assert_eq!(
+        purged["canonical_events"], 0,
+        "pending work is never purged"
+    );
+    records
+        .record_outcomes(&Outcomes {
+            attempts: prepared.plan_jobs.iter().map(|j| delivered(j, 1)).collect(),
+            now_ms: NOW_MS + 10,
+            ..Outcomes::default()
+        })
         .unwrap();
+    let purged = records.purge(&policy.regional_purges(later), 0).unwrap();
     assert_eq!(purged["canonical_events"], 1);
-    assert_eq!(purged["deliveries"], 0, "pending work is never purged");
+    assert_eq!(
+        purged["attempt_log"], 1,
+        "one attempt-log row for the event's batch"
+    );
 
     let output = stripe("customer.subscription.created.active.json", "evt_rec_7");
     ready(records.prepare(output, &merchant(), NOW_MS).unwrap());

@@ -10,7 +10,9 @@ use super::regions::{queue_region, send_messages};
 use super::settings::cached_merchant;
 use super::{emit, keyring, now_ms, operator_settings, outbound, OperatorSettings};
 use crate::config::{MerchantConfig, Region};
-use crate::delivery::{self, decide, DeadLetter, Decision, DeliveryJob, EventMessage};
+use crate::delivery::{
+    self, decide, AttemptOutcome, DeadLetter, Decision, DeliveryJob, DeliveryStatus, EventMessage,
+};
 use crate::destinations::{
     self, google_ads, AuthSpec, BuildError, Context, DestinationSpec, OutboundRequest, Outcome,
 };
@@ -283,7 +285,10 @@ async fn deliver_merchant(
             );
             for member in held {
                 // Touched, so the sweeper does not take held jobs for lost.
-                outcomes.touch.push(member.job.job_id.clone());
+                outcomes.touch.push((
+                    member.job.event.event_id.clone(),
+                    member.job.destination.clone(),
+                ));
                 settled.push((
                     member.message,
                     member.job.clone(),
@@ -404,7 +409,13 @@ async fn deliver_group(
                     settled[i] = true;
                 }
                 google_ads::CorrectionPlan::Skip(reason) => {
-                    run.record_final(i, "skipped", Some(&reason), None, "skipped");
+                    run.record_final(
+                        i,
+                        AttemptOutcome::Skipped,
+                        Some(&reason),
+                        None,
+                        DeliveryStatus::Skipped,
+                    );
                     settled[i] = true;
                 }
             }
@@ -670,7 +681,13 @@ impl Run<'_> {
     fn refused(&mut self, i: usize, err: &BuildError) {
         match delivery::refusal(err) {
             Ok(outcome) => self.finish(i, &outcome, None, None, 0),
-            Err(reason) => self.record_final(i, "skipped", Some(&reason), None, "skipped"),
+            Err(reason) => self.record_final(
+                i,
+                AttemptOutcome::Skipped,
+                Some(&reason),
+                None,
+                DeliveryStatus::Skipped,
+            ),
         }
     }
 
@@ -688,17 +705,19 @@ impl Run<'_> {
                 .reason(reason),
         );
         // Touched, so the pending-job sweeper does not take it for lost.
-        self.outcomes.touch.push(job.job_id.clone());
+        self.outcomes
+            .touch
+            .push((job.event.event_id.clone(), job.destination.clone()));
         self.steps[i] = Some(Step::RetryIn(seconds));
     }
 
     fn simulated(&mut self, i: usize, request: &OutboundRequest) {
         self.record_final(
             i,
-            "dry_run",
+            AttemptOutcome::DryRun,
             Some(&request.body),
             Some(&request.log_url),
-            "simulated",
+            DeliveryStatus::Simulated,
         )
     }
 
@@ -707,12 +726,12 @@ impl Run<'_> {
         &mut self,
         i: usize,
         attempt: u32,
-        outcome: &str,
+        outcome: AttemptOutcome,
         http_status: Option<u16>,
         detail: Option<&str>,
         request_url: Option<&str>,
         duration_ms: i64,
-        new_status: &str,
+        new_status: DeliveryStatus,
     ) {
         let job = &self.members[i].job;
         let quality = self.quality[i].as_ref();
@@ -721,12 +740,12 @@ impl Run<'_> {
             event_id: job.event.event_id.clone(),
             destination: job.destination.clone(),
             attempt,
-            outcome: outcome.to_string(),
+            outcome,
             http_status,
             detail: detail.map(str::to_string),
             request_url: request_url.map(str::to_string),
             duration_ms,
-            new_status: new_status.to_string(),
+            new_status,
             match_score: quality.map(|q| i64::from(q.score)),
             match_keys: quality.map(MatchQuality::keys),
             at_ms: now_ms(),
@@ -736,10 +755,10 @@ impl Run<'_> {
     fn record_final(
         &mut self,
         i: usize,
-        outcome: &str,
+        outcome: AttemptOutcome,
         detail: Option<&str>,
         request_url: Option<&str>,
-        status: &str,
+        status: DeliveryStatus,
     ) {
         let attempt = self.members[i].attempt;
         self.record(i, attempt, outcome, None, detail, request_url, 0, status);
@@ -775,7 +794,11 @@ impl Run<'_> {
             decide(outcome, member.attempt, &self.settings.retry, &job.job_id)
         };
         let (label, detail) = delivery::attempt_label(outcome);
-        let label = if probe_failed { "probe_failed" } else { label };
+        let label = if probe_failed {
+            AttemptOutcome::ProbeFailed
+        } else {
+            label
+        };
         let new_status = delivery::status_after(&decision);
         self.record(
             i,
@@ -788,7 +811,7 @@ impl Run<'_> {
             new_status,
         );
         let step = match decision {
-            Decision::Done if label == "delivered" => Step::Delivered,
+            Decision::Done if label == AttemptOutcome::Delivered => Step::Delivered,
             Decision::Done => Step::Ack,
             Decision::RetryIn { seconds, reason } => {
                 emit(

@@ -247,8 +247,7 @@ impl Merchant {
         let mut messages = 0;
         if !jobs.is_empty() {
             messages = self.enqueue(region, &jobs).await?;
-            let ids: Vec<String> = jobs.iter().map(|j| j.job_id.clone()).collect();
-            records.touch_jobs(&ids, now).map_err(storage_error)?;
+            records.touch_jobs(&jobs, now).map_err(storage_error)?;
         }
         Self::answer(
             &sql,
