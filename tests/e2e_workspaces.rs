@@ -390,7 +390,7 @@ fn workspaces_keep_secrets_sealed_data_in_region_and_keys_scoped() {
             "{table}"
         );
     }
-    for table in crate_tables() {
+    for table in tracklayer::records::TABLES {
         assert_eq!(
             worker.object_count(Some("eu"), &format!("SELECT count(*) AS n FROM {table}")),
             0,
@@ -512,9 +512,4 @@ fn workspaces_keep_secrets_sealed_data_in_region_and_keys_scoped() {
     let spec = http("GET", worker.port, "/v1/openapi.json", &[], b"");
     assert_eq!(spec.status, 200);
     assert_eq!(spec.json()["openapi"], "3.1.0");
-}
-
-/// Every table of a merchant's object (see `tracklayer::records::TABLES`).
-fn crate_tables() -> [&'static str; 14] {
-    tracklayer::records::TABLES
 }

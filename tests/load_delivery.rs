@@ -192,7 +192,7 @@ fn delivery_throughput_and_cost_per_batch() {
     let runs = invocations(&worker.log());
     println!("events: {events} ({expected} deliveries)");
     println!(
-        "ingest: {:.1} s; every event at both platforms after {:.1} s; {recorded} deliveries recorded delivered",
+        "ingest: {:.1} s; every delivery done after {:.1} s; {recorded} deliveries recorded delivered",
         ingested.as_secs_f64(),
         finished.as_secs_f64()
     );

@@ -4,6 +4,29 @@ use crate::error::IngestError;
 use serde_json::{json, Value};
 use worker::{Request, Response, Result};
 
+/// How an edge step fails: a refusal answered with its own status and JSON reason, or
+/// the runtime failing under us (storage, a binding), which the handler reports as is.
+/// Steps return [`EdgeResult`] and use `?` for both.
+#[derive(Debug)]
+pub enum EdgeError {
+    Refused(IngestError),
+    Runtime(worker::Error),
+}
+
+pub type EdgeResult<T> = std::result::Result<T, EdgeError>;
+
+impl From<IngestError> for EdgeError {
+    fn from(err: IngestError) -> Self {
+        EdgeError::Refused(err)
+    }
+}
+
+impl From<worker::Error> for EdgeError {
+    fn from(err: worker::Error) -> Self {
+        EdgeError::Runtime(err)
+    }
+}
+
 pub fn json_response(status: u16, body: &Value) -> Result<Response> {
     Ok(Response::from_json(body)?.with_status(status))
 }

@@ -1,7 +1,9 @@
 //! Intake: source webhooks and the merchant's product events, from request to durably
 //! recorded and enqueued events. Nothing is acknowledged before that.
 
-use super::http::{ingest_error, json_response, read_body_limited, with_header};
+use super::http::{
+    ingest_error, json_response, read_body_limited, with_header, EdgeError, EdgeResult,
+};
 use super::merchant::{IngestAnswer, IngestRequest, MerchantClient};
 use super::metrics::{self, Phase};
 use super::settings::{cached_merchant, Missing};
@@ -32,20 +34,15 @@ async fn within_budget(env: &Env, binding: &str, key: String) -> Result<bool> {
 }
 
 /// Refuses with 429 once the merchant is over its authenticated ingest rate.
-async fn check_rate(
-    env: &Env,
-    merchant_id: &str,
-    family: &str,
-) -> Result<std::result::Result<(), IngestError>> {
-    Ok(
-        if within_budget(env, RATE_LIMIT_BINDING, format!("{merchant_id}/{family}")).await? {
-            Ok(())
-        } else {
-            Err(IngestError::RateLimited {
-                retry_after_seconds: RATE_LIMIT_PERIOD_SECONDS,
-            })
-        },
-    )
+async fn check_rate(env: &Env, merchant_id: &str, family: &str) -> EdgeResult<()> {
+    if within_budget(env, RATE_LIMIT_BINDING, format!("{merchant_id}/{family}")).await? {
+        Ok(())
+    } else {
+        Err(IngestError::RateLimited {
+            retry_after_seconds: RATE_LIMIT_PERIOD_SECONDS,
+        }
+        .into())
+    }
 }
 
 /// The caller's address as Cloudflare saw it.
@@ -63,13 +60,12 @@ fn client_address(req: &Request) -> String {
 async fn refuse_unverified(
     env: &Env,
     ctx: &Context,
-    req: &Request,
+    address: &str,
     known_merchant: &str,
     route: &str,
     err: IngestError,
 ) -> Result<Response> {
     let err = err.unauthenticated();
-    let address = client_address(req);
     let by_address = within_budget(
         env,
         UNVERIFIED_RATE_LIMIT_BINDING,
@@ -173,34 +169,34 @@ fn log_accepted(
 }
 
 /// Body bytes within the ingest limit.
-async fn read_body(req: &mut Request) -> Result<std::result::Result<Vec<u8>, IngestError>> {
-    Ok(read_body_limited(req, ingest::MAX_BODY_BYTES)
+async fn read_body(req: &mut Request) -> EdgeResult<Vec<u8>> {
+    read_body_limited(req, ingest::MAX_BODY_BYTES)
         .await?
-        .map_err(|size| IngestError::PayloadTooLarge {
-            size,
-            limit: ingest::MAX_BODY_BYTES,
-        }))
+        .map_err(|size| {
+            IngestError::PayloadTooLarge {
+                size,
+                limit: ingest::MAX_BODY_BYTES,
+            }
+            .into()
+        })
 }
 
-/// The merchant's settings (cached per isolate); `Err` is the answer to give.
-async fn load_merchant(
-    env: &Env,
-    merchant_id: &str,
-) -> Result<std::result::Result<MerchantConfig, IngestError>> {
-    Ok(
-        match cached_merchant(env, merchant_id, Phase::Ingest).await? {
-            Ok(merchant) => Ok(merchant),
-            Err(Missing::Unknown) => Err(IngestError::UnknownMerchant(merchant_id.to_string())),
-            Err(Missing::NoSettings) => Err(IngestError::Unavailable(
-                "merchant settings are missing in its region".into(),
-            )),
-        },
-    )
+/// The merchant's settings (cached per isolate).
+async fn load_merchant(env: &Env, merchant_id: &str) -> EdgeResult<MerchantConfig> {
+    match cached_merchant(env, merchant_id, Phase::Ingest).await? {
+        Ok(merchant) => Ok(merchant),
+        Err(Missing::Unknown) => Err(IngestError::UnknownMerchant(merchant_id.to_string()).into()),
+        Err(Missing::NoSettings) => Err(IngestError::Unavailable(
+            "merchant settings are missing in its region".into(),
+        )
+        .into()),
+    }
 }
 
 /// Verify at the edge, then one call to the merchant's object, which claims, records
 /// and enqueues. Answers 2xx only after every notification's events are recorded and
-/// their jobs on the queue.
+/// their jobs on the queue. A refusal is counted under the merchant only once the id
+/// is known to name one.
 pub async fn webhook(
     mut req: Request,
     env: &Env,
@@ -208,25 +204,40 @@ pub async fn webhook(
     source: &'static SourceSpec,
 ) -> Result<Response> {
     let route = format!("webhook:{}", source.name);
+    let address = client_address(&req);
+    let mut known_merchant = String::new();
+    match accept_webhook(&mut req, env, source, &mut known_merchant).await {
+        Ok(response) => Ok(response),
+        Err(EdgeError::Refused(err)) if err.is_before_authentication() => {
+            refuse_unverified(env, ctx, &address, &known_merchant, &route, err).await
+        }
+        Err(EdgeError::Refused(err)) => refuse(env, ctx, &known_merchant, &route, &err),
+        Err(EdgeError::Runtime(err)) => Err(err),
+    }
+}
+
+async fn accept_webhook(
+    req: &mut Request,
+    env: &Env,
+    source: &'static SourceSpec,
+    known_merchant: &mut String,
+) -> EdgeResult<Response> {
     let url = req.url()?;
-    let Some(merchant_id) = url
+    let merchant_id = url
         .query_pairs()
         .find(|(k, _)| k == "merchant_id")
         .map(|(_, v)| v.into_owned())
-    else {
-        return refuse(env, ctx, "", &route, &IngestError::MissingMerchantId);
-    };
-    let body = match read_body(&mut req).await? {
-        Ok(body) => body,
-        Err(err) => return refuse(env, ctx, "", &route, &err),
-    };
-    let merchant = match load_merchant(env, &merchant_id).await? {
-        Ok(loaded) => loaded,
-        Err(err) if err.is_before_authentication() => {
-            return refuse_unverified(env, ctx, &req, "", &route, err).await
+        .ok_or(IngestError::MissingMerchantId)?;
+    let body = read_body(req).await?;
+    let merchant = match load_merchant(env, &merchant_id).await {
+        Err(EdgeError::Refused(IngestError::Unavailable(reason))) => {
+            // Routed, so the id names a merchant: counted under it.
+            *known_merchant = merchant_id;
+            return Err(IngestError::Unavailable(reason).into());
         }
-        Err(err) => return refuse(env, ctx, &merchant_id, &route, &err),
+        loaded => loaded?,
     };
+    *known_merchant = merchant_id.clone();
     let mut headers = Headers::new();
     for (name, value) in req.headers().entries() {
         headers.insert(&name, &value);
@@ -240,30 +251,18 @@ pub async fn webhook(
         body: &body,
     };
     let now = now_ms();
-    let name = source.name;
-    let outputs = match ingest::verify_and_map(name, &merchant, &request, now / 1000) {
-        Ok(outputs) => outputs,
-        Err(err) if err.is_before_authentication() => {
-            return refuse_unverified(env, ctx, &req, &merchant_id, &route, err).await
-        }
-        Err(err) => return refuse(env, ctx, &merchant_id, &route, &err),
-    };
+    let outputs = ingest::verify_and_map(source.name, &merchant, &request, now / 1000)?;
     // Only requests that proved they hold the secret spend the merchant's budget.
-    if let Err(err) = check_rate(env, &merchant_id, "webhook").await? {
-        return refuse(env, ctx, &merchant_id, &route, &err);
-    }
-    let summaries = match accept_all(env, merchant, outputs).await? {
-        Ok(summaries) => summaries,
-        Err(err) => return refuse(env, ctx, &merchant_id, &route, &err),
-    };
-    log_accepted(&merchant_id, name, &summaries, now_ms() - now);
+    check_rate(env, &merchant_id, "webhook").await?;
+    let summaries = accept_all(env, merchant, outputs).await?;
+    log_accepted(&merchant_id, source.name, &summaries, now_ms() - now);
     if let Some(acknowledgement) = source.acknowledgement {
         let (content_type, body) = acknowledgement();
         let response = Response::ok(body)?;
         response.headers().set("content-type", content_type)?;
         return Ok(response);
     }
-    summary_response(summaries)
+    Ok(summary_response(summaries)?)
 }
 
 /// `POST /v1/product-events`: the merchant's app, authenticated by its API key. The
@@ -285,35 +284,27 @@ pub async fn product_events(mut req: Request, env: &Env, ctx: &Context) -> Resul
             return json_response(err.status(), &err.body());
         }
     };
-    if let Err(err) = check_rate(env, &merchant_id, route).await? {
-        return refuse(env, ctx, &merchant_id, route, &err);
+    match accept_product_events(&mut req, env, &merchant_id).await {
+        Ok(response) => Ok(response),
+        Err(EdgeError::Refused(err)) => refuse(env, ctx, &merchant_id, route, &err),
+        Err(EdgeError::Runtime(err)) => Err(err),
     }
-    let body = match read_body(&mut req).await? {
-        Ok(body) => body,
-        Err(err) => return refuse(env, ctx, &merchant_id, route, &err),
-    };
-    let merchant = match load_merchant(env, &merchant_id).await? {
-        Ok(loaded) => loaded,
-        Err(err) => return refuse(env, ctx, &merchant_id, route, &err),
-    };
+}
+
+async fn accept_product_events(
+    req: &mut Request,
+    env: &Env,
+    merchant_id: &str,
+) -> EdgeResult<Response> {
+    check_rate(env, merchant_id, "product-events").await?;
+    let body = read_body(req).await?;
+    let merchant = load_merchant(env, merchant_id).await?;
     if merchant.status == crate::config::MerchantStatus::Disabled {
-        return refuse(
-            env,
-            ctx,
-            &merchant_id,
-            route,
-            &IngestError::MerchantDisabled(merchant_id.clone()),
-        );
+        return Err(IngestError::MerchantDisabled(merchant_id.to_string()).into());
     }
-    let now = now_ms();
-    let outputs = match product::map(&merchant_id, &body, now / 1000) {
-        Ok(outputs) => outputs,
-        Err(err) => return refuse(env, ctx, &merchant_id, route, &err),
-    };
-    match accept_all(env, merchant, outputs).await? {
-        Ok(summaries) => summary_response(summaries),
-        Err(err) => refuse(env, ctx, &merchant_id, route, &err),
-    }
+    let outputs = product::map(merchant_id, &body, now_ms() / 1000)?;
+    let summaries = accept_all(env, merchant, outputs).await?;
+    Ok(summary_response(summaries)?)
 }
 
 /// One call to the merchant's object for every notification of the request.
@@ -321,30 +312,29 @@ async fn accept_all(
     env: &Env,
     merchant: MerchantConfig,
     outputs: Vec<SourceOutput>,
-) -> Result<std::result::Result<Vec<serde_json::Value>, IngestError>> {
+) -> EdgeResult<Vec<serde_json::Value>> {
     let client = MerchantClient::new(env, merchant.region, &merchant.merchant_id, Phase::Ingest)?;
     let merchant_id = merchant.merchant_id.clone();
     let answer = client.ingest(&IngestRequest { merchant, outputs }).await;
-    Ok(match answer {
+    let refused = match answer {
         Ok(IngestAnswer::Done { summaries, .. }) => {
             metrics::unit(Phase::Ingest);
-            Ok(summaries)
+            return Ok(summaries);
         }
-        Ok(IngestAnswer::InFlight) => Err(IngestError::InFlight),
-        Ok(IngestAnswer::Unavailable) => Err(IngestError::Unavailable(
-            "could not persist the event".into(),
-        )),
+        Ok(IngestAnswer::InFlight) => IngestError::InFlight,
+        Ok(IngestAnswer::Unavailable) => {
+            IngestError::Unavailable("could not persist the event".into())
+        }
         Err(err) => {
             emit(
                 Log::error("webhook not persisted; the source will retry")
                     .merchant(&merchant_id)
                     .reason(&err),
             );
-            Err(IngestError::Unavailable(
-                "could not persist the event".into(),
-            ))
+            IngestError::Unavailable("could not persist the event".into())
         }
-    })
+    };
+    Err(refused.into())
 }
 
 fn summary_response(summaries: Vec<serde_json::Value>) -> Result<Response> {

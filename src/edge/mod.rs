@@ -11,6 +11,7 @@ mod outbound;
 mod pixel;
 mod regions;
 mod routing;
+mod send;
 mod settings;
 
 use crate::admin::ApiError;
