@@ -6,6 +6,8 @@
 # webhooks for a Scale merchant with a Meta destination (a local sink answers 200), so
 # the queue consumer runs too. The ingest rate limit is raised in a generated config so
 # it is not what is measured. Prints requests/s, p50, p99 and the ratio.
+# BENCH_MERCHANTS (1) spreads the webhooks over that many merchants: each merchant's
+# records are one Durable Object, which runs its requests one at a time.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
@@ -13,6 +15,7 @@ bash scripts/setup.sh >/dev/null
 command -v wrk >/dev/null || { echo "bench: install wrk (apt-get install wrk)" >&2; exit 1; }
 SECONDS_PER_RUN="${BENCH_SECONDS:-15}"
 CONNECTIONS="${BENCH_CONNECTIONS:-16}"
+MERCHANTS="${BENCH_MERCHANTS:-1}"
 WORK="$(mktemp -d /tmp/tracklayer-bench.XXXXXX)"
 PIDS=()
 cleanup() {
@@ -75,18 +78,20 @@ wait_ready "$TL_PORT" /healthz
 wait_ready "$ECHO_PORT" /
 
 auth=(-H "authorization: Bearer $ADMIN" -H "content-type: application/json")
-curl -fsS "${auth[@]}" -X POST "http://127.0.0.1:$TL_PORT/v1/admin/merchants" \
-  -d '{"merchant_id":"m_bench","plan":"scale"}' >/dev/null
-curl -fsS "${auth[@]}" -X PUT "http://127.0.0.1:$TL_PORT/v1/admin/merchants/m_bench/sources/stripe" \
-  -d '{"endpoint_secrets":["whsec_bench_secret"]}' >/dev/null
-curl -fsS "${auth[@]}" -X PUT "http://127.0.0.1:$TL_PORT/v1/admin/merchants/m_bench/destinations/meta" \
-  -d '{"pixel_id":"px_bench","access_token":"tok_bench"}' >/dev/null
+for m in $(seq 0 $((MERCHANTS - 1))); do
+  curl -fsS "${auth[@]}" -X POST "http://127.0.0.1:$TL_PORT/v1/admin/merchants" \
+    -d "{\"merchant_id\":\"m_bench_$m\",\"plan\":\"scale\"}" >/dev/null
+  curl -fsS "${auth[@]}" -X PUT "http://127.0.0.1:$TL_PORT/v1/admin/merchants/m_bench_$m/sources/stripe" \
+    -d '{"endpoint_secrets":["whsec_bench_secret"]}' >/dev/null
+  curl -fsS "${auth[@]}" -X PUT "http://127.0.0.1:$TL_PORT/v1/admin/merchants/m_bench_$m/destinations/meta" \
+    -d '{"pixel_id":"px_bench","access_token":"tok_bench"}' >/dev/null
+done
 
 # Distinct subscriptions, signed now (Stripe's 300 s tolerance covers both runs).
 sign_bodies() {
-  python3 - "$1" "$WORK/bodies.$1.txt" <<'PY'
+  python3 - "$1" "$WORK/bodies.$1.txt" "$MERCHANTS" <<'PY'
 import hashlib, hmac, json, sys, time
-run, out = sys.argv[1], sys.argv[2]
+run, out, merchants = sys.argv[1], sys.argv[2], int(sys.argv[3])
 fixture = json.load(open("tests/fixtures/stripe/customer.subscription.created.active.json"))
 now = int(time.time())
 with open(out, "w") as f:
@@ -96,7 +101,8 @@ with open(out, "w") as f:
         fixture["data"]["object"]["id"] = f"sub_bench_{run}_{i:06d}"
         body = json.dumps(fixture, separators=(",", ":"))
         sig = hmac.new(b"whsec_bench_secret", f"{now}.{body}".encode(), hashlib.sha256).hexdigest()
-        f.write(f"t={now},v1={sig}\t{body}\n")
+        path = f"/v1/integrations/stripe/events?merchant_id=m_bench_{i % merchants}"
+        f.write(f"{path}\tt={now},v1={sig}\t{body}\n")
 PY
 }
 cat > "$WORK/post.lua" <<'LUA'
@@ -120,8 +126,8 @@ request = function()
   end
   local line = lines[(i % #lines) + 1]
   i = i + step
-  local sig, body = line:match("^([^\t]+)\t(.*)$")
-  return wrk.format("POST", nil, { ["content-type"] = "application/json", ["stripe-signature"] = sig }, body)
+  local path, sig, body = line:match("^([^\t]+)\t([^\t]+)\t(.*)$")
+  return wrk.format("POST", path, { ["content-type"] = "application/json", ["stripe-signature"] = sig }, body)
 end
 LUA
 
@@ -137,19 +143,19 @@ run_wrk() { # name url bodies
 }
 
 metrics() { curl -fsS -H "authorization: Bearer $ADMIN" "http://127.0.0.1:$TL_PORT/v1/admin/metrics"; }
-echo "bench: $CONNECTIONS connections, ${SECONDS_PER_RUN}s per run"
+echo "bench: $CONNECTIONS connections, ${SECONDS_PER_RUN}s per run, $MERCHANTS merchant(s)"
 # One warm-up webhook, so the merchant's settings are cached as in steady state.
 sign_bodies 0
-head -1 "$WORK/bodies.0.txt" | { IFS=$'\t' read -r sig body; curl -fsS -o /dev/null -H "stripe-signature: $sig" \
-  -H "content-type: application/json" --data-binary "$body" \
-  "http://127.0.0.1:$TL_PORT/v1/integrations/stripe/events?merchant_id=m_bench"; }
+head -"$MERCHANTS" "$WORK/bodies.0.txt" | while IFS=$'\t' read -r path sig body; do
+  curl -fsS -o /dev/null -H "stripe-signature: $sig" -H "content-type: application/json" \
+    --data-binary "$body" "http://127.0.0.1:$TL_PORT$path"; done
 metrics >"$WORK/metrics.before.json"
 run_wrk echo-1 "http://127.0.0.1:$ECHO_PORT/" ""
 sign_bodies 1
-run_wrk tracklayer-1 "http://127.0.0.1:$TL_PORT/v1/integrations/stripe/events?merchant_id=m_bench" "$WORK/bodies.1.txt"
+run_wrk tracklayer-1 "http://127.0.0.1:$TL_PORT/" "$WORK/bodies.1.txt"
 run_wrk echo-2 "http://127.0.0.1:$ECHO_PORT/" ""
 sign_bodies 2
-run_wrk tracklayer-2 "http://127.0.0.1:$TL_PORT/v1/integrations/stripe/events?merchant_id=m_bench" "$WORK/bodies.2.txt"
+run_wrk tracklayer-2 "http://127.0.0.1:$TL_PORT/" "$WORK/bodies.2.txt"
 metrics >"$WORK/metrics.after.json"
 python3 - "$WORK" <<'PY'
 import json, sys

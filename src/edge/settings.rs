@@ -15,12 +15,39 @@ use worker::{D1Database, Env, Result};
 /// How long an isolate reuses a merchant's route and settings. An operator change made
 /// through this isolate clears the cache at once; other isolates see it within this.
 pub const MERCHANT_CACHE_TTL_MS: i64 = 5_000;
+/// While one request reloads an expired entry, concurrent ones keep using it this long
+/// at most, so an expiry under load costs one reload, not one per request in flight.
+const MERCHANT_REFRESH_GRACE_MS: i64 = 2_000;
 const MERCHANT_CACHE_MAX: usize = 1_024;
 
+struct CachedMerchant {
+    loaded_at: i64,
+    /// `None`: the id names no merchant.
+    merchant: Option<MerchantConfig>,
+    refreshing_since: Option<i64>,
+}
+
 thread_local! {
-    /// merchant id → (loaded at, settings; `None` for an id that names no merchant).
-    static MERCHANTS: std::cell::RefCell<std::collections::HashMap<String, (i64, Option<MerchantConfig>)>> =
+    static MERCHANTS: std::cell::RefCell<std::collections::HashMap<String, CachedMerchant>> =
         std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// The cached entry if it may be used now; otherwise marks this caller as the one that
+/// reloads it.
+fn cached(merchant_id: &str, now: i64) -> Option<Option<MerchantConfig>> {
+    MERCHANTS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let entry = cache.get_mut(merchant_id)?;
+        let fresh = now - entry.loaded_at < MERCHANT_CACHE_TTL_MS;
+        let being_refreshed = entry
+            .refreshing_since
+            .is_some_and(|since| now - since < MERCHANT_REFRESH_GRACE_MS);
+        if fresh || being_refreshed {
+            return Some(entry.merchant.clone());
+        }
+        entry.refreshing_since = Some(now);
+        None
+    })
 }
 
 /// Forgets every cached merchant: called after any operator write.
@@ -44,14 +71,7 @@ pub async fn cached_merchant(
     phase: Phase,
 ) -> Result<std::result::Result<MerchantConfig, Missing>> {
     let now = super::now_ms();
-    let cached = MERCHANTS.with(|cache| {
-        cache
-            .borrow()
-            .get(merchant_id)
-            .filter(|(at, _)| now - at < MERCHANT_CACHE_TTL_MS)
-            .map(|(_, merchant)| merchant.clone())
-    });
-    let merchant = match cached {
+    let merchant = match cached(merchant_id, now) {
         Some(merchant) => merchant,
         None => {
             metrics::d1_queries(phase, 1);
@@ -72,12 +92,19 @@ pub async fn cached_merchant(
             MERCHANTS.with(|cache| {
                 let mut cache = cache.borrow_mut();
                 if cache.len() >= MERCHANT_CACHE_MAX {
-                    cache.retain(|_, (at, _)| now - *at < MERCHANT_CACHE_TTL_MS);
+                    cache.retain(|_, entry| now - entry.loaded_at < MERCHANT_CACHE_TTL_MS);
                     if cache.len() >= MERCHANT_CACHE_MAX {
                         cache.clear();
                     }
                 }
-                cache.insert(merchant_id.to_string(), (now, loaded.clone()));
+                cache.insert(
+                    merchant_id.to_string(),
+                    CachedMerchant {
+                        loaded_at: now,
+                        merchant: loaded.clone(),
+                        refreshing_since: None,
+                    },
+                );
             });
             loaded
         }
