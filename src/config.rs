@@ -2,8 +2,6 @@
 //!
 //! Stored in D1 (see `migrations/`); this module holds the typed form and its defaults.
 
-use crate::destinations::BuildError;
-use crate::error::IngestError;
 use crate::event::{CanonicalEvent, EventName};
 use crate::money::Amount;
 use serde::de::DeserializeOwned;
@@ -18,17 +16,7 @@ pub enum Region {
     Eu,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Plan {
-    #[default]
-    Starter,
-    /// Also sold as "Growth".
-    #[serde(alias = "growth")]
-    Scale,
-    Pro,
-    Enterprise,
-}
+pub use crate::plans::Plan;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -124,6 +112,52 @@ impl ValuePolicy {
     }
 }
 
+/// A merchant's settings for one integration (by name) are missing or do not parse.
+/// Neutral here; sources and destinations turn it into their own errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SettingsError {
+    #[error("{0} is not configured for this merchant")]
+    NotConfigured(&'static str),
+    #[error("the {0} settings of this merchant are invalid; the operator must fix them")]
+    Misconfigured(&'static str),
+}
+
+/// Which system's events are the merchant's conversions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConversionSource {
+    /// Billing owns starts, renewals, failures, pauses, cancellations and refunds; CRM
+    /// stage changes only enrich.
+    #[default]
+    Billing,
+    /// No billing source: mapped CRM stages (e.g. Closed Won) are the conversions.
+    Crm,
+}
+
+/// Per-merchant lifecycle rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LifecycleSettings {
+    /// A customer who starts paying again within this many days of a cancellation is
+    /// reactivated, not newly acquired. 0 turns the rule off.
+    #[serde(default = "default_recovery_window_days")]
+    pub recovery_window_days: u32,
+    #[serde(default)]
+    pub conversions_from: ConversionSource,
+}
+
+fn default_recovery_window_days() -> u32 {
+    90
+}
+
+impl Default for LifecycleSettings {
+    fn default() -> Self {
+        LifecycleSettings {
+            recovery_window_days: default_recovery_window_days(),
+            conversions_from: ConversionSource::default(),
+        }
+    }
+}
+
 /// Everything the worker needs to know about one merchant.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MerchantConfig {
@@ -137,7 +171,7 @@ pub struct MerchantConfig {
     #[serde(default)]
     pub value_policy: ValuePolicy,
     #[serde(default)]
-    pub lifecycle: crate::enrich::LifecycleSettings,
+    pub lifecycle: LifecycleSettings,
     /// Simulate before going live: deliveries are built and recorded, never sent.
     #[serde(default)]
     pub dry_run: bool,
@@ -158,42 +192,29 @@ pub fn check_config<T: DeserializeOwned>(value: &serde_json::Value) -> Result<()
 }
 
 impl MerchantConfig {
-    /// Destinations this merchant has connected, by registry name.
-    pub fn connected_destinations(&self) -> Vec<&'static str> {
-        crate::destinations::REGISTRY
-            .iter()
-            .filter(|d| self.destinations.contains_key(d.name))
-            // A destination above the merchant's plan (after a downgrade) stays
-            // configured but receives nothing.
-            .filter(|d| d.required_feature.is_none_or(|f| self.plan.includes(f)))
-            .map(|d| d.name)
-            .collect()
-    }
-
     /// The typed settings of `source`. A stored config that does not parse is the
     /// operator's to fix; the error never repeats it, since it holds secrets.
-    pub fn source_config<T: DeserializeOwned>(&self, source: &str) -> Result<T, IngestError> {
+    pub fn source_config<T: DeserializeOwned>(
+        &self,
+        source: &'static str,
+    ) -> Result<T, SettingsError> {
         let raw = self
             .sources
             .get(source)
-            .ok_or_else(|| IngestError::SourceNotConfigured {
-                source_name: source.into(),
-            })?;
-        T::deserialize(raw).map_err(|_| IngestError::SourceMisconfigured {
-            source_name: source.into(),
-        })
+            .ok_or(SettingsError::NotConfigured(source))?;
+        T::deserialize(raw).map_err(|_| SettingsError::Misconfigured(source))
     }
 
     /// The typed settings of `destination`, on the same terms as [`Self::source_config`].
     pub fn destination_config<T: DeserializeOwned>(
         &self,
         destination: &'static str,
-    ) -> Result<T, BuildError> {
+    ) -> Result<T, SettingsError> {
         let raw = self
             .destinations
             .get(destination)
-            .ok_or(BuildError::NotConfigured(destination))?;
-        T::deserialize(raw).map_err(|_| BuildError::Misconfigured(destination))
+            .ok_or(SettingsError::NotConfigured(destination))?;
+        T::deserialize(raw).map_err(|_| SettingsError::Misconfigured(destination))
     }
 
     pub fn with_source(mut self, source: &str, config: serde_json::Value) -> Self {

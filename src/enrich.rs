@@ -4,46 +4,42 @@
 
 use crate::event::{CanonicalEvent, EventName};
 use crate::ledger::SubscriptionState;
-use crate::sources::crm::CrmContext;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// A renewal whose paid period starts within this distance of the trial end is the
 /// trial's first paid period, i.e. the conversion.
 const TRIAL_END_SLACK_SECONDS: i64 = 24 * 3600;
 
-/// Which system's events are the merchant's conversions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ConversionSource {
-    /// Billing owns starts, renewals, failures, pauses, cancellations and refunds; CRM
-    /// stage changes only enrich.
-    #[default]
-    Billing,
-    /// No billing source: mapped CRM stages (e.g. Closed Won) are the conversions.
-    Crm,
+pub use crate::config::{ConversionSource, LifecycleSettings};
+
+/// Deal context kept per customer identity and attached to later billing events.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrmContext {
+    pub crm: String,
+    /// `email:<lower-case email>` and/or `customer:<billing customer id>`.
+    pub identity_keys: Vec<String>,
+    pub observed_at: i64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, String>,
 }
 
-/// Per-merchant lifecycle rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LifecycleSettings {
-    /// A customer who starts paying again within this many days of a cancellation is
-    /// reactivated, not newly acquired. 0 turns the rule off.
-    #[serde(default = "default_recovery_window_days")]
-    pub recovery_window_days: u32,
-    #[serde(default)]
-    pub conversions_from: ConversionSource,
-}
+impl CrmContext {
+    pub const FIELDS: [&'static str; 6] = [
+        "deal_id",
+        "stage",
+        "owner",
+        "segment",
+        "forecast_category",
+        "source_campaign",
+    ];
 
-fn default_recovery_window_days() -> u32 {
-    90
-}
+    pub fn email_key(email: &str) -> String {
+        format!("email:{}", email.trim().to_ascii_lowercase())
+    }
 
-impl Default for LifecycleSettings {
-    fn default() -> Self {
-        LifecycleSettings {
-            recovery_window_days: default_recovery_window_days(),
-            conversions_from: ConversionSource::default(),
-        }
+    pub fn customer_key(customer_id: &str) -> String {
+        format!("customer:{}", customer_id.trim())
     }
 }
 

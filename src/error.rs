@@ -211,3 +211,16 @@ mod tests {
             .contains("limit is 5"));
     }
 }
+
+impl From<crate::config::SettingsError> for IngestError {
+    fn from(err: crate::config::SettingsError) -> Self {
+        match err {
+            crate::config::SettingsError::NotConfigured(name) => IngestError::SourceNotConfigured {
+                source_name: name.into(),
+            },
+            crate::config::SettingsError::Misconfigured(name) => IngestError::SourceMisconfigured {
+                source_name: name.into(),
+            },
+        }
+    }
+}

@@ -1,8 +1,8 @@
 //! The canonical lifecycle event every source maps to and every destination reads.
 
 use crate::hashing::sha256_hex;
-use crate::identity::Touchpoints;
 use crate::money::{Amount, Interval};
+use crate::touchpoints::Touchpoints;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

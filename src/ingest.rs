@@ -117,7 +117,7 @@ pub fn plan(
             output.sibling_wait_seconds = Some(siblings.wait_seconds);
         }
     }
-    let destinations = merchant.connected_destinations();
+    let destinations = crate::destinations::connected(merchant);
     let jobs = output
         .events
         .iter()

@@ -1,9 +1,32 @@
-//! Rules of the per-(merchant, ordering key) ledger: source-event deduplication and
-//! monotonic subscription state. The Durable Object in the edge layer stores the rows;
-//! the decisions live here so they are tested natively.
+//! Rules of the merchant's ledger: source-event deduplication and monotonic
+//! subscription state per ordering key. The `records` module stores the rows in the
+//! merchant's Durable Object; the decisions live here so they are tested natively.
 
-use crate::sources::SubscriptionObservation;
 use serde::{Deserialize, Serialize};
+
+/// The latest known state of one subscription, as observed in one source event.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SubscriptionObservation {
+    pub subscription_id: String,
+    pub status: String,
+    /// Source event creation time (unix s); state only moves forward in this order.
+    pub observed_at: i64,
+    pub source_event_id: String,
+    /// Kept so later events (invoices, transactions) can be read in context: a paid
+    /// period right after the trial is the conversion, a renewal inherits the MRR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trial_end_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mrr: Option<crate::money::Amount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arr: Option<crate::money::Amount>,
+    /// The last recurring payment, net of tax (one period): what a cancellation takes
+    /// away where the source states no price (Lemon Squeezy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_payment: Option<crate::money::Amount>,
+}
 
 /// Dedup records outlive every source's retry window (Stripe: 3 days, Paddle: 3 days).
 pub const DEDUP_RETENTION_MS: i64 = 30 * 24 * 3600 * 1000;

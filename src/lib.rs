@@ -30,6 +30,7 @@ pub mod routes;
 pub mod secrets;
 pub mod sources;
 pub mod time;
+pub mod touchpoints;
 
 #[cfg(target_arch = "wasm32")]
 mod edge;

@@ -247,13 +247,7 @@ pub fn visitor_key(visitor_id: &str) -> String {
     format!("visitor:{visitor_id}")
 }
 
-/// A visitor id as the script makes them: 32 lowercase hex digits.
-pub fn is_visitor_id(candidate: &str) -> bool {
-    candidate.len() == 32
-        && candidate
-            .bytes()
-            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
+pub use crate::identity::is_visitor_id;
 
 /// Parses and checks a beacon into what it adds to the identity store. Click ids in the
 /// landing URL win over cookies: a new click must replace an older one.

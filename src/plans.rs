@@ -2,9 +2,21 @@
 //! runs where the feature runs (ingest, delivery, admin changes) and its error names
 //! the plan required.
 
-use crate::config::Plan;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+/// The merchant's billing tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Plan {
+    #[default]
+    Starter,
+    /// Also sold as "Growth".
+    #[serde(alias = "growth")]
+    Scale,
+    Pro,
+    Enterprise,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -613,7 +613,7 @@ fn linkedin_gets_only_mapped_events_and_only_from_scale_up() {
         plan: tracklayer::config::Plan::Starter,
         ..with_linkedin
     };
-    assert_eq!(downgraded.connected_destinations(), ["meta"]);
+    assert_eq!(tracklayer::destinations::connected(&downgraded), ["meta"]);
 }
 
 /// An unsigned request to a Starter merchant learns nothing: not its plan, not that

@@ -178,11 +178,27 @@ pub struct AuthSpec {
     pub parse_token: fn(u16, &str) -> Result<AccessToken, Outcome>,
 }
 
-/// An identifier a destination can match a person on, and its weight in the match score.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MatchKey {
-    pub identifier: crate::identity::Identifier,
-    pub weight: u8,
+pub use crate::identity::MatchKey;
+
+impl From<crate::config::SettingsError> for BuildError {
+    fn from(err: crate::config::SettingsError) -> Self {
+        match err {
+            crate::config::SettingsError::NotConfigured(name) => BuildError::NotConfigured(name),
+            crate::config::SettingsError::Misconfigured(name) => BuildError::Misconfigured(name),
+        }
+    }
+}
+
+/// Destinations this merchant has connected, by registry name.
+pub fn connected(merchant: &MerchantConfig) -> Vec<&'static str> {
+    REGISTRY
+        .iter()
+        .filter(|d| merchant.destinations.contains_key(d.name))
+        // A destination above the merchant's plan (after a downgrade) stays
+        // configured but receives nothing.
+        .filter(|d| d.required_feature.is_none_or(|f| merchant.plan.includes(f)))
+        .map(|d| d.name)
+        .collect()
 }
 
 /// (HTTP status, body, number of rows) → one outcome per row, when the answer says.

@@ -33,35 +33,7 @@ impl StageRule {
     }
 }
 
-/// Deal context kept per customer identity and attached to later billing events.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CrmContext {
-    pub crm: String,
-    /// `email:<lower-case email>` and/or `customer:<billing customer id>`.
-    pub identity_keys: Vec<String>,
-    pub observed_at: i64,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub fields: BTreeMap<String, String>,
-}
-
-impl CrmContext {
-    pub const FIELDS: [&'static str; 6] = [
-        "deal_id",
-        "stage",
-        "owner",
-        "segment",
-        "forecast_category",
-        "source_campaign",
-    ];
-
-    pub fn email_key(email: &str) -> String {
-        format!("email:{}", email.trim().to_ascii_lowercase())
-    }
-
-    pub fn customer_key(customer_id: &str) -> String {
-        format!("customer:{}", customer_id.trim())
-    }
-}
+pub use crate::enrich::CrmContext;
 
 /// One stage change of one CRM record, as the CRM module read it.
 #[derive(Debug, Clone, Default)]

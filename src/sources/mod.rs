@@ -45,29 +45,7 @@ impl Headers {
     }
 }
 
-/// The latest known state of one subscription, as observed in one source event.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SubscriptionObservation {
-    pub subscription_id: String,
-    pub status: String,
-    /// Source event creation time (unix s); state only moves forward in this order.
-    pub observed_at: i64,
-    pub source_event_id: String,
-    /// Kept so later events (invoices, transactions) can be read in context: a paid
-    /// period right after the trial is the conversion, a renewal inherits the MRR.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trial_end_at: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub currency: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mrr: Option<crate::money::Amount>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub arr: Option<crate::money::Amount>,
-    /// The last recurring payment, net of tax (one period): what a cancellation takes
-    /// away where the source states no price (Lemon Squeezy).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_payment: Option<crate::money::Amount>,
-}
+pub use crate::ledger::SubscriptionObservation;
 
 /// A customer identity the source told us about (e.g. Stripe `customer.updated`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
