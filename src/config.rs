@@ -50,10 +50,26 @@ pub struct ValuePolicy {
     pub destinations: BTreeMap<String, BTreeMap<String, ValueField>>,
 }
 
+/// Defaults the integrations declare (see `DestinationSpec::paid_start_value` and
+/// `SourceSpec::default_value`), applied when the merchant's policy says nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ValueDefaults {
+    /// For paid starts and trial conversions at this destination (LinkedIn: ARR).
+    pub paid_start: Option<ValueField>,
+    /// For every event of this source (Paddle: net).
+    pub source: Option<ValueField>,
+}
+
 impl ValuePolicy {
-    /// The field used for `event` at `destination`, falling back to the product defaults:
-    /// MRR everywhere, ARR for LinkedIn paid starts, net (tax excluded) for Paddle.
-    pub fn field_for(&self, event: &CanonicalEvent, destination: &str) -> ValueField {
+    /// The field used for `event` at `destination`: the merchant's choice, else the
+    /// integrations' defaults, else the product's (MRR; the MRR change for up- and
+    /// downgrades; gross for refunds and failed payments).
+    pub fn field_for(
+        &self,
+        event: &CanonicalEvent,
+        destination: &str,
+        defaults: ValueDefaults,
+    ) -> ValueField {
         let name = event.name.as_str();
         if let Some(field) = self.destinations.get(destination).and_then(|m| m.get(name)) {
             return *field;
@@ -61,13 +77,13 @@ impl ValuePolicy {
         if let Some(field) = self.events.get(name) {
             return *field;
         }
-        if destination == "linkedin"
-            && matches!(
+        if let Some(field) = defaults.paid_start.filter(|_| {
+            matches!(
                 event.name,
                 EventName::SubscriptionStarted | EventName::TrialConverted
             )
-        {
-            return ValueField::Arr;
+        }) {
+            return field;
         }
         if matches!(
             event.name,
@@ -75,8 +91,8 @@ impl ValuePolicy {
         ) {
             return ValueField::MrrDelta;
         }
-        if event.source == "paddle" {
-            return ValueField::Net;
+        if let Some(field) = defaults.source {
+            return field;
         }
         // A refund or a failed payment is about an amount of money, not a plan's MRR.
         if matches!(event.name, EventName::Refund | EventName::PaymentFailed) {
@@ -88,9 +104,14 @@ impl ValuePolicy {
     /// The primary value to send, negative for corrections (cancellations, refunds).
     /// Falls back to MRR, contract value (CRM deals), net, then gross when the chosen
     /// field is absent.
-    pub fn primary_value(&self, event: &CanonicalEvent, destination: &str) -> Option<Amount> {
+    pub fn primary_value(
+        &self,
+        event: &CanonicalEvent,
+        destination: &str,
+        defaults: ValueDefaults,
+    ) -> Option<Amount> {
         let values = &event.values;
-        let chosen = match self.field_for(event, destination) {
+        let chosen = match self.field_for(event, destination, defaults) {
             ValueField::Mrr => values.mrr,
             ValueField::Arr => values.arr,
             ValueField::ContractValue => values.contract_value,
@@ -258,24 +279,58 @@ mod tests {
         }
     }
 
+    const NONE: ValueDefaults = ValueDefaults {
+        paid_start: None,
+        source: None,
+    };
+
     #[test]
     fn defaults_follow_product_decisions() {
         let policy = ValuePolicy::default();
         let started = event(EventName::SubscriptionStarted, "stripe");
         assert_eq!(
-            policy.primary_value(&started, "meta").unwrap().to_string(),
+            policy
+                .primary_value(&started, "meta", NONE)
+                .unwrap()
+                .to_string(),
             "49.00"
         );
+        let arr_for_starts = ValueDefaults {
+            paid_start: Some(ValueField::Arr),
+            source: None,
+        };
         assert_eq!(
             policy
-                .primary_value(&started, "linkedin")
+                .primary_value(&started, "linkedin", arr_for_starts)
                 .unwrap()
                 .to_string(),
             "588.00"
         );
         let paddle = event(EventName::SubscriptionRenewed, "paddle");
+        let net_source = ValueDefaults {
+            paid_start: None,
+            source: Some(ValueField::Net),
+        };
         assert_eq!(
-            policy.primary_value(&paddle, "meta").unwrap().to_string(),
+            policy
+                .primary_value(&paddle, "meta", net_source)
+                .unwrap()
+                .to_string(),
+            "40.00"
+        );
+        // The integrations' own defaults: LinkedIn ARR for starts, Paddle net.
+        let merchant = MerchantConfig::default();
+        let linkedin = crate::destinations::find("linkedin").unwrap();
+        assert_eq!(
+            linkedin
+                .primary_value(&started, &merchant)
+                .unwrap()
+                .to_string(),
+            "588.00"
+        );
+        let meta = crate::destinations::find("meta").unwrap();
+        assert_eq!(
+            meta.primary_value(&paddle, &merchant).unwrap().to_string(),
             "40.00"
         );
     }
@@ -286,7 +341,7 @@ mod tests {
         let cancelled = event(EventName::SubscriptionCancelled, "stripe");
         assert_eq!(
             policy
-                .primary_value(&cancelled, "meta")
+                .primary_value(&cancelled, "meta", NONE)
                 .unwrap()
                 .to_string(),
             "-49.00"
@@ -305,14 +360,17 @@ mod tests {
             .or_default()
             .insert("subscription_started".into(), ValueField::ContractValue);
         let started = event(EventName::SubscriptionStarted, "stripe");
-        assert_eq!(policy.field_for(&started, "tiktok"), ValueField::Arr);
+        assert_eq!(policy.field_for(&started, "tiktok", NONE), ValueField::Arr);
         assert_eq!(
-            policy.field_for(&started, "meta"),
+            policy.field_for(&started, "meta", NONE),
             ValueField::ContractValue
         );
         // contract_value is absent on this event: MRR is used rather than no value.
         assert_eq!(
-            policy.primary_value(&started, "meta").unwrap().to_string(),
+            policy
+                .primary_value(&started, "meta", NONE)
+                .unwrap()
+                .to_string(),
             "49.00"
         );
     }

@@ -182,9 +182,8 @@ fn first_payment_after_the_trial_is_the_conversion_valued_net_of_tax() {
     assert_eq!(conversion.name, EventName::TrialConverted);
     assert_eq!(conversion.occurrence_key, SUB);
     // No price on Lemon Squeezy subscriptions: the value is what the invoice charged, net.
-    let value = merchant()
-        .value_policy
-        .primary_value(conversion, "meta")
+    let value = tracklayer::destinations::meta::SPEC
+        .primary_value(conversion, &merchant())
         .unwrap();
     assert_eq!(value.to_string(), "49.00");
     assert_eq!(plan.jobs.len(), 1);
@@ -247,9 +246,8 @@ fn a_cancellation_takes_away_the_last_payment() {
         .find(|e| e.name == EventName::SubscriptionCancelled)
         .expect("cancellation forwarded");
     assert_eq!(cancelled.values.currency.as_deref(), Some("EUR"));
-    let value = merchant()
-        .value_policy
-        .primary_value(&cancelled, "meta")
+    let value = tracklayer::destinations::meta::SPEC
+        .primary_value(&cancelled, &merchant())
         .expect("a value");
     assert_eq!(value.to_string(), "-49.00");
 }

@@ -145,10 +145,9 @@ fn trial_end_payment_and_activation_are_one_conversion_valued_net_of_tax() {
         Some("lena.vogel@example.de")
     );
     // Paddle's default primary value is net of tax.
-    let policy = &merchant().value_policy;
     assert_eq!(
-        policy
-            .primary_value(conversion, "meta")
+        tracklayer::destinations::meta::SPEC
+            .primary_value(conversion, &merchant())
             .unwrap()
             .to_string(),
         "87.00"

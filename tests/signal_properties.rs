@@ -272,9 +272,8 @@ fn corrections_carry_a_currency_and_a_negative_value() {
             {
                 let what = format!("{source}/{name} → {}", event.name.as_str());
                 assert!(event.values.currency.is_some(), "{what}: currency");
-                let value = merchant
-                    .value_policy
-                    .primary_value(event, "meta")
+                let value = tracklayer::destinations::meta::SPEC
+                    .primary_value(event, &merchant)
                     .unwrap_or_else(|| panic!("{what}: no value"));
                 assert!(value.minor < 0, "{what}: {value}");
                 checked += 1;

@@ -541,15 +541,16 @@ fn a_new_subscription_soon_after_a_cancellation_is_a_reactivation() {
 
 #[test]
 fn refunds_and_failed_payments_are_valued_by_their_amount() {
-    let policy = merchant().value_policy;
+    let merchant = merchant();
+    let policy = &tracklayer::destinations::meta::SPEC;
     let refund = &ingest_fixture("refund.created.partial.json").output.events[0];
     assert_eq!(
-        policy.primary_value(refund, "meta").unwrap().to_string(),
+        policy.primary_value(refund, &merchant).unwrap().to_string(),
         "-20.00"
     );
     let failed = &ingest_fixture("invoice.payment_failed.json").output.events[0];
     assert_eq!(
-        policy.primary_value(failed, "meta").unwrap().to_string(),
+        policy.primary_value(failed, &merchant).unwrap().to_string(),
         "53.90"
     );
 }

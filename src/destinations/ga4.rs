@@ -56,8 +56,6 @@ pub const SPEC: DestinationSpec = DestinationSpec {
     endpoints: &[COLLECT, COLLECT_EU],
     build,
     classify,
-    classify_rows: None,
-    auth: None,
     match_keys: &[
         MatchKey {
             identifier: Identifier::GaClientId,
@@ -78,8 +76,8 @@ pub const SPEC: DestinationSpec = DestinationSpec {
     ],
     secret_fields: &["api_secret"],
     validate_config: crate::config::check_config::<Ga4Config>,
-    required_feature: None,
     accepts: super::accepts_all,
+    ..DestinationSpec::DEFAULT
 };
 
 /// Default mapping (shared product table): GA4's recommended events where they fit.
@@ -191,7 +189,7 @@ pub fn collect_body(
     if matches!(name, "purchase" | "refund") {
         params.insert("transaction_id".into(), json!(transaction_id));
     }
-    if let Some(value) = merchant.value_policy.primary_value(event, NAME) {
+    if let Some(value) = SPEC.primary_value(event, merchant) {
         // GA4's `refund` is the correction itself: its value is the amount refunded.
         let amount = if name == "refund" {
             value.as_f64().abs()

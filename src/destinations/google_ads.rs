@@ -182,8 +182,8 @@ pub const SPEC: DestinationSpec = DestinationSpec {
     ],
     secret_fields: &["refresh_token"],
     validate_config: crate::config::check_config::<GoogleAdsConfig>,
-    required_feature: None,
     accepts,
+    ..DestinationSpec::DEFAULT
 };
 
 /// Mapped conversions, and the corrections the merchant has Google adjust for.
@@ -335,9 +335,8 @@ pub fn attach_originals(
                 "event_id": original.event_id,
                 "name": original.name.as_str(),
                 "occurred_at": original.occurred_at,
-                "value": merchant
-                    .value_policy
-                    .primary_value(original, NAME)
+                "value": SPEC
+                    .primary_value(original, merchant)
                     .map(|v| v.to_string()),
             })
         })
@@ -483,7 +482,7 @@ pub fn click_conversion(
         "conversionDateTime".into(),
         json!(date_time(event.occurred_at)),
     );
-    if let Some(value) = merchant.value_policy.primary_value(event, NAME) {
+    if let Some(value) = SPEC.primary_value(event, merchant) {
         row.insert("conversionValue".into(), json!(value.as_f64()));
         if let Some(currency) = &event.values.currency {
             row.insert("currencyCode".into(), json!(currency.to_ascii_uppercase()));

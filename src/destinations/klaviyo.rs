@@ -51,8 +51,6 @@ pub const SPEC: DestinationSpec = DestinationSpec {
     endpoints: &[API],
     build,
     classify,
-    classify_rows: None,
-    auth: None,
     match_keys: &[
         MatchKey {
             identifier: Identifier::Email,
@@ -69,8 +67,8 @@ pub const SPEC: DestinationSpec = DestinationSpec {
     ],
     secret_fields: &["private_api_key"],
     validate_config: crate::config::check_config::<KlaviyoConfig>,
-    required_feature: None,
     accepts: super::accepts_all,
+    ..DestinationSpec::DEFAULT
 };
 
 fn build(
@@ -200,7 +198,7 @@ pub fn create_event_body(
         "profile".into(),
         json!({ "data": { "type": "profile", "attributes": profile } }),
     );
-    if let Some(value) = merchant.value_policy.primary_value(event, NAME) {
+    if let Some(value) = SPEC.primary_value(event, merchant) {
         if event.name.is_correction() {
             properties.insert("correction_value".into(), json!(value.as_f64()));
         } else {

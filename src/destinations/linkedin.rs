@@ -84,7 +84,6 @@ pub const SPEC: DestinationSpec = DestinationSpec {
     build,
     classify,
     classify_rows: Some(classify_batch),
-    auth: None,
     match_keys: &[
         MatchKey {
             identifier: Identifier::Email,
@@ -99,6 +98,8 @@ pub const SPEC: DestinationSpec = DestinationSpec {
     validate_config: crate::config::check_config::<LinkedInConfig>,
     required_feature: Some(Feature::LinkedinCapi),
     accepts,
+    paid_start_value: Some(crate::config::ValueField::Arr),
+    ..DestinationSpec::DEFAULT
 };
 
 /// Only events the merchant mapped to a conversion rule go to LinkedIn.
@@ -221,7 +222,7 @@ pub fn conversion_event(
     });
     // LinkedIn has no negative conversions: corrections go without a value.
     if let (Some(value), Some(currency)) = (
-        merchant.value_policy.primary_value(event, NAME),
+        SPEC.primary_value(event, merchant),
         event.values.currency.as_deref(),
     ) {
         if value.minor > 0 {

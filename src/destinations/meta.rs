@@ -57,8 +57,6 @@ pub const SPEC: DestinationSpec = DestinationSpec {
     endpoints: &[GRAPH],
     build,
     classify,
-    classify_rows: None,
-    auth: None,
     match_keys: &[
         MatchKey {
             identifier: Identifier::Email,
@@ -91,8 +89,8 @@ pub const SPEC: DestinationSpec = DestinationSpec {
     ],
     secret_fields: &["access_token"],
     validate_config: crate::config::check_config::<MetaConfig>,
-    required_feature: None,
     accepts: super::accepts_all,
+    ..DestinationSpec::DEFAULT
 };
 
 /// Default mapping: standard events where Meta has one, custom names otherwise.
@@ -219,7 +217,7 @@ pub fn server_event(
 
     let mut custom_data = Map::new();
     custom_data.insert("canonical_event".into(), json!(event.name.as_str()));
-    if let Some(value) = merchant.value_policy.primary_value(event, NAME) {
+    if let Some(value) = SPEC.primary_value(event, merchant) {
         custom_data.insert("value".into(), json!(value.as_f64()));
     }
     if let Some(currency) = &event.values.currency {

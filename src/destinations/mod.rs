@@ -228,6 +228,64 @@ pub struct DestinationSpec {
     /// Whether this merchant's event is planned for the destination at all (LinkedIn
     /// takes only events mapped to a conversion rule).
     pub accepts: fn(&CanonicalEvent, &MerchantConfig) -> bool,
+    /// The value a paid start or trial conversion carries here unless the merchant's
+    /// value policy says otherwise (LinkedIn: ARR); `None`: the general defaults.
+    pub paid_start_value: Option<crate::config::ValueField>,
+}
+
+impl DestinationSpec {
+    /// Every optional part at its default. A destination spreads it
+    /// (`..DestinationSpec::DEFAULT`) after what it sets, so a new optional hook never
+    /// touches the destinations that do not use it.
+    pub const DEFAULT: DestinationSpec = DestinationSpec {
+        name: "",
+        endpoints: &[],
+        build: build_nothing,
+        classify: classify_by_status,
+        classify_rows: None,
+        auth: None,
+        match_keys: &[],
+        secret_fields: &[],
+        validate_config: |_| Ok(()),
+        required_feature: None,
+        accepts: accepts_all,
+        paid_start_value: None,
+    };
+
+    /// What `event` is worth at this destination under the merchant's value policy,
+    /// with this destination's and the event's source's defaults.
+    pub fn primary_value(
+        &self,
+        event: &CanonicalEvent,
+        merchant: &MerchantConfig,
+    ) -> Option<crate::money::Amount> {
+        let defaults = crate::config::ValueDefaults {
+            paid_start: self.paid_start_value,
+            source: crate::sources::find(&event.source).and_then(|s| s.default_value),
+        };
+        merchant
+            .value_policy
+            .primary_value(event, self.name, defaults)
+    }
+}
+
+fn build_nothing(
+    _: &[CanonicalEvent],
+    _: &MerchantConfig,
+    _: &Context,
+) -> Result<Plan, BuildError> {
+    Err(BuildError::NotConfigured("a destination without a builder"))
+}
+
+/// The whole-request outcome from the HTTP status alone: 2xx delivered, the rest read by
+/// [`failure_outcome`].
+pub fn classify_by_status(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
+    if (200..300).contains(&status) {
+        Outcome::Delivered
+    } else {
+        let reason = format!("HTTP {status}: {}", truncate(body.trim(), 300));
+        failure_outcome(status, retry_after, reason, false)
+    }
 }
 
 /// The usual plan: each event becomes a row (or is refused with its reason), and the
@@ -472,7 +530,6 @@ pub fn find(name: &str) -> Option<&'static DestinationSpec> {
     REGISTRY.iter().find(|spec| spec.name == name)
 }
 
-/// `Retry-After` in seconds (HTTP-date forms are rare on these APIs and are ignored).
 /// The shared reading of a failed answer: 429 and 5xx (and whatever the platform itself
 /// marks `transient`) are retried, honouring `Retry-After`; anything else refuses this
 /// request for good.
@@ -492,6 +549,7 @@ pub fn failure_outcome(
     }
 }
 
+/// `Retry-After` in seconds (HTTP-date forms are rare on these APIs and are ignored).
 pub fn parse_retry_after(header: Option<&str>) -> Option<u32> {
     header.and_then(|v| v.trim().parse::<u32>().ok())
 }

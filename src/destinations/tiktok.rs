@@ -51,7 +51,6 @@ pub const SPEC: DestinationSpec = DestinationSpec {
     build,
     classify,
     classify_rows: Some(classify_rows),
-    auth: None,
     match_keys: &[
         MatchKey {
             identifier: Identifier::Email,
@@ -80,8 +79,8 @@ pub const SPEC: DestinationSpec = DestinationSpec {
     ],
     secret_fields: &["access_token"],
     validate_config: crate::config::check_config::<TikTokConfig>,
-    required_feature: None,
     accepts: super::accepts_all,
+    ..DestinationSpec::DEFAULT
 };
 
 /// Default mapping (shared product table): standard events where TikTok has one.
@@ -175,7 +174,7 @@ pub fn track_event(
     let mut properties = Map::new();
     // No refund primitive at TikTok: corrections go out as custom events whose value
     // is negative (the value policy negates them).
-    if let Some(value) = merchant.value_policy.primary_value(event, NAME) {
+    if let Some(value) = SPEC.primary_value(event, merchant) {
         properties.insert("value".into(), json!(value.as_f64()));
     }
     if let Some(currency) = &event.values.currency {

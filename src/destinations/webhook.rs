@@ -40,8 +40,6 @@ pub const SPEC: DestinationSpec = DestinationSpec {
     endpoints: &[TEST_URL],
     build,
     classify,
-    classify_rows: None,
-    auth: None,
     match_keys: &[
         MatchKey {
             identifier: Identifier::Email,
@@ -56,6 +54,7 @@ pub const SPEC: DestinationSpec = DestinationSpec {
     validate_config: validate,
     required_feature: Some(crate::plans::Feature::CustomAdapters),
     accepts: super::accepts_all,
+    ..DestinationSpec::DEFAULT
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

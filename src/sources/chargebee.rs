@@ -22,11 +22,10 @@ pub const NAME: &str = "chargebee";
 pub const SPEC: SourceSpec = SourceSpec {
     name: NAME,
     ingest,
-    acknowledgement: None,
     secret_fields: &["basic_auth"],
     validate_config: crate::config::check_config::<Config>,
-    required_feature: None,
     conversion_siblings: None,
+    ..SourceSpec::DEFAULT
 };
 
 /// Chargebee settings: the webhook's Basic credentials (several while rotating).

@@ -42,11 +42,10 @@ pub const MAX_AGE_MS: i64 = 5 * 60 * 1000;
 pub const SPEC: SourceSpec = SourceSpec {
     name: NAME,
     ingest,
-    acknowledgement: None,
     secret_fields: &["client_secrets"],
     validate_config: crate::config::check_config::<Config>,
-    required_feature: None,
     conversion_siblings: None,
+    ..SourceSpec::DEFAULT
 };
 
 /// HubSpot settings: the app's client secret(s), signature versions, stage rules and

@@ -30,11 +30,10 @@ pub const SIGNATURE_HEADER: &str = "X-Signature";
 pub const SPEC: SourceSpec = SourceSpec {
     name: NAME,
     ingest,
-    acknowledgement: None,
     secret_fields: &["signing_secrets"],
     validate_config: crate::config::check_config::<Config>,
-    required_feature: None,
     conversion_siblings: None,
+    ..SourceSpec::DEFAULT
 };
 
 /// Lemon Squeezy settings: the signing secret(s) given when the webhook was created.

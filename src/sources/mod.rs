@@ -116,6 +116,29 @@ pub struct SourceSpec {
     /// Conversions this source reports through several notifications, each with part of
     /// the values, in no guaranteed order.
     pub conversion_siblings: Option<Siblings>,
+    /// The value its events carry unless the merchant's value policy says otherwise
+    /// (Paddle: net of tax); `None`: the general defaults.
+    pub default_value: Option<crate::config::ValueField>,
+}
+
+impl SourceSpec {
+    /// Every optional part at its default. A source spreads it (`..SourceSpec::DEFAULT`)
+    /// after what it sets, so a new optional hook never touches the sources that do not
+    /// use it.
+    pub const DEFAULT: SourceSpec = SourceSpec {
+        name: "",
+        ingest: |_, _, _| {
+            Err(IngestError::UnknownSource(
+                "a source without a mapping".into(),
+            ))
+        },
+        acknowledgement: None,
+        secret_fields: &[],
+        validate_config: |_| Ok(()),
+        required_feature: None,
+        conversion_siblings: None,
+        default_value: None,
+    };
 }
 
 /// Which canonical events of a source arrive as several sibling notifications, and how

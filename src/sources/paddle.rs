@@ -30,16 +30,16 @@ pub const SIBLING_WAIT_SECONDS: u32 = 60;
 pub const SPEC: SourceSpec = SourceSpec {
     name: NAME,
     ingest,
-    acknowledgement: None,
     secret_fields: &["secret_keys"],
     validate_config: crate::config::check_config::<Config>,
-    required_feature: None,
     conversion_siblings: Some(super::Siblings {
         // `transaction.paid` → `subscription.created` → `subscription.activated` →
         // `transaction.completed`, documented to arrive within seconds, in any order.
         events: &[EventName::SubscriptionStarted, EventName::TrialConverted],
         wait_seconds: SIBLING_WAIT_SECONDS,
     }),
+    default_value: Some(crate::config::ValueField::Net),
+    ..SourceSpec::DEFAULT
 };
 
 /// Paddle source settings: the notification destination's secret key(s).

@@ -32,11 +32,10 @@ pub const DEFAULT_TOLERANCE_SECONDS: i64 = 300;
 pub const SPEC: SourceSpec = SourceSpec {
     name: NAME,
     ingest,
-    acknowledgement: None,
     secret_fields: &["client_secrets"],
     validate_config: crate::config::check_config::<Config>,
-    required_feature: None,
     conversion_siblings: None,
+    ..SourceSpec::DEFAULT
 };
 
 /// Recharge settings: the API client secret(s) that sign webhooks.

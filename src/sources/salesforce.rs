@@ -35,8 +35,8 @@ pub const SPEC: SourceSpec = SourceSpec {
     acknowledgement: Some(acknowledgement),
     secret_fields: &["endpoint_tokens"],
     validate_config: crate::config::check_config::<Config>,
-    required_feature: None,
     conversion_siblings: None,
+    ..SourceSpec::DEFAULT
 };
 
 /// The answer Salesforce requires before it stops retrying a message.

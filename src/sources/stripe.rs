@@ -25,7 +25,6 @@ pub const DEFAULT_TOLERANCE_SECONDS: i64 = 300;
 pub const SPEC: SourceSpec = SourceSpec {
     name: NAME,
     ingest,
-    acknowledgement: None,
     secret_fields: &["endpoint_secrets"],
     validate_config: crate::config::check_config::<Config>,
     required_feature: Some(crate::plans::Feature::StripeIngest),
@@ -34,6 +33,7 @@ pub const SPEC: SourceSpec = SourceSpec {
         events: &[EventName::TrialConverted],
         wait_seconds: 60,
     }),
+    ..SourceSpec::DEFAULT
 };
 
 /// Stripe source settings. Several secrets are kept while an endpoint secret is rolled.
