@@ -8,8 +8,8 @@
 //! purchases on it); refunds use GA4's `refund` event.
 
 use super::{
-    encode_query_value, plan_rows, truncate, BuildError, Context, DestinationSpec, MatchKey,
-    NameOverrides, OutboundRequest, Outcome, Plan,
+    encode_query_value, plan_rows, truncate, BuildContext, BuildError, DestinationSpec, MatchKey,
+    NameOverrides, OutboundRequest, Outcome, RequestPlan,
 };
 use crate::config::{MerchantConfig, Region};
 use crate::event::{CanonicalEvent, EventName};
@@ -97,8 +97,8 @@ pub fn event_name(name: EventName) -> &'static str {
 fn build(
     events: &[CanonicalEvent],
     merchant: &MerchantConfig,
-    context: &Context,
-) -> Result<Plan, BuildError> {
+    context: &BuildContext,
+) -> Result<RequestPlan, BuildError> {
     let config: Ga4Config = merchant.destination_config(NAME)?;
     let base = match merchant.region {
         Region::Eu => context.endpoints.url(&COLLECT_EU),

@@ -9,8 +9,8 @@
 //! TrackLayer's OAuth client; the developer token is TrackLayer's too (operator secrets).
 
 use super::{
-    parse_retry_after, plan_indexed_multi_rows, truncate, AccessToken, AuthSpec, BuildError,
-    Context, DestinationSpec, MatchKey, OutboundRequest, Outcome, Plan,
+    parse_retry_after, plan_indexed_multi_rows, truncate, AccessToken, AuthSpec, BuildContext,
+    BuildError, DestinationSpec, MatchKey, OutboundRequest, Outcome, RequestPlan,
 };
 use crate::config::MerchantConfig;
 use crate::event::{CanonicalEvent, EventName};
@@ -349,8 +349,8 @@ pub fn attach_originals(
 fn build(
     events: &[CanonicalEvent],
     merchant: &MerchantConfig,
-    context: &Context,
-) -> Result<Plan, BuildError> {
+    context: &BuildContext,
+) -> Result<RequestPlan, BuildError> {
     let config: GoogleAdsConfig = merchant.destination_config(NAME)?;
     if config.login_customer_id.is_some()
         && !merchant.plan.includes(Feature::GoogleAdsManagerAccount)
@@ -395,7 +395,7 @@ fn build(
 
     // Conversions and adjustments are two endpoints: one plan, rows in each request kept
     // in queue order.
-    let mut plan = Plan::default();
+    let mut plan = RequestPlan::default();
     for (corrections, method, field) in [
         (false, "uploadClickConversions", "conversions"),
         (true, "uploadConversionAdjustments", "conversionAdjustments"),
@@ -588,7 +588,7 @@ pub fn adjustment(
 
 fn token_request(
     merchant: &MerchantConfig,
-    context: &Context,
+    context: &BuildContext,
 ) -> Result<OutboundRequest, BuildError> {
     let config: GoogleAdsConfig = merchant.destination_config(NAME)?;
     let operator = context.operator;
@@ -1155,7 +1155,7 @@ mod tests {
             ..Default::default()
         };
         let endpoints = Endpoints::default();
-        let context = Context {
+        let context = BuildContext {
             endpoints: &endpoints,
             operator: &operator,
             now_s: NOW,
@@ -1245,7 +1245,7 @@ mod tests {
             ..Default::default()
         };
         let endpoints = Endpoints::default();
-        let context = Context {
+        let context = BuildContext {
             endpoints: &endpoints,
             operator: &operator,
             now_s: NOW,
@@ -1273,7 +1273,7 @@ mod tests {
         ));
         assert!(matches!(parse_token(503, ""), Err(Outcome::Retry { .. })));
         let missing = crate::destinations::OperatorCredentials::default();
-        let context = Context {
+        let context = BuildContext {
             operator: &missing,
             ..context
         };

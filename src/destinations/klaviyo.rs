@@ -9,8 +9,8 @@
 //! properties, never as the revenue `value`.
 
 use super::{
-    plan_rows, truncate, BuildError, Context, DestinationSpec, MatchKey, NameOverrides,
-    OutboundRequest, Outcome, Plan,
+    plan_rows, truncate, BuildContext, BuildError, DestinationSpec, MatchKey, NameOverrides,
+    OutboundRequest, Outcome, RequestPlan,
 };
 use crate::config::MerchantConfig;
 use crate::event::CanonicalEvent;
@@ -74,8 +74,8 @@ pub const SPEC: DestinationSpec = DestinationSpec {
 fn build(
     events: &[CanonicalEvent],
     merchant: &MerchantConfig,
-    context: &Context,
-) -> Result<Plan, BuildError> {
+    context: &BuildContext,
+) -> Result<RequestPlan, BuildError> {
     let config: KlaviyoConfig = merchant.destination_config(NAME)?;
     let url = format!("{}/api/events", context.endpoints.url(&API));
     // Create Event takes one event. (The bulk endpoint is an asynchronous job without

@@ -8,8 +8,8 @@
 //! `user.userIds` carries the SHA-256 email and the unhashed `li_fat_id`. Scale plan.
 
 use super::{
-    plan_rows, truncate, BuildError, Context, DestinationSpec, MatchKey, OutboundRequest, Outcome,
-    Plan,
+    plan_rows, truncate, BuildContext, BuildError, DestinationSpec, MatchKey, OutboundRequest,
+    Outcome, RequestPlan,
 };
 use crate::config::MerchantConfig;
 use crate::event::{CanonicalEvent, EventName};
@@ -115,8 +115,8 @@ pub const MAX_BATCH: usize = 5000;
 fn build(
     events: &[CanonicalEvent],
     merchant: &MerchantConfig,
-    context: &Context,
-) -> Result<Plan, BuildError> {
+    context: &BuildContext,
+) -> Result<RequestPlan, BuildError> {
     let config: LinkedInConfig = merchant.destination_config(NAME)?;
     let url = format!("{}/rest/conversionEvents", context.endpoints.url(&API));
     plan_rows(

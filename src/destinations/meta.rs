@@ -7,8 +7,8 @@
 //! with `event_name` to deduplicate against the browser pixel and our own retries.
 
 use super::{
-    encode_query_value, plan_rows, truncate, BuildError, Context, DestinationSpec, MatchKey,
-    NameOverrides, OutboundRequest, Outcome, Plan,
+    encode_query_value, plan_rows, truncate, BuildContext, BuildError, DestinationSpec, MatchKey,
+    NameOverrides, OutboundRequest, Outcome, RequestPlan,
 };
 use crate::config::MerchantConfig;
 use crate::event::{CanonicalEvent, EventName};
@@ -112,8 +112,8 @@ pub const MAX_BATCH: usize = 1000;
 fn build(
     events: &[CanonicalEvent],
     merchant: &MerchantConfig,
-    context: &Context,
-) -> Result<Plan, BuildError> {
+    context: &BuildContext,
+) -> Result<RequestPlan, BuildError> {
     let config: MetaConfig = merchant.destination_config(NAME)?;
     let base = context.endpoints.url(&GRAPH);
     let path = format!(

@@ -139,7 +139,7 @@ pub struct OperatorCredentials {
 
 /// Everything a builder needs besides the events and the merchant's settings.
 #[derive(Debug, Clone, Copy)]
-pub struct Context<'a> {
+pub struct BuildContext<'a> {
     pub endpoints: &'a Endpoints,
     pub operator: &'a OperatorCredentials,
     pub now_s: i64,
@@ -159,7 +159,7 @@ pub struct PlannedRequest {
 /// plus the events it refuses, each with its own reason. One bad event never fails the
 /// others.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Plan {
+pub struct RequestPlan {
     pub requests: Vec<PlannedRequest>,
     pub refused: Vec<(usize, BuildError)>,
 }
@@ -173,7 +173,7 @@ pub struct AccessToken {
 
 /// How a destination obtains a short-lived access token from stored credentials.
 pub struct AuthSpec {
-    pub token_request: fn(&MerchantConfig, &Context) -> Result<OutboundRequest, BuildError>,
+    pub token_request: fn(&MerchantConfig, &BuildContext) -> Result<OutboundRequest, BuildError>,
     /// (HTTP status, body) → token, or the outcome every waiting event gets.
     pub parse_token: fn(u16, &str) -> Result<AccessToken, Outcome>,
 }
@@ -208,7 +208,8 @@ pub struct DestinationSpec {
     pub name: &'static str,
     /// The base URLs it calls (see [`EndpointSpec`]).
     pub endpoints: &'static [EndpointSpec],
-    pub build: fn(&[CanonicalEvent], &MerchantConfig, &Context) -> Result<Plan, BuildError>,
+    pub build:
+        fn(&[CanonicalEvent], &MerchantConfig, &BuildContext) -> Result<RequestPlan, BuildError>,
     /// (HTTP status, `Retry-After` header, body) → outcome of the whole request.
     pub classify: fn(u16, Option<&str>, &str) -> Outcome,
     /// Per-row outcomes, for platforms that report them (Google Ads partial failure,
@@ -272,8 +273,8 @@ impl DestinationSpec {
 fn build_nothing(
     _: &[CanonicalEvent],
     _: &MerchantConfig,
-    _: &Context,
-) -> Result<Plan, BuildError> {
+    _: &BuildContext,
+) -> Result<RequestPlan, BuildError> {
     Err(BuildError::NotConfigured("a destination without a builder"))
 }
 
@@ -295,8 +296,8 @@ pub fn plan_rows<R>(
     max_rows: usize,
     row: impl FnMut(&CanonicalEvent) -> Result<R, BuildError>,
     request: impl FnMut(Vec<R>) -> Result<OutboundRequest, BuildError>,
-) -> Result<Plan, BuildError> {
-    let mut plan = Plan::default();
+) -> Result<RequestPlan, BuildError> {
+    let mut plan = RequestPlan::default();
     plan_indexed_rows(&mut plan, events.iter().enumerate(), max_rows, row, request)?;
     Ok(plan)
 }
@@ -304,7 +305,7 @@ pub fn plan_rows<R>(
 /// [`plan_rows`] over a chosen subset of the events (indices into the builder's slice),
 /// adding to `plan`: for platforms with several endpoints per group.
 pub fn plan_indexed_rows<'a, R>(
-    plan: &mut Plan,
+    plan: &mut RequestPlan,
     events: impl IntoIterator<Item = (usize, &'a CanonicalEvent)>,
     max_rows: usize,
     mut row: impl FnMut(&CanonicalEvent) -> Result<R, BuildError>,
@@ -317,7 +318,7 @@ pub fn plan_indexed_rows<'a, R>(
 /// retracting several conversions). An event's rows stay in one request; the plan's
 /// `rows` name the event once per row (see [`merge_row_outcomes`]).
 pub fn plan_indexed_multi_rows<'a, R>(
-    plan: &mut Plan,
+    plan: &mut RequestPlan,
     events: impl IntoIterator<Item = (usize, &'a CanonicalEvent)>,
     max_rows: usize,
     mut row: impl FnMut(&CanonicalEvent) -> Result<Vec<R>, BuildError>,
@@ -474,7 +475,8 @@ pub const REGISTRY: &[DestinationSpec] = &[
 ];
 
 /// A builder, as registered in [`DestinationSpec::build`].
-pub type BuildFn = fn(&[CanonicalEvent], &MerchantConfig, &Context) -> Result<Plan, BuildError>;
+pub type BuildFn =
+    fn(&[CanonicalEvent], &MerchantConfig, &BuildContext) -> Result<RequestPlan, BuildError>;
 
 /// The request for a single event, or why it is refused: how a row isolated from its
 /// batch is re-sent.
@@ -482,14 +484,14 @@ pub fn build_single(
     build: BuildFn,
     event: &CanonicalEvent,
     merchant: &MerchantConfig,
-    context: &Context,
+    context: &BuildContext,
 ) -> Result<OutboundRequest, BuildError> {
     let plan = build(std::slice::from_ref(event), merchant, context)?;
     first_request(plan, BuildError::NotForwardable(event.name.as_str()))
 }
 
 /// A plan's first refusal, else its first request, else `when_empty`.
-fn first_request(plan: Plan, when_empty: BuildError) -> Result<OutboundRequest, BuildError> {
+fn first_request(plan: RequestPlan, when_empty: BuildError) -> Result<OutboundRequest, BuildError> {
     if let Some((_, err)) = plan.refused.into_iter().next() {
         return Err(err);
     }
@@ -514,7 +516,7 @@ pub(crate) fn build_for_test(
         google_oauth_client_id: Some("client.apps.googleusercontent.com".into()),
         google_oauth_client_secret: Some("client-secret".into()),
     };
-    let context = Context {
+    let context = BuildContext {
         endpoints,
         operator: &operator,
         now_s: now,

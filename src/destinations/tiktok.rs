@@ -7,8 +7,8 @@
 //! hashed. TikTok answers HTTP 200 with `code` ≠ 0 for failures, so the body decides.
 
 use super::{
-    parse_retry_after, plan_rows, truncate, BuildError, Context, DestinationSpec, MatchKey,
-    NameOverrides, OutboundRequest, Outcome, Plan,
+    parse_retry_after, plan_rows, truncate, BuildContext, BuildError, DestinationSpec, MatchKey,
+    NameOverrides, OutboundRequest, Outcome, RequestPlan,
 };
 use crate::config::MerchantConfig;
 use crate::event::{CanonicalEvent, EventName};
@@ -102,8 +102,8 @@ pub const MAX_BATCH: usize = 1000;
 fn build(
     events: &[CanonicalEvent],
     merchant: &MerchantConfig,
-    context: &Context,
-) -> Result<Plan, BuildError> {
+    context: &BuildContext,
+) -> Result<RequestPlan, BuildError> {
     let config: TikTokConfig = merchant.destination_config(NAME)?;
     let url = format!("{}{TRACK_PATH}", context.endpoints.url(&API));
     plan_rows(

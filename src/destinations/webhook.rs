@@ -14,8 +14,8 @@
 //! local stand-in for tests with `WEBHOOK_DESTINATION_TEST_URL`, never a merchant.
 
 use super::{
-    failure_outcome, plan_rows, truncate, BuildError, Context, DestinationSpec, EndpointSpec,
-    MatchKey, OutboundRequest, Outcome, Plan,
+    failure_outcome, plan_rows, truncate, BuildContext, BuildError, DestinationSpec, EndpointSpec,
+    MatchKey, OutboundRequest, Outcome, RequestPlan,
 };
 use crate::config::MerchantConfig;
 use crate::event::CanonicalEvent;
@@ -121,8 +121,8 @@ pub fn sign(secrets: &[String], timestamp: i64, body: &str) -> String {
 fn build(
     events: &[CanonicalEvent],
     merchant: &MerchantConfig,
-    context: &Context,
-) -> Result<Plan, BuildError> {
+    context: &BuildContext,
+) -> Result<RequestPlan, BuildError> {
     let config: WebhookConfig = merchant.destination_config(NAME)?;
     check_url(&config.url).map_err(|reason| BuildError::Invalid {
         destination: NAME,

@@ -5,7 +5,7 @@
 use super::http::{api_error, json_response};
 use super::merchant::MerchantClient;
 use super::metrics::{self, Phase};
-use super::routing::{ApiKeyRow, PixelRow, Route, Routing};
+use super::routing::{ApiKeyRow, MerchantRoute, PixelRow, Routing};
 use super::settings::{forget_merchants, SettingsStore};
 use super::{authenticate_merchant_key, keyring, now_ms};
 use crate::admin::{
@@ -64,7 +64,10 @@ fn query_pairs(req: &Request) -> Result<Vec<(String, String)>> {
         .collect())
 }
 
-async fn route_of(routing: &Routing, merchant_id: &str) -> std::result::Result<Route, ApiError> {
+async fn route_of(
+    routing: &Routing,
+    merchant_id: &str,
+) -> std::result::Result<MerchantRoute, ApiError> {
     routing
         .route(merchant_id)
         .await
@@ -149,7 +152,7 @@ pub async fn admin(
     respond(answer)
 }
 
-fn route_json(route: &Route) -> Value {
+fn route_json(route: &MerchantRoute) -> Value {
     json!({
         "merchant_id": route.merchant_id,
         "region": route.region,
@@ -176,7 +179,7 @@ async fn create_merchant(mut req: Request, env: &Env) -> Answer {
     new.validate()?;
     let routing = Routing::from_env(env).map_err(unavailable)?;
     let now = now_ms();
-    let route = Route {
+    let route = MerchantRoute {
         merchant_id: new.merchant_id.clone(),
         region: new.region,
         plan: new.plan,
@@ -211,7 +214,7 @@ async fn create_merchant(mut req: Request, env: &Env) -> Answer {
 }
 
 /// The merchant with its integrations, secrets masked to their last 4 characters.
-async fn merchant_view(env: &Env, route: &Route) -> Answer {
+async fn merchant_view(env: &Env, route: &MerchantRoute) -> Answer {
     let store = SettingsStore::for_region(env, route.region).map_err(unavailable)?;
     let settings = store
         .settings(&route.merchant_id)
@@ -320,7 +323,7 @@ async fn update_merchant(mut req: Request, env: &Env, merchant_id: &str) -> Answ
 }
 
 /// The merchant's own records (its Durable Object).
-fn records(env: &Env, route: &Route) -> std::result::Result<MerchantClient, ApiError> {
+fn records(env: &Env, route: &MerchantRoute) -> std::result::Result<MerchantClient, ApiError> {
     MerchantClient::new(env, route.region, &route.merchant_id, Phase::Other).map_err(unavailable)
 }
 

@@ -14,7 +14,7 @@ pub struct Routing {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Route {
+pub struct MerchantRoute {
     pub merchant_id: String,
     pub region: Region,
     pub plan: Plan,
@@ -79,7 +79,7 @@ impl Routing {
         })
     }
 
-    pub async fn route(&self, merchant_id: &str) -> Result<Option<Route>> {
+    pub async fn route(&self, merchant_id: &str) -> Result<Option<MerchantRoute>> {
         self.db
             .prepare("SELECT merchant_id, region, plan, status, created_at, updated_at FROM merchant_routes WHERE merchant_id = ?1")
             .bind(&[text(merchant_id)])?
@@ -87,7 +87,7 @@ impl Routing {
             .await
     }
 
-    pub async fn routes(&self, region: Option<Region>) -> Result<Vec<Route>> {
+    pub async fn routes(&self, region: Option<Region>) -> Result<Vec<MerchantRoute>> {
         let region = region.map(|r| enum_text(&r));
         self.db
             .prepare("SELECT merchant_id, region, plan, status, created_at, updated_at FROM merchant_routes \
@@ -99,7 +99,7 @@ impl Routing {
     }
 
     /// Creates the route; false if the merchant id is taken.
-    pub async fn create(&self, route: &Route) -> Result<bool> {
+    pub async fn create(&self, route: &MerchantRoute) -> Result<bool> {
         let result = self
             .db
             .prepare("INSERT INTO merchant_routes (merchant_id, region, plan, status, created_at, updated_at) \

@@ -8,7 +8,7 @@ use super::{emit, keyring, now_ms, outbound, OperatorSettings};
 use crate::config::MerchantConfig;
 use crate::delivery::{self, decide, AttemptOutcome, DeadLetter, Decision, DeliveryStatus};
 use crate::destinations::{
-    self, google_ads, AuthSpec, BuildError, Context, DestinationSpec, OutboundRequest, Outcome,
+    self, google_ads, AuthSpec, BuildContext, BuildError, DestinationSpec, OutboundRequest, Outcome,
 };
 use crate::event::CanonicalEvent;
 use crate::identity::{self, MatchQuality};
@@ -129,7 +129,7 @@ pub(super) async fn deliver_group(
             }
         }
     }
-    let context = Context {
+    let context = BuildContext {
         endpoints: &settings.endpoints,
         operator: &settings.operator,
         now_s: now / 1000,
@@ -284,7 +284,7 @@ async fn access_token(
             }
         }
     }
-    let context = Context {
+    let context = BuildContext {
         endpoints: &settings.endpoints,
         operator: &settings.operator,
         now_s: now / 1000,

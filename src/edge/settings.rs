@@ -4,7 +4,7 @@
 
 use super::metrics::{self, Phase};
 use super::regions::db_binding;
-use super::routing::{Route, Routing};
+use super::routing::{MerchantRoute, Routing};
 use crate::config::{MerchantConfig, Region};
 use crate::secrets::{config_context, Keyring};
 use serde::Deserialize;
@@ -185,7 +185,7 @@ impl SettingsStore {
     /// `null`, which its module refuses as misconfigured (503, the source retries).
     pub async fn load_merchant(
         &self,
-        route: &Route,
+        route: &MerchantRoute,
         keyring: Option<&Keyring>,
     ) -> Result<Option<MerchantConfig>> {
         let merchant_id = route.merchant_id.as_str();
