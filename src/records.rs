@@ -272,9 +272,10 @@ pub struct Admitted {
 pub struct AdmitRequest {
     /// Queue messages by the caller's index.
     pub messages: Vec<(usize, EventMessage)>,
-    /// The conversions a Google Ads correction may adjust (the merchant's mapping).
+    /// Destination (with corrections) → the conversions a correction may adjust there,
+    /// as the merchant maps them.
     #[serde(default)]
-    pub correction_names: Vec<EventName>,
+    pub correction_names: BTreeMap<String, Vec<EventName>>,
     /// Destinations whose cached OAuth token the caller needs.
     #[serde(default)]
     pub token_destinations: Vec<String>,
@@ -289,7 +290,7 @@ pub struct AdmitAnswer {
     /// another merchant's.
     pub dropped: Vec<(usize, String)>,
     pub health: BTreeMap<String, DestinationHealth>,
-    /// Google Ads correction job id → the conversions it may adjust and their status.
+    /// Correction job id → the stored conversions it may adjust, with their status.
     pub corrections: BTreeMap<String, Vec<(CanonicalEvent, Option<String>)>>,
     /// Destination → sealed access token still valid.
     pub tokens: BTreeMap<String, String>,
@@ -902,14 +903,13 @@ impl<'a> Records<'a> {
         destinations.dedup();
         answer.health = self.destination_health(&destinations)?;
         for member in &admitted {
-            if member.job.destination == crate::destinations::google_ads::NAME
-                && crate::destinations::google_ads::needs_original(&member.job.event)
-            {
-                let candidates = self.correction_candidates(
-                    &member.job.destination,
-                    &member.job.event,
-                    &request.correction_names,
-                )?;
+            let corrections = crate::destinations::find(&member.job.destination)
+                .and_then(|spec| spec.corrections)
+                .filter(|c| (c.applies)(&member.job.event));
+            let names = request.correction_names.get(&member.job.destination);
+            if let (Some(_), Some(names)) = (corrections, names) {
+                let candidates =
+                    self.correction_candidates(&member.job.destination, &member.job.event, names)?;
                 answer
                     .corrections
                     .insert(member.job.job_id.clone(), candidates);

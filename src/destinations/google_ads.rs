@@ -10,7 +10,8 @@
 
 use super::{
     parse_retry_after, plan_indexed_multi_rows, truncate, AccessToken, AuthSpec, BuildContext,
-    BuildError, DestinationSpec, MatchKey, OutboundRequest, Outcome, RequestPlan,
+    BuildError, Correction, CorrectionSpec, DestinationSpec, MatchKey, OutboundRequest, Outcome,
+    RequestPlan,
 };
 use crate::config::MerchantConfig;
 use crate::event::{CanonicalEvent, EventName};
@@ -183,8 +184,40 @@ pub const SPEC: DestinationSpec = DestinationSpec {
     secret_fields: &["refresh_token"],
     validate_config: crate::config::check_config::<GoogleAdsConfig>,
     accepts,
+    corrections: Some(&CORRECTIONS),
     ..DestinationSpec::DEFAULT
 };
+
+/// Cancellations and refunds adjust (restate or retract) the conversions Google
+/// accepted: found among the stored ones, or the correction waits or is skipped.
+pub const CORRECTIONS: CorrectionSpec = CorrectionSpec {
+    applies: needs_original,
+    originals: conversion_names,
+    resolve,
+};
+
+fn resolve(
+    mut correction: CanonicalEvent,
+    stored: &[(CanonicalEvent, Option<String>)],
+    merchant: &MerchantConfig,
+) -> Correction {
+    let candidates: Vec<(CanonicalEvent, UploadState)> = stored
+        .iter()
+        .map(|(event, status)| (event.clone(), UploadState::from_status(status.as_deref())))
+        .collect();
+    let plan = match merchant.destination_config::<GoogleAdsConfig>(NAME) {
+        Ok(config) => plan_correction(&correction, &candidates, &config),
+        Err(err) => CorrectionPlan::Skip(err.to_string()),
+    };
+    match plan {
+        CorrectionPlan::Adjust(originals) => {
+            attach_originals(&mut correction, &originals, merchant);
+            Correction::Send(correction)
+        }
+        CorrectionPlan::Wait(reason) => Correction::Wait(reason),
+        CorrectionPlan::Skip(reason) => Correction::Skip(reason),
+    }
+}
 
 /// Mapped conversions, and the corrections the merchant has Google adjust for.
 fn accepts(event: &CanonicalEvent, merchant: &MerchantConfig) -> bool {

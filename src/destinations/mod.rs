@@ -232,6 +232,32 @@ pub struct DestinationSpec {
     /// The value a paid start or trial conversion carries here unless the merchant's
     /// value policy says otherwise (LinkedIn: ARR); `None`: the general defaults.
     pub paid_start_value: Option<crate::config::ValueField>,
+    /// Present when the platform adjusts earlier conversions by reference (Google Ads):
+    /// the consumer then reads the stored conversions a correction may adjust.
+    pub corrections: Option<&'static CorrectionSpec>,
+}
+
+/// How a destination corrects conversions it already received.
+pub struct CorrectionSpec {
+    /// Whether this event is a correction that must name what it corrects.
+    pub applies: fn(&CanonicalEvent) -> bool,
+    /// The conversions a correction may adjust, as this merchant maps them.
+    pub originals: fn(&MerchantConfig) -> Vec<EventName>,
+    /// Given the subscription's stored conversions (newest first) with the status of
+    /// their delivery here (`None`: never planned here): what to do now.
+    pub resolve:
+        fn(CanonicalEvent, &[(CanonicalEvent, Option<String>)], &MerchantConfig) -> Correction,
+}
+
+/// What becomes of a correction now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Correction {
+    /// Send this event (it now names what it adjusts).
+    Send(CanonicalEvent),
+    /// What it corrects is not settled yet: ask again later, spending no attempt.
+    Wait(String),
+    /// Nothing to correct here, final.
+    Skip(String),
 }
 
 impl DestinationSpec {
@@ -251,6 +277,7 @@ impl DestinationSpec {
         required_feature: None,
         accepts: accepts_all,
         paid_start_value: None,
+        corrections: None,
     };
 
     /// What `event` is worth at this destination under the merchant's value policy,

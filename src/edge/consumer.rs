@@ -12,7 +12,7 @@ use super::settings::cached_merchant;
 use super::{emit, now_ms, operator_settings, outbound, OperatorSettings};
 use crate::config::Region;
 use crate::delivery::{self, DeadLetter, DeliveryJob, EventMessage};
-use crate::destinations::{self, google_ads};
+use crate::destinations;
 use crate::hashing::sha256_hex;
 use crate::log::Log;
 use crate::records::{AdmitAnswer, AdmitRequest, Admitted, Outcomes};
@@ -216,20 +216,33 @@ async fn deliver_merchant(
     };
     let client = MerchantClient::new(env, region, merchant_id, Phase::Delivery)?;
     let now = now_ms();
-    let mut destinations_with_auth: Vec<String> = events
+    let mut specs: Vec<&'static destinations::DestinationSpec> = events
         .iter()
-        .flat_map(|(_, event)| event.jobs.iter().map(|job| job.destination.clone()))
-        .filter(|name| destinations::find(name).is_some_and(|spec| spec.auth.is_some()))
+        .flat_map(|(_, event)| event.jobs.iter())
+        .filter_map(|job| destinations::find(&job.destination))
         .collect();
-    destinations_with_auth.sort();
-    destinations_with_auth.dedup();
+    specs.sort_by_key(|spec| spec.name);
+    specs.dedup_by_key(|spec| spec.name);
+    // What the object reads for them: cached tokens, and the conversions a correction
+    // may adjust (as this merchant maps them).
+    let token_destinations = specs
+        .iter()
+        .filter(|spec| spec.auth.is_some())
+        .map(|spec| spec.name.to_string())
+        .collect();
+    let correction_names = specs
+        .iter()
+        .filter_map(|spec| {
+            Some((
+                spec.name.to_string(),
+                (spec.corrections?.originals)(merchant.as_ref()?),
+            ))
+        })
+        .collect();
     let request = AdmitRequest {
         messages: events,
-        correction_names: merchant
-            .as_ref()
-            .map(google_ads::conversion_names)
-            .unwrap_or_default(),
-        token_destinations: destinations_with_auth,
+        correction_names,
+        token_destinations,
         now_ms: now,
     };
     let answer: AdmitAnswer = client.admit(&request).await?;

@@ -8,7 +8,7 @@ use super::{emit, keyring, now_ms, outbound, OperatorSettings};
 use crate::config::MerchantConfig;
 use crate::delivery::{self, decide, AttemptOutcome, DeadLetter, Decision, DeliveryStatus};
 use crate::destinations::{
-    self, google_ads, AuthSpec, BuildContext, BuildError, DestinationSpec, OutboundRequest, Outcome,
+    self, AuthSpec, BuildContext, BuildError, Correction, DestinationSpec, OutboundRequest, Outcome,
 };
 use crate::event::CanonicalEvent;
 use crate::identity::{self, MatchQuality};
@@ -53,34 +53,25 @@ pub(super) async fn deliver_group(
     };
     let settings = run.settings;
 
-    // Google Ads corrections adjust conversions Google accepted: found here, or the
-    // correction waits (no attempt spent) or is skipped with the reason.
+    // Corrections of conversions the platform already has (Google Ads adjustments) name
+    // them, or wait (no attempt spent), or are skipped with the reason.
     let mut events = Vec::with_capacity(members.len());
     let mut settled = vec![false; members.len()];
     for (i, member) in members.iter().enumerate() {
         let mut event = member.job.event.clone();
-        if spec.name == google_ads::NAME && google_ads::needs_original(&event) {
-            let candidates: Vec<(CanonicalEvent, google_ads::UploadState)> = admitted
+        if let Some(corrections) = spec.corrections.filter(|c| (c.applies)(&event)) {
+            let stored = admitted
                 .corrections
                 .get(&member.job.job_id)
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(c, status)| (c, google_ads::UploadState::from_status(status.as_deref())))
-                .collect();
-            let plan = match merchant.destination_config::<google_ads::GoogleAdsConfig>(spec.name) {
-                Ok(config) => google_ads::plan_correction(&event, &candidates, &config),
-                Err(err) => google_ads::CorrectionPlan::Skip(err.to_string()),
-            };
-            match plan {
-                google_ads::CorrectionPlan::Adjust(originals) => {
-                    google_ads::attach_originals(&mut event, &originals, merchant);
-                }
-                google_ads::CorrectionPlan::Wait(reason) => {
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            match (corrections.resolve)(event.clone(), stored, merchant) {
+                Correction::Send(resolved) => event = resolved,
+                Correction::Wait(reason) => {
                     run.wait(i, CORRECTION_WAIT_SECONDS, &reason);
                     settled[i] = true;
                 }
-                google_ads::CorrectionPlan::Skip(reason) => {
+                Correction::Skip(reason) => {
                     run.record_final(
                         i,
                         AttemptOutcome::Skipped,
