@@ -383,3 +383,84 @@ fn every_table_of_the_object_is_counted_for_deletion_and_migration_is_idempotent
     let counts = Records::new(&sql, MERCHANT).counts().unwrap();
     assert_eq!(counts.len(), records::TABLES.len());
 }
+
+/// A Google Ads cancellation reads the conversion it retracts, with its delivery state,
+/// through the destination's correction hook: waits while the start is pending, then
+/// names it once Google has it.
+#[test]
+fn a_correction_finds_the_conversion_it_adjusts_and_waits_until_it_is_settled() {
+    let sql = store();
+    let records = Records::new(&sql, MERCHANT);
+    let merchant = merchant().with_destination(
+        "google_ads",
+        json!({
+            "customer_id": "123-456-7890",
+            "refresh_token": "1//0records",
+            "conversion_actions": { "subscription_started": "987654321" },
+            "retract_cancellations_within_days": 30
+        }),
+    );
+    let start = stripe("customer.subscription.created.active.json", "evt_rec_8a");
+    let start = ready(records.prepare(start, &merchant, NOW_MS).unwrap());
+    let google_start = start
+        .plan_jobs
+        .iter()
+        .find(|j| j.destination == "google_ads")
+        .expect("the start goes to Google Ads")
+        .clone();
+    let mut cancel = stripe("customer.subscription.deleted.json", "evt_rec_8b");
+    for event in &mut cancel.events {
+        event.occurred_at = start.output.events[0].occurred_at + 3600;
+        event.subscription.subscription_id =
+            start.output.events[0].subscription.subscription_id.clone();
+    }
+    let cancel = ready(records.prepare(cancel, &merchant, NOW_MS + 1).unwrap());
+    let google_cancel = cancel
+        .plan_jobs
+        .iter()
+        .find(|j| j.destination == "google_ads")
+        .expect("the cancellation goes to Google Ads")
+        .clone();
+    let spec = tracklayer::destinations::find("google_ads").unwrap();
+    let corrections = spec.corrections.expect("Google Ads corrects");
+    let admit = |now| {
+        records
+            .admit(AdmitRequest {
+                messages: vec![(0, EventMessage::for_jobs([&google_cancel], false).remove(0))],
+                correction_names: [("google_ads".to_string(), (corrections.originals)(&merchant))]
+                    .into_iter()
+                    .collect(),
+                now_ms: now,
+                ..AdmitRequest::default()
+            })
+            .unwrap()
+    };
+    let answer = admit(NOW_MS + 2);
+    let stored = &answer.corrections[&google_cancel.job_id];
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].1.as_deref(), Some("pending"));
+    let event = answer.admitted[0].job.event.clone();
+    assert!(matches!(
+        (corrections.resolve)(event, stored, &merchant),
+        tracklayer::destinations::Correction::Wait(_)
+    ));
+    records
+        .record_outcomes(&Outcomes {
+            attempts: vec![delivered(&google_start, 1)],
+            now_ms: NOW_MS + 3,
+            ..Outcomes::default()
+        })
+        .unwrap();
+    let answer = admit(NOW_MS + 4);
+    let stored = &answer.corrections[&google_cancel.job_id];
+    assert_eq!(stored[0].1.as_deref(), Some("delivered"));
+    let event = answer.admitted[0].job.event.clone();
+    match (corrections.resolve)(event, stored, &merchant) {
+        tracklayer::destinations::Correction::Send(adjusting) => {
+            let named = serde_json::to_string(&adjusting).unwrap();
+            assert!(named.contains(&google_start.event.event_id), "{named}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
