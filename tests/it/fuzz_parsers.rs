@@ -3,7 +3,7 @@
 //! produce a result (events or a typed error), never a panic. A panic in wasm takes the
 //! isolate down with every request in it.
 
-mod mapping;
+use crate::mapping;
 
 use base64::Engine;
 use proptest::prelude::*;

@@ -5,14 +5,14 @@
 //!
 //! Needs the toolchain from `bash scripts/setup.sh` (the README test command runs it).
 
-mod support;
+use crate::support;
 
+use crate::support::{
+    carrying, eventually, http, now, post_stripe, stripe_event, Recorded, StandIn, Worker,
+};
 use serde_json::{json, Value};
 use std::thread;
 use std::time::Duration;
-use support::{
-    carrying, eventually, http, now, post_stripe, stripe_event, Recorded, StandIn, Worker,
-};
 use tracklayer::hashing::sha256_hex;
 
 const SECRET: &str = "whsec_fanout_e2e";

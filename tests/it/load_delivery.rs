@@ -1,6 +1,6 @@
 //! Load script for the delivery path (not part of the test run; run it on purpose):
 //!
-//!     LOAD_EVENTS=1000 cargo test --release --test load_delivery -- --ignored --nocapture
+//!     LOAD_EVENTS=1000 cargo test --release --test it load_delivery -- --ignored --nocapture
 //!
 //! Starts `wrangler dev` with recording stand-ins for all six platforms, posts
 //! LOAD_EVENTS product events (each goes to all six), waits until every delivery is
@@ -11,11 +11,9 @@
 //! `GET /v1/admin/metrics`), priced at list prices. Local workerd is not production:
 //! the numbers compare configurations, they are not capacity figures.
 
-mod support;
-
+use crate::support::{http, StandIn, Worker};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use support::{http, StandIn, Worker};
 
 fn delivered(worker: &Worker) -> i64 {
     worker.object_count(

@@ -1,5 +1,5 @@
 //! End to end through `wrangler dev`: the first-party pixel. The real `/v1/pixel.js` runs
-//! in a small Node browser (tests/support/browser.cjs) on the merchant's pages: a visitor
+//! in a small Node browser (tests/it/support/browser.cjs) on the merchant's pages: a visitor
 //! lands from ads on www.example.com, later identifies on app.example.com, and weeks of
 //! billing later the Stripe conversion reaches Meta, Google Ads and LinkedIn with the
 //! click ids the pixel captured. Also: the server-side link (product event
@@ -7,13 +7,15 @@
 //!
 //! Needs the toolchain from `bash scripts/setup.sh` (the README test command runs it).
 
-mod support;
+use crate::support;
 
+use crate::support::{
+    carrying, eventually, http, now, post_stripe, stripe_event, StandIn, Worker, ROOT,
+};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::{carrying, eventually, http, now, post_stripe, stripe_event, StandIn, Worker, ROOT};
 
 const SECRET: &str = "whsec_pixel_e2e";
 const WAIT: Duration = Duration::from_secs(60);
@@ -39,7 +41,7 @@ fn visit_page(
         command.env("PIXEL_CONSENT", "required");
     }
     let output = command
-        .arg(format!("{ROOT}/tests/support/browser.cjs"))
+        .arg(format!("{ROOT}/tests/it/support/browser.cjs"))
         .arg(state)
         .arg(page)
         .arg(&script_url)

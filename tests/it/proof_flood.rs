@@ -8,15 +8,13 @@
 //! statuses and latencies of both, what the flood was answered, and how many rows the
 //! flood wrote to the global rejected-request table.
 
-mod support;
-
+use crate::support::{http, now, stripe_event, StandIn, Worker};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
-use support::{http, now, stripe_event, StandIn, Worker};
 
 const SECRET: &str = "whsec_flood_proof_secret";
 const SIGNED_PER_PHASE: usize = 40;

@@ -9,15 +9,13 @@
 //! was acknowledged 2xx must end delivered at the Meta stand-in or dead-lettered within
 //! 10 minutes. Prints counts and timings.
 
-mod support;
-
+use crate::support::{http, now, stripe_event, HttpResponse, StandIn, Worker};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
-use support::{http, now, stripe_event, HttpResponse, StandIn, Worker};
 
 const SECRET: &str = "whsec_crash_proof_secret";
 const RECOVERY_LIMIT: Duration = Duration::from_secs(600);

@@ -1,7 +1,7 @@
 //! Salesforce Outbound Messages (SOAP, org id + endpoint token, SOAP ack) and JSON
 //! callouts (tests/fixtures/salesforce/).
 
-mod mapping;
+use crate::mapping;
 
 use tracklayer::config::MerchantConfig;
 use tracklayer::enrich::{ConversionSource, StoredContext};

@@ -4,11 +4,11 @@
 //!
 //! Needs the toolchain from `bash scripts/setup.sh` (the README test command runs it).
 
-mod support;
+use crate::support;
 
+use crate::support::{eventually, http, now, StandIn, Worker};
 use serde_json::{json, Value};
 use std::time::Duration;
-use support::{eventually, http, now, StandIn, Worker};
 use tracklayer::sources::{hubspot, paddle};
 
 const PADDLE_SECRET: &str = "pdl_ntfset_e2e_secret";

@@ -1,9 +1,9 @@
 //! Table-driven mapping over realistic Recharge webhooks (tests/fixtures/recharge/),
 //! signed with the legacy and the timestamped scheme.
 
-mod mapping;
+use crate::mapping;
 
-use mapping::Case;
+use crate::mapping::Case;
 use tracklayer::config::MerchantConfig;
 use tracklayer::enrich::StoredContext;
 use tracklayer::event::EventName;

@@ -2,7 +2,7 @@
 //! merchant's Durable Object runs them: dedup, "enqueued once", admission, outcomes,
 //! replay, erasure, retention and the sweeper's view, over real signed Stripe fixtures.
 
-mod mapping;
+use crate::mapping;
 
 use rusqlite::types::ValueRef;
 use serde_json::{json, Map, Value};
@@ -463,4 +463,3 @@ fn a_correction_finds_the_conversion_it_adjusts_and_waits_until_it_is_settled() 
         other => panic!("{other:?}"),
     }
 }
-

@@ -1,6 +1,6 @@
 //! Pipedrive webhooks v1 and v2 with Basic auth (tests/fixtures/pipedrive/).
 
-mod mapping;
+use crate::mapping;
 
 use base64::Engine;
 use tracklayer::config::MerchantConfig;

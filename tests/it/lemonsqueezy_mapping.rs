@@ -1,9 +1,9 @@
 //! Table-driven mapping over realistic Lemon Squeezy notifications
 //! (tests/fixtures/lemonsqueezy/), signed the way Lemon Squeezy signs.
 
-mod mapping;
+use crate::mapping;
 
-use mapping::Case;
+use crate::mapping::Case;
 use tracklayer::config::MerchantConfig;
 use tracklayer::enrich::StoredContext;
 use tracklayer::event::EventName;

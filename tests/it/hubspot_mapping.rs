@@ -2,7 +2,7 @@
 //! conversions and the deal context later billing events carry
 //! (tests/fixtures/hubspot/).
 
-mod mapping;
+use crate::mapping;
 
 use tracklayer::config::MerchantConfig;
 use tracklayer::enrich::StoredContext;

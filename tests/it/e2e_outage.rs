@@ -3,12 +3,10 @@
 //! a row: its jobs are held without spending attempts, one probe at a time checks it, and
 //! once a probe is answered every held event is delivered, once.
 
-mod support;
-
+use crate::support::{eventually, post_stripe, stripe_event, StandIn, Worker};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use support::{eventually, post_stripe, stripe_event, StandIn, Worker};
 
 const SECRET: &str = "whsec_outage_e2e_secret";
 const WAIT: Duration = Duration::from_secs(120);

@@ -6,7 +6,7 @@
 //! 4. Corrections carry value: every cancellation and refund has a currency and a
 //!    negative value under the merchant's value rules, given what is stored.
 
-mod mapping;
+use crate::mapping;
 
 use base64::Engine;
 use serde_json::Value;

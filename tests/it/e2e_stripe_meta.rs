@@ -3,12 +3,12 @@
 //!
 //! Needs the toolchain from `bash scripts/setup.sh` (the README test command runs it).
 
-mod support;
+use crate::support;
 
+use crate::support::{eventually, http, now, stripe_event, StandIn, Worker};
 use serde_json::{json, Value};
 use std::thread;
 use std::time::Duration;
-use support::{eventually, http, now, stripe_event, StandIn, Worker};
 use tracklayer::hashing::sha256_hex;
 use tracklayer::sources::stripe;
 

@@ -1,9 +1,9 @@
 //! Table-driven mapping over realistic Paddle Billing notifications
 //! (tests/fixtures/paddle/), signed the way Paddle signs and sent through the ingest path.
 
-mod mapping;
+use crate::mapping;
 
-use mapping::Case;
+use crate::mapping::Case;
 
 use tracklayer::config::MerchantConfig;
 use tracklayer::enrich::{KnownCustomer, StoredContext};

@@ -1,7 +1,7 @@
 //! Table-driven mapping over realistic Stripe fixtures (tests/fixtures/stripe/), each
 //! signed the way Stripe signs and sent through the same ingest path the worker uses.
 
-mod mapping;
+use crate::mapping;
 
 use tracklayer::config::MerchantConfig;
 use tracklayer::enrich::StoredContext;

@@ -1,8 +1,6 @@
 //! Harness for end-to-end tests: a `wrangler dev` worker on a free loopback port with
 //! fresh local state, a recording stand-in for the ad platform, and a tiny HTTP client.
 
-#![allow(dead_code)]
-
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -535,10 +533,6 @@ impl Worker {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    pub fn state_dir(&self) -> &Path {
-        &self.state_dir
     }
 }
 

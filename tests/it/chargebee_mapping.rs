@@ -1,10 +1,10 @@
 //! Table-driven mapping over realistic Chargebee events (tests/fixtures/chargebee/),
 //! authenticated the way Chargebee does: HTTP Basic credentials.
 
-mod mapping;
+use crate::mapping;
 
+use crate::mapping::Case;
 use base64::Engine;
-use mapping::Case;
 use tracklayer::config::MerchantConfig;
 use tracklayer::enrich::StoredContext;
 use tracklayer::event::EventName;

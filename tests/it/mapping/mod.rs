@@ -1,5 +1,4 @@
 //! Shared by the table-driven mapping tests: fixtures and one-request ingestion.
-#![allow(dead_code)]
 
 use tracklayer::config::MerchantConfig;
 use tracklayer::error::IngestError;

@@ -5,11 +5,11 @@
 //!
 //! Needs the toolchain from `bash scripts/setup.sh` (the README test command runs it).
 
-mod support;
+use crate::support;
 
+use crate::support::{eventually, http, post_stripe, stripe_event, StandIn, Worker};
 use serde_json::json;
 use std::time::Duration;
-use support::{eventually, http, post_stripe, stripe_event, StandIn, Worker};
 
 const STRIPE_SECRET_EU: &str = "whsec_eu_workspace_secret_7d1f";
 const STRIPE_SECRET_US: &str = "whsec_us_workspace_secret_3c9a";
