@@ -9,12 +9,12 @@
 
 use super::signature::TimestampedHmac;
 use super::{
-    malformed, non_empty, parse, parse_json, CustomerRecord, SourceOutput, SourceSpec,
+    malformed, non_empty, parse, parse_json, CustomerRecord, Notice, SourceOutput, SourceSpec,
     SubscriptionObservation, WebhookRequest,
 };
 use crate::config::MerchantConfig;
 use crate::error::{IngestError, VerifyError};
-use crate::event::{event_id, CanonicalEvent, Customer, EventName, SubscriptionDetails, Values};
+use crate::event::{CanonicalEvent, EventName, SubscriptionDetails, Values};
 use crate::money::{recurring_from_period, Amount, Interval};
 use crate::time::parse_rfc3339;
 use serde::{Deserialize, Serialize};
@@ -225,23 +225,20 @@ pub fn map_event(merchant_id: &str, body: &[u8]) -> Result<SourceOutput, IngestE
     let note: Notification = parse_json(body)?;
     let occurred_at = parse_rfc3339(&note.occurred_at)
         .ok_or_else(|| malformed("occurred_at is not an RFC 3339 timestamp"))?;
-    let mut mapper = Mapper {
+    let notice = Notice {
         merchant_id,
+        source: NAME,
+        event_id: note.event_id.clone(),
+        event_type: note.event_type.clone(),
+        occurred_at,
+        // Paddle notifications carry no live/test flag: sandbox is its own account.
+        livemode: true,
+    };
+    let mut mapper = Mapper {
+        output: notice.output("merchant".into()),
+        notice,
         note: &note,
         occurred_at,
-        output: SourceOutput {
-            source: NAME,
-            source_event_id: note.event_id.clone(),
-            source_event_type: note.event_type.clone(),
-            occurred_at,
-            ordering_key: "merchant".into(),
-            events: Vec::new(),
-            subscription: None,
-            customer: None,
-            ignored_reason: None,
-            crm_context: None,
-            sibling_wait_seconds: None,
-        },
     };
     match note.event_type.as_str() {
         "subscription.created" | "subscription.trialing" => {
@@ -304,7 +301,7 @@ pub fn map_event(merchant_id: &str, body: &[u8]) -> Result<SourceOutput, IngestE
 }
 
 struct Mapper<'a> {
-    merchant_id: &'a str,
+    notice: Notice<'a>,
     note: &'a Notification,
     occurred_at: i64,
     output: SourceOutput,
@@ -321,22 +318,7 @@ impl Mapper<'_> {
     }
 
     fn new_event(&self, name: EventName, occurrence_key: &str) -> CanonicalEvent {
-        CanonicalEvent {
-            event_id: event_id(self.merchant_id, NAME, occurrence_key, name),
-            merchant_id: self.merchant_id.to_string(),
-            name,
-            source: NAME.to_string(),
-            occurrence_key: occurrence_key.to_string(),
-            source_event_id: self.note.event_id.clone(),
-            source_event_type: self.note.event_type.clone(),
-            occurred_at: self.occurred_at,
-            customer: Customer::default(),
-            subscription: SubscriptionDetails::default(),
-            values: Values::default(),
-            livemode: true,
-            properties: Default::default(),
-            touchpoints: Default::default(),
-        }
+        self.notice.event(name, occurrence_key)
     }
 
     fn subscription(&mut self, sub: &Subscription, name: EventName) -> Result<(), IngestError> {

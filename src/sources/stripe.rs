@@ -8,12 +8,12 @@
 
 use super::signature::TimestampedHmac;
 use super::{
-    non_empty, parse, parse_json, CustomerRecord, SourceOutput, SourceSpec,
+    non_empty, parse, parse_json, CustomerRecord, Notice, SourceOutput, SourceSpec,
     SubscriptionObservation, WebhookRequest,
 };
 use crate::config::MerchantConfig;
 use crate::error::{IngestError, VerifyError};
-use crate::event::{event_id, CanonicalEvent, Customer, EventName, SubscriptionDetails, Values};
+use crate::event::{CanonicalEvent, Customer, EventName, SubscriptionDetails, Values};
 use crate::money::{recurring_from_period, Amount, Interval};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -345,22 +345,18 @@ struct RefundList {
 /// refunds from `refund.created`, or `charge.refunded` when it lists the refund.
 pub fn map_event(merchant_id: &str, body: &[u8]) -> Result<SourceOutput, IngestError> {
     let event: StripeEvent = parse_json(body)?;
-    let mut mapper = Mapper {
+    let notice = Notice {
         merchant_id,
+        source: NAME,
+        event_id: event.id.clone(),
+        event_type: event.event_type.clone(),
+        occurred_at: event.created,
+        livemode: event.livemode,
+    };
+    let mut mapper = Mapper {
+        output: notice.output("merchant".into()),
+        notice,
         event: &event,
-        output: SourceOutput {
-            source: NAME,
-            source_event_id: event.id.clone(),
-            source_event_type: event.event_type.clone(),
-            occurred_at: event.created,
-            ordering_key: "merchant".into(),
-            events: Vec::new(),
-            subscription: None,
-            customer: None,
-            ignored_reason: None,
-            crm_context: None,
-            sibling_wait_seconds: None,
-        },
     };
     let object = &event.data.object;
     match event.event_type.as_str() {
@@ -422,7 +418,7 @@ pub fn map_event(merchant_id: &str, body: &[u8]) -> Result<SourceOutput, IngestE
 }
 
 struct Mapper<'a> {
-    merchant_id: &'a str,
+    notice: Notice<'a>,
     event: &'a StripeEvent,
     output: SourceOutput,
 }
@@ -433,30 +429,11 @@ impl Mapper<'_> {
     }
 
     fn new_event(&self, name: EventName, occurrence_key: &str) -> CanonicalEvent {
-        CanonicalEvent {
-            event_id: event_id(self.merchant_id, NAME, occurrence_key, name),
-            merchant_id: self.merchant_id.to_string(),
-            name,
-            source: NAME.to_string(),
-            occurrence_key: occurrence_key.to_string(),
-            source_event_id: self.event.id.clone(),
-            source_event_type: self.event.event_type.clone(),
-            occurred_at: self.event.created,
-            customer: Customer::default(),
-            subscription: SubscriptionDetails::default(),
-            values: Values::default(),
-            livemode: self.event.livemode,
-            properties: Default::default(),
-            touchpoints: Default::default(),
-        }
+        self.notice.event(name, occurrence_key)
     }
 
     fn occurrence_key(&self, name: EventName, sub: &Subscription) -> String {
-        if name.is_once_per_subscription() {
-            sub.id.clone()
-        } else {
-            self.event.id.clone()
-        }
+        self.notice.occurrence_key(name, &sub.id, &self.event.id)
     }
 
     fn subscription(&mut self, sub: &Subscription, name: EventName, prior_status: Option<&str>) {
