@@ -1035,26 +1035,38 @@ impl<'a> Records<'a> {
         Ok(())
     }
 
-    /// The deliveries of these events (absent: erased or purged).
-    fn deliveries_of(&self, event_ids: &[&str]) -> Result<HashMap<String, Deliveries>> {
-        #[derive(Deserialize)]
-        struct Row {
-            event_id: String,
-            deliveries: String,
-        }
+    /// One JSON column of these events, parsed (absent: erased or purged).
+    fn event_column<T: DeserializeOwned>(
+        &self,
+        column: &'static str,
+        event_ids: &[&str],
+    ) -> Result<HashMap<String, T>> {
         if event_ids.is_empty() {
             return Ok(HashMap::new());
         }
-        let rows: Vec<Row> = self.rows(
-            "SELECT event_id, deliveries FROM canonical_events WHERE event_id IN (SELECT value FROM json_each(?1))",
+        let rows = self.sql.query(
+            &format!(
+                "SELECT event_id, {column} AS value FROM canonical_events \
+                 WHERE event_id IN (SELECT value FROM json_each(?1))"
+            ),
             vec![to_json(&event_ids)?.into()],
         )?;
         rows.into_iter()
-            .map(|r| {
-                let deliveries = serde_json::from_str(&r.deliveries).map_err(RecordsError::of)?;
-                Ok((r.event_id, deliveries))
+            .map(|row| {
+                let id = row
+                    .get("event_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let text = row.get("value").and_then(Value::as_str).unwrap_or_default();
+                let value = serde_json::from_str(text).map_err(RecordsError::of)?;
+                Ok((id.to_string(), value))
             })
             .collect()
+    }
+
+    /// The deliveries of these events (absent: erased or purged).
+    fn deliveries_of(&self, event_ids: &[&str]) -> Result<HashMap<String, Deliveries>> {
+        self.event_column("deliveries", event_ids)
     }
 
     /// Writes an event's deliveries back, with its pending count.
@@ -1074,22 +1086,7 @@ impl<'a> Records<'a> {
 
     /// Stored canonical events by id. A missing id was erased or purged.
     pub fn events_by_id(&self, event_ids: &[&str]) -> Result<HashMap<String, CanonicalEvent>> {
-        #[derive(Deserialize)]
-        struct Row {
-            event_id: String,
-            payload: String,
-        }
-        if event_ids.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let rows: Vec<Row> = self.rows(
-            "SELECT event_id, payload FROM canonical_events WHERE event_id IN (SELECT value FROM json_each(?1))",
-            vec![to_json(&event_ids)?.into()],
-        )?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|r| Some((r.event_id, serde_json::from_str(&r.payload).ok()?)))
-            .collect())
+        self.event_column("payload", event_ids)
     }
 
     /// Identity enrichment at send time: a customer event, or a signup with click ids,

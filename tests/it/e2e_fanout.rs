@@ -79,25 +79,9 @@ fn one_trial_conversion_reaches_all_six_platforms_and_faults_end_right() {
     let tiktok_ok = r#"{"code":0,"message":"OK","request_id":"e2e","data":{}}"#;
     platforms.script("/open_api/v1.3/event/track/", vec![(200, tiktok_ok); 10]);
     let base = platforms.base_url();
-    let worker = Worker::start(&[
-        ("META_API_BASE_URL", base.clone()),
-        ("KLAVIYO_API_BASE_URL", base.clone()),
-        ("TIKTOK_API_BASE_URL", base.clone()),
-        ("GA4_API_BASE_URL", base.clone()),
-        ("LINKEDIN_API_BASE_URL", base.clone()),
-        ("GOOGLE_ADS_API_BASE_URL", base.clone()),
-        ("GOOGLE_OAUTH_TOKEN_URL", format!("{base}/token")),
-        ("GOOGLE_ADS_DEVELOPER_TOKEN", "dev-token-e2e".into()),
-        (
-            "GOOGLE_OAUTH_CLIENT_ID",
-            "tracklayer-e2e.apps.googleusercontent.com".into(),
-        ),
-        (
-            "GOOGLE_OAUTH_CLIENT_SECRET",
-            "oauth-client-secret-e2e".into(),
-        ),
-        ("RETRY_BASE_DELAY_SECONDS", "1".into()),
-    ]);
+    let mut vars = support::all_platforms_at(&base);
+    vars.push(("RETRY_BASE_DELAY_SECONDS", "1".into()));
+    let worker = Worker::start(&vars);
     worker.provision(
         json!({ "merchant_id": "m_six", "plan": "scale" }),
         &[("stripe", json!({ "endpoint_secrets": [SECRET] }))],

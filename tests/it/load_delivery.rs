@@ -11,7 +11,7 @@
 //! `GET /v1/admin/metrics`), priced at list prices. Local workerd is not production:
 //! the numbers compare configurations, they are not capacity figures.
 
-use crate::support::{http, StandIn, Worker};
+use crate::support::{self, http, StandIn, Worker};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -98,24 +98,7 @@ fn delivery_throughput_and_cost_per_batch() {
         )],
     );
     let base = platforms.base_url();
-    let worker = Worker::start(&[
-        ("META_API_BASE_URL", base.clone()),
-        ("KLAVIYO_API_BASE_URL", base.clone()),
-        ("TIKTOK_API_BASE_URL", base.clone()),
-        ("GA4_API_BASE_URL", base.clone()),
-        ("LINKEDIN_API_BASE_URL", base.clone()),
-        ("GOOGLE_ADS_API_BASE_URL", base.clone()),
-        ("GOOGLE_OAUTH_TOKEN_URL", format!("{base}/token")),
-        ("GOOGLE_ADS_DEVELOPER_TOKEN", "dev-token-load".into()),
-        (
-            "GOOGLE_OAUTH_CLIENT_ID",
-            "tracklayer-load.apps.googleusercontent.com".into(),
-        ),
-        (
-            "GOOGLE_OAUTH_CLIENT_SECRET",
-            "oauth-client-secret-load".into(),
-        ),
-    ]);
+    let worker = Worker::start(&support::all_platforms_at(&base));
     worker.provision(
         json!({ "merchant_id": "m_load", "plan": "scale" }),
         &[],

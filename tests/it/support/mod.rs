@@ -10,6 +10,35 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// Operator vars pointing all six platforms (and Google's OAuth endpoint) at one
+/// stand-in, with TrackLayer's Google app credentials for tests.
+pub fn all_platforms_at(base: &str) -> Vec<(&'static str, String)> {
+    let mut vars: Vec<(&'static str, String)> = [
+        "META_API_BASE_URL",
+        "KLAVIYO_API_BASE_URL",
+        "TIKTOK_API_BASE_URL",
+        "GA4_API_BASE_URL",
+        "LINKEDIN_API_BASE_URL",
+        "GOOGLE_ADS_API_BASE_URL",
+    ]
+    .into_iter()
+    .map(|name| (name, base.to_string()))
+    .collect();
+    vars.extend([
+        ("GOOGLE_OAUTH_TOKEN_URL", format!("{base}/token")),
+        ("GOOGLE_ADS_DEVELOPER_TOKEN", "dev-token-e2e".into()),
+        (
+            "GOOGLE_OAUTH_CLIENT_ID",
+            "tracklayer-e2e.apps.googleusercontent.com".into(),
+        ),
+        (
+            "GOOGLE_OAUTH_CLIENT_SECRET",
+            "oauth-client-secret-e2e".into(),
+        ),
+    ]);
+    vars
+}
+
 /// Unix seconds now.
 pub fn now() -> i64 {
     std::time::SystemTime::now()
