@@ -47,6 +47,11 @@ const RETRY_LATER_SECONDS: u32 = 6 * 3600;
 /// `{event_id, name, occurred_at, value}`.
 pub const ADJUSTS: &str = "adjusts";
 
+/// TrackLayer's Google Ads API access and OAuth app (worker secrets).
+pub const DEVELOPER_TOKEN: &str = "GOOGLE_ADS_DEVELOPER_TOKEN";
+pub const OAUTH_CLIENT_ID: &str = "GOOGLE_OAUTH_CLIENT_ID";
+pub const OAUTH_CLIENT_SECRET: &str = "GOOGLE_OAUTH_CLIENT_SECRET";
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GoogleAdsConfig {
@@ -184,6 +189,7 @@ pub const SPEC: DestinationSpec = DestinationSpec {
     secret_fields: &["refresh_token"],
     validate_config: crate::config::check_config::<GoogleAdsConfig>,
     accepts,
+    operator_secrets: &[DEVELOPER_TOKEN, OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET],
     corrections: Some(&CORRECTIONS),
     ..DestinationSpec::DEFAULT
 };
@@ -398,13 +404,13 @@ fn build(
             ),
         });
     }
-    let developer_token = context
-        .operator
-        .google_ads_developer_token
-        .as_deref()
-        .ok_or(BuildError::OperatorMisconfigured(
-            "GOOGLE_ADS_DEVELOPER_TOKEN is not set",
-        ))?;
+    let developer_token =
+        context
+            .operator
+            .get(DEVELOPER_TOKEN)
+            .ok_or(BuildError::OperatorMisconfigured(
+                "GOOGLE_ADS_DEVELOPER_TOKEN is not set",
+            ))?;
     let access_token = context
         .access_token
         .ok_or(BuildError::Misconfigured(NAME))?;
@@ -626,8 +632,8 @@ fn token_request(
     let config: GoogleAdsConfig = merchant.destination_config(NAME)?;
     let operator = context.operator;
     let (Some(client_id), Some(client_secret)) = (
-        operator.google_oauth_client_id.as_deref(),
-        operator.google_oauth_client_secret.as_deref(),
+        operator.get(OAUTH_CLIENT_ID),
+        operator.get(OAUTH_CLIENT_SECRET),
     ) else {
         return Err(BuildError::OperatorMisconfigured(
             "GOOGLE_OAUTH_CLIENT_ID and GOOGLE_OAUTH_CLIENT_SECRET must be set",
@@ -1183,10 +1189,8 @@ mod tests {
 
     #[test]
     fn a_mixed_batch_splits_by_endpoint_and_keeps_row_order() {
-        let operator = crate::destinations::OperatorCredentials {
-            google_ads_developer_token: Some("DEV".into()),
-            ..Default::default()
-        };
+        let operator =
+            crate::destinations::OperatorCredentials::default().with(DEVELOPER_TOKEN, "DEV");
         let endpoints = Endpoints::default();
         let context = BuildContext {
             endpoints: &endpoints,
@@ -1272,11 +1276,9 @@ mod tests {
 
     #[test]
     fn oauth_refresh_request_and_answers() {
-        let operator = crate::destinations::OperatorCredentials {
-            google_oauth_client_id: Some("cid.apps.googleusercontent.com".into()),
-            google_oauth_client_secret: Some("s3cr/t".into()),
-            ..Default::default()
-        };
+        let operator = crate::destinations::OperatorCredentials::default()
+            .with(OAUTH_CLIENT_ID, "cid.apps.googleusercontent.com")
+            .with(OAUTH_CLIENT_SECRET, "s3cr/t");
         let endpoints = Endpoints::default();
         let context = BuildContext {
             endpoints: &endpoints,

@@ -14,6 +14,7 @@ pub mod webhook;
 use crate::config::MerchantConfig;
 use crate::event::{CanonicalEvent, EventName};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use thiserror::Error;
 
 /// One base URL a destination calls: its default, and the operator variable that may
@@ -128,13 +129,33 @@ pub enum BuildError {
     OperatorMisconfigured(&'static str),
 }
 
-/// Operator-level credentials of TrackLayer's own platform apps (worker secrets), shared
-/// by every merchant: Google Ads' developer token and OAuth client.
+/// TrackLayer's own secrets that destinations need (never a merchant's), by the name
+/// each destination declares in `DestinationSpec::operator_secrets`; the edge reads them
+/// from worker secrets for every registered destination.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OperatorCredentials {
-    pub google_ads_developer_token: Option<String>,
-    pub google_oauth_client_id: Option<String>,
-    pub google_oauth_client_secret: Option<String>,
+    values: BTreeMap<&'static str, String>,
+}
+
+impl OperatorCredentials {
+    /// Each declared secret `read` finds (empty values count as missing).
+    pub fn from_registry(read: impl Fn(&str) -> Option<String>) -> Self {
+        let values = REGISTRY
+            .iter()
+            .flat_map(|spec| spec.operator_secrets.iter())
+            .filter_map(|name| Some((*name, read(name).filter(|v| !v.is_empty())?)))
+            .collect();
+        OperatorCredentials { values }
+    }
+
+    pub fn with(mut self, name: &'static str, value: &str) -> Self {
+        self.values.insert(name, value.to_string());
+        self
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(String::as_str)
+    }
 }
 
 /// Everything a builder needs besides the events and the merchant's settings.
@@ -232,6 +253,9 @@ pub struct DestinationSpec {
     /// The value a paid start or trial conversion carries here unless the merchant's
     /// value policy says otherwise (LinkedIn: ARR); `None`: the general defaults.
     pub paid_start_value: Option<crate::config::ValueField>,
+    /// TrackLayer's own secrets this destination needs (Google Ads: its developer token
+    /// and OAuth client), read by the edge from worker secrets of these names.
+    pub operator_secrets: &'static [&'static str],
     /// Present when the platform adjusts earlier conversions by reference (Google Ads):
     /// the consumer then reads the stored conversions a correction may adjust.
     pub corrections: Option<&'static CorrectionSpec>,
@@ -277,6 +301,7 @@ impl DestinationSpec {
         required_feature: None,
         accepts: accepts_all,
         paid_start_value: None,
+        operator_secrets: &[],
         corrections: None,
     };
 
@@ -538,11 +563,13 @@ pub(crate) fn build_for_test(
     endpoints: &Endpoints,
     now: i64,
 ) -> Result<OutboundRequest, BuildError> {
-    let operator = OperatorCredentials {
-        google_ads_developer_token: Some("DEVTOKEN123".into()),
-        google_oauth_client_id: Some("client.apps.googleusercontent.com".into()),
-        google_oauth_client_secret: Some("client-secret".into()),
-    };
+    let operator = OperatorCredentials::default()
+        .with(google_ads::DEVELOPER_TOKEN, "DEVTOKEN123")
+        .with(
+            google_ads::OAUTH_CLIENT_ID,
+            "client.apps.googleusercontent.com",
+        )
+        .with(google_ads::OAUTH_CLIENT_SECRET, "client-secret");
     let context = BuildContext {
         endpoints,
         operator: &operator,

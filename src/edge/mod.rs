@@ -69,7 +69,8 @@ pub fn operator_settings(env: &Env) -> OperatorSettings {
     let number = |name: &str| var(name).and_then(|v| v.parse::<u32>().ok());
     // Every registered destination names its own override variables.
     let endpoints = Endpoints::from_vars(&var);
-    // TrackLayer's own Google app: worker secrets (plain vars also work locally).
+    // TrackLayer's own secrets, as each destination declares them: worker secrets
+    // (plain vars also work locally).
     let secret = |name: &str| {
         env.secret(name)
             .ok()
@@ -77,11 +78,7 @@ pub fn operator_settings(env: &Env) -> OperatorSettings {
             .or_else(|| var(name))
             .filter(|v| !v.is_empty())
     };
-    let operator = OperatorCredentials {
-        google_ads_developer_token: secret("GOOGLE_ADS_DEVELOPER_TOKEN"),
-        google_oauth_client_id: secret("GOOGLE_OAUTH_CLIENT_ID"),
-        google_oauth_client_secret: secret("GOOGLE_OAUTH_CLIENT_SECRET"),
-    };
+    let operator = OperatorCredentials::from_registry(secret);
     let defaults = RetryPolicy::default();
     OperatorSettings {
         endpoints,
