@@ -16,6 +16,7 @@ command -v wrk >/dev/null || { echo "bench: install wrk (apt-get install wrk)" >
 SECONDS_PER_RUN="${BENCH_SECONDS:-15}"
 CONNECTIONS="${BENCH_CONNECTIONS:-16}"
 MERCHANTS="${BENCH_MERCHANTS:-1}"
+LOG_LEVEL="${BENCH_LOG_LEVEL:-info}"
 WORK="$(mktemp -d /tmp/tracklayer-bench.XXXXXX)"
 PIDS=()
 cleanup() {
@@ -67,7 +68,8 @@ ADMIN="bench-admin-token"
 setsid bash -c "export TRACKLAYER_SKIP_BUILD=1; exec wrangler dev -c wrangler.bench.generated.toml --local --ip 127.0.0.1 \
   --port $TL_PORT --inspector-port $(free_port) --persist-to '$STATE' --show-interactive-dev-session=false \
   --var ADMIN_TOKEN:$ADMIN --var MASTER_KEYS:b1:KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio= \
-  --var LOCAL_WORKERD_WITHOUT_JURISDICTIONS:true --var META_API_BASE_URL:http://127.0.0.1:$SINK_PORT" \
+  --var LOCAL_WORKERD_WITHOUT_JURISDICTIONS:true --var META_API_BASE_URL:http://127.0.0.1:$SINK_PORT \
+  --var LOG_LEVEL:$LOG_LEVEL" \
   </dev/null >"$WORK/tracklayer.log" 2>&1 &
 PIDS+=($!)
 ECHO_PORT=$(free_port)
@@ -143,7 +145,7 @@ run_wrk() { # name url bodies
 }
 
 metrics() { curl -fsS -H "authorization: Bearer $ADMIN" "http://127.0.0.1:$TL_PORT/v1/admin/metrics"; }
-echo "bench: $CONNECTIONS connections, ${SECONDS_PER_RUN}s per run, $MERCHANTS merchant(s)"
+echo "bench: $CONNECTIONS connections, ${SECONDS_PER_RUN}s per run, $MERCHANTS merchant(s), LOG_LEVEL=$LOG_LEVEL"
 # One warm-up webhook, so the merchant's settings are cached as in steady state.
 sign_bodies 0
 head -"$MERCHANTS" "$WORK/bodies.0.txt" | while IFS=$'\t' read -r path sig body; do

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 /// Longest text kept in one field.
 pub const MAX_FIELD_CHARS: usize = 300;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
     Info,
     Warn,
@@ -16,6 +16,15 @@ pub enum Level {
 }
 
 impl Level {
+    /// The operator's `LOG_LEVEL` (`info`, `warn`, `error`); anything else is `info`.
+    pub fn parse(text: &str) -> Level {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "warn" | "warning" => Level::Warn,
+            "error" => Level::Error,
+            _ => Level::Info,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Level::Info => "info",

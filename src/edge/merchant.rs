@@ -389,6 +389,7 @@ const SWEEP_BATCH: i64 = 1_000;
 
 impl DurableObject for Merchant {
     fn new(state: State, env: Env) -> Self {
+        super::configure_logging(&env);
         Merchant {
             state,
             env,

@@ -39,8 +39,26 @@ pub const DAILY_CRON: &str = "0 9 * * *";
 /// Re-enqueues pending deliveries that nothing is working on (see `consumer::sweep_pending`).
 pub const SWEEP_CRON: &str = "*/5 * * * *";
 
+thread_local! {
+    /// Lines below this level are dropped (`LOG_LEVEL`; each kept line is billed by
+    /// Workers Logs and costs CPU to write).
+    static LOG_LEVEL: std::cell::Cell<crate::log::Level> =
+        const { std::cell::Cell::new(crate::log::Level::Info) };
+}
+
+/// Reads `LOG_LEVEL` for this isolate; called where each invocation starts.
+pub fn configure_logging(env: &Env) {
+    let level = var(env, "LOG_LEVEL")
+        .map(|v| crate::log::Level::parse(&v))
+        .unwrap_or(crate::log::Level::Info);
+    LOG_LEVEL.with(|current| current.set(level));
+}
+
 /// Writes one structured log line (see `crate::log`) at its level.
 pub fn emit(log: crate::log::Log) {
+    if log.level < LOG_LEVEL.with(|level| level.get()) {
+        return;
+    }
     match log.level {
         crate::log::Level::Info => console_log!("{}", log.line()),
         crate::log::Level::Warn => console_warn!("{}", log.line()),
@@ -198,6 +216,7 @@ pub const OPENAPI_DOCUMENT: &str = include_str!("../../openapi.json");
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
+    configure_logging(&env);
     match route(req, &env, &ctx).await {
         Ok(response) => Ok(response),
         Err(err) => {
@@ -279,6 +298,7 @@ async fn route(req: Request, env: &Env, ctx: &Context) -> Result<Response> {
 
 #[event(queue)]
 async fn queue(batch: MessageBatch<String>, env: Env, _ctx: Context) -> Result<()> {
+    configure_logging(&env);
     if batch.queue().ends_with("-dlq") {
         consumer::consume_dead_letters(batch, &env).await;
     } else {
@@ -289,6 +309,7 @@ async fn queue(batch: MessageBatch<String>, env: Env, _ctx: Context) -> Result<(
 
 #[event(scheduled)]
 async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
+    configure_logging(&env);
     let cron = event.cron();
     if cron == SWEEP_CRON {
         for region in [Region::Us, Region::Eu] {
