@@ -17,6 +17,8 @@ SECONDS_PER_RUN="${BENCH_SECONDS:-15}"
 CONNECTIONS="${BENCH_CONNECTIONS:-16}"
 MERCHANTS="${BENCH_MERCHANTS:-1}"
 LOG_LEVEL="${BENCH_LOG_LEVEL:-info}"
+# BENCH_DESTINATIONS=0 connects no destination: ingest alone, no queue or consumer work.
+DESTINATIONS="${BENCH_DESTINATIONS:-1}"
 WORK="$(mktemp -d /tmp/tracklayer-bench.XXXXXX)"
 PIDS=()
 cleanup() {
@@ -85,8 +87,10 @@ for m in $(seq 0 $((MERCHANTS - 1))); do
     -d "{\"merchant_id\":\"m_bench_$m\",\"plan\":\"scale\"}" >/dev/null
   curl -fsS "${auth[@]}" -X PUT "http://127.0.0.1:$TL_PORT/v1/admin/merchants/m_bench_$m/sources/stripe" \
     -d '{"endpoint_secrets":["whsec_bench_secret"]}' >/dev/null
-  curl -fsS "${auth[@]}" -X PUT "http://127.0.0.1:$TL_PORT/v1/admin/merchants/m_bench_$m/destinations/meta" \
-    -d '{"pixel_id":"px_bench","access_token":"tok_bench"}' >/dev/null
+  if [ "$DESTINATIONS" != 0 ]; then
+    curl -fsS "${auth[@]}" -X PUT "http://127.0.0.1:$TL_PORT/v1/admin/merchants/m_bench_$m/destinations/meta" \
+      -d '{"pixel_id":"px_bench","access_token":"tok_bench"}' >/dev/null
+  fi
 done
 
 # Distinct subscriptions, signed now (Stripe's 300 s tolerance covers both runs).
@@ -145,7 +149,7 @@ run_wrk() { # name url bodies
 }
 
 metrics() { curl -fsS -H "authorization: Bearer $ADMIN" "http://127.0.0.1:$TL_PORT/v1/admin/metrics"; }
-echo "bench: $CONNECTIONS connections, ${SECONDS_PER_RUN}s per run, $MERCHANTS merchant(s), LOG_LEVEL=$LOG_LEVEL"
+echo "bench: $CONNECTIONS connections, ${SECONDS_PER_RUN}s per run, $MERCHANTS merchant(s), LOG_LEVEL=$LOG_LEVEL, destinations: $DESTINATIONS"
 # One warm-up webhook, so the merchant's settings are cached as in steady state.
 sign_bodies 0
 head -"$MERCHANTS" "$WORK/bodies.0.txt" | while IFS=$'\t' read -r path sig body; do
