@@ -348,30 +348,7 @@ pub fn group_jobs<'a>(jobs: impl IntoIterator<Item = &'a DeliveryJob>) -> Vec<Ve
     groups.into_iter().map(|(_, members)| members).collect()
 }
 
-/// Where one (event, destination) delivery stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeliveryStatus {
-    Pending,
-    Delivered,
-    DeadLettered,
-    /// Built and recorded for a dry-run merchant, never sent.
-    Simulated,
-    /// Nothing to send by design (a refund of a conversion the platform never got).
-    Skipped,
-}
-
-impl DeliveryStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeliveryStatus::Pending => "pending",
-            DeliveryStatus::Delivered => "delivered",
-            DeliveryStatus::DeadLettered => "dead_lettered",
-            DeliveryStatus::Simulated => "simulated",
-            DeliveryStatus::Skipped => "skipped",
-        }
-    }
-}
+pub use crate::destinations::DeliveryStatus;
 
 /// What one attempt came to, as the attempt log says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

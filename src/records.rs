@@ -175,6 +175,22 @@ pub struct Delivery {
     pub updated_at: i64,
 }
 
+impl Delivery {
+    /// A delivery not yet attempted (new, or replayed from a dead letter).
+    fn pending(job_id: &str, now_ms: i64) -> Self {
+        Delivery {
+            job_id: job_id.to_string(),
+            status: DeliveryStatus::Pending,
+            attempts: 0,
+            last_error: None,
+            match_score: None,
+            match_keys: None,
+            created_at: now_ms,
+            updated_at: now_ms,
+        }
+    }
+}
+
 type Deliveries = BTreeMap<String, Delivery>;
 
 /// How many deliveries are pending, and since when the quietest of them has been.
@@ -291,7 +307,7 @@ pub struct AdmitAnswer {
     pub dropped: Vec<(usize, String)>,
     pub health: BTreeMap<String, DestinationHealth>,
     /// Correction job id → the stored conversions it may adjust, with their status.
-    pub corrections: BTreeMap<String, Vec<(CanonicalEvent, Option<String>)>>,
+    pub corrections: BTreeMap<String, Vec<crate::destinations::StoredConversion>>,
     /// Destination → sealed access token still valid.
     pub tokens: BTreeMap<String, String>,
 }
@@ -563,16 +579,7 @@ impl<'a> Records<'a> {
                 .map(|job| {
                     (
                         job.destination.clone(),
-                        Delivery {
-                            job_id: job.job_id.clone(),
-                            status: DeliveryStatus::Pending,
-                            attempts: 0,
-                            last_error: None,
-                            match_score: None,
-                            match_keys: None,
-                            created_at: now_ms,
-                            updated_at: now_ms,
-                        },
+                        Delivery::pending(&job.job_id, now_ms),
                     )
                 })
                 .collect();
@@ -1174,11 +1181,11 @@ impl<'a> Records<'a> {
         destination: &str,
         correction: &CanonicalEvent,
         names: &[EventName],
-    ) -> Result<Vec<(CanonicalEvent, Option<String>)>> {
+    ) -> Result<Vec<crate::destinations::StoredConversion>> {
         #[derive(Deserialize)]
         struct Row {
             payload: String,
-            status: Option<String>,
+            status: Option<DeliveryStatus>,
         }
         let Some(subscription_id) = correction.subscription.subscription_id.as_deref() else {
             return Ok(Vec::new());
@@ -1373,17 +1380,6 @@ impl<'a> Records<'a> {
         Ok(jobs)
     }
 
-    /// Whether any delivery is still pending.
-    pub fn has_pending(&self) -> Result<bool> {
-        Ok(!self
-            .sql
-            .query(
-                "SELECT 1 AS x FROM canonical_events WHERE pending > 0 LIMIT 1",
-                vec![],
-            )?
-            .is_empty())
-    }
-
     /// Marks jobs as just worked on (re-enqueued), so the sweeper leaves them alone.
     pub fn touch_jobs(&self, jobs: &[DeliveryJob], now_ms: i64) -> Result<()> {
         self.record_outcomes(&Outcomes {
@@ -1460,16 +1456,7 @@ impl<'a> Records<'a> {
             };
             deliveries.insert(
                 job.destination.clone(),
-                Delivery {
-                    job_id: job.job_id.clone(),
-                    status: DeliveryStatus::Pending,
-                    attempts: 0,
-                    last_error: None,
-                    match_score: None,
-                    match_keys: None,
-                    created_at: now_ms,
-                    updated_at: now_ms,
-                },
+                Delivery::pending(&job.job_id, now_ms),
             );
             self.exec(
                 "UPDATE dead_letters SET replayed_at = ?2 WHERE job_id = ?1",

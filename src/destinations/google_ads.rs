@@ -10,8 +10,8 @@
 
 use super::{
     parse_retry_after, plan_indexed_multi_rows, truncate, AccessToken, AuthSpec, BuildContext,
-    BuildError, Correction, CorrectionSpec, DestinationSpec, MatchKey, OutboundRequest, Outcome,
-    RequestPlan,
+    BuildError, Correction, CorrectionSpec, DeliveryStatus, DestinationSpec, MatchKey,
+    OutboundRequest, Outcome, RequestPlan, StoredConversion,
 };
 use crate::config::MerchantConfig;
 use crate::event::{CanonicalEvent, EventName};
@@ -204,12 +204,12 @@ pub const CORRECTIONS: CorrectionSpec = CorrectionSpec {
 
 fn resolve(
     mut correction: CanonicalEvent,
-    stored: &[(CanonicalEvent, Option<String>)],
+    stored: &[StoredConversion],
     merchant: &MerchantConfig,
 ) -> Correction {
     let candidates: Vec<(CanonicalEvent, UploadState)> = stored
         .iter()
-        .map(|(event, status)| (event.clone(), UploadState::from_status(status.as_deref())))
+        .map(|(event, status)| (event.clone(), UploadState::from_status(*status)))
         .collect();
     let plan = match merchant.destination_config::<GoogleAdsConfig>(NAME) {
         Ok(config) => plan_correction(&correction, &candidates, &config),
@@ -218,7 +218,7 @@ fn resolve(
     match plan {
         CorrectionPlan::Adjust(originals) => {
             attach_originals(&mut correction, &originals, merchant);
-            Correction::Send(correction)
+            Correction::Send(Box::new(correction))
         }
         CorrectionPlan::Wait(reason) => Correction::Wait(reason),
         CorrectionPlan::Skip(reason) => Correction::Skip(reason),
@@ -262,13 +262,15 @@ pub enum UploadState {
 }
 
 impl UploadState {
-    /// From a delivery row's status (`None`: no row for this destination).
-    pub fn from_status(status: Option<&str>) -> Self {
+    /// From a delivery's status (`None`: never planned for this destination).
+    pub fn from_status(status: Option<DeliveryStatus>) -> Self {
         match status {
-            Some("pending") => UploadState::Pending,
-            Some("delivered") => UploadState::Delivered,
-            Some("dead_lettered") => UploadState::DeadLettered,
-            _ => UploadState::NotSent,
+            Some(DeliveryStatus::Pending) => UploadState::Pending,
+            Some(DeliveryStatus::Delivered) => UploadState::Delivered,
+            Some(DeliveryStatus::DeadLettered) => UploadState::DeadLettered,
+            Some(DeliveryStatus::Simulated | DeliveryStatus::Skipped) | None => {
+                UploadState::NotSent
+            }
         }
     }
 }

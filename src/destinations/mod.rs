@@ -261,6 +261,31 @@ pub struct DestinationSpec {
     pub corrections: Option<&'static CorrectionSpec>,
 }
 
+/// Where one (event, destination) delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    Pending,
+    Delivered,
+    DeadLettered,
+    /// Built and recorded for a dry-run merchant, never sent.
+    Simulated,
+    /// Nothing to send by design (a refund of a conversion the platform never got).
+    Skipped,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::DeadLettered => "dead_lettered",
+            DeliveryStatus::Simulated => "simulated",
+            DeliveryStatus::Skipped => "skipped",
+        }
+    }
+}
+
 /// How a destination corrects conversions it already received.
 pub struct CorrectionSpec {
     /// Whether this event is a correction that must name what it corrects.
@@ -269,15 +294,18 @@ pub struct CorrectionSpec {
     pub originals: fn(&MerchantConfig) -> Vec<EventName>,
     /// Given the subscription's stored conversions (newest first) with the status of
     /// their delivery here (`None`: never planned here): what to do now.
-    pub resolve:
-        fn(CanonicalEvent, &[(CanonicalEvent, Option<String>)], &MerchantConfig) -> Correction,
+    pub resolve: fn(CanonicalEvent, &[StoredConversion], &MerchantConfig) -> Correction,
 }
+
+/// A stored conversion a correction may adjust, with the status of its delivery to the
+/// correcting destination (`None`: never planned there).
+pub type StoredConversion = (CanonicalEvent, Option<DeliveryStatus>);
 
 /// What becomes of a correction now.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Correction {
     /// Send this event (it now names what it adjusts).
-    Send(CanonicalEvent),
+    Send(Box<CanonicalEvent>),
     /// What it corrects is not settled yet: ask again later, spending no attempt.
     Wait(String),
     /// Nothing to correct here, final.

@@ -130,6 +130,8 @@ pub struct Merchant {
     state: State,
     env: Env,
     migrated: Cell<bool>,
+    /// Whether this instance has written `object_meta` (once, not per request).
+    owner_recorded: Cell<bool>,
 }
 
 impl Merchant {
@@ -145,6 +147,17 @@ impl Merchant {
         Ok(sql)
     }
 
+    /// Which merchant and region this object holds, written by its first write.
+    fn remember_owner(&self, records: &Records, region: Region) -> Result<()> {
+        if !self.owner_recorded.get() {
+            records
+                .remember_owner(region_name(region), now_ms())
+                .map_err(storage_error)?;
+            self.owner_recorded.set(true);
+        }
+        Ok(())
+    }
+
     fn answer<T: Serialize>(sql: &ObjectSql, body: T) -> Result<Response> {
         Response::from_json(&Answer {
             rows_written: sql.written.get(),
@@ -156,9 +169,7 @@ impl Merchant {
         let sql = self.sql().map_err(storage_error)?;
         let merchant = &request.merchant;
         let records = Records::new(&sql, &merchant.merchant_id);
-        records
-            .remember_owner(region_name(merchant.region), now_ms())
-            .map_err(storage_error)?;
+        self.remember_owner(&records, merchant.region)?;
         // Operators may shorten a source's sibling wait (tests do).
         let wait_override = self
             .env
@@ -309,6 +320,7 @@ impl Merchant {
             self.state.storage().delete_alarm().await?;
             self.state.storage().delete_all().await?;
             self.migrated.set(false);
+            self.owner_recorded.set(false);
             return Response::from_json(&Answer {
                 rows_written: 0,
                 body: Value::Object(counts),
@@ -320,9 +332,7 @@ impl Merchant {
         match path.as_str() {
             "/visitor" => {
                 let capture: Capture = req.json().await?;
-                records
-                    .remember_owner(region_name(region), now)
-                    .map_err(storage_error)?;
+                self.remember_owner(&records, region)?;
                 records
                     .record_visitor(&capture, now)
                     .map_err(storage_error)?;
@@ -394,6 +404,7 @@ impl DurableObject for Merchant {
             state,
             env,
             migrated: Cell::new(false),
+            owner_recorded: Cell::new(false),
         }
     }
 

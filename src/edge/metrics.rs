@@ -17,7 +17,7 @@ pub enum Phase {
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Counters {
-    /// Webhooks answered 2xx (ingest) or messages received (delivery).
+    /// Requests answered 2xx (ingest) or queue batches handled (delivery).
     pub units: u64,
     pub d1_queries: u64,
     pub object_calls: u64,

@@ -66,7 +66,7 @@ pub(super) async fn deliver_group(
                 .map(Vec::as_slice)
                 .unwrap_or_default();
             match (corrections.resolve)(event.clone(), stored, merchant) {
-                Correction::Send(resolved) => event = resolved,
+                Correction::Send(resolved) => event = *resolved,
                 Correction::Wait(reason) => {
                     run.wait(i, CORRECTION_WAIT_SECONDS, &reason);
                     settled[i] = true;
