@@ -18,6 +18,8 @@ pub mod hashing;
 pub mod identity;
 pub mod ingest;
 pub mod input;
+pub mod intent;
+pub mod intent_store;
 pub mod ledger;
 pub mod log;
 pub mod money;

@@ -9,6 +9,7 @@
 //! rate limit. The page URL is never sent, only the known click-id parameters of it.
 
 use crate::identity::{self, Touchpoints};
+use crate::intent::{Activity, FormStep};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -208,12 +209,36 @@ pub fn snippet(base_url: &str, key: &str) -> String {
 #[serde(deny_unknown_fields)]
 struct Beacon {
     visitor_id: String,
+    /// Present (even empty) when the beacon reports the browser's ids: the script sends
+    /// them when they changed, at most daily otherwise, and not with every page view.
     #[serde(default)]
-    landing: BTreeMap<String, String>,
+    landing: Option<BTreeMap<String, String>>,
     #[serde(default)]
-    cookies: BTreeMap<String, String>,
+    cookies: Option<BTreeMap<String, String>>,
     #[serde(default)]
     identify: Option<Identify>,
+    #[serde(default)]
+    page: Option<Page>,
+    #[serde(default)]
+    form: Option<FormEvent>,
+}
+
+/// The page the visitor is on: its path (never the query or fragment) and title.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Page {
+    path: String,
+    #[serde(default)]
+    title: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FormEvent {
+    form: String,
+    step: FormStep,
+    #[serde(default)]
+    path: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -241,6 +266,12 @@ pub struct Capture {
     pub touchpoints: Touchpoints,
     /// Keys (`email:…`, `customer:…`) this visitor is now known to be.
     pub link_keys: Vec<String>,
+    /// Whether the beacon reported the browser's ids (else `touchpoints` is not stored).
+    #[serde(default = "default_true")]
+    pub reports_ids: bool,
+    /// The page view or form event the beacon reports, for intent scoring.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activity: Option<Activity>,
 }
 
 pub fn visitor_key(visitor_id: &str) -> String {
@@ -269,8 +300,33 @@ pub fn capture(
             "visitor_id must be 32 lowercase hex digits".into(),
         ));
     }
-    if let Some(name) = beacon
-        .landing
+    let reports_ids =
+        beacon.landing.is_some() || beacon.cookies.is_some() || beacon.identify.is_some();
+    let activity = match (&beacon.page, &beacon.form) {
+        (Some(_), Some(_)) => {
+            return Err(PixelError::Malformed(
+                "a beacon reports a page view or a form event, not both".into(),
+            ))
+        }
+        (Some(page), None) => Some(
+            Activity::page_view(&page.path, page.title.as_deref())
+                .map_err(PixelError::Malformed)?,
+        ),
+        (None, Some(form)) => Some(
+            Activity::form(&form.form, form.step, form.path.as_deref())
+                .map_err(PixelError::Malformed)?,
+        ),
+        (None, None) => None,
+    };
+    if !reports_ids && activity.is_none() {
+        return Err(PixelError::Malformed(
+            "the beacon reports nothing (no ids, page or form)".into(),
+        ));
+    }
+    let no_values = BTreeMap::new();
+    let landing_values = beacon.landing.as_ref().unwrap_or(&no_values);
+    let cookie_values = beacon.cookies.as_ref().unwrap_or(&no_values);
+    if let Some(name) = landing_values
         .keys()
         .find(|k| !LANDING_PARAMS.contains(&k.as_str()))
     {
@@ -279,8 +335,7 @@ pub fn capture(
             LANDING_PARAMS.join(", ")
         )));
     }
-    if let Some(name) = beacon
-        .cookies
+    if let Some(name) = cookie_values
         .keys()
         .find(|k| !COOKIES.contains(&k.as_str()))
     {
@@ -290,15 +345,13 @@ pub fn capture(
         )));
     }
     let landing = |name: &str| {
-        beacon
-            .landing
+        landing_values
             .get(name)
             .map(|v| v.trim())
             .filter(|v| !v.is_empty())
     };
     let cookie = |name: &str| {
-        beacon
-            .cookies
+        cookie_values
             .get(name)
             .map(|v| v.trim())
             .filter(|v| !v.is_empty())
@@ -391,6 +444,8 @@ pub fn capture(
         visitor_key: visitor_key(&beacon.visitor_id),
         touchpoints,
         link_keys,
+        reports_ids,
+        activity,
     })
 }
 
@@ -662,7 +717,7 @@ mod tests {
             client_ip: Some("not an ip"),
             ..context()
         };
-        let body = json!({"visitor_id": VISITOR}).to_string();
+        let body = json!({"visitor_id": VISITOR, "landing": {}}).to_string();
         let capture = capture(body.as_bytes(), &settings(), ctx).unwrap();
         assert_eq!(capture.touchpoints.client_ip, None);
         let v6 = BeaconContext {
@@ -674,6 +729,53 @@ mod tests {
             capture.touchpoints.client_ip.as_deref(),
             Some("2001:db8::1")
         );
+    }
+
+    #[test]
+    fn page_views_keep_path_and_title_only_and_form_events_are_checked() {
+        let body = json!({
+            "visitor_id": VISITOR,
+            "page": { "path": "/Pricing/?email=ada@example.com#annual", "title": "Pricing" }
+        });
+        let capture = beacon(body).unwrap();
+        assert!(!capture.reports_ids, "a page view alone stores no ids");
+        assert_eq!(
+            capture.activity,
+            Some(Activity::PageView {
+                path: "/pricing".into(),
+                title: Some("Pricing".into())
+            })
+        );
+        let form = beacon(json!({
+            "visitor_id": VISITOR,
+            "form": { "form": "demo", "step": "start", "path": "/demo" }
+        }))
+        .unwrap();
+        assert_eq!(
+            form.activity,
+            Some(Activity::Form {
+                form: "demo".into(),
+                step: FormStep::Start,
+                path: Some("/demo".into())
+            })
+        );
+        let first = beacon(json!({
+            "visitor_id": VISITOR, "landing": {}, "cookies": {}, "page": { "path": "/" }
+        }))
+        .unwrap();
+        assert!(first.reports_ids && first.activity.is_some());
+        for bad in [
+            json!({ "visitor_id": VISITOR }),
+            json!({ "visitor_id": VISITOR, "page": { "path": "https://acme.example/pricing" } }),
+            json!({ "visitor_id": VISITOR, "form": { "form": "demo", "step": "abandon" } }),
+            json!({ "visitor_id": VISITOR, "form": { "form": "Demo Form!", "step": "start" } }),
+            json!({ "visitor_id": VISITOR, "page": { "path": "/" }, "form": { "form": "demo", "step": "start" } }),
+        ] {
+            assert!(
+                matches!(beacon(bad.clone()), Err(PixelError::Malformed(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

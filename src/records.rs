@@ -43,6 +43,7 @@ pub type Result<T> = std::result::Result<T, RecordsError>;
 pub enum Param {
     Null,
     Int(i64),
+    Real(f64),
     Text(String),
 }
 
@@ -64,6 +65,11 @@ impl From<String> for Param {
 impl From<i64> for Param {
     fn from(value: i64) -> Self {
         Param::Int(value)
+    }
+}
+impl From<f64> for Param {
+    fn from(value: f64) -> Self {
+        Param::Real(value)
     }
 }
 impl<T: Into<Param>> From<Option<T>> for Param {
@@ -138,12 +144,45 @@ pub const SCHEMA: &[&str] = &[
      CREATE TABLE IF NOT EXISTS destination_health (merchant_id TEXT NOT NULL, destination TEXT NOT NULL,
        consecutive_failures INTEGER NOT NULL DEFAULT 0, parked_since INTEGER, next_probe_at INTEGER,
        probes INTEGER NOT NULL DEFAULT 0, updated_at INTEGER NOT NULL, PRIMARY KEY (merchant_id, destination)) WITHOUT ROWID;",
+    // v2: visitor intent (`crate::intent_store`). A page view writes one activity row and
+    // updates its visitor; signals are keyed per rule and day, so a rule scores once a day.
+    "CREATE TABLE IF NOT EXISTS intent_settings (id INTEGER PRIMARY KEY CHECK (id = 1), settings TEXT NOT NULL,
+       created_segment TEXT, updated_at INTEGER NOT NULL);
+     CREATE TABLE IF NOT EXISTS intent_visitors (merchant_id TEXT NOT NULL, visitor_key TEXT NOT NULL, state TEXT NOT NULL,
+       rank_key INTEGER NOT NULL, first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL, page_views INTEGER NOT NULL DEFAULT 0,
+       qualified_at INTEGER, qualified_rule TEXT, due_at INTEGER, PRIMARY KEY (merchant_id, visitor_key)) WITHOUT ROWID;
+     CREATE INDEX IF NOT EXISTS intent_visitors_by_rank ON intent_visitors (merchant_id, rank_key);
+     CREATE INDEX IF NOT EXISTS intent_visitors_qualified ON intent_visitors (merchant_id, qualified_at) WHERE qualified_at IS NOT NULL;
+     CREATE INDEX IF NOT EXISTS intent_visitors_due ON intent_visitors (due_at) WHERE due_at IS NOT NULL;
+     CREATE TABLE IF NOT EXISTS intent_activity (merchant_id TEXT NOT NULL, visitor_key TEXT NOT NULL, at_ms INTEGER NOT NULL,
+       kind TEXT NOT NULL, path TEXT NOT NULL, title TEXT, detail TEXT,
+       PRIMARY KEY (merchant_id, visitor_key, at_ms, kind, path)) WITHOUT ROWID;
+     CREATE TABLE IF NOT EXISTS intent_signals (merchant_id TEXT NOT NULL, visitor_key TEXT NOT NULL, rule TEXT NOT NULL,
+       day INTEGER NOT NULL, at_ms INTEGER NOT NULL, path TEXT, points INTEGER NOT NULL, score_after REAL NOT NULL,
+       PRIMARY KEY (merchant_id, visitor_key, rule, day)) WITHOUT ROWID;
+     CREATE TABLE IF NOT EXISTS intent_alerts (merchant_id TEXT NOT NULL, visitor_key TEXT NOT NULL, qualification TEXT NOT NULL,
+       created_at INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at INTEGER, sent_at INTEGER, last_error TEXT,
+       PRIMARY KEY (merchant_id, visitor_key)) WITHOUT ROWID;
+     CREATE TABLE IF NOT EXISTS seed_uploads (merchant_id TEXT NOT NULL, segment TEXT NOT NULL, visitor_key TEXT NOT NULL,
+       email_sha256 TEXT NOT NULL, uploaded_at INTEGER NOT NULL,
+       PRIMARY KEY (merchant_id, segment, visitor_key, email_sha256)) WITHOUT ROWID;
+     CREATE TABLE IF NOT EXISTS seed_runs (id INTEGER PRIMARY KEY, merchant_id TEXT NOT NULL, day TEXT NOT NULL,
+       trigger TEXT NOT NULL, started_at INTEGER NOT NULL, finished_at INTEGER NOT NULL, status TEXT NOT NULL, segment TEXT,
+       uploaded INTEGER NOT NULL, skipped_without_email INTEGER NOT NULL, error TEXT, segment_size INTEGER,
+       segment_status TEXT);",
 ];
 
 /// Tables holding the merchant's records, in the order whole-merchant deletion and
 /// counting walk them (the views `deliveries` and `delivery_attempts` read
 /// `canonical_events` and `attempt_log`).
-pub const TABLES: [&str; 13] = [
+pub const TABLES: [&str; 20] = [
+    "seed_runs",
+    "seed_uploads",
+    "intent_alerts",
+    "intent_signals",
+    "intent_activity",
+    "intent_visitors",
+    "intent_settings",
     "destination_health",
     "identity_links",
     "identities",
@@ -753,6 +792,9 @@ impl<'a> Records<'a> {
     /// One pixel beacon: the visitor's capture, its new links, and the copy to every
     /// person it is linked to.
     pub fn record_visitor(&self, capture: &Capture, now_ms: i64) -> Result<()> {
+        if !capture.reports_ids {
+            return Ok(());
+        }
         let captured_at = capture.touchpoints.captured_at.unwrap_or(now_ms / 1000);
         self.upsert_identity(
             &capture.visitor_key,
@@ -1583,6 +1625,24 @@ impl<'a> Records<'a> {
             .collect();
         identity_keys.extend(email.as_deref().map(identity::email_key));
         let identity_keys = to_json(&identity_keys)?;
+        // What the pixel saw those visitors do, and their seed uploads, go with them.
+        for table in [
+            "intent_activity",
+            "intent_signals",
+            "intent_alerts",
+            "intent_visitors",
+            "seed_uploads",
+        ] {
+            let n = self.exec(
+                &format!(
+                    "DELETE FROM {table} WHERE merchant_id = ?1 AND visitor_key IN \
+                     (SELECT visitor_key FROM identity_links WHERE merchant_id = ?1 \
+                      AND identity_key IN (SELECT value FROM json_each(?2)))"
+                ),
+                vec![self.merchant(), identity_keys.as_str().into()],
+            )?;
+            counts.insert(table.into(), n.into());
+        }
         // The pixel visitors this person was (their IPs and click ids) go with them.
         let n = self.exec(
             "DELETE FROM identities WHERE merchant_id = ?1 AND identity_key IN \

@@ -78,7 +78,7 @@ impl RetentionPolicy {
     /// its row and go with it; an event with a delivery still pending is never purged
     /// (its job is on a queue). Attempts are logs and follow their own window.
     pub fn regional_purges(&self, now_ms: i64) -> Vec<Purge> {
-        let rules: [(u32, &'static str, &'static str); 8] = [
+        let rules: [(u32, &'static str, &'static str); 14] = [
             (self.events_days, "canonical_events", "received_at"),
             (self.attempts_days, "attempt_log", "attempted_at"),
             (self.dead_letters_days, "dead_letters", "dead_lettered_at"),
@@ -87,6 +87,12 @@ impl RetentionPolicy {
             (self.customers_days, "crm_context", "updated_at"),
             (self.identity_days, "identities", "updated_at"),
             (self.identity_days, "identity_links", "linked_at"),
+            (self.identity_days, "intent_activity", "at_ms"),
+            (self.identity_days, "intent_signals", "at_ms"),
+            (self.identity_days, "intent_visitors", "last_seen"),
+            (self.identity_days, "intent_alerts", "created_at"),
+            (self.identity_days, "seed_uploads", "uploaded_at"),
+            (self.events_days, "seed_runs", "started_at"),
         ];
         rules
             .into_iter()

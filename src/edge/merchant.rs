@@ -84,6 +84,7 @@ fn param(value: Param) -> records::Result<SqlStorageValue> {
         Param::Int(i) => {
             SqlStorageValue::try_from_i64(i).map_err(|e| records::RecordsError(e.to_string()))?
         }
+        Param::Real(f) => SqlStorageValue::Float(f),
         Param::Text(t) => SqlStorageValue::String(t),
     })
 }

@@ -16,6 +16,7 @@ mod e2e_stripe_meta;
 mod e2e_workspaces;
 mod fuzz_parsers;
 mod hubspot_mapping;
+mod intent_store;
 mod layering;
 mod lemonsqueezy_mapping;
 mod load_delivery;

@@ -17,7 +17,7 @@ const SECRET: &str = "whsec_records_store";
 const MERCHANT: &str = "m_records";
 const NOW_MS: i64 = 1_773_000_000_000;
 
-struct Sqlite(rusqlite::Connection);
+pub(crate) struct Sqlite(pub(crate) rusqlite::Connection);
 
 fn bind(params: Vec<Param>) -> Vec<rusqlite::types::Value> {
     params
@@ -25,6 +25,7 @@ fn bind(params: Vec<Param>) -> Vec<rusqlite::types::Value> {
         .map(|p| match p {
             Param::Null => rusqlite::types::Value::Null,
             Param::Int(i) => rusqlite::types::Value::Integer(i),
+            Param::Real(f) => rusqlite::types::Value::Real(f),
             Param::Text(t) => rusqlite::types::Value::Text(t),
         })
         .collect()
@@ -68,7 +69,7 @@ impl Sql for Sqlite {
     }
 }
 
-fn store() -> Sqlite {
+pub(crate) fn store() -> Sqlite {
     let sql = Sqlite(rusqlite::Connection::open_in_memory().unwrap());
     records::migrate(&sql).unwrap();
     sql
