@@ -735,14 +735,17 @@ pub fn alert_message(
     visitor_id: &str,
     qualification: &Qualification,
     email: Option<&str>,
-    timeline_url: &str,
+    timeline_url: Option<&str>,
 ) -> serde_json::Value {
     let who = email.unwrap_or("an anonymous visitor");
-    let text = format!(
-        "High-intent visitor: {who} reached {:.0} points ({} crossed the threshold). Timeline: {timeline_url}",
+    let mut text = format!(
+        "High-intent visitor: {who} reached {:.0} points ({} crossed the threshold).",
         qualification.score,
         qualification.rule.label()
     );
+    if let Some(url) = timeline_url {
+        text.push_str(&format!(" Timeline: {url}"));
+    }
     serde_json::json!({
         "text": text,
         "merchant_id": merchant_id,
@@ -1032,7 +1035,7 @@ mod tests {
                 score: 20.0,
             },
             Some("ada@example.com"),
-            "https://tl.example/app/visitors/0123",
+            Some("https://tl.example/app/visitors/0123"),
         );
         assert_eq!(
             message["text"],

@@ -144,6 +144,8 @@ pub struct SeedRun {
     pub segment: Option<String>,
     pub uploaded: i64,
     pub skipped_without_email: i64,
+    /// Visitors LinkedIn refused or that could not be sent; tried again next run.
+    pub failed: i64,
     pub error: Option<String>,
     /// Matched members LinkedIn reports for the segment (it serves from 300).
     pub segment_size: Option<i64>,
@@ -683,8 +685,8 @@ impl<'a> IntentStore<'a> {
         }
         self.sql.execute(
             "INSERT INTO seed_runs (merchant_id, day, trigger, started_at, finished_at, status, segment, uploaded, \
-               skipped_without_email, error, segment_size, segment_status) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+               skipped_without_email, failed, error, segment_size, segment_status) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             vec![
                 self.merchant(),
                 run.day.as_str().into(),
@@ -695,6 +697,7 @@ impl<'a> IntentStore<'a> {
                 run.segment.clone().into(),
                 run.uploaded.into(),
                 run.skipped_without_email.into(),
+                run.failed.into(),
                 run.error.clone().into(),
                 run.segment_size.into(),
                 run.segment_status.clone().into(),
@@ -707,7 +710,7 @@ impl<'a> IntentStore<'a> {
     pub fn seed_runs(&self, limit: i64) -> Result<Vec<SeedRun>> {
         let rows = self.sql.query(
             "SELECT day, trigger, started_at, finished_at, status, segment, uploaded, skipped_without_email, \
-               error, segment_size, segment_status FROM seed_runs WHERE merchant_id = ?1 \
+               failed, error, segment_size, segment_status FROM seed_runs WHERE merchant_id = ?1 \
              ORDER BY started_at DESC, id DESC LIMIT ?2",
             vec![self.merchant(), limit.into()],
         )?;

@@ -168,7 +168,7 @@ pub const SCHEMA: &[&str] = &[
        PRIMARY KEY (merchant_id, segment, visitor_key, email_sha256)) WITHOUT ROWID;
      CREATE TABLE IF NOT EXISTS seed_runs (id INTEGER PRIMARY KEY, merchant_id TEXT NOT NULL, day TEXT NOT NULL,
        trigger TEXT NOT NULL, started_at INTEGER NOT NULL, finished_at INTEGER NOT NULL, status TEXT NOT NULL, segment TEXT,
-       uploaded INTEGER NOT NULL, skipped_without_email INTEGER NOT NULL, error TEXT, segment_size INTEGER,
+       uploaded INTEGER NOT NULL, skipped_without_email INTEGER NOT NULL, failed INTEGER NOT NULL, error TEXT, segment_size INTEGER,
        segment_status TEXT);",
 ];
 
@@ -390,6 +390,14 @@ impl<'a> Records<'a> {
 
     fn merchant(&self) -> Param {
         Param::from(self.merchant_id)
+    }
+
+    /// The merchant this object holds, once its first write named it.
+    pub fn owner(sql: &dyn Sql) -> Result<Option<String>> {
+        Ok(sql
+            .query("SELECT merchant_id FROM object_meta WHERE id = 1", vec![])?
+            .first()
+            .and_then(|r| r.get("merchant_id").and_then(Value::as_str).map(str::to_string)))
     }
 
     /// Which merchant and region this object belongs to; written once.

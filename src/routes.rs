@@ -34,6 +34,19 @@ pub enum RouteId {
     AdminCronRuns,
     AdminMetrics,
     AdminRotateSecrets,
+    AdminGetIntent,
+    AdminPutIntent,
+    AdminSeedSync,
+    IntentOverview,
+    IntentVisitors,
+    IntentTimeline,
+    IntentQueue,
+    AppHome,
+    AppSignIn,
+    AppSignOut,
+    AppVisitor,
+    AppStyles,
+    AppScript,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -83,7 +96,48 @@ pub const ROUTES: &[Route] = &[
         "/v1/merchants/{merchant_id}/{view}",
         RouteId::MerchantView,
     ),
+    route(
+        "GET",
+        "/v1/merchants/{merchant_id}/intent",
+        RouteId::IntentOverview,
+    ),
+    route(
+        "GET",
+        "/v1/merchants/{merchant_id}/intent/visitors",
+        RouteId::IntentVisitors,
+    ),
+    route(
+        "GET",
+        "/v1/merchants/{merchant_id}/intent/visitors/{visitor_id}",
+        RouteId::IntentTimeline,
+    ),
+    route(
+        "GET",
+        "/v1/merchants/{merchant_id}/intent/queue",
+        RouteId::IntentQueue,
+    ),
+    route("GET", "/app", RouteId::AppHome),
+    route("POST", "/app/session", RouteId::AppSignIn),
+    route("POST", "/app/sign-out", RouteId::AppSignOut),
+    route("GET", "/app/visitors/{visitor_id}", RouteId::AppVisitor),
+    route("GET", "/app/assets/app.css", RouteId::AppStyles),
+    route("GET", "/app/assets/app.js", RouteId::AppScript),
     route("GET", "/v1/admin/merchants", RouteId::AdminListMerchants),
+    route(
+        "GET",
+        "/v1/admin/merchants/{merchant_id}/intent",
+        RouteId::AdminGetIntent,
+    ),
+    route(
+        "PUT",
+        "/v1/admin/merchants/{merchant_id}/intent",
+        RouteId::AdminPutIntent,
+    ),
+    route(
+        "POST",
+        "/v1/admin/merchants/{merchant_id}/intent/seed-sync",
+        RouteId::AdminSeedSync,
+    ),
     route("POST", "/v1/admin/merchants", RouteId::AdminCreateMerchant),
     route(
         "GET",

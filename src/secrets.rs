@@ -88,6 +88,21 @@ impl Keyring {
         Ok(Keyring { keys })
     }
 
+    /// A key for `purpose` derived from each master key (HMAC-SHA256), newest first:
+    /// sign with the first, accept any, so a rotation signs nobody out at once.
+    pub fn derived_keys(&self, purpose: &str) -> Vec<[u8; 32]> {
+        use hmac::{Hmac, Mac};
+        self.keys
+            .iter()
+            .map(|(_, key)| {
+                let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key.as_slice())
+                    .expect("HMAC takes any key length");
+                mac.update(purpose.as_bytes());
+                mac.finalize().into_bytes().into()
+            })
+            .collect()
+    }
+
     pub fn current_key_id(&self) -> &str {
         &self.keys[0].0
     }

@@ -137,6 +137,9 @@ pub async fn admin(
         RouteId::AdminCronRuns => cron_runs(env).await,
         RouteId::AdminMetrics => Ok((200, json!(metrics::snapshot()))),
         RouteId::AdminRotateSecrets => rotate_secrets(env).await,
+        RouteId::AdminGetIntent | RouteId::AdminPutIntent | RouteId::AdminSeedSync => {
+            super::intent_api::admin(id, &merchant_id, req, env).await
+        }
         // Not operator routes; the edge dispatches them elsewhere.
         RouteId::Health
         | RouteId::OpenApi
@@ -147,7 +150,17 @@ pub async fn admin(
         | RouteId::PixelCollect
         | RouteId::PixelPreflight
         | RouteId::MerchantSelf
-        | RouteId::MerchantView => Err(ApiError::NotFound("route".into())),
+        | RouteId::MerchantView
+        | RouteId::IntentOverview
+        | RouteId::IntentVisitors
+        | RouteId::IntentTimeline
+        | RouteId::IntentQueue
+        | RouteId::AppHome
+        | RouteId::AppSignIn
+        | RouteId::AppSignOut
+        | RouteId::AppVisitor
+        | RouteId::AppStyles
+        | RouteId::AppScript => Err(ApiError::NotFound("route".into())),
     };
     respond(answer)
 }

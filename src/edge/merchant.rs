@@ -12,12 +12,16 @@ use crate::delivery::{DeadLetter, DeliveryJob};
 use crate::ledger;
 use crate::log::Log;
 use crate::pixel::Capture;
+use crate::intent::{Activity, FormStep, IntentSettings, SeedSettings};
+use crate::intent_store::{
+    IntentStore, SeedBatch, SeedCandidate, SeedRun, SeedRunStatus, Timeline, VisitorSummary,
+};
 use crate::records::{self, AdmitAnswer, AdmitRequest, Claimed, Outcomes, Param, Records, Sql};
 use crate::sources::SourceOutput;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use wasm_bindgen::JsValue;
 use worker::{
     durable_object, DurableObject, Env, Method, Request, RequestInit, Response, Result, SqlStorage,
@@ -57,6 +61,65 @@ struct ReplayRequest {
 struct EraseRequest {
     email: Option<String>,
     customer_id: Option<String>,
+}
+
+/// A page of an intent list.
+#[derive(Serialize, Deserialize)]
+pub struct IntentPage {
+    pub limit: i64,
+    pub offset: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TimelineRequest {
+    visitor_id: String,
+    limit: i64,
+}
+
+/// The merchant's intent settings as stored, with the segment TrackLayer created.
+#[derive(Serialize, Deserialize)]
+pub struct StoredIntent {
+    pub settings: IntentSettings,
+    pub created_segment: Option<String>,
+    /// Whether the merchant saved its own (else these are the product defaults).
+    pub saved: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct SeedPrepareRequest {
+    /// The merchant's plan includes the seed sync (Pro or higher) and it is active.
+    pub plan_allows: bool,
+    pub day: String,
+    pub trigger: String,
+}
+
+/// What the seed sync has to do for this merchant.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "status")]
+pub enum SeedPrepared {
+    NotConfigured,
+    /// Configured but not in the plan: recorded as such, nothing sent.
+    PlanRequired,
+    Ready {
+        seed: SeedSettings,
+        /// The segment to add to; `None` until TrackLayer has created it.
+        segment: Option<String>,
+        batch: SeedBatch,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct SeedRecordRequest {
+    pub run: SeedRun,
+    pub uploaded: Vec<SeedCandidate>,
+}
+
+/// The seed sync's state for the merchant's view.
+#[derive(Serialize, Deserialize)]
+pub struct SeedOverview {
+    pub segment: Option<String>,
+    pub uploaded_visitors: i64,
+    pub runs: Vec<SeedRun>,
 }
 
 /// Every answer says how many rows the call wrote (what Durable Object SQLite bills).
@@ -133,6 +196,8 @@ pub struct Merchant {
     migrated: Cell<bool>,
     /// Whether this instance has written `object_meta` (once, not per request).
     owner_recorded: Cell<bool>,
+    /// The intent settings, read once per instance (this object is their only writer).
+    intent_settings: RefCell<Option<IntentSettings>>,
 }
 
 impl Merchant {
@@ -240,6 +305,161 @@ impl Merchant {
         )
     }
 
+    fn intent_settings(&self, intent: &IntentStore) -> Result<IntentSettings> {
+        if let Some(settings) = self.intent_settings.borrow().as_ref() {
+            return Ok(settings.clone());
+        }
+        let settings = intent.settings().map_err(storage_error)?;
+        self.intent_settings.replace(Some(settings.clone()));
+        Ok(settings)
+    }
+
+    /// The settings, after turning forms left open past their window into abandons,
+    /// so what is read is current even before the wake-up runs.
+    fn current_intent(&self, intent: &IntentStore, now: i64) -> Result<IntentSettings> {
+        let settings = self.intent_settings(intent)?;
+        intent.expire_due(&settings, now).map_err(storage_error)?;
+        Ok(settings)
+    }
+
+    /// Moves the object's alarm earlier if an open form or an alert is due sooner.
+    async fn schedule_wakeup(&self, intent: &IntentStore<'_>) -> Result<()> {
+        let Some(at) = intent.next_wakeup().map_err(storage_error)? else {
+            return Ok(());
+        };
+        let storage = self.state.storage();
+        let current = storage.get_alarm().await?;
+        if current.is_none_or(|current| current > at) {
+            storage.set_alarm((at - now_ms()).max(0)).await?;
+        }
+        Ok(())
+    }
+
+    fn prepare_seed(
+        &self,
+        intent: &IntentStore,
+        settings: &IntentSettings,
+        request: &SeedPrepareRequest,
+        now: i64,
+    ) -> Result<SeedPrepared> {
+        let Some(seed) = &settings.linkedin_seed else {
+            return Ok(SeedPrepared::NotConfigured);
+        };
+        if !request.plan_allows {
+            let run = SeedRun {
+                day: request.day.clone(),
+                trigger: request.trigger.clone(),
+                started_at: now,
+                finished_at: now,
+                status: SeedRunStatus::PlanRequired,
+                segment: seed.segment.clone(),
+                uploaded: 0,
+                skipped_without_email: 0,
+                failed: 0,
+                error: Some(
+                    "the LinkedIn seed sync needs the Pro plan or higher; nothing was sent".into(),
+                ),
+                segment_size: None,
+                segment_status: None,
+            };
+            intent.record_seed_run(&run, &[]).map_err(storage_error)?;
+            return Ok(SeedPrepared::PlanRequired);
+        }
+        let created = intent
+            .stored_settings()
+            .map_err(storage_error)?
+            .and_then(|(_, created)| created);
+        let segment = seed.segment.clone().or(created);
+        // Before a segment exists, nobody is in it.
+        let batch = intent
+            .seed_batch(
+                segment.as_deref().unwrap_or("urn:li:dmpSegment:new"),
+                crate::intent_store::SEED_MAX_PER_RUN,
+            )
+            .map_err(storage_error)?;
+        Ok(SeedPrepared::Ready {
+            seed: seed.clone(),
+            segment,
+            batch,
+        })
+    }
+
+    /// The object's alarm: abandons whose window passed, then the high-intent alerts
+    /// due, then the next wake-up.
+    async fn wake_up(&self) -> Result<()> {
+        let sql = self.sql().map_err(storage_error)?;
+        let Some(merchant_id) = Records::owner(&sql).map_err(storage_error)? else {
+            return Ok(());
+        };
+        let intent = IntentStore::new(&sql, &merchant_id);
+        let settings = self.current_intent(&intent, now_ms())?;
+        let alerts = intent
+            .due_alerts(now_ms(), ALERTS_PER_WAKEUP)
+            .map_err(storage_error)?;
+        let var = |name: &str| {
+            self.env
+                .var(name)
+                .ok()
+                .map(|v| v.to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let base_url = var("PUBLIC_BASE_URL");
+        for alert in alerts {
+            // Operators (tests) may point every alert at a stand-in.
+            let url = var(ALERT_TEST_URL_VAR).or_else(|| settings.alert_webhook_url.clone());
+            let Some(url) = url else {
+                intent
+                    .alert_result(&alert.visitor_id, Some("no alert webhook is configured"), now_ms())
+                    .map_err(storage_error)?;
+                continue;
+            };
+            let timeline_url = base_url.as_deref().map(|base| {
+                format!(
+                    "{}/app/visitors/{}",
+                    base.trim_end_matches('/'),
+                    alert.visitor_id
+                )
+            });
+            let message = crate::intent::alert_message(
+                &merchant_id,
+                &alert.visitor_id,
+                &alert.qualification,
+                alert.email.as_deref(),
+                timeline_url.as_deref(),
+            );
+            let request = crate::destinations::OutboundRequest {
+                method: "POST",
+                url: url.clone(),
+                log_url: url,
+                headers: vec![("Content-Type".into(), "application/json".into())],
+                body: message.to_string(),
+            };
+            let error = match super::outbound::send(&request).await {
+                Ok(answer) if (200..300).contains(&answer.status) => None,
+                Ok(answer) => Some(format!("HTTP {}", answer.status)),
+                Err(err) => Some(err),
+            };
+            if let Some(error) = &error {
+                emit(
+                    Log::warn("high-intent alert not delivered; retrying later")
+                        .merchant(&merchant_id)
+                        .text("error", error),
+                );
+            }
+            intent
+                .alert_result(&alert.visitor_id, error.as_deref(), now_ms())
+                .map_err(storage_error)?;
+        }
+        if let Some(at) = intent.next_wakeup().map_err(storage_error)? {
+            // Never sooner than a second: a wake-up that keeps failing must not spin.
+            self.state
+                .storage()
+                .set_alarm((at - now_ms()).max(1_000))
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn enqueue(&self, region: Region, jobs: &[DeliveryJob]) -> Result<usize> {
         enqueue_jobs(&self.env, region, jobs).await
     }
@@ -322,6 +542,7 @@ impl Merchant {
             self.state.storage().delete_all().await?;
             self.migrated.set(false);
             self.owner_recorded.set(false);
+            self.intent_settings.replace(None);
             return Response::from_json(&Answer {
                 rows_written: 0,
                 body: Value::Object(counts),
@@ -336,6 +557,120 @@ impl Merchant {
                 self.remember_owner(&records, region)?;
                 records
                     .record_visitor(&capture, now)
+                    .map_err(storage_error)?;
+                let mut qualified = false;
+                if let Some(activity) = &capture.activity {
+                    let intent = IntentStore::new(&sql, &merchant_id);
+                    let settings = self.intent_settings(&intent)?;
+                    qualified = intent
+                        .observe(&settings, &capture.visitor_key, now, activity)
+                        .map_err(storage_error)?
+                        .is_some();
+                    let opens_form = matches!(
+                        activity,
+                        Activity::Form {
+                            step: FormStep::Start,
+                            ..
+                        }
+                    );
+                    // Only a started form or a new alert needs a wake-up.
+                    if qualified || opens_form {
+                        self.schedule_wakeup(&intent).await?;
+                    }
+                }
+                Self::answer(&sql, json!({ "recorded": true, "qualified": qualified }))
+            }
+            "/intent/settings" => {
+                let intent = IntentStore::new(&sql, &merchant_id);
+                if req.method() == Method::Put {
+                    let settings: IntentSettings = req.json().await?;
+                    self.remember_owner(&records, region)?;
+                    intent
+                        .save_settings(&settings, now)
+                        .map_err(storage_error)?;
+                    self.intent_settings.replace(Some(settings));
+                }
+                let stored = intent.stored_settings().map_err(storage_error)?;
+                let saved = stored.is_some();
+                let (settings, created_segment) = stored.unwrap_or_default();
+                Self::answer(
+                    &sql,
+                    Wrapped {
+                        value: StoredIntent {
+                            settings,
+                            created_segment,
+                            saved,
+                        },
+                    },
+                )
+            }
+            "/intent/visitors" | "/intent/queue" => {
+                let page: IntentPage = req.json().await?;
+                let intent = IntentStore::new(&sql, &merchant_id);
+                let settings = self.current_intent(&intent, now)?;
+                let rows = if path == "/intent/queue" {
+                    intent.queue(&settings, now, page.limit, page.offset)
+                } else {
+                    intent.ranked(&settings, now, page.limit, page.offset)
+                }
+                .map_err(storage_error)?;
+                Self::answer(&sql, Wrapped { value: rows })
+            }
+            "/intent/timeline" => {
+                let request: TimelineRequest = req.json().await?;
+                let intent = IntentStore::new(&sql, &merchant_id);
+                let settings = self.current_intent(&intent, now)?;
+                let timeline = intent
+                    .timeline(&settings, now, &request.visitor_id, request.limit)
+                    .map_err(storage_error)?;
+                Self::answer(&sql, Wrapped { value: timeline })
+            }
+            "/intent/seed" => {
+                let intent = IntentStore::new(&sql, &merchant_id);
+                let settings = self.intent_settings(&intent)?;
+                let created = intent
+                    .stored_settings()
+                    .map_err(storage_error)?
+                    .and_then(|(_, created)| created);
+                let segment = settings
+                    .linkedin_seed
+                    .as_ref()
+                    .and_then(|seed| seed.segment.clone())
+                    .or(created);
+                let uploaded_visitors = match &segment {
+                    Some(segment) => intent.seed_uploaded(segment).map_err(storage_error)?,
+                    None => 0,
+                };
+                let runs = intent.seed_runs(30).map_err(storage_error)?;
+                Self::answer(
+                    &sql,
+                    Wrapped {
+                        value: SeedOverview {
+                            segment,
+                            uploaded_visitors,
+                            runs,
+                        },
+                    },
+                )
+            }
+            "/intent/seed/prepare" => {
+                let request: SeedPrepareRequest = req.json().await?;
+                let intent = IntentStore::new(&sql, &merchant_id);
+                let settings = self.current_intent(&intent, now)?;
+                let prepared = self.prepare_seed(&intent, &settings, &request, now)?;
+                Self::answer(&sql, Wrapped { value: prepared })
+            }
+            "/intent/seed/segment" => {
+                let segment: String = req.json().await?;
+                IntentStore::new(&sql, &merchant_id)
+                    .remember_segment(&segment)
+                    .map_err(storage_error)?;
+                Self::answer(&sql, json!({ "recorded": true }))
+            }
+            "/intent/seed/record" => {
+                let request: SeedRecordRequest = req.json().await?;
+                IntentStore::new(&sql, &merchant_id)
+                    .record_seed_run(&request.run, &request.uploaded)
                     .map_err(storage_error)?;
                 Self::answer(&sql, json!({ "recorded": true }))
             }
@@ -398,6 +733,11 @@ pub const SWEEP_UNATTEMPTED_AFTER_MS: i64 = 5 * 60_000;
 pub const SWEEP_ATTEMPTED_AFTER_MS: i64 = 13 * 3_600_000;
 const SWEEP_BATCH: i64 = 1_000;
 
+/// Alerts sent per wake-up; more wait for the next one, a second later.
+const ALERTS_PER_WAKEUP: i64 = 20;
+/// An operator's stand-in for every merchant's alert webhook (tests only).
+pub const ALERT_TEST_URL_VAR: &str = "INTENT_ALERT_TEST_URL";
+
 impl DurableObject for Merchant {
     fn new(state: State, env: Env) -> Self {
         super::configure_logging(&env);
@@ -406,6 +746,7 @@ impl DurableObject for Merchant {
             env,
             migrated: Cell::new(false),
             owner_recorded: Cell::new(false),
+            intent_settings: RefCell::new(None),
         }
     }
 
@@ -417,6 +758,15 @@ impl DurableObject for Merchant {
                 Response::error(err.to_string(), 500)
             }
         }
+    }
+
+    async fn alarm(&self) -> Result<Response> {
+        if let Err(err) = self.wake_up().await {
+            // The runtime retries a failed alarm.
+            emit(Log::error("merchant object wake-up failed").reason(&err));
+            return Err(err);
+        }
+        Response::ok("")
     }
 }
 
@@ -442,10 +792,31 @@ impl MerchantClient {
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        self.call_with(path, Method::Post, body).await
+    }
+
+    async fn value_with<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        method: Method,
+        body: &B,
+    ) -> Result<T> {
+        Ok(self
+            .call_with::<B, Wrapped<T>>(path, method, body)
+            .await?
+            .value)
+    }
+
+    async fn call_with<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        method: Method,
+        body: &B,
+    ) -> Result<T> {
         let payload =
             serde_json::to_string(body).map_err(|e| worker::Error::RustError(e.to_string()))?;
         let mut init = RequestInit::new();
-        init.with_method(Method::Post)
+        init.with_method(method)
             .with_body(Some(JsValue::from_str(&payload)));
         let url = format!(
             "https://merchant{path}?merchant_id={}&region={}",
@@ -481,6 +852,55 @@ impl MerchantClient {
 
     pub async fn record_visitor(&self, capture: &Capture) -> Result<()> {
         self.call::<_, Value>("/visitor", capture).await.map(|_| ())
+    }
+
+    pub async fn intent_settings(&self, put: Option<&IntentSettings>) -> Result<StoredIntent> {
+        match put {
+            Some(settings) => {
+                self.value_with("/intent/settings", Method::Put, settings)
+                    .await
+            }
+            None => self.value("/intent/settings", &json!({})).await,
+        }
+    }
+
+    pub async fn intent_visitors(&self, page: &IntentPage) -> Result<Vec<VisitorSummary>> {
+        self.value("/intent/visitors", page).await
+    }
+
+    pub async fn intent_queue(&self, page: &IntentPage) -> Result<Vec<VisitorSummary>> {
+        self.value("/intent/queue", page).await
+    }
+
+    pub async fn intent_timeline(&self, visitor_id: &str, limit: i64) -> Result<Option<Timeline>> {
+        self.value(
+            "/intent/timeline",
+            &TimelineRequest {
+                visitor_id: visitor_id.to_string(),
+                limit,
+            },
+        )
+        .await
+    }
+
+    pub async fn seed_overview(&self) -> Result<SeedOverview> {
+        self.value("/intent/seed", &json!({})).await
+    }
+
+    pub async fn seed_prepare(&self, request: &SeedPrepareRequest) -> Result<SeedPrepared> {
+        self.value("/intent/seed/prepare", request).await
+    }
+
+    pub async fn seed_remember_segment(&self, segment: &str) -> Result<()> {
+        self.call::<_, Value>("/intent/seed/segment", &segment)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn seed_record(&self, request: &SeedRecordRequest) -> Result<()> {
+        self.call::<_, Value>("/intent/seed/record", request)
+            .await
+            .map(|_| ())
     }
 
     pub async fn admit(&self, request: &AdmitRequest) -> Result<AdmitAnswer> {

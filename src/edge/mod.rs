@@ -2,9 +2,11 @@
 //! Objects, D1 and cron. Decisions are made in the core; this layer only does I/O.
 
 mod api;
+mod app;
 mod consumer;
 mod http;
 mod intake;
+mod intent_api;
 mod merchant;
 mod metrics;
 mod outbound;
@@ -13,6 +15,7 @@ mod regions;
 mod routing;
 mod send;
 mod settings;
+mod tasks;
 
 use crate::admin::ApiError;
 use crate::config::Region;
@@ -272,6 +275,16 @@ async fn route(req: Request, env: &Env, ctx: &Context) -> Result<Response> {
         RouteId::MerchantSelf | RouteId::MerchantView => {
             api::merchant_read(id, &param("merchant_id"), &param("view"), &req, env).await
         }
+        RouteId::IntentOverview
+        | RouteId::IntentVisitors
+        | RouteId::IntentTimeline
+        | RouteId::IntentQueue => intent_api::merchant_read(id, &params, &req, env).await,
+        RouteId::AppHome
+        | RouteId::AppSignIn
+        | RouteId::AppSignOut
+        | RouteId::AppVisitor
+        | RouteId::AppStyles
+        | RouteId::AppScript => app::handle(id, &params, req, env).await,
         RouteId::AdminListMerchants
         | RouteId::AdminCreateMerchant
         | RouteId::AdminGetMerchant
@@ -292,14 +305,19 @@ async fn route(req: Request, env: &Env, ctx: &Context) -> Result<Response> {
         | RouteId::AdminRejectedRequests
         | RouteId::AdminCronRuns
         | RouteId::AdminMetrics
-        | RouteId::AdminRotateSecrets => api::admin(id, &params, req, env).await,
+        | RouteId::AdminRotateSecrets
+        | RouteId::AdminGetIntent
+        | RouteId::AdminPutIntent
+        | RouteId::AdminSeedSync => api::admin(id, &params, req, env).await,
     }
 }
 
 #[event(queue)]
 async fn queue(batch: MessageBatch<String>, env: Env, _ctx: Context) -> Result<()> {
     configure_logging(&env);
-    if batch.queue().ends_with("-dlq") {
+    if batch.queue().starts_with("tracklayer-tasks") {
+        tasks::consume(batch, &env).await;
+    } else if batch.queue().ends_with("-dlq") {
         consumer::consume_dead_letters(batch, &env).await;
     } else {
         consumer::consume_deliveries(batch, &env).await;
@@ -332,6 +350,17 @@ async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     if cron != DAILY_CRON {
         emit(crate::log::Log::warn("scheduled: no job for this cron").text("cron", &cron));
         return;
+    }
+    // Every trigger fans out the seed sync: each merchant's sync is idempotent, so a
+    // second trigger the same day uploads nothing twice (and retries what failed).
+    let day = utc_date(event.schedule() as i64 / 1000);
+    match tasks::fan_out_seed_sync(&env, &day).await {
+        Ok(n) => emit(
+            crate::log::Log::info("seed sync fanned out")
+                .text("date", &day)
+                .number("merchants", n as i64),
+        ),
+        Err(err) => emit(crate::log::Log::error("seed sync fan-out failed").reason(err)),
     }
     if let Err(err) = daily(&env, &cron, event.schedule() as i64).await {
         emit(crate::log::Log::error("daily job failed").reason(err));

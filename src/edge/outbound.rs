@@ -19,6 +19,9 @@ pub fn requests_sent() -> u64 {
 pub struct Answer {
     pub status: u16,
     pub retry_after: Option<String>,
+    /// The id of a created entity (LinkedIn's `x-restli-id`, else `Location`).
+    pub created_id: Option<String>,
+    pub location: Option<String>,
     pub body: String,
 }
 
@@ -36,9 +39,11 @@ pub async fn send(request: &OutboundRequest) -> Result<Answer, String> {
     } else {
         Method::Post
     };
-    init.with_method(method)
-        .with_headers(headers)
-        .with_body(Some(JsValue::from_str(&request.body)));
+    init.with_method(method).with_headers(headers);
+    // A GET may not carry a body.
+    if request.method != "GET" {
+        init.with_body(Some(JsValue::from_str(&request.body)));
+    }
     let req = Request::new_with_init(&request.url, &init).map_err(|e| e.to_string())?;
     let controller = AbortController::default();
     let signal = controller.signal();
@@ -48,11 +53,16 @@ pub async fn send(request: &OutboundRequest) -> Result<Answer, String> {
     let raced = select(sending, timer).await;
     match raced {
         Either::Left((Ok(mut response), _)) => {
-            let retry_after = response.headers().get("retry-after").ok().flatten();
+            let header = |name: &str| response.headers().get(name).ok().flatten();
+            let retry_after = header("retry-after");
+            let created_id = header("x-restli-id").or_else(|| header("x-linkedin-id"));
+            let location = header("location");
             let body = response.text().await.unwrap_or_default();
             Ok(Answer {
                 status: response.status_code(),
                 retry_after,
+                created_id,
+                location,
                 body,
             })
         }

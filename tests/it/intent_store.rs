@@ -219,6 +219,7 @@ fn the_seed_batch_uploads_each_visitor_with_an_email_once_per_segment() {
         segment: Some(segment.into()),
         uploaded: 1,
         skipped_without_email: 1,
+        failed: 0,
         error: None,
         segment_size: Some(0),
         segment_status: Some("BUILDING".into()),
