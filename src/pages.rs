@@ -238,11 +238,16 @@ fn values_text(values: &Value) -> String {
         Value::Number(n) => Some(n.to_string()),
         _ => None,
     };
-    [("mrr", "MRR"), ("arr", "ARR"), ("net_value", "net"), ("mrr_delta", "MRR change")]
-        .iter()
-        .filter_map(|(field, label)| amount(field).map(|v| format!("{label} {v} {currency}")))
-        .collect::<Vec<_>>()
-        .join(", ")
+    [
+        ("mrr", "MRR"),
+        ("arr", "ARR"),
+        ("net_value", "net"),
+        ("mrr_delta", "MRR change"),
+    ]
+    .iter()
+    .filter_map(|(field, label)| amount(field).map(|v| format!("{label} {v} {currency}")))
+    .collect::<Vec<_>>()
+    .join(", ")
 }
 
 fn entry(entry: &TimelineEntry) -> (String, &'static str, String) {
@@ -294,7 +299,11 @@ fn entry(entry: &TimelineEntry) -> (String, &'static str, String) {
                 score(*score_after)
             ),
         ),
-        TimelineEntry::Qualified { at_ms, rule, score: s } => (
+        TimelineEntry::Qualified {
+            at_ms,
+            rule,
+            score: s,
+        } => (
             time(*at_ms),
             "hot",
             format!(
@@ -305,7 +314,11 @@ fn entry(entry: &TimelineEntry) -> (String, &'static str, String) {
         ),
         TimelineEntry::Identify { at_ms, identity } => {
             let (kind, value) = identity.split_once(':').unwrap_or(("id", identity));
-            let kind = if kind == "customer" { "customer id" } else { kind };
+            let kind = if kind == "customer" {
+                "customer id"
+            } else {
+                kind
+            };
             (
                 time(*at_ms),
                 "identify",
@@ -419,7 +432,9 @@ mod tests {
         assert!(!html.contains("<img src=x>"));
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(html.contains("a&quot;b@example.com"));
-        assert!(html.contains("<time datetime=\"2026-05-28T20:26:40Z\">2026-05-28 20:26 UTC</time>"));
+        assert!(
+            html.contains("<time datetime=\"2026-05-28T20:26:40Z\">2026-05-28 20:26 UTC</time>")
+        );
     }
 
     #[test]

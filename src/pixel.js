@@ -1,7 +1,9 @@
 /*! TrackLayer first-party pixel. Keeps the ad click ids a visitor lands with and the ad
  * cookies already on the page, so the merchant's server-side conversions can be
- * attributed weeks later. Sends only those values, a random visitor id and what
- * tracklayer('identify', …) is given: never the page URL, title or form contents. */
+ * attributed weeks later, and reports page views (path and title) and demo-form
+ * starts and submits for intent scoring. Sends only those values, a random visitor id
+ * and what tracklayer('identify', …) is given: never the query string, the fragment,
+ * the referrer or form contents. */
 (function (w, d) {
   "use strict";
   var script = d.currentScript;
@@ -73,9 +75,45 @@
     return null;
   }
 
-  function send(identity) {
+  // Every beacon: no Referer (the page URL carries click ids and utm parameters) and
+  // no credentials; text/plain keeps it a simple CORS request with no preflight.
+  function post(body, done) {
+    if (!w.fetch) return;
+    w.fetch(endpoint, {
+      method: "POST", body: body, keepalive: true, credentials: "omit",
+      referrerPolicy: "no-referrer", headers: { "content-type": "text/plain" }
+    }).then(function (response) {
+      if (response.ok) { if (done) done(); }
+      else if (w.console) w.console.warn("TrackLayer pixel: beacon refused with HTTP " + response.status);
+    }, function () { /* offline: nothing to do */ });
+  }
+
+  function currentPath() {
+    return w.location.pathname || "/";
+  }
+
+  var lastPath = null;
+  // A page view: path and title only. The first one of a page load also carries the
+  // ids when they changed (or once a day), so a visit costs one beacon.
+  function pageView() {
     if (!consented) return;
-    var beacon = { visitor_id: visitorId(), landing: {}, cookies: {} };
+    var path = currentPath();
+    if (path === lastPath) return;
+    lastPath = path;
+    var beacon = { visitor_id: visitorId(), page: { path: path, title: (d.title || "").slice(0, 200) } };
+    var ids = idsBeacon();
+    if (ids) { beacon.landing = ids.beacon.landing; beacon.cookies = ids.beacon.cookies; }
+    post(JSON.stringify(beacon), ids && function () { storage("set", ids.sent); });
+  }
+
+  function formEvent(form, step) {
+    if (!consented || !/^[a-z0-9_-]{1,40}$/.test(form) || (step !== "start" && step !== "submit")) return;
+    post(JSON.stringify({ visitor_id: visitorId(), form: { form: form, step: step, path: currentPath() } }));
+  }
+
+  // The ids part, when it differs from what was last sent or a day has passed.
+  function idsBeacon(identity) {
+    var beacon = { landing: {}, cookies: {} };
     var query = new URLSearchParams(w.location.search);
     LANDING_PARAMS.forEach(function (name) {
       var value = query.get(name);
@@ -86,31 +124,64 @@
       if (value) beacon.cookies[name] = value;
     });
     if (identity) beacon.identify = identity;
-    var body = JSON.stringify(beacon);
-    var sent = { d: digest(body), t: Date.now() };
+    var sent = { d: digest(JSON.stringify(beacon)), t: Date.now() };
     var last = storage("get");
-    if (!identity && last && last.d === sent.d && sent.t - last.t < RESEND_AFTER_MS) return;
-    // text/plain keeps this a simple CORS request: no preflight round trip.
-    if (w.fetch) {
-      w.fetch(endpoint, {
-        method: "POST", body: body, keepalive: true, credentials: "omit",
-        headers: { "content-type": "text/plain" }
-      }).then(function (response) {
-        if (response.ok) storage("set", sent);
-        else if (w.console) w.console.warn("TrackLayer pixel: beacon refused with HTTP " + response.status);
-      }, function () { /* offline: the next page view sends again */ });
-    } else if (w.navigator.sendBeacon && w.navigator.sendBeacon(endpoint, body)) {
-      storage("set", sent);
-    }
+    if (!identity && last && last.d === sent.d && sent.t - last.t < RESEND_AFTER_MS) return null;
+    return { beacon: beacon, sent: sent };
+  }
+
+  function send(identity) {
+    if (!consented) return;
+    var ids = idsBeacon(identity);
+    if (!ids) return;
+    ids.beacon.visitor_id = visitorId();
+    post(JSON.stringify(ids.beacon), function () { storage("set", ids.sent); });
+  }
+
+  // Forms marked data-tl-form="demo": the first input starts, the submit submits.
+  function watchForms() {
+    var started = {};
+    d.addEventListener("focusin", function (event) {
+      var form = event.target && event.target.closest && event.target.closest("form[data-tl-form]");
+      if (!form) return;
+      var name = form.getAttribute("data-tl-form");
+      if (started[name]) return;
+      started[name] = true;
+      formEvent(name, "start");
+    }, true);
+    d.addEventListener("submit", function (event) {
+      var form = event.target && event.target.closest && event.target.closest("form[data-tl-form]");
+      if (!form) return;
+      var name = form.getAttribute("data-tl-form");
+      started[name] = false;
+      formEvent(name, "submit");
+    }, true);
+  }
+
+  // Single-page apps: a pushState or replaceState to a new path, or back/forward.
+  function watchNavigation() {
+    ["pushState", "replaceState"].forEach(function (name) {
+      var original = w.history && w.history[name];
+      if (typeof original !== "function") return;
+      w.history[name] = function () {
+        var result = original.apply(this, arguments);
+        pageView();
+        return result;
+      };
+    });
+    w.addEventListener("popstate", pageView);
   }
 
   function tracklayer(command, argument) {
     if (command === "identify" && argument) {
       send({ email: argument.email || undefined, user_id: argument.user_id || undefined });
+    } else if (command === "form" && argument) {
+      formEvent(String(argument.form || ""), argument.step);
     } else if (command === "consent") {
       consented = argument !== false;
       if (consented) {
-        send();
+        lastPath = null;
+        pageView();
       } else {
         writeCookie(VISITOR_COOKIE, "", 0);
         storage("remove");
@@ -122,6 +193,8 @@
   var consentFirst = queued.filter(function (args) { return args[0] === "consent"; });
   var others = queued.filter(function (args) { return args[0] !== "consent"; });
   consentFirst.forEach(function (args) { tracklayer.apply(null, args); });
-  if (!consentFirst.length) send();
+  if (!consentFirst.length) pageView();
   others.forEach(function (args) { tracklayer.apply(null, args); });
+  watchForms();
+  watchNavigation();
 })(window, document);

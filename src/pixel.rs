@@ -196,12 +196,13 @@ pub fn is_key(candidate: &str) -> bool {
 }
 
 /// The two tags a merchant pastes into every page. The first queues calls made before
-/// the script has loaded (`tracklayer('identify', …)`).
+/// the script has loaded (`tracklayer('identify', …)`); the second loads the script
+/// without sending the page's URL as `Referer`.
 pub fn snippet(base_url: &str, key: &str) -> String {
     let base = base_url.trim_end_matches('/');
     format!(
         "<script>window.tracklayer=window.tracklayer||function(){{(tracklayer.q=tracklayer.q||[]).push(arguments)}};</script>\n\
-         <script async src=\"{base}/v1/pixel.js\" data-key=\"{key}\"></script>"
+         <script async src=\"{base}/v1/pixel.js\" data-key=\"{key}\" referrerpolicy=\"no-referrer\"></script>"
     )
 }
 

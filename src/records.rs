@@ -397,7 +397,11 @@ impl<'a> Records<'a> {
         Ok(sql
             .query("SELECT merchant_id FROM object_meta WHERE id = 1", vec![])?
             .first()
-            .and_then(|r| r.get("merchant_id").and_then(Value::as_str).map(str::to_string)))
+            .and_then(|r| {
+                r.get("merchant_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            }))
     }
 
     /// Which merchant and region this object belongs to; written once.

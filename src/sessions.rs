@@ -120,7 +120,11 @@ mod tests {
         let other = URL_SAFE_NO_PAD.encode("other");
         let forged = token.replacen(&URL_SAFE_NO_PAD.encode("acme-eu"), &other, 1);
         assert_eq!(verify(&[KEY], &forged, 1_000), None);
-        let later = token.replacen(&format!(".{}.", 1_000 + LIFETIME_SECONDS), ".99999999999.", 1);
+        let later = token.replacen(
+            &format!(".{}.", 1_000 + LIFETIME_SECONDS),
+            ".99999999999.",
+            1,
+        );
         assert_eq!(verify(&[KEY], &later, 1_000), None);
         for bad in ["", "v1", "v1.a.b.c.d", "x.y", &format!("{token}x")] {
             assert_eq!(verify(&[KEY], bad, 1_000), None, "{bad}");
@@ -130,11 +134,20 @@ mod tests {
     #[test]
     fn the_cookie_is_http_only_secure_strict_and_scoped_to_the_pages() {
         let cookie = set_cookie("abc");
-        for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/app", "Max-Age=28800"] {
+        for flag in [
+            "HttpOnly",
+            "Secure",
+            "SameSite=Strict",
+            "Path=/app",
+            "Max-Age=28800",
+        ] {
             assert!(cookie.contains(flag), "{cookie} lacks {flag}");
         }
         assert!(clear_cookie().contains("Max-Age=0"));
-        assert_eq!(from_cookie_header("a=1; tl_session=tok.en; b=2"), Some("tok.en"));
+        assert_eq!(
+            from_cookie_header("a=1; tl_session=tok.en; b=2"),
+            Some("tok.en")
+        );
         assert_eq!(from_cookie_header("tl_session="), None);
         assert_eq!(from_cookie_header("x_tl_session=1"), None);
     }

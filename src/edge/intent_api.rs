@@ -95,11 +95,7 @@ impl Overview {
     }
 
     pub fn to_json(&self) -> Value {
-        let latest = self
-            .seed
-            .runs
-            .iter()
-            .find(|run| run.segment_size.is_some());
+        let latest = self.seed.runs.iter().find(|run| run.segment_size.is_some());
         json!({
             "merchant_id": self.route.merchant_id,
             "plan": self.route.plan,

@@ -9,13 +9,13 @@ use super::{emit, now_ms, retention_policy};
 use crate::admin::{ListQuery, ReplayFilter};
 use crate::config::{MerchantConfig, Region};
 use crate::delivery::{DeadLetter, DeliveryJob};
-use crate::ledger;
-use crate::log::Log;
-use crate::pixel::Capture;
 use crate::intent::{Activity, FormStep, IntentSettings, SeedSettings};
 use crate::intent_store::{
     IntentStore, SeedBatch, SeedCandidate, SeedRun, SeedRunStatus, Timeline, VisitorSummary,
 };
+use crate::ledger;
+use crate::log::Log;
+use crate::pixel::Capture;
 use crate::records::{self, AdmitAnswer, AdmitRequest, Claimed, Outcomes, Param, Records, Sql};
 use crate::sources::SourceOutput;
 use serde::de::DeserializeOwned;
@@ -409,7 +409,11 @@ impl Merchant {
             let url = var(ALERT_TEST_URL_VAR).or_else(|| settings.alert_webhook_url.clone());
             let Some(url) = url else {
                 intent
-                    .alert_result(&alert.visitor_id, Some("no alert webhook is configured"), now_ms())
+                    .alert_result(
+                        &alert.visitor_id,
+                        Some("no alert webhook is configured"),
+                        now_ms(),
+                    )
                     .map_err(storage_error)?;
                 continue;
             };

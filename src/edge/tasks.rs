@@ -98,7 +98,11 @@ pub async fn seed_sync(
     trigger: &str,
 ) -> std::result::Result<Option<SeedRun>, String> {
     let routing = Routing::from_env(env).map_err(|e| e.to_string())?;
-    let Some(route) = routing.route(merchant_id).await.map_err(|e| e.to_string())? else {
+    let Some(route) = routing
+        .route(merchant_id)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
         return Ok(None);
     };
     let client = MerchantClient::new(env, route.region, merchant_id, Phase::Other)

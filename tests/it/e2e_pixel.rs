@@ -171,8 +171,13 @@ fn pixel_click_ids_reach_the_conversion_weeks_later() {
     let sent = &beacons[0]["body"];
     assert_eq!(sent["landing"]["gclid"], "Cj0KCQiA-pixel-gclid");
     assert!(
-        sent["landing"].get("utm_source").is_none() && !landing.to_string().contains("/pricing"),
-        "the page URL is never sent: {sent}"
+        sent["landing"].get("utm_source").is_none() && !landing.to_string().contains("utm_source"),
+        "the query string is never sent: {sent}"
+    );
+    // The page view: path and title only.
+    assert_eq!(
+        sent["page"],
+        json!({ "path": "/pricing", "title": "Test page" })
     );
     let visitor_id = sent["visitor_id"].as_str().unwrap().to_string();
     // The visitor id is on the widest domain, shared by www. and app.
@@ -186,7 +191,7 @@ fn pixel_click_ids_reach_the_conversion_weeks_later() {
     assert_eq!(vid_cookie["domain"], "example.com");
     assert_eq!(vid_cookie["value"], visitor_id.as_str());
 
-    // The same page again: nothing changed, nothing is sent.
+    // The same page again: a page view, without the ids (nothing changed).
     let again = visit(
         &worker,
         &browser,
@@ -194,7 +199,16 @@ fn pixel_click_ids_reach_the_conversion_weeks_later() {
         &key,
         json!([]),
     );
-    assert_eq!(again["beacons"], json!([]), "{again}");
+    assert_eq!(
+        again["beacons"].as_array().map(|b| b.len()),
+        Some(1),
+        "{again}"
+    );
+    let page_only = &again["beacons"][0]["body"];
+    assert_eq!(
+        page_only,
+        &json!({ "visitor_id": visitor_id, "page": { "path": "/pricing", "title": "Test page" } })
+    );
 
     // 3. Days later the visitor signs up in the app, which calls identify.
     let signup = visit(

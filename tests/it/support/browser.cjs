@@ -49,6 +49,8 @@ const document = {
       state.cookies.push({ name, value, domain, expires });
     }
   },
+  title: "Test page",
+  addEventListener: () => {},
   currentScript: {
     src: scriptUrl,
     getAttribute: (name) =>
@@ -63,6 +65,8 @@ function browserFetch(url, init) {
     origin: page.origin,
     "user-agent": "Mozilla/5.0 (X11; Linux x86_64) TrackLayerE2E/1.0",
   });
+  // The script must never let the page's URL leave as Referer.
+  if (init.referrerPolicy !== "no-referrer") throw new Error("beacon without referrerPolicy no-referrer");
   const request = fetch(url, { method: init.method, body: init.body, headers }).then(async (response) => {
     const allowOrigin = response.headers.get("access-control-allow-origin");
     beacons.push({ url, status: response.status, body: JSON.parse(init.body), allow_origin: allowOrigin, answer: await response.text() });
@@ -86,6 +90,8 @@ async function main() {
     crypto: globalThis.crypto,
     fetch: browserFetch,
     navigator: {},
+    history: { pushState() {}, replaceState() {} },
+    addEventListener: () => {},
     URLSearchParams,
     localStorage: {
       getItem: (k) => (k in state.storage ? state.storage[k] : null),
