@@ -5,4 +5,6 @@ set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
 bash scripts/setup.sh
+# The timeline pages are tested in a real browser.
+bash scripts/setup-chromium.sh
 cargo test --lib --tests -- --test-threads=1 "$@"

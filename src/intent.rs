@@ -333,8 +333,10 @@ impl IntentSettings {
     /// every score shrinks by the same factor, so log2(score) plus the half-lives since
     /// an epoch keeps its order forever and is stored once per change.
     pub fn rank_key(&self, score: f64, at_ms: i64) -> i64 {
+        // Scored visitors always hold at least one signal's points, so their key is
+        // positive; 0 means "no score". Keys stay within JavaScript's safe integers.
         if score <= 0.0 {
-            return i64::MIN;
+            return 0;
         }
         let key = match self.decay_half_life_days {
             Some(days) => score.log2() + at_ms as f64 / (f64::from(days) * DAY_MS as f64),

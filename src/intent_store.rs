@@ -493,9 +493,9 @@ impl<'a> IntentStore<'a> {
     ) -> Result<Vec<VisitorSummary>> {
         let rows = self.sql.query(
             "SELECT visitor_key, state, first_seen, last_seen, page_views, qualified_at, qualified_rule \
-             FROM intent_visitors WHERE merchant_id = ?1 AND rank_key > ?2 \
-             ORDER BY rank_key DESC, visitor_key LIMIT ?3 OFFSET ?4",
-            vec![self.merchant(), i64::MIN.into(), limit.into(), offset.into()],
+             FROM intent_visitors WHERE merchant_id = ?1 AND rank_key > 0 \
+             ORDER BY rank_key DESC, visitor_key LIMIT ?2 OFFSET ?3",
+            vec![self.merchant(), limit.into(), offset.into()],
         )?;
         rows.iter()
             .map(|row| self.summary(settings, now_ms, row))
@@ -601,6 +601,16 @@ impl<'a> IntentStore<'a> {
                 at_ms: int(row, "linked_at").unwrap_or(0),
                 identity,
             });
+        }
+        // Billing customers known under the visitor's emails.
+        for row in self.sql.query(
+            "SELECT customer_id FROM customers WHERE merchant_id = ?1 \
+             AND lower(email) IN (SELECT value FROM json_each(?2))",
+            vec![self.merchant(), to_json(&visitor.emails)?.into()],
+        )? {
+            if let Some(id) = text(&row, "customer_id") {
+                customer_ids.push(id);
+            }
         }
         // The person's billing events since the visitor was first seen.
         let conversions = self.sql.query(

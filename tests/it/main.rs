@@ -9,6 +9,7 @@ mod support;
 
 mod chargebee_mapping;
 mod e2e_fanout;
+mod e2e_intent;
 mod e2e_outage;
 mod e2e_pixel;
 mod e2e_sources;
