@@ -264,7 +264,7 @@ impl Integration {
             reason,
         })?;
         if self.kind == IntegrationKind::Destination {
-            crate::api_versions::refuse_sunset(self.name, config, now_s).map_err(|reason| {
+            crate::destinations::refuse_sunset(self.name, config, now_s).map_err(|reason| {
                 ApiError::InvalidConfig {
                     name: self.name.into(),
                     reason,

@@ -1,10 +1,12 @@
-//! The platform API versions a merchant may pin, with their sunset dates, as data.
+//! How platform API versions age: the rules that date a pinned version's sunset. Each
+//! versioned destination declares its own (`DestinationSpec::versioning`, with its
+//! version table where the platform publishes one).
 //!
 //! A default always has at least six months left; a pinned version past its sunset is
 //! refused when configured; one within [`WARN_DAYS`] of its sunset is reported by the
 //! daily job so the merchant sees it before requests start failing.
 //!
-//! Sources (checked 2026-11-30):
+//! Sources of the dates (checked 2026-11-30):
 //! - Google Ads: developers.google.com/google-ads/api/docs/sunset-dates and the sunset
 //!   reminders on the Ads developer blog (v19 2026-02-11, v20 2026-06-10, v21
 //!   2026-08-05, v22 2026-10-07). Later versions have no announced date yet; Google
@@ -31,7 +33,7 @@ pub struct KnownVersion {
     pub announced: bool,
 }
 
-const fn v(version: &'static str, sunset: &'static str, announced: bool) -> KnownVersion {
+pub const fn v(version: &'static str, sunset: &'static str, announced: bool) -> KnownVersion {
     KnownVersion {
         version,
         sunset,
@@ -39,34 +41,10 @@ const fn v(version: &'static str, sunset: &'static str, announced: bool) -> Know
     }
 }
 
-pub const GOOGLE_ADS: &[KnownVersion] = &[
-    v("v19", "2026-02-11", true),
-    v("v20", "2026-06-10", true),
-    v("v21", "2026-08-05", true),
-    v("v22", "2026-10-07", true),
-    v("v23", "2027-02-03", false),
-    v("v24", "2027-04-28", false),
-    v("v25", "2027-07-28", false),
-    v("v26", "2027-10-13", false),
-];
-
-pub const META_GRAPH: &[KnownVersion] = &[
-    v("v19.0", "2026-05-21", true),
-    v("v20.0", "2026-09-24", true),
-    v("v21.0", "2027-01-21", true),
-    v("v22.0", "2027-05-20", true),
-    v("v23.0", "2027-10-08", true),
-    v("v24.0", "2028-02-18", true),
-    v("v25.0", "2028-07-29", true),
-    // Released 2026-07-29; Meta keeps a version at least two years.
-    v("v26.0", "2028-07-29", false),
-];
-
 /// How a destination names its pinned version in the merchant's config, and the rule
-/// that dates it.
+/// that dates it: declared by the destination's spec (`DestinationSpec::versioning`).
 #[derive(Debug, Clone, Copy)]
-pub struct VersionedDestination {
-    pub destination: &'static str,
+pub struct Versioning {
     pub config_field: &'static str,
     pub default: Option<&'static str>,
     pub rule: Rule,
@@ -81,33 +59,6 @@ pub enum Rule {
     /// `YYYY-MM-DD`, retired two years after that date.
     DatedTwoYears,
 }
-
-pub const VERSIONED: &[VersionedDestination] = &[
-    VersionedDestination {
-        destination: crate::destinations::google_ads::NAME,
-        config_field: "api_version",
-        default: Some(crate::destinations::google_ads::DEFAULT_API_VERSION),
-        rule: Rule::Table(GOOGLE_ADS),
-    },
-    VersionedDestination {
-        destination: crate::destinations::meta::NAME,
-        config_field: "api_version",
-        default: Some(crate::destinations::meta::DEFAULT_API_VERSION),
-        rule: Rule::Table(META_GRAPH),
-    },
-    VersionedDestination {
-        destination: crate::destinations::linkedin::NAME,
-        config_field: "linkedin_version",
-        default: Some(crate::destinations::linkedin::DEFAULT_VERSION),
-        rule: Rule::MonthlyOneYear,
-    },
-    VersionedDestination {
-        destination: crate::destinations::klaviyo::NAME,
-        config_field: "revision",
-        default: Some(crate::destinations::klaviyo::DEFAULT_REVISION),
-        rule: Rule::DatedTwoYears,
-    },
-];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lifecycle {
@@ -128,19 +79,13 @@ pub enum Lifecycle {
     Unknown,
 }
 
-/// The version a merchant's config pins for `destination` (its default if unset), if
-/// the destination is versioned.
-pub fn pinned(
-    destination: &str,
-    config: &serde_json::Value,
-) -> Option<(String, &'static VersionedDestination)> {
-    let spec = VERSIONED.iter().find(|d| d.destination == destination)?;
-    let version = config
+/// The version a merchant's config pins (the default if unset).
+pub fn pinned(spec: &Versioning, config: &serde_json::Value) -> Option<String> {
+    config
         .get(spec.config_field)
         .and_then(serde_json::Value::as_str)
         .map(str::to_string)
-        .or_else(|| spec.default.map(str::to_string))?;
-    Some((version, spec))
+        .or_else(|| spec.default.map(str::to_string))
 }
 
 pub fn lifecycle(rule: Rule, version: &str, now_s: i64) -> Lifecycle {
@@ -206,11 +151,11 @@ fn version_number(version: &str) -> Option<u32> {
 
 /// Why a config pinning a sunset version is refused, if it does.
 pub fn refuse_sunset(
-    destination: &str,
+    spec: &Versioning,
     config: &serde_json::Value,
     now_s: i64,
 ) -> Result<(), String> {
-    let Some((version, spec)) = pinned(destination, config) else {
+    let Some(version) = pinned(spec, config) else {
         return Ok(());
     };
     match lifecycle(spec.rule, &version, now_s) {
@@ -225,10 +170,11 @@ pub fn refuse_sunset(
 /// A warning the merchant sees for a pinned version near or past its sunset.
 pub fn warning(
     destination: &str,
+    spec: &Versioning,
     config: &serde_json::Value,
     now_s: i64,
 ) -> Option<serde_json::Value> {
-    let (version, spec) = pinned(destination, config)?;
+    let version = pinned(spec, config)?;
     let (level, sunset, days_left) = match lifecycle(spec.rule, &version, now_s) {
         Lifecycle::NearSunset {
             sunset, days_left, ..
@@ -255,19 +201,54 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn spec(destination: &str) -> Versioning {
+        crate::destinations::find(destination)
+            .and_then(|d| d.versioning)
+            .unwrap_or(Versioning {
+                config_field: "api_version",
+                default: None,
+                rule: Rule::MonthlyOneYear,
+            })
+    }
+
+    fn refuse_sunset(
+        destination: &str,
+        config: &serde_json::Value,
+        now_s: i64,
+    ) -> Result<(), String> {
+        super::refuse_sunset(&spec(destination), config, now_s)
+    }
+
+    fn warning(
+        destination: &str,
+        config: &serde_json::Value,
+        now_s: i64,
+    ) -> Option<serde_json::Value> {
+        super::warning(destination, &spec(destination), config, now_s)
+    }
+
     /// 2026-11-30 12:00 UTC, the day Google's v22 had been dead for seven weeks.
     const NOW: i64 = 1_796_040_000;
     const SIX_MONTHS: i64 = 182 * 86_400;
 
     #[test]
     fn every_default_has_six_months_left() {
-        for spec in VERSIONED {
+        let versioned: Vec<_> = crate::destinations::REGISTRY
+            .iter()
+            .filter_map(|d| d.versioning.map(|v| (d.name, v)))
+            .collect();
+        assert_eq!(
+            versioned.len(),
+            4,
+            "Google Ads, Meta, LinkedIn, Klaviyo pin versions"
+        );
+        for (name, spec) in versioned {
             let Some(default) = spec.default else {
                 continue;
             };
             match lifecycle(spec.rule, default, NOW + SIX_MONTHS) {
                 Lifecycle::Supported { .. } => {}
-                other => panic!("{} default {default}: {other:?}", spec.destination),
+                other => panic!("{name} default {default}: {other:?}"),
             }
         }
     }
@@ -305,7 +286,11 @@ mod tests {
     #[test]
     fn unknown_newer_versions_are_not_refused() {
         assert_eq!(
-            lifecycle(Rule::Table(GOOGLE_ADS), "v27", NOW),
+            lifecycle(
+                Rule::Table(crate::destinations::google_ads::VERSIONS),
+                "v27",
+                NOW
+            ),
             Lifecycle::Unknown
         );
         assert!(refuse_sunset("google_ads", &json!({ "api_version": "v27" }), NOW).is_ok());

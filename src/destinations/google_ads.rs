@@ -13,6 +13,7 @@ use super::{
     BuildError, Correction, CorrectionSpec, DeliveryStatus, DestinationSpec, MatchKey,
     OutboundRequest, Outcome, RequestPlan, StoredConversion,
 };
+use crate::api_versions::v;
 use crate::config::MerchantConfig;
 use crate::event::{CanonicalEvent, EventName};
 use crate::hashing::{hash_email_google, hash_phone_e164};
@@ -165,6 +166,19 @@ static AUTH: AuthSpec = AuthSpec {
     parse_token,
 };
 
+/// Google Ads API versions and their sunsets (developers.google.com/google-ads/api/docs/
+/// sunset-dates; v23 and later projected from their release, about 12 months each).
+pub const VERSIONS: &[crate::api_versions::KnownVersion] = &[
+    v("v19", "2026-02-11", true),
+    v("v20", "2026-06-10", true),
+    v("v21", "2026-08-05", true),
+    v("v22", "2026-10-07", true),
+    v("v23", "2027-02-03", false),
+    v("v24", "2027-04-28", false),
+    v("v25", "2027-07-28", false),
+    v("v26", "2027-10-13", false),
+];
+
 pub const SPEC: DestinationSpec = DestinationSpec {
     name: NAME,
     endpoints: &[API, OAUTH_TOKEN],
@@ -191,6 +205,11 @@ pub const SPEC: DestinationSpec = DestinationSpec {
     accepts,
     operator_secrets: &[DEVELOPER_TOKEN, OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET],
     corrections: Some(&CORRECTIONS),
+    versioning: Some(crate::api_versions::Versioning {
+        config_field: "api_version",
+        default: Some(DEFAULT_API_VERSION),
+        rule: crate::api_versions::Rule::Table(VERSIONS),
+    }),
     ..DestinationSpec::DEFAULT
 };
 

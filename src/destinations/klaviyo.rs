@@ -68,6 +68,11 @@ pub const SPEC: DestinationSpec = DestinationSpec {
     secret_fields: &["private_api_key"],
     validate_config: crate::config::check_config::<KlaviyoConfig>,
     accepts: super::accepts_all,
+    versioning: Some(crate::api_versions::Versioning {
+        config_field: "revision",
+        default: Some(DEFAULT_REVISION),
+        rule: crate::api_versions::Rule::DatedTwoYears,
+    }),
     ..DestinationSpec::DEFAULT
 };
 

@@ -99,6 +99,11 @@ pub const SPEC: DestinationSpec = DestinationSpec {
     required_feature: Some(Feature::LinkedinCapi),
     accepts,
     paid_start_value: Some(crate::config::ValueField::Arr),
+    versioning: Some(crate::api_versions::Versioning {
+        config_field: "linkedin_version",
+        default: Some(DEFAULT_VERSION),
+        rule: crate::api_versions::Rule::MonthlyOneYear,
+    }),
     ..DestinationSpec::DEFAULT
 };
 

@@ -10,6 +10,7 @@ use super::{
     encode_query_value, plan_rows, truncate, BuildContext, BuildError, DestinationSpec, MatchKey,
     NameOverrides, OutboundRequest, Outcome, RequestPlan,
 };
+use crate::api_versions::v;
 use crate::config::MerchantConfig;
 use crate::event::{CanonicalEvent, EventName};
 use crate::hashing::{hash_country, hash_email, hash_identifier, hash_name, hash_phone_digits};
@@ -52,6 +53,20 @@ fn default_action_source() -> String {
     "system_generated".to_string()
 }
 
+/// Graph API versions and their sunsets (developers.facebook.com/docs/graph-api/
+/// changelog/versions).
+pub const VERSIONS: &[crate::api_versions::KnownVersion] = &[
+    v("v19.0", "2026-05-21", true),
+    v("v20.0", "2026-09-24", true),
+    v("v21.0", "2027-01-21", true),
+    v("v22.0", "2027-05-20", true),
+    v("v23.0", "2027-10-08", true),
+    v("v24.0", "2028-02-18", true),
+    v("v25.0", "2028-07-29", true),
+    // Released 2026-07-29; Meta keeps a version at least two years.
+    v("v26.0", "2028-07-29", false),
+];
+
 pub const SPEC: DestinationSpec = DestinationSpec {
     name: NAME,
     endpoints: &[GRAPH],
@@ -90,6 +105,11 @@ pub const SPEC: DestinationSpec = DestinationSpec {
     secret_fields: &["access_token"],
     validate_config: crate::config::check_config::<MetaConfig>,
     accepts: super::accepts_all,
+    versioning: Some(crate::api_versions::Versioning {
+        config_field: "api_version",
+        default: Some(DEFAULT_API_VERSION),
+        rule: crate::api_versions::Rule::Table(VERSIONS),
+    }),
     ..DestinationSpec::DEFAULT
 };
 

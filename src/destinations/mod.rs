@@ -259,6 +259,9 @@ pub struct DestinationSpec {
     /// Present when the platform adjusts earlier conversions by reference (Google Ads):
     /// the consumer then reads the stored conversions a correction may adjust.
     pub corrections: Option<&'static CorrectionSpec>,
+    /// Present when the merchant pins a platform API version: which config field, the
+    /// default, and how its sunset is dated (see `crate::api_versions`).
+    pub versioning: Option<crate::api_versions::Versioning>,
 }
 
 /// Where one (event, destination) delivery stands.
@@ -331,6 +334,7 @@ impl DestinationSpec {
         paid_start_value: None,
         operator_secrets: &[],
         corrections: None,
+        versioning: None,
     };
 
     /// What `event` is worth at this destination under the merchant's value policy,
@@ -612,6 +616,24 @@ pub(crate) fn build_for_test(
 
 pub fn find(name: &str) -> Option<&'static DestinationSpec> {
     REGISTRY.iter().find(|spec| spec.name == name)
+}
+
+/// Why a destination config pinning a sunset API version is refused, if it is.
+pub fn refuse_sunset(name: &str, config: &serde_json::Value, now_s: i64) -> Result<(), String> {
+    match find(name).and_then(|spec| spec.versioning) {
+        Some(versioning) => crate::api_versions::refuse_sunset(&versioning, config, now_s),
+        None => Ok(()),
+    }
+}
+
+/// The warning a merchant sees for a pinned version near or past its sunset.
+pub fn version_warning(
+    name: &str,
+    config: &serde_json::Value,
+    now_s: i64,
+) -> Option<serde_json::Value> {
+    let versioning = find(name)?.versioning?;
+    crate::api_versions::warning(name, &versioning, config, now_s)
 }
 
 /// The shared reading of a failed answer: 429 and 5xx (and whatever the platform itself

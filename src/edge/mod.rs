@@ -383,7 +383,9 @@ async fn record_version_warnings(env: &Env, routing: &Routing, now: i64) -> Resu
             else {
                 continue;
             };
-            if let Some(warning) = crate::api_versions::warning(&row.name, &config, now / 1000) {
+            if let Some(warning) =
+                crate::destinations::version_warning(&row.name, &config, now / 1000)
+            {
                 warnings.push((merchant_id, row.name, warning));
             }
         }
