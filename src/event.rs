@@ -270,25 +270,110 @@ pub struct CanonicalEvent {
 #[cfg(test)]
 pub mod tests_support {
     use super::*;
+    use crate::money::Amount;
 
-    /// A plain renewal for unit tests to adjust.
-    pub fn event() -> CanonicalEvent {
-        CanonicalEvent {
-            event_id: "tl_test".into(),
-            merchant_id: "m_test".into(),
-            name: EventName::SubscriptionRenewed,
+    /// The one way unit tests make events: a Stripe subscription event of Jane Doe's
+    /// (`cus_ABC`, `sub_1`, 49.00 USD a month), adjusted by what each test cares about.
+    pub struct EventBuilder(CanonicalEvent);
+
+    pub fn build(name: EventName) -> EventBuilder {
+        EventBuilder(CanonicalEvent {
+            event_id: "tl_0123456789abcdef0123456789abcdef".into(),
+            merchant_id: "m_1".into(),
+            name,
             source: "stripe".into(),
-            occurrence_key: "sub_1:2026-11".into(),
+            occurrence_key: "sub_1".into(),
             source_event_id: "evt_1".into(),
-            source_event_type: "invoice.paid".into(),
-            occurred_at: 1_795_300_000,
-            customer: Customer::default(),
-            subscription: SubscriptionDetails::default(),
-            values: Values::default(),
+            source_event_type: "customer.subscription.created".into(),
+            occurred_at: 1_767_225_600,
+            customer: Customer {
+                customer_id: Some("cus_ABC".into()),
+                email: Some("Jane.Doe@Example.com".into()),
+                ..Customer::default()
+            },
+            subscription: SubscriptionDetails {
+                subscription_id: Some("sub_1".into()),
+                ..SubscriptionDetails::default()
+            },
+            values: Values {
+                currency: Some("usd".into()),
+                mrr: Some(Amount::from_minor(4900, "usd")),
+                ..Values::default()
+            },
             livemode: true,
             properties: BTreeMap::new(),
             touchpoints: Touchpoints::default(),
+        })
+    }
+
+    impl EventBuilder {
+        pub fn id(mut self, event_id: &str) -> Self {
+            self.0.event_id = event_id.into();
+            self
         }
+        pub fn source_event_type(mut self, event_type: &str) -> Self {
+            self.0.source_event_type = event_type.into();
+            self
+        }
+        pub fn occurred_at(mut self, unix_seconds: i64) -> Self {
+            self.0.occurred_at = unix_seconds;
+            self
+        }
+        pub fn email(mut self, email: &str) -> Self {
+            self.0.customer.email = Some(email.into());
+            self
+        }
+        pub fn plan(mut self, plan_id: &str) -> Self {
+            self.0.subscription.plan_id = Some(plan_id.into());
+            self
+        }
+        pub fn trial_end_at(mut self, unix_seconds: i64) -> Self {
+            self.0.subscription.trial_end_at = Some(unix_seconds);
+            self
+        }
+        pub fn currency(mut self, currency: &str) -> Self {
+            self.0.values.currency = Some(currency.into());
+            self
+        }
+        /// Annual revenue, in minor units of `currency`.
+        pub fn arr(mut self, minor: i64, currency: &str) -> Self {
+            self.0.values.arr = Some(Amount::from_minor(minor, currency));
+            self
+        }
+        pub fn gross(mut self, minor: i64, currency: &str) -> Self {
+            self.0.values.gross_value = Some(Amount::from_minor(minor, currency));
+            self
+        }
+        pub fn property(mut self, key: &str, value: &str) -> Self {
+            self.0.properties.insert(key.into(), value.into());
+            self
+        }
+        pub fn touchpoints(mut self, touchpoints: Touchpoints) -> Self {
+            self.0.touchpoints = touchpoints;
+            self
+        }
+        pub fn livemode(mut self, livemode: bool) -> Self {
+            self.0.livemode = livemode;
+            self
+        }
+        pub fn done(self) -> CanonicalEvent {
+            self.0
+        }
+    }
+
+    /// A plain renewal with no customer, for unit tests to adjust.
+    pub fn event() -> CanonicalEvent {
+        let mut event = build(EventName::SubscriptionRenewed)
+            .id("tl_test")
+            .source_event_type("invoice.paid")
+            .occurred_at(1_795_300_000)
+            .done();
+        event.merchant_id = "m_test".into();
+        event.occurrence_key = "sub_1:2026-11".into();
+        event.customer = Customer::default();
+        event.subscription = SubscriptionDetails::default();
+        event.values = Values::default();
+        event
     }
 }
 

@@ -316,8 +316,8 @@ fn classify(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
 mod tests {
     use super::*;
     use crate::destinations::{build_for_test, Endpoints};
-    use crate::event::{Customer, SubscriptionDetails, Values};
-    use crate::money::Amount;
+    use crate::event::tests_support::build as build_event;
+    use crate::event::Customer;
 
     const NOW: i64 = 1_767_225_600;
 
@@ -334,35 +334,12 @@ mod tests {
     }
 
     fn event(name: EventName) -> CanonicalEvent {
-        CanonicalEvent {
-            event_id: "tl_0123456789abcdef0123456789abcdef".into(),
-            merchant_id: "m_1".into(),
-            name,
-            source: "stripe".into(),
-            occurrence_key: "sub_1".into(),
-            source_event_id: "evt_1".into(),
-            source_event_type: "invoice.paid".into(),
-            occurred_at: NOW - 3600,
-            customer: Customer {
-                customer_id: Some("cus_ABC".into()),
-                email: Some("Jane.Doe@Example.com".into()),
-                ..Customer::default()
-            },
-            subscription: SubscriptionDetails {
-                subscription_id: Some("sub_1".into()),
-                plan_id: Some("price_pro_monthly".into()),
-                ..SubscriptionDetails::default()
-            },
-            values: Values {
-                currency: Some("usd".into()),
-                mrr: Some(Amount::from_minor(4900, "usd")),
-                gross_value: Some(Amount::from_minor(2000, "usd")),
-                ..Values::default()
-            },
-            livemode: true,
-            properties: Default::default(),
-            touchpoints: Default::default(),
-        }
+        build_event(name)
+            .source_event_type("invoice.paid")
+            .occurred_at(NOW - 3600)
+            .plan("price_pro_monthly")
+            .gross(2000, "usd")
+            .done()
     }
 
     #[test]

@@ -255,8 +255,8 @@ fn classify(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
 mod tests {
     use super::*;
     use crate::destinations::{build_for_test, Endpoints};
-    use crate::event::{Customer, EventName, SubscriptionDetails, Values};
-    use crate::money::Amount;
+    use crate::event::tests_support::build as build_event;
+    use crate::event::{Customer, EventName};
 
     fn merchant(config: Value) -> MerchantConfig {
         MerchantConfig {
@@ -267,36 +267,13 @@ mod tests {
     }
 
     fn event(name: EventName) -> CanonicalEvent {
-        CanonicalEvent {
-            event_id: "tl_0123456789abcdef0123456789abcdef".into(),
-            merchant_id: "m_1".into(),
-            name,
-            source: "stripe".into(),
-            occurrence_key: "sub_1".into(),
-            source_event_id: "evt_1".into(),
-            source_event_type: "customer.subscription.updated".into(),
-            occurred_at: 1_767_225_600,
-            customer: Customer {
-                customer_id: Some("cus_ABC".into()),
-                email: Some(" Jane.Doe@Example.com ".into()),
-                ..Customer::default()
-            },
-            subscription: SubscriptionDetails {
-                subscription_id: Some("sub_1".into()),
-                plan_id: Some("price_pro_monthly".into()),
-                trial_end_at: Some(1_767_225_600),
-                ..SubscriptionDetails::default()
-            },
-            values: Values {
-                currency: Some("usd".into()),
-                mrr: Some(Amount::from_minor(4900, "usd")),
-                arr: Some(Amount::from_minor(58800, "usd")),
-                ..Values::default()
-            },
-            livemode: true,
-            properties: Default::default(),
-            touchpoints: Default::default(),
-        }
+        build_event(name)
+            .source_event_type("customer.subscription.updated")
+            .email(" Jane.Doe@Example.com ")
+            .plan("price_pro_monthly")
+            .trial_end_at(1_767_225_600)
+            .arr(58800, "usd")
+            .done()
     }
 
     #[test]

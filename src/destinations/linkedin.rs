@@ -270,10 +270,10 @@ mod tests {
     use super::*;
     use crate::config::Plan;
     use crate::destinations::{build_for_test, Endpoints};
-    use crate::event::{Customer, SubscriptionDetails, Values};
+    use crate::event::tests_support::build as build_event;
+
     use crate::hashing::sha256_hex;
     use crate::identity::Touchpoints;
-    use crate::money::Amount;
 
     const NOW: i64 = 1_767_225_600;
 
@@ -293,37 +293,14 @@ mod tests {
     }
 
     fn event(name: EventName) -> CanonicalEvent {
-        CanonicalEvent {
-            event_id: "tl_0123456789abcdef0123456789abcdef".into(),
-            merchant_id: "m_1".into(),
-            name,
-            source: "stripe".into(),
-            occurrence_key: "sub_1".into(),
-            source_event_id: "evt_1".into(),
-            source_event_type: "customer.subscription.created".into(),
-            occurred_at: NOW - 60,
-            customer: Customer {
-                customer_id: Some("cus_ABC".into()),
-                email: Some("Jane.Doe@Example.com".into()),
-                ..Customer::default()
-            },
-            subscription: SubscriptionDetails {
-                subscription_id: Some("sub_1".into()),
-                ..SubscriptionDetails::default()
-            },
-            values: Values {
-                currency: Some("usd".into()),
-                mrr: Some(Amount::from_minor(4900, "usd")),
-                arr: Some(Amount::from_minor(58800, "usd")),
-                ..Values::default()
-            },
-            livemode: true,
-            properties: Default::default(),
-            touchpoints: Touchpoints {
+        build_event(name)
+            .occurred_at(NOW - 60)
+            .arr(58800, "usd")
+            .touchpoints(Touchpoints {
                 li_fat_id: Some("a1b2c3d4-e5f6-7890".into()),
                 ..Touchpoints::default()
-            },
-        }
+            })
+            .done()
     }
 
     #[test]

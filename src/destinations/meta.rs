@@ -312,7 +312,8 @@ fn classify(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
 mod tests {
     use super::*;
     use crate::destinations::{build_for_test, Endpoints};
-    use crate::event::{Customer, SubscriptionDetails, Values};
+    use crate::event::tests_support::build as build_event;
+
     use crate::money::Amount;
 
     const NOW: i64 = 1_767_225_600;
@@ -333,35 +334,15 @@ mod tests {
     }
 
     fn trial() -> CanonicalEvent {
-        CanonicalEvent {
-            event_id: "tl_0123".into(),
-            merchant_id: "m_1".into(),
-            name: EventName::TrialStarted,
-            source: "stripe".into(),
-            occurrence_key: "sub_1".into(),
-            source_event_id: "evt_1".into(),
-            source_event_type: "customer.subscription.created".into(),
-            occurred_at: NOW - 60,
-            customer: Customer {
-                customer_id: Some("cus_ABC".into()),
-                email: Some(" Jane.Doe@Example.com".into()),
-                ..Customer::default()
-            },
-            subscription: SubscriptionDetails {
-                subscription_id: Some("sub_1".into()),
-                plan_id: Some("price_1".into()),
-                ..SubscriptionDetails::default()
-            },
-            values: Values {
-                currency: Some("USD".into()),
-                mrr: Some(Amount::from_minor(4900, "usd")),
-                arr: Some(Amount::from_minor(58800, "usd")),
-                ..Values::default()
-            },
-            livemode: false,
-            properties: Default::default(),
-            touchpoints: Default::default(),
-        }
+        build_event(EventName::TrialStarted)
+            .id("tl_0123")
+            .occurred_at(NOW - 60)
+            .email(" Jane.Doe@Example.com")
+            .plan("price_1")
+            .currency("USD")
+            .arr(58800, "usd")
+            .livemode(false)
+            .done()
     }
 
     #[test]

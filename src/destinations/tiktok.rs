@@ -255,6 +255,7 @@ fn classify(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::tests_support::build as build_event;
 
     /// A batch answered with partial success was marked delivered as a whole.
     #[test]
@@ -276,10 +277,9 @@ mod tests {
         );
     }
     use crate::destinations::{build_for_test, Endpoints};
-    use crate::event::{Customer, SubscriptionDetails, Values};
+
     use crate::hashing::sha256_hex;
     use crate::identity::Touchpoints;
-    use crate::money::Amount;
 
     fn merchant() -> MerchantConfig {
         MerchantConfig {
@@ -293,39 +293,16 @@ mod tests {
     }
 
     fn event(name: EventName) -> CanonicalEvent {
-        CanonicalEvent {
-            event_id: "tl_0123456789abcdef0123456789abcdef".into(),
-            merchant_id: "m_1".into(),
-            name,
-            source: "stripe".into(),
-            occurrence_key: "sub_1".into(),
-            source_event_id: "evt_1".into(),
-            source_event_type: "invoice.paid".into(),
-            occurred_at: 1_767_225_600,
-            customer: Customer {
-                customer_id: Some("cus_ABC".into()),
-                email: Some(" Jane.Doe@Example.com".into()),
-                ..Customer::default()
-            },
-            subscription: SubscriptionDetails {
-                subscription_id: Some("sub_1".into()),
-                plan_id: Some("price_pro_monthly".into()),
-                ..SubscriptionDetails::default()
-            },
-            values: Values {
-                currency: Some("usd".into()),
-                mrr: Some(Amount::from_minor(4900, "usd")),
-                ..Values::default()
-            },
-            livemode: true,
-            properties: [("invoice_id".to_string(), "in_1".to_string())]
-                .into_iter()
-                .collect(),
-            touchpoints: Touchpoints {
+        build_event(name)
+            .source_event_type("invoice.paid")
+            .email(" Jane.Doe@Example.com")
+            .plan("price_pro_monthly")
+            .property("invoice_id", "in_1")
+            .touchpoints(Touchpoints {
                 ttclid: Some("E.C.P.abc123".into()),
                 ..Touchpoints::default()
-            },
-        }
+            })
+            .done()
     }
 
     #[test]
