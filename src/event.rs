@@ -478,8 +478,8 @@ mod tests {
             a,
             event_id("m1", "stripe", "evt_1", EventName::TrialStarted)
         );
-        assert_eq!(a.len(), 35);
-        assert!(a.starts_with("tl_"));
+        // printf 'm1\x1fstripe\x1fevt_1\x1ftrial_started' | sha256sum | cut -c1-32
+        assert_eq!(a, "tl_64cee6641c3c1c6231992b588dacacc9");
         assert_ne!(
             a,
             event_id("m2", "stripe", "evt_1", EventName::TrialStarted)

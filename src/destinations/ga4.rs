@@ -365,7 +365,7 @@ mod tests {
                 "client_id": client_id,
                 "user_id": "cus_ABC",
                 "timestamp_micros": (NOW - 3600) * 1_000_000,
-                "user_data": { "sha256_email_address": [sha256_hex("jane.doe@example.com")] },
+                "user_data": { "sha256_email_address": ["86e0b9e56c17cc4d12387e1949b85053fbe73bc3ce5a1188713a9d300cc6133d"] },
                 "events": [{ "name": "purchase", "params": {
                     "transaction_id": "tl_0123456789abcdef0123456789abcdef",
                     "value": 49.0,

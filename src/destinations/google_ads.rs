@@ -935,8 +935,8 @@ mod tests {
                     "conversionAction": "customers/1234567890/conversionActions/987654321",
                     "gclid": "Cj0KCQiA1234",
                     "userIdentifiers": [
-                        { "hashedEmail": crate::hashing::sha256_hex("janedoe@gmail.com") },
-                        { "hashedPhoneNumber": crate::hashing::sha256_hex("+16169547888") }
+                        { "hashedEmail": "d6117306485ed0e50afab3ac871e98f81699151f30281527d63ff5f233656c69" },
+                        { "hashedPhoneNumber": "0a36809ca24463df1133c40c2e2fa2b7f180038fe7d86bd1923a32a1a54dfe58" }
                     ],
                     "conversionDateTime": date_time(NOW - 3600),
                     "conversionValue": 49.0,

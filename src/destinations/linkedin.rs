@@ -272,7 +272,6 @@ mod tests {
     use crate::destinations::{build_for_test, Endpoints};
     use crate::event::tests_support::build as build_event;
 
-    use crate::hashing::sha256_hex;
     use crate::identity::Touchpoints;
 
     const NOW: i64 = 1_767_225_600;
@@ -333,7 +332,7 @@ mod tests {
                 "conversionValue": { "currencyCode": "USD", "amount": "588.00" },
                 "eventId": "tl_0123456789abcdef0123456789abcdef",
                 "user": { "userIds": [
-                    { "idType": "SHA256_EMAIL", "idValue": sha256_hex("jane.doe@example.com") },
+                    { "idType": "SHA256_EMAIL", "idValue": "86e0b9e56c17cc4d12387e1949b85053fbe73bc3ce5a1188713a9d300cc6133d" },
                     { "idType": "LINKEDIN_FIRST_PARTY_ADS_TRACKING_UUID", "idValue": "a1b2c3d4-e5f6-7890" }
                 ] }
             })

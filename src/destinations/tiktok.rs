@@ -278,7 +278,6 @@ mod tests {
     }
     use crate::destinations::{build_for_test, Endpoints};
 
-    use crate::hashing::sha256_hex;
     use crate::identity::Touchpoints;
 
     fn merchant() -> MerchantConfig {
@@ -334,8 +333,8 @@ mod tests {
                     "event_time": 1_767_225_600,
                     "event_id": "tl_0123456789abcdef0123456789abcdef",
                     "user": {
-                        "email": sha256_hex("jane.doe@example.com"),
-                        "external_id": sha256_hex("cus_abc"),
+                        "email": "86e0b9e56c17cc4d12387e1949b85053fbe73bc3ce5a1188713a9d300cc6133d",
+                        "external_id": "de782ba4f953774a5064516dbdbfbc5966244a90b8ec8da591b6395663a0b438",
                         "ttclid": "E.C.P.abc123"
                     },
                     "properties": {
