@@ -360,8 +360,9 @@ pub enum AttemptOutcome {
     Permanent,
     /// A probe of a parked destination failed: logged, no attempt spent.
     ProbeFailed,
-    /// A dry-run merchant's request, built and not sent.
-    DryRun,
+    /// A dry-run merchant's request, built and not sent (its delivery is `simulated`
+    /// too: "dry run" names the merchant's mode, "simulated" what it produced).
+    Simulated,
     Skipped,
 }
 
@@ -373,7 +374,7 @@ impl AttemptOutcome {
             AttemptOutcome::Retry => "retry",
             AttemptOutcome::Permanent => "permanent",
             AttemptOutcome::ProbeFailed => "probe_failed",
-            AttemptOutcome::DryRun => "dry_run",
+            AttemptOutcome::Simulated => "simulated",
             AttemptOutcome::Skipped => "skipped",
         }
     }
@@ -382,7 +383,9 @@ impl AttemptOutcome {
     pub fn is_success(self) -> bool {
         matches!(
             self,
-            AttemptOutcome::Delivered | AttemptOutcome::AlreadyDelivered | AttemptOutcome::DryRun
+            AttemptOutcome::Delivered
+                | AttemptOutcome::AlreadyDelivered
+                | AttemptOutcome::Simulated
         )
     }
 }

@@ -377,7 +377,7 @@ impl Run<'_> {
     fn simulated(&mut self, i: usize, request: &OutboundRequest) {
         self.record_final(
             i,
-            AttemptOutcome::DryRun,
+            AttemptOutcome::Simulated,
             Some(&request.body),
             Some(&request.log_url),
             DeliveryStatus::Simulated,

@@ -681,7 +681,7 @@ fn stripe_webhook_travels_to_meta_on_a_local_cloudflare_stack() {
         let rows = items(&worker, "m_dry", "delivery-attempts");
         (!rows.is_empty()).then_some(rows)
     });
-    assert_eq!(attempts[0]["outcome"], "dry_run");
+    assert_eq!(attempts[0]["outcome"], "simulated");
     // The log shows the request body as it would have gone out.
     assert_eq!(attempts[0]["detail"]["data"][0]["event_name"], "StartTrial");
     assert!(!attempts[0]["request_url"]
