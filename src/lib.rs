@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod api_keys;
 pub mod api_versions;
+pub mod audit;
 pub mod config;
 pub mod delivery;
 pub mod destinations;

@@ -8,6 +8,7 @@
 //! an await between them, so they commit together and no other request interleaves.
 
 use crate::admin::{ListQuery, ReplayFilter, SqlParam};
+use crate::audit::{self, AuditEntry, AuditRecord};
 use crate::config::MerchantConfig;
 use crate::delivery::{
     AttemptOutcome, DeadLetter, DeliveryJob, DeliveryStatus, DestinationHealth, EventMessage,
@@ -170,12 +171,21 @@ pub const SCHEMA: &[&str] = &[
        trigger TEXT NOT NULL, started_at INTEGER NOT NULL, finished_at INTEGER NOT NULL, status TEXT NOT NULL, segment TEXT,
        uploaded INTEGER NOT NULL, skipped_without_email INTEGER NOT NULL, failed INTEGER NOT NULL, error TEXT, segment_size INTEGER,
        segment_status TEXT);",
+    // v3: the audit chain (`crate::audit`): one row per entry, kept until the merchant is
+    // deleted (no retention window: SOC2 reviews read a year back and more).
+    "CREATE TABLE IF NOT EXISTS audit_log (seq INTEGER PRIMARY KEY, merchant_id TEXT NOT NULL, at_ms INTEGER NOT NULL,
+       kind TEXT NOT NULL, actor TEXT NOT NULL, subject TEXT NOT NULL, details TEXT NOT NULL, prev_hash TEXT NOT NULL,
+       hash TEXT NOT NULL);
+     CREATE TABLE IF NOT EXISTS audit_heads (day TEXT PRIMARY KEY, merchant_id TEXT NOT NULL, seq INTEGER NOT NULL,
+       hash TEXT NOT NULL, public_key TEXT NOT NULL, signature TEXT NOT NULL, signed_at INTEGER NOT NULL) WITHOUT ROWID;",
 ];
 
 /// Tables holding the merchant's records, in the order whole-merchant deletion and
 /// counting walk them (the views `deliveries` and `delivery_attempts` read
 /// `canonical_events` and `attempt_log`).
-pub const TABLES: [&str; 20] = [
+pub const TABLES: [&str; 22] = [
+    "audit_heads",
+    "audit_log",
     "seed_runs",
     "seed_uploads",
     "intent_alerts",
@@ -467,6 +477,9 @@ impl<'a> Records<'a> {
             "UPDATE seen SET committed = 1 WHERE key = ?1",
             vec![dedup_key.into()],
         )?;
+        if !output.events.is_empty() {
+            self.append_audit(accepted_record(output), now_ms)?;
+        }
         let Some(observation) = &output.subscription else {
             return Ok(());
         };
@@ -1673,6 +1686,153 @@ impl<'a> Records<'a> {
         Ok(Value::Object(counts))
     }
 
+    // ---- audit chain --------------------------------------------------------------
+
+    /// Appends one entry after the current head.
+    pub fn append_audit(&self, record: AuditRecord, now_ms: i64) -> Result<AuditEntry> {
+        let head = self.audit_head()?;
+        let entry = audit::link(head.as_ref().map(|(s, h)| (*s, h.as_str())), now_ms, record);
+        self.exec(
+            "INSERT INTO audit_log (seq, merchant_id, at_ms, kind, actor, subject, details, prev_hash, hash) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            vec![
+                entry.seq.into(),
+                self.merchant(),
+                entry.at_ms.into(),
+                entry.kind.as_str().into(),
+                entry.actor.as_str().into(),
+                entry.subject.as_str().into(),
+                audit::canonical_json(&entry.details).into(),
+                entry.prev_hash.as_str().into(),
+                entry.hash.as_str().into(),
+            ],
+        )?;
+        Ok(entry)
+    }
+
+    /// The last entry's (seq, hash).
+    pub fn audit_head(&self) -> Result<Option<(i64, String)>> {
+        let rows = self.sql.query(
+            "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+            vec![],
+        )?;
+        Ok(rows.first().and_then(|r| {
+            Some((
+                r.get("seq")?.as_i64()?,
+                r.get("hash")?.as_str()?.to_string(),
+            ))
+        }))
+    }
+
+    /// Entries after `after_seq`, in order.
+    pub fn audit_entries(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditEntry>> {
+        self.sql
+            .query(
+                "SELECT seq, at_ms, kind, actor, subject, details, prev_hash, hash FROM audit_log \
+                 WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                vec![after_seq.into(), limit.into()],
+            )?
+            .into_iter()
+            .map(|mut row| {
+                // Details are stored as canonical JSON text.
+                let details = row
+                    .get("details")
+                    .and_then(Value::as_str)
+                    .map(|t| serde_json::from_str(t).unwrap_or(Value::String(t.to_string())))
+                    .unwrap_or(Value::Null);
+                row.insert("details".into(), details);
+                serde_json::from_value(Value::Object(row)).map_err(RecordsError::of)
+            })
+            .collect()
+    }
+
+    /// Walks the whole chain and checks every signed daily head against it.
+    pub fn verify_audit(&self, merchant_id: &str) -> Result<AuditVerification> {
+        const PAGE: i64 = 1_000;
+        let mut walked: Option<(i64, String)> = None;
+        let mut broken = None;
+        let mut hashes: BTreeMap<i64, String> = BTreeMap::new();
+        let heads: Vec<SignedHead> = self.rows(
+            "SELECT day, seq, hash, public_key, signature, signed_at FROM audit_heads ORDER BY day",
+            vec![],
+        )?;
+        let wanted: std::collections::BTreeSet<i64> = heads.iter().map(|h| h.seq).collect();
+        loop {
+            let after = walked.as_ref().map_or(0, |(seq, _)| *seq);
+            let page = self.audit_entries(after, PAGE)?;
+            if page.is_empty() {
+                break;
+            }
+            for entry in page.iter().filter(|e| wanted.contains(&e.seq)) {
+                hashes.insert(entry.seq, entry.hash.clone());
+            }
+            match audit::verify(&page, walked.clone()) {
+                Ok(end) => walked = end,
+                Err(link) => {
+                    broken = Some(link);
+                    break;
+                }
+            }
+        }
+        let heads = heads
+            .into_iter()
+            .map(|mut head| {
+                let message = audit::head_message(merchant_id, &head.day, head.seq, &head.hash);
+                head.signature_valid =
+                    audit::signature_valid(&head.public_key, &message, &head.signature);
+                head.matches_chain = hashes.get(&head.seq) == Some(&head.hash);
+                head
+            })
+            .collect();
+        Ok(AuditVerification {
+            entries: match &broken {
+                Some(link) => link.seq - 1,
+                None => walked.as_ref().map_or(0, |(seq, _)| *seq),
+            },
+            head: walked,
+            broken,
+            signed_heads: heads,
+        })
+    }
+
+    /// Signs today's head with the operator's key (once per day).
+    pub fn sign_audit_head(
+        &self,
+        merchant_id: &str,
+        day: &str,
+        key: &ed25519_dalek::SigningKey,
+        now_ms: i64,
+    ) -> Result<Option<SignedHead>> {
+        let Some((seq, hash)) = self.audit_head()? else {
+            return Ok(None);
+        };
+        let (public_key, signature) =
+            audit::sign(key, &audit::head_message(merchant_id, day, seq, &hash));
+        self.exec(
+            "INSERT INTO audit_heads (day, merchant_id, seq, hash, public_key, signature, signed_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (day) DO NOTHING",
+            vec![
+                day.into(),
+                merchant_id.into(),
+                seq.into(),
+                hash.as_str().into(),
+                public_key.as_str().into(),
+                signature.as_str().into(),
+                now_ms.into(),
+            ],
+        )?;
+        Ok(Some(SignedHead {
+            day: day.to_string(),
+            seq,
+            hash,
+            public_key,
+            signature,
+            signed_at: now_ms,
+            signature_valid: true,
+            matches_chain: true,
+        }))
+    }
+
     /// Rows per table, for whole-merchant deletion's report.
     pub fn counts(&self) -> Result<Map<String, Value>> {
         let mut counts = Map::new();
@@ -1686,6 +1846,63 @@ impl<'a> Records<'a> {
             counts.insert(table.into(), n);
         }
         Ok(counts)
+    }
+}
+
+/// A daily signature of the chain head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignedHead {
+    pub day: String,
+    pub seq: i64,
+    pub hash: String,
+    pub public_key: String,
+    pub signature: String,
+    pub signed_at: i64,
+    /// Set by verification: the signature is the key's over this head.
+    #[serde(default)]
+    pub signature_valid: bool,
+    /// Set by verification: the chain still has this hash at this seq.
+    #[serde(default)]
+    pub matches_chain: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditVerification {
+    /// Entries walked intact.
+    pub entries: i64,
+    pub head: Option<(i64, String)>,
+    /// The first broken link, if any.
+    pub broken: Option<audit::BrokenLink>,
+    pub signed_heads: Vec<SignedHead>,
+}
+
+/// The audit record of an accepted notification: its canonical events, the customer
+/// only as a hash.
+fn accepted_record(output: &SourceOutput) -> AuditRecord {
+    let events: Vec<Value> = output
+        .events
+        .iter()
+        .map(|e| json!({ "event_id": e.event_id, "name": e.name.as_str(), "occurred_at": e.occurred_at }))
+        .collect();
+    let customer = output
+        .events
+        .iter()
+        .find_map(|e| {
+            e.customer
+                .id()
+                .map(str::to_string)
+                .or(e.customer.email.clone())
+        })
+        .map(|c| audit::personal(&c));
+    AuditRecord {
+        kind: "webhook.accepted".into(),
+        actor: format!("source:{}", output.source),
+        subject: output.source_event_id.clone(),
+        details: json!({
+            "source_event_type": output.source_event_type,
+            "events": events,
+            "customer": customer,
+        }),
     }
 }
 

@@ -470,3 +470,82 @@ fn a_correction_finds_the_conversion_it_adjusts_and_waits_until_it_is_settled() 
         other => panic!("{other:?}"),
     }
 }
+
+/// The audit chain: an accepted notification appends one entry (customer hashed, nothing
+/// for a refused enqueue or a duplicate), operator changes follow, the chain verifies,
+/// a daily head is signed, and an edit in storage is named by seq.
+#[test]
+fn the_audit_chain_records_accepted_notifications_and_names_a_tampered_entry() {
+    use tracklayer::audit::{self, AuditRecord};
+    let sql = store();
+    let records = Records::new(&sql, MERCHANT);
+    let output = stripe("customer.subscription.created.active.json", "evt_audit_1");
+    let refused = ready(
+        records
+            .prepare(output.clone(), &merchant(), NOW_MS)
+            .unwrap(),
+    );
+    records.abandon(&refused).unwrap();
+    assert_eq!(records.audit_head().unwrap(), None, "not accepted yet");
+    let prepared = ready(
+        records
+            .prepare(output.clone(), &merchant(), NOW_MS + 1)
+            .unwrap(),
+    );
+    records
+        .commit(&prepared.dedup_key, &prepared.output, NOW_MS + 1)
+        .unwrap();
+    assert!(matches!(
+        records.prepare(output, &merchant(), NOW_MS + 2).unwrap(),
+        Claimed::Duplicate(_)
+    ));
+    for subject in ["destinations/meta", "api-keys/0123456789abcdef"] {
+        records
+            .append_audit(
+                AuditRecord {
+                    kind: "operator.change".into(),
+                    actor: "operator".into(),
+                    subject: subject.into(),
+                    details: json!({ "status": 200 }),
+                },
+                NOW_MS + 3,
+            )
+            .unwrap();
+    }
+    let entries = records.audit_entries(0, 10).unwrap();
+    assert_eq!(entries.len(), 3);
+    assert_eq!(entries[0].kind, "webhook.accepted");
+    assert_eq!(entries[0].actor, "source:stripe");
+    assert_eq!(entries[0].subject, "evt_audit_1");
+    let text = serde_json::to_string(&entries[0].details).unwrap();
+    assert!(text.contains("subscription_started"), "{text}");
+    assert!(
+        !text.to_lowercase().contains("acme-analytics") && !text.contains("cus_"),
+        "no personal data in clear: {text}"
+    );
+    let key = audit::signing_key(&"11".repeat(32)).unwrap();
+    let head = records
+        .sign_audit_head(MERCHANT, "2026-11-30", &key, NOW_MS + 4)
+        .unwrap()
+        .unwrap();
+    assert_eq!(head.seq, 3);
+    let verified = records.verify_audit(MERCHANT).unwrap();
+    assert_eq!(verified.entries, 3);
+    assert_eq!(verified.broken, None);
+    assert!(verified.signed_heads[0].signature_valid && verified.signed_heads[0].matches_chain);
+
+    // Someone edits entry 2 in storage.
+    sql.execute(
+        "UPDATE audit_log SET subject = 'destinations/tiktok' WHERE seq = 2",
+        vec![],
+    )
+    .unwrap();
+    let broken = records.verify_audit(MERCHANT).unwrap();
+    assert_eq!(broken.broken.as_ref().map(|b| b.seq), Some(2), "{broken:?}");
+    assert_eq!(broken.entries, 1);
+    // Erasure leaves the chain alone.
+    records
+        .erase_customer(Some("ops@acme-analytics.io"), None)
+        .unwrap();
+    assert_eq!(records.audit_entries(0, 10).unwrap().len(), 3);
+}
