@@ -92,7 +92,8 @@ pub async fn admin(
         return api_error(&err);
     }
     // Any operator write may change what ingest reads: this isolate re-reads it.
-    if req.method() != worker::Method::Get {
+    let writes = req.method() != worker::Method::Get;
+    if writes {
         forget_merchants();
     }
     let param = |name: &str| {
@@ -103,6 +104,9 @@ pub async fn admin(
             .unwrap_or_default()
     };
     let merchant_id = param("merchant_id").to_string();
+    if matches!(id, RouteId::AdminAuditVerify | RouteId::AdminAuditExport) {
+        return super::audit_api::admin(id, &req, env, &merchant_id).await;
+    }
     let answer = match id {
         RouteId::AdminListMerchants => list_merchants(env).await,
         RouteId::AdminCreateMerchant => create_merchant(req, env).await,
@@ -160,8 +164,28 @@ pub async fn admin(
         | RouteId::AppSignOut
         | RouteId::AppVisitor
         | RouteId::AppStyles
-        | RouteId::AppScript => Err(ApiError::NotFound("route".into())),
+        | RouteId::AppScript
+        | RouteId::MerchantAuditExport
+        | RouteId::AdminAuditVerify
+        | RouteId::AdminAuditExport => Err(ApiError::NotFound("route".into())),
     };
+    // Every change that succeeded goes into the merchant's audit chain (not deletion,
+    // which removes the chain with the merchant, nor the global key rotation).
+    if let (true, Ok((status, body))) = (writes, &answer) {
+        let merchant = match id {
+            RouteId::AdminCreateMerchant => body["merchant_id"].as_str().unwrap_or_default(),
+            _ => merchant_id.as_str(),
+        };
+        if !merchant.is_empty()
+            && !matches!(
+                id,
+                RouteId::AdminDeleteMerchant | RouteId::AdminRotateSecrets
+            )
+        {
+            let record = super::audit_api::operator_record(id, params, *status);
+            super::audit_api::append(env, merchant, &record).await;
+        }
+    }
     respond(answer)
 }
 

@@ -122,6 +122,15 @@ pub struct SeedOverview {
     pub runs: Vec<SeedRun>,
 }
 
+#[derive(Serialize, Deserialize)]
+pub struct AuditPage {
+    pub after: i64,
+    pub limit: i64,
+}
+
+/// The operator's Ed25519 seed that signs each merchant's chain head daily.
+pub const AUDIT_KEY_SECRET: &str = "AUDIT_SIGNING_KEY";
+
 /// Every answer says how many rows the call wrote (what Durable Object SQLite bills).
 #[derive(Serialize, Deserialize)]
 struct Answer<T> {
@@ -671,6 +680,44 @@ impl Merchant {
                     .map_err(storage_error)?;
                 Self::answer(&sql, json!({ "recorded": true }))
             }
+            "/audit/append" => {
+                let record: crate::audit::AuditRecord = req.json().await?;
+                self.remember_owner(&records, region)?;
+                let entry = records.append_audit(record, now).map_err(storage_error)?;
+                Self::answer(&sql, Wrapped { value: entry })
+            }
+            "/audit/entries" => {
+                let page: AuditPage = req.json().await?;
+                let entries = records
+                    .audit_entries(page.after, page.limit)
+                    .map_err(storage_error)?;
+                Self::answer(&sql, Wrapped { value: entries })
+            }
+            "/audit/verify" => {
+                let verification = records.verify_audit(&merchant_id).map_err(storage_error)?;
+                Self::answer(
+                    &sql,
+                    Wrapped {
+                        value: verification,
+                    },
+                )
+            }
+            "/audit/sign" => {
+                let day: String = req.json().await?;
+                let key = self
+                    .env
+                    .secret(AUDIT_KEY_SECRET)
+                    .ok()
+                    .map(|k| k.to_string())
+                    .ok_or_else(|| {
+                        worker::Error::RustError(format!("{AUDIT_KEY_SECRET} is not set"))
+                    })?;
+                let key = crate::audit::signing_key(&key).map_err(worker::Error::RustError)?;
+                let head = records
+                    .sign_audit_head(&merchant_id, &day, &key, now)
+                    .map_err(storage_error)?;
+                Self::answer(&sql, Wrapped { value: head })
+            }
             "/intent/seed/record" => {
                 let request: SeedRecordRequest = req.json().await?;
                 IntentStore::new(&sql, &merchant_id)
@@ -905,6 +952,24 @@ impl MerchantClient {
         self.call::<_, Value>("/intent/seed/record", request)
             .await
             .map(|_| ())
+    }
+
+    pub async fn audit_append(&self, record: &crate::audit::AuditRecord) -> Result<()> {
+        self.value::<_, crate::audit::AuditEntry>("/audit/append", record)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn audit_entries(&self, page: &AuditPage) -> Result<Vec<crate::audit::AuditEntry>> {
+        self.value("/audit/entries", page).await
+    }
+
+    pub async fn audit_verify(&self) -> Result<records::AuditVerification> {
+        self.value("/audit/verify", &json!({})).await
+    }
+
+    pub async fn audit_sign(&self, day: &str) -> Result<Option<records::SignedHead>> {
+        self.value("/audit/sign", &day).await
     }
 
     pub async fn admit(&self, request: &AdmitRequest) -> Result<AdmitAnswer> {

@@ -3,6 +3,7 @@
 
 mod api;
 mod app;
+mod audit_api;
 mod consumer;
 mod http;
 mod intake;
@@ -275,6 +276,9 @@ async fn route(req: Request, env: &Env, ctx: &Context) -> Result<Response> {
         RouteId::MerchantSelf | RouteId::MerchantView => {
             api::merchant_read(id, &param("merchant_id"), &param("view"), &req, env).await
         }
+        RouteId::MerchantAuditExport => {
+            audit_api::merchant_export(&req, env, &param("merchant_id")).await
+        }
         RouteId::IntentOverview
         | RouteId::IntentVisitors
         | RouteId::IntentTimeline
@@ -308,7 +312,9 @@ async fn route(req: Request, env: &Env, ctx: &Context) -> Result<Response> {
         | RouteId::AdminRotateSecrets
         | RouteId::AdminGetIntent
         | RouteId::AdminPutIntent
-        | RouteId::AdminSeedSync => api::admin(id, &params, req, env).await,
+        | RouteId::AdminSeedSync
+        | RouteId::AdminAuditVerify
+        | RouteId::AdminAuditExport => api::admin(id, &params, req, env).await,
     }
 }
 
@@ -409,6 +415,14 @@ async fn daily(env: &Env, cron: &str, scheduled_ms: i64) -> Result<()> {
     let policy = retention_policy(env);
     let now = now_ms();
     let mut detail = serde_json::Map::new();
+    // Each merchant's audit chain head is signed once a day with the operator's key.
+    let signing = env.secret(merchant::AUDIT_KEY_SECRET).is_ok();
+    if !signing {
+        emit(crate::log::Log::warn(
+            "audit heads not signed: the AUDIT_SIGNING_KEY secret is not set",
+        ));
+    }
+    detail.insert("audit_heads_signed".into(), signing.into());
     for region in [Region::Us, Region::Eu] {
         let mut purged: std::collections::BTreeMap<String, i64> = Default::default();
         for route in routing.routes(Some(region)).await? {
@@ -418,6 +432,15 @@ async fn daily(env: &Env, cron: &str, scheduled_ms: i64) -> Result<()> {
                 &route.merchant_id,
                 metrics::Phase::Other,
             )?;
+            if signing {
+                if let Err(err) = client.audit_sign(&run_date).await {
+                    emit(
+                        crate::log::Log::error("audit head not signed; tomorrow's run signs it")
+                            .merchant(&route.merchant_id)
+                            .reason(err),
+                    );
+                }
+            }
             match client.purge().await {
                 Ok(counts) => {
                     for (table, n) in counts.as_object().into_iter().flatten() {

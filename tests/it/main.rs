@@ -8,6 +8,7 @@ mod mapping;
 mod support;
 
 mod chargebee_mapping;
+mod e2e_audit;
 mod e2e_fanout;
 mod e2e_intent;
 mod e2e_outage;
