@@ -16,6 +16,7 @@ pub mod enrich;
 pub mod error;
 pub mod event;
 pub mod hashing;
+pub mod health;
 pub mod identity;
 pub mod ingest;
 pub mod input;
