@@ -248,6 +248,10 @@ pub struct DestinationHealth {
     pub parked_since: Option<i64>,
     pub next_probe_at: Option<i64>,
     pub probes: u32,
+    /// Set while an anomaly (or an operator) has paused the destination: its jobs stay
+    /// pending in the merchant's object until it is resumed.
+    #[serde(default)]
+    pub paused_since: Option<i64>,
 }
 
 /// What a batch may do with a destination's jobs now.
@@ -260,6 +264,9 @@ pub enum Admission {
     Hold {
         seconds: u32,
     },
+    /// Paused: take the jobs off the queue, leaving them pending; resuming re-enqueues
+    /// them in order.
+    Paused,
 }
 
 /// How a destination answered one request, for [`DestinationHealth::observe`].
@@ -285,6 +292,9 @@ impl DestinationHealth {
     }
 
     pub fn admit(&self, now_ms: i64) -> Admission {
+        if self.paused_since.is_some() {
+            return Admission::Paused;
+        }
         match self.next_probe_at {
             Some(at) if self.is_parked() && now_ms < at => Admission::Hold {
                 seconds: ((at - now_ms + 999) / 1000).clamp(1, MAX_PROBE_DELAY_SECONDS as i64)
@@ -302,7 +312,10 @@ impl DestinationHealth {
         match answer {
             Answer::Answered => {
                 let was_parked = self.is_parked();
-                *self = DestinationHealth::default();
+                *self = DestinationHealth {
+                    paused_since: self.paused_since,
+                    ..DestinationHealth::default()
+                };
                 if was_parked {
                     HealthChange::Released
                 } else {

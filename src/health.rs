@@ -191,23 +191,13 @@ pub struct AnomalySettings {
     /// Release when the figures are back to normal (else only by API or page).
     #[serde(default)]
     pub auto_resume: bool,
-    /// Campaigns whose spend is paused at the platform too (opt-in, named ones only).
+    /// Destination (`meta`, `google_ads`) → campaign ids whose spend is paused at the
+    /// platform too when an anomaly fires (opt-in; only the campaigns named here).
     #[serde(default)]
-    pub pause_campaigns: CampaignsToPause,
+    pub pause_campaigns: BTreeMap<String, Vec<String>>,
     /// Slack-compatible JSON on every incident.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alert_webhook_url: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CampaignsToPause {
-    /// Meta campaign ids (Marketing API).
-    #[serde(default)]
-    pub meta: Vec<String>,
-    /// Google Ads campaign ids of the merchant's connected customer.
-    #[serde(default)]
-    pub google_ads: Vec<String>,
 }
 
 fn default_min_attempts() -> u64 {
@@ -264,8 +254,20 @@ impl AnomalySettings {
                     !id.is_empty() && id.len() <= 30 && id.bytes().all(|b| b.is_ascii_digit())
                 })
         };
-        if !ids_ok(&self.pause_campaigns.meta) || !ids_ok(&self.pause_campaigns.google_ads) {
-            return Err("pause_campaigns: numeric campaign ids, at most 50 per platform".into());
+        for (destination, ids) in &self.pause_campaigns {
+            if crate::destinations::find(destination)
+                .and_then(|spec| spec.pause_campaigns)
+                .is_none()
+            {
+                return Err(format!(
+                    "pause_campaigns: {destination} campaigns cannot be paused by TrackLayer (meta, google_ads can)"
+                ));
+            }
+            if !ids_ok(ids) {
+                return Err(format!(
+                    "pause_campaigns.{destination}: numeric campaign ids, at most 50"
+                ));
+            }
         }
         if let Some(url) = &self.alert_webhook_url {
             crate::destinations::webhook::check_url(url)
@@ -534,6 +536,19 @@ mod tests {
             "pause_campaigns": { "meta": ["not-a-number"] }
         }))
         .unwrap();
-        assert!(bad.validated().unwrap_err().starts_with("pause_campaigns"));
+        assert!(bad
+            .validated()
+            .unwrap_err()
+            .starts_with("pause_campaigns.meta"));
+        let tiktok: AnomalySettings = serde_json::from_value(serde_json::json!({
+            "pause_campaigns": { "tiktok": ["123"] }
+        }))
+        .unwrap();
+        assert!(tiktok.validated().is_err());
+        let good: AnomalySettings = serde_json::from_value(serde_json::json!({
+            "pause_campaigns": { "meta": ["120210000000001"], "google_ads": ["987"] }
+        }))
+        .unwrap();
+        assert!(good.validated().is_ok());
     }
 }

@@ -25,6 +25,7 @@ pub mod intent_store;
 pub mod ledger;
 pub mod log;
 pub mod money;
+pub mod ops_store;
 pub mod pages;
 pub mod pixel;
 pub mod plans;

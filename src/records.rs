@@ -178,12 +178,23 @@ pub const SCHEMA: &[&str] = &[
        hash TEXT NOT NULL);
      CREATE TABLE IF NOT EXISTS audit_heads (day TEXT PRIMARY KEY, merchant_id TEXT NOT NULL, seq INTEGER NOT NULL,
        hash TEXT NOT NULL, public_key TEXT NOT NULL, signature TEXT NOT NULL, signed_at INTEGER NOT NULL) WITHOUT ROWID;",
+    // v4: anomaly settings, incidents, and destination pauses (kept apart from the
+    // consumer's parking state, which it rewrites).
+    "ALTER TABLE destination_health ADD COLUMN paused_since INTEGER;
+     ALTER TABLE destination_health ADD COLUMN paused_incident INTEGER;
+     CREATE TABLE IF NOT EXISTS anomaly_settings (id INTEGER PRIMARY KEY CHECK (id = 1), settings TEXT NOT NULL,
+       updated_at INTEGER NOT NULL);
+     CREATE TABLE IF NOT EXISTS incidents (id INTEGER PRIMARY KEY, merchant_id TEXT NOT NULL, kind TEXT NOT NULL,
+       destination TEXT, opened_at INTEGER NOT NULL, summary TEXT NOT NULL, figures TEXT NOT NULL, status TEXT NOT NULL,
+       paused INTEGER NOT NULL DEFAULT 0, resolved_at INTEGER, resolved_by TEXT, actions TEXT);",
 ];
 
 /// Tables holding the merchant's records, in the order whole-merchant deletion and
 /// counting walk them (the views `deliveries` and `delivery_attempts` read
 /// `canonical_events` and `attempt_log`).
-pub const TABLES: [&str; 22] = [
+pub const TABLES: [&str; 24] = [
+    "incidents",
+    "anomaly_settings",
     "audit_heads",
     "audit_log",
     "seed_runs",
@@ -1289,13 +1300,14 @@ impl<'a> Records<'a> {
             parked_since: Option<i64>,
             next_probe_at: Option<i64>,
             probes: i64,
+            paused_since: Option<i64>,
         }
         if destinations.is_empty() {
             return Ok(BTreeMap::new());
         }
         let rows: Vec<Row> = self.rows(
-            "SELECT destination, consecutive_failures, parked_since, next_probe_at, probes FROM destination_health \
-             WHERE merchant_id = ?1 AND destination IN (SELECT value FROM json_each(?2))",
+            "SELECT destination, consecutive_failures, parked_since, next_probe_at, probes, paused_since \
+             FROM destination_health WHERE merchant_id = ?1 AND destination IN (SELECT value FROM json_each(?2))",
             vec![self.merchant(), to_json(&destinations)?.into()],
         )?;
         Ok(rows
@@ -1308,6 +1320,7 @@ impl<'a> Records<'a> {
                         parked_since: r.parked_since,
                         next_probe_at: r.next_probe_at,
                         probes: r.probes.max(0) as u32,
+                        paused_since: r.paused_since,
                     },
                 )
             })
@@ -1337,6 +1350,19 @@ impl<'a> Records<'a> {
             ],
         )?;
         Ok(())
+    }
+
+    /// Destinations an anomaly or an operator has paused.
+    pub fn paused_destinations(&self) -> Result<std::collections::BTreeSet<String>> {
+        Ok(self
+            .sql
+            .query(
+                "SELECT destination FROM destination_health WHERE merchant_id = ?1 AND paused_since IS NOT NULL",
+                vec![self.merchant()],
+            )?
+            .iter()
+            .filter_map(|r| r.get("destination").and_then(Value::as_str).map(str::to_string))
+            .collect())
     }
 
     /// Parked destinations, for the merchant's views.
@@ -1423,6 +1449,8 @@ impl<'a> Records<'a> {
              ORDER BY pending_since LIMIT ?2",
             vec![unattempted_before.max(attempted_before).into(), limit.into()],
         )?;
+        // A paused destination's jobs wait for its resumption, not the sweeper.
+        let paused = self.paused_destinations()?;
         let mut jobs = Vec::new();
         for row in rows {
             let (Ok(event), Ok(deliveries)) = (
@@ -1432,6 +1460,9 @@ impl<'a> Records<'a> {
                 continue;
             };
             for (destination, delivery) in deliveries {
+                if paused.contains(&destination) {
+                    continue;
+                }
                 let lost = delivery.status == DeliveryStatus::Pending
                     && ((delivery.attempts == 0 && delivery.updated_at < unattempted_before)
                         || delivery.updated_at < attempted_before);

@@ -210,6 +210,7 @@ pub const SPEC: DestinationSpec = DestinationSpec {
         default: Some(DEFAULT_API_VERSION),
         rule: crate::api_versions::Rule::Table(VERSIONS),
     }),
+    pause_campaigns: Some(pause_campaigns),
     ..DestinationSpec::DEFAULT
 };
 
@@ -847,6 +848,59 @@ fn classify(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
         },
         _ => Outcome::Permanent { reason },
     }
+}
+
+/// `POST /{version}/customers/{id}/campaigns:mutate`: each named campaign's status set
+/// to `PAUSED` (update mask `status`), nothing else touched.
+fn pause_campaigns(
+    merchant: &MerchantConfig,
+    context: &BuildContext,
+    campaign_ids: &[String],
+) -> Result<OutboundRequest, BuildError> {
+    let config: GoogleAdsConfig = merchant.destination_config(NAME)?;
+    let developer_token =
+        context
+            .operator
+            .get(DEVELOPER_TOKEN)
+            .ok_or(BuildError::OperatorMisconfigured(
+                "GOOGLE_ADS_DEVELOPER_TOKEN is not set",
+            ))?;
+    let access_token = context
+        .access_token
+        .ok_or(BuildError::Misconfigured(NAME))?;
+    let customer = &config.customer_id.0;
+    let operations: Vec<serde_json::Value> = campaign_ids
+        .iter()
+        .map(|id| {
+            serde_json::json!({
+                "update": { "resourceName": format!("customers/{customer}/campaigns/{id}"), "status": "PAUSED" },
+                "updateMask": "status",
+            })
+        })
+        .collect();
+    let url = format!(
+        "{}/{}/customers/{customer}/campaigns:mutate",
+        context.endpoints.url(&API),
+        config.api_version
+    );
+    let mut headers = vec![
+        (
+            "authorization".to_string(),
+            format!("Bearer {access_token}"),
+        ),
+        ("developer-token".to_string(), developer_token.to_string()),
+        ("content-type".to_string(), "application/json".to_string()),
+    ];
+    if let Some(manager) = &config.login_customer_id {
+        headers.push(("login-customer-id".into(), manager.0.clone()));
+    }
+    Ok(OutboundRequest {
+        method: "POST",
+        log_url: url.clone(),
+        url,
+        headers,
+        body: serde_json::json!({ "operations": operations }).to_string(),
+    })
 }
 
 #[cfg(test)]

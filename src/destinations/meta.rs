@@ -110,6 +110,7 @@ pub const SPEC: DestinationSpec = DestinationSpec {
         default: Some(DEFAULT_API_VERSION),
         rule: crate::api_versions::Rule::Table(VERSIONS),
     }),
+    pause_campaigns: Some(pause_campaigns),
     ..DestinationSpec::DEFAULT
 };
 
@@ -306,6 +307,44 @@ fn classify(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
     );
     let transient = transient || code.is_some_and(|c| RETRYABLE_CODES.contains(&c));
     super::failure_outcome(status, retry_after, reason, transient)
+}
+
+/// Marketing API: `POST /{version}/{campaign id}` with `status=PAUSED`, one request per
+/// campaign (Graph batch requests would hide one campaign's failure in another's).
+/// Only the first id is built here; the edge calls once per campaign.
+fn pause_campaigns(
+    merchant: &MerchantConfig,
+    context: &BuildContext,
+    campaign_ids: &[String],
+) -> Result<OutboundRequest, BuildError> {
+    let config: MetaConfig = merchant.destination_config(NAME)?;
+    let Some(campaign) = campaign_ids.first() else {
+        return Err(BuildError::Invalid {
+            destination: NAME,
+            reason: "no campaign to pause".into(),
+        });
+    };
+    let url = format!(
+        "{}/{}/{campaign}",
+        context.endpoints.url(&GRAPH),
+        config.api_version
+    );
+    Ok(OutboundRequest {
+        method: "POST",
+        log_url: url.clone(),
+        url,
+        headers: vec![
+            (
+                "authorization".into(),
+                format!("Bearer {}", config.access_token),
+            ),
+            (
+                "content-type".into(),
+                "application/x-www-form-urlencoded".into(),
+            ),
+        ],
+        body: "status=PAUSED".into(),
+    })
 }
 
 #[cfg(test)]

@@ -262,7 +262,14 @@ pub struct DestinationSpec {
     /// Present when the merchant pins a platform API version: which config field, the
     /// default, and how its sunset is dated (see `crate::api_versions`).
     pub versioning: Option<crate::api_versions::Versioning>,
+    /// Present when TrackLayer can pause the merchant's named campaigns at the platform
+    /// (an anomaly's spend protection): the request that sets them `PAUSED`.
+    pub pause_campaigns: Option<PauseCampaigns>,
 }
+
+/// Builds the request pausing `campaign_ids` with the merchant's own credentials.
+pub type PauseCampaigns =
+    fn(&MerchantConfig, &BuildContext, &[String]) -> Result<OutboundRequest, BuildError>;
 
 /// Where one (event, destination) delivery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -335,6 +342,7 @@ impl DestinationSpec {
         operator_secrets: &[],
         corrections: None,
         versioning: None,
+        pause_campaigns: None,
     };
 
     /// What `event` is worth at this destination under the merchant's value policy,
