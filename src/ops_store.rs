@@ -293,14 +293,29 @@ impl<'a> OpsStore<'a> {
              WHERE merchant_id = ?1 AND destination = ?2",
             vec![self.merchant(), destination.into(), now_ms.into()],
         )?;
-        self.held_jobs(destination)
+        let jobs = self.held_jobs(destination)?;
+        // Released once: a second resume finds nothing held.
+        let ids: Vec<&str> = jobs.iter().map(|j| j.event.event_id.as_str()).collect();
+        self.sql.execute(
+            "UPDATE canonical_events SET deliveries = json_remove(deliveries, '$.' || ?1 || '.held') \
+             WHERE event_id IN (SELECT value FROM json_each(?2))",
+            vec![
+                destination.into(),
+                serde_json::to_string(&ids)
+                    .map_err(|e| RecordsError(e.to_string()))?
+                    .into(),
+            ],
+        )?;
+        Ok(jobs)
     }
 
-    /// A destination's pending jobs in the order their events arrived.
+    /// A destination's held jobs (taken off the queue while paused) in the order their
+    /// events arrived.
     pub fn held_jobs(&self, destination: &str) -> Result<Vec<DeliveryJob>> {
         let rows = self.sql.query(
             "SELECT payload, json_extract(deliveries, '$.' || ?1) AS delivery FROM canonical_events \
              WHERE pending > 0 AND json_extract(deliveries, '$.' || ?1 || '.status') = 'pending' \
+             AND json_extract(deliveries, '$.' || ?1 || '.held') = 1 \
              ORDER BY received_at, event_id",
             vec![destination.into()],
         )?;

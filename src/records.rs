@@ -233,6 +233,10 @@ pub struct Delivery {
     pub match_keys: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Taken off the queue while its destination is paused: resuming re-enqueues it
+    /// (a job still on the queue is not, so nothing is sent twice).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
 }
 
 impl Delivery {
@@ -247,6 +251,7 @@ impl Delivery {
             match_keys: None,
             created_at: now_ms,
             updated_at: now_ms,
+            held: false,
         }
     }
 }
@@ -383,6 +388,9 @@ pub struct Outcomes {
     /// (destination, sealed token, expires at ms)
     pub store_tokens: Vec<(String, String, i64)>,
     pub drop_tokens: Vec<String>,
+    /// Pending jobs of a paused destination taken off the queue (event id, destination).
+    #[serde(default)]
+    pub held: Vec<(String, String)>,
     pub now_ms: i64,
 }
 
@@ -1024,6 +1032,7 @@ impl<'a> Records<'a> {
                     .map(|l| l.job.event.event_id.as_str()),
             )
             .chain(outcomes.touch.iter().map(|(event, _)| event.as_str()))
+            .chain(outcomes.held.iter().map(|(event, _)| event.as_str()))
             .collect();
         events.sort();
         events.dedup();
@@ -1035,6 +1044,7 @@ impl<'a> Records<'a> {
             {
                 delivery.status = record.new_status;
                 delivery.attempts = record.attempt;
+                delivery.held = false;
                 delivery.last_error = if record.outcome.is_success() {
                     None
                 } else {
@@ -1048,6 +1058,14 @@ impl<'a> Records<'a> {
         for (event, destination) in &outcomes.touch {
             if let Some(delivery) = rows.get_mut(event).and_then(|d| d.get_mut(destination)) {
                 if delivery.status == DeliveryStatus::Pending {
+                    delivery.updated_at = now;
+                }
+            }
+        }
+        for (event, destination) in &outcomes.held {
+            if let Some(delivery) = rows.get_mut(event).and_then(|d| d.get_mut(destination)) {
+                if delivery.status == DeliveryStatus::Pending {
+                    delivery.held = true;
                     delivery.updated_at = now;
                 }
             }

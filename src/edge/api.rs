@@ -141,6 +141,11 @@ pub async fn admin(
         RouteId::AdminCronRuns => cron_runs(env).await,
         RouteId::AdminMetrics => Ok((200, json!(metrics::snapshot()))),
         RouteId::AdminRotateSecrets => rotate_secrets(env).await,
+        RouteId::AdminHealth
+        | RouteId::AdminHealthSettings
+        | RouteId::AdminHealthEvaluate
+        | RouteId::AdminPauseDestination
+        | RouteId::AdminResumeDestination => super::ops_api::admin(id, params, req, env).await,
         RouteId::AdminGetIntent | RouteId::AdminPutIntent | RouteId::AdminSeedSync => {
             super::intent_api::admin(id, &merchant_id, req, env).await
         }
@@ -166,6 +171,7 @@ pub async fn admin(
         | RouteId::AppStyles
         | RouteId::AppScript
         | RouteId::MerchantAuditExport
+        | RouteId::MerchantHealth
         | RouteId::AdminAuditVerify
         | RouteId::AdminAuditExport => Err(ApiError::NotFound("route".into())),
     };

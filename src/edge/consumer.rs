@@ -268,6 +268,10 @@ async fn deliver_merchant(
                     .number("held", members.len() as i64),
             );
             for member in &members {
+                outcomes.held.push((
+                    member.job.event.event_id.clone(),
+                    member.job.destination.clone(),
+                ));
                 settled.push((member.message, member.job.clone(), Step::Ack));
             }
             continue;

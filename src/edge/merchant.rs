@@ -9,12 +9,14 @@ use super::{emit, now_ms, retention_policy};
 use crate::admin::{ListQuery, ReplayFilter};
 use crate::config::{MerchantConfig, Region};
 use crate::delivery::{DeadLetter, DeliveryJob};
+use crate::health::AnomalySettings;
 use crate::intent::{Activity, FormStep, IntentSettings, SeedSettings};
 use crate::intent_store::{
     IntentStore, SeedBatch, SeedCandidate, SeedRun, SeedRunStatus, Timeline, VisitorSummary,
 };
 use crate::ledger;
 use crate::log::Log;
+use crate::ops_store::{Evaluation, HealthOverview, OpsStore};
 use crate::pixel::Capture;
 use crate::records::{self, AdmitAnswer, AdmitRequest, Claimed, Outcomes, Param, Records, Sql};
 use crate::sources::SourceOutput;
@@ -120,6 +122,19 @@ pub struct SeedOverview {
     pub segment: Option<String>,
     pub uploaded_visitors: i64,
     pub runs: Vec<SeedRun>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct ResumeRequest {
+    pub destination: String,
+    /// Who resumed: `operator`, `merchant:<key id>`, `auto_resume`.
+    pub by: String,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct ActionsRequest {
+    pub incident: i64,
+    pub actions: Value,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -473,6 +488,38 @@ impl Merchant {
         Ok(())
     }
 
+    /// Releases a paused destination: its held jobs go back on the queue, oldest event
+    /// first, and are touched so the sweeper leaves them. Returns the messages sent.
+    async fn resume(
+        &self,
+        records: &Records<'_>,
+        ops: &OpsStore<'_>,
+        region: Region,
+        destination: &str,
+        by: &str,
+        now: i64,
+    ) -> Result<usize> {
+        let jobs = ops.resume(destination, by, now).map_err(storage_error)?;
+        // One message per job, in order: an event's other destinations are not resent.
+        let mut messages = 0;
+        for job in &jobs {
+            messages += self.enqueue(region, std::slice::from_ref(job)).await?;
+        }
+        records.touch_jobs(&jobs, now).map_err(storage_error)?;
+        records
+            .append_audit(
+                crate::audit::AuditRecord {
+                    kind: "destination.resumed".into(),
+                    actor: by.to_string(),
+                    subject: format!("destinations/{destination}"),
+                    details: json!({ "released_jobs": jobs.len() }),
+                },
+                now,
+            )
+            .map_err(storage_error)?;
+        Ok(messages)
+    }
+
     async fn enqueue(&self, region: Region, jobs: &[DeliveryJob]) -> Result<usize> {
         enqueue_jobs(&self.env, region, jobs).await
     }
@@ -677,6 +724,83 @@ impl Merchant {
                 let segment: String = req.json().await?;
                 IntentStore::new(&sql, &merchant_id)
                     .remember_segment(&segment)
+                    .map_err(storage_error)?;
+                Self::answer(&sql, json!({ "recorded": true }))
+            }
+            "/health" => {
+                let overview = OpsStore::new(&sql, &merchant_id)
+                    .overview(now, 50)
+                    .map_err(storage_error)?;
+                Self::answer(&sql, Wrapped { value: overview })
+            }
+            "/health/settings" => {
+                let settings: AnomalySettings = req.json().await?;
+                self.remember_owner(&records, region)?;
+                OpsStore::new(&sql, &merchant_id)
+                    .save_settings(&settings, now)
+                    .map_err(storage_error)?;
+                Self::answer(&sql, json!({ "recorded": true }))
+            }
+            "/health/evaluate" => {
+                let ops = OpsStore::new(&sql, &merchant_id);
+                let evaluation = ops.evaluate(now).map_err(storage_error)?;
+                for incident in &evaluation.opened {
+                    records
+                        .append_audit(
+                            crate::audit::AuditRecord {
+                                kind: "anomaly.opened".into(),
+                                actor: "system".into(),
+                                subject: format!("incident/{}", incident.id),
+                                details: json!({
+                                    "kind": incident.kind,
+                                    "destination": incident.destination,
+                                    "paused": incident.paused,
+                                    "summary": incident.summary,
+                                }),
+                            },
+                            now,
+                        )
+                        .map_err(storage_error)?;
+                }
+                let mut resumed = 0;
+                for incident in &evaluation.resolved {
+                    if let Some(destination) = &incident.destination {
+                        resumed += self
+                            .resume(&records, &ops, region, destination, "auto_resume", now)
+                            .await?;
+                    }
+                }
+                Self::answer(
+                    &sql,
+                    json!({ "value": evaluation, "queue_messages": resumed }),
+                )
+            }
+            "/health/pause" => {
+                let destination: String = req.json().await?;
+                OpsStore::new(&sql, &merchant_id)
+                    .pause(&destination, None, now)
+                    .map_err(storage_error)?;
+                Self::answer(&sql, json!({ "paused": destination }))
+            }
+            "/health/resume" => {
+                let request: ResumeRequest = req.json().await?;
+                let ops = OpsStore::new(&sql, &merchant_id);
+                let messages = self
+                    .resume(
+                        &records,
+                        &ops,
+                        region,
+                        &request.destination,
+                        &request.by,
+                        now,
+                    )
+                    .await?;
+                Self::answer(&sql, json!({ "queue_messages": messages }))
+            }
+            "/health/actions" => {
+                let request: ActionsRequest = req.json().await?;
+                OpsStore::new(&sql, &merchant_id)
+                    .record_actions(request.incident, &request.actions)
                     .map_err(storage_error)?;
                 Self::answer(&sql, json!({ "recorded": true }))
             }
@@ -952,6 +1076,60 @@ impl MerchantClient {
         self.call::<_, Value>("/intent/seed/record", request)
             .await
             .map(|_| ())
+    }
+
+    pub async fn health(&self) -> Result<HealthOverview> {
+        self.value("/health", &json!({})).await
+    }
+
+    pub async fn health_settings(&self, settings: &AnomalySettings) -> Result<()> {
+        self.call::<_, Value>("/health/settings", settings)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn health_evaluate(&self) -> Result<Evaluation> {
+        let answer: Value = self.call("/health/evaluate", &json!({})).await?;
+        metrics::queue_sent(
+            self.phase,
+            answer["queue_messages"].as_u64().unwrap_or(0) as usize,
+        );
+        serde_json::from_value(answer["value"].clone())
+            .map_err(|e| worker::Error::RustError(e.to_string()))
+    }
+
+    pub async fn pause_destination(&self, destination: &str) -> Result<()> {
+        self.call::<_, Value>("/health/pause", &destination)
+            .await
+            .map(|_| ())
+    }
+
+    /// Returns the held jobs released.
+    pub async fn resume_destination(&self, destination: &str, by: &str) -> Result<u64> {
+        let answer: Value = self
+            .call(
+                "/health/resume",
+                &ResumeRequest {
+                    destination: destination.to_string(),
+                    by: by.to_string(),
+                },
+            )
+            .await?;
+        let messages = answer["queue_messages"].as_u64().unwrap_or(0);
+        metrics::queue_sent(self.phase, messages as usize);
+        Ok(messages)
+    }
+
+    pub async fn record_incident_actions(&self, incident: i64, actions: &Value) -> Result<()> {
+        self.call::<_, Value>(
+            "/health/actions",
+            &ActionsRequest {
+                incident,
+                actions: actions.clone(),
+            },
+        )
+        .await
+        .map(|_| ())
     }
 
     pub async fn audit_append(&self, record: &crate::audit::AuditRecord) -> Result<()> {

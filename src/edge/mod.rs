@@ -10,6 +10,7 @@ mod intake;
 mod intent_api;
 mod merchant;
 mod metrics;
+mod ops_api;
 mod outbound;
 mod pixel;
 mod regions;
@@ -276,6 +277,7 @@ async fn route(req: Request, env: &Env, ctx: &Context) -> Result<Response> {
         RouteId::MerchantSelf | RouteId::MerchantView => {
             api::merchant_read(id, &param("merchant_id"), &param("view"), &req, env).await
         }
+        RouteId::MerchantHealth => ops_api::merchant_read(&req, env, &param("merchant_id")).await,
         RouteId::MerchantAuditExport => {
             audit_api::merchant_export(&req, env, &param("merchant_id")).await
         }
@@ -314,7 +316,12 @@ async fn route(req: Request, env: &Env, ctx: &Context) -> Result<Response> {
         | RouteId::AdminPutIntent
         | RouteId::AdminSeedSync
         | RouteId::AdminAuditVerify
-        | RouteId::AdminAuditExport => api::admin(id, &params, req, env).await,
+        | RouteId::AdminAuditExport
+        | RouteId::AdminHealth
+        | RouteId::AdminHealthSettings
+        | RouteId::AdminHealthEvaluate
+        | RouteId::AdminPauseDestination
+        | RouteId::AdminResumeDestination => api::admin(id, &params, req, env).await,
     }
 }
 
@@ -337,6 +344,16 @@ async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     let cron = event.cron();
     if cron == SWEEP_CRON {
         for region in [Region::Us, Region::Eu] {
+            // Anomalies are judged every 5 minutes against each merchant's baseline.
+            match ops_api::evaluate_region(&env, region).await {
+                Ok(0) => {}
+                Ok(n) => emit(
+                    crate::log::Log::warn("anomaly incidents opened")
+                        .text("region", crate::admin::region_name(region))
+                        .number("incidents", n as i64),
+                ),
+                Err(err) => emit(crate::log::Log::error("anomaly evaluation failed").reason(err)),
+            }
             match consumer::sweep_pending(&env, region).await {
                 Ok(0) => {}
                 Ok(n) => emit(

@@ -549,3 +549,117 @@ fn the_audit_chain_records_accepted_notifications_and_names_a_tampered_entry() {
         .unwrap();
     assert_eq!(records.audit_entries(0, 10).unwrap().len(), 3);
 }
+
+/// Anomaly auto-pause in the object: a failure spike opens one incident and pauses the
+/// destination; its jobs taken off the queue are held (the sweeper leaves them), and
+/// resuming releases exactly those, oldest first, once.
+#[test]
+fn a_failure_spike_pauses_the_destination_and_resume_releases_held_jobs_once_in_order() {
+    use tracklayer::health::{AnomalyKind, AnomalySettings};
+    use tracklayer::ops_store::OpsStore;
+    let sql = store();
+    let records = Records::new(&sql, MERCHANT);
+    let ops = OpsStore::new(&sql, MERCHANT);
+    let settings = AnomalySettings {
+        failure_min_attempts: 3,
+        ..AnomalySettings::default()
+    };
+    ops.save_settings(&settings, NOW_MS).unwrap();
+    let mut meta_jobs = Vec::new();
+    for (i, fixture) in [
+        "customer.subscription.created.active.json",
+        "customer.subscription.created.trialing.json",
+        "invoice.paid.renewal.json",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let at = NOW_MS + i as i64 * 1_000;
+        let prepared = ready(
+            records
+                .prepare(stripe(fixture, &format!("evt_ops_{i}")), &merchant(), at)
+                .unwrap(),
+        );
+        records
+            .commit(&prepared.dedup_key, &prepared.output, at)
+            .unwrap();
+        meta_jobs.extend(
+            prepared
+                .plan_jobs
+                .into_iter()
+                .filter(|j| j.destination == "meta"),
+        );
+    }
+    assert_eq!(meta_jobs.len(), 3);
+    // Meta fails every attempt.
+    let failures: Vec<AttemptRecord> = meta_jobs
+        .iter()
+        .map(|job| AttemptRecord {
+            outcome: AttemptOutcome::Retry,
+            http_status: Some(500),
+            detail: Some("HTTP 500".into()),
+            new_status: DeliveryStatus::Pending,
+            at_ms: NOW_MS + 5_000,
+            ..delivered(job, 1)
+        })
+        .collect();
+    records
+        .record_outcomes(&Outcomes {
+            attempts: failures,
+            now_ms: NOW_MS + 5_000,
+            ..Outcomes::default()
+        })
+        .unwrap();
+    let now = NOW_MS + 6_000;
+    let evaluation = ops.evaluate(now).unwrap();
+    assert_eq!(evaluation.opened.len(), 1, "{evaluation:?}");
+    let incident = &evaluation.opened[0];
+    assert_eq!(incident.kind, AnomalyKind::FailureSpike);
+    assert_eq!(incident.destination.as_deref(), Some("meta"));
+    assert!(incident.paused);
+    assert!(
+        ops.evaluate(now + 1).unwrap().opened.is_empty(),
+        "one incident while open"
+    );
+    assert!(records.paused_destinations().unwrap().contains("meta"));
+    // Two jobs come back from the queue while paused and are held; the third is
+    // still on the queue (its retry not due yet).
+    records
+        .record_outcomes(&Outcomes {
+            held: meta_jobs[..2]
+                .iter()
+                .map(|j| (j.event.event_id.clone(), "meta".to_string()))
+                .collect(),
+            now_ms: now + 2,
+            ..Outcomes::default()
+        })
+        .unwrap();
+    let stale = records
+        .stale_jobs(now + 86_400_000, now + 86_400_000, 100)
+        .unwrap();
+    assert!(
+        stale.iter().all(|j| j.destination != "meta"),
+        "the sweeper leaves paused jobs"
+    );
+    assert_eq!(ops.overview(now + 3, 10).unwrap().paused[0].held, 2);
+    let released = ops.resume("meta", "operator", now + 4).unwrap();
+    let ids: Vec<&str> = released.iter().map(|j| j.job_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [meta_jobs[0].job_id.as_str(), meta_jobs[1].job_id.as_str()]
+    );
+    assert!(
+        ops.resume("meta", "operator", now + 5).unwrap().is_empty(),
+        "released once"
+    );
+    assert!(records.paused_destinations().unwrap().is_empty());
+    let overview = ops.overview(now + 6, 10).unwrap();
+    assert_eq!(overview.incidents[0].status, "resolved");
+    assert_eq!(
+        overview.incidents[0].resolved_by.as_deref(),
+        Some("operator")
+    );
+    let meta = &overview.destinations["meta"];
+    assert_eq!(meta.last_hour.failed_attempts, 3);
+    assert_eq!(meta.last_hour.planned, 3);
+}
