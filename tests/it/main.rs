@@ -11,6 +11,7 @@ mod chargebee_mapping;
 mod e2e_audit;
 mod e2e_fanout;
 mod e2e_intent;
+mod e2e_ops;
 mod e2e_outage;
 mod e2e_pixel;
 mod e2e_sources;
