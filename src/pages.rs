@@ -52,7 +52,8 @@ fn layout(title: &str, merchant_id: Option<&str>, body: &str) -> String {
     if let Some(merchant) = merchant_id {
         let _ = write!(
             header,
-            "<span class=\"merchant\">{}</span><form method=\"post\" action=\"/app/sign-out\"><button type=\"submit\">Sign out</button></form>",
+            "<nav><a href=\"/app\">Intent</a><a href=\"/app/health\">Health</a></nav>\
+             <span class=\"merchant\">{}</span><form method=\"post\" action=\"/app/sign-out\"><button type=\"submit\">Sign out</button></form>",
             escape(merchant)
         );
     }
@@ -384,6 +385,105 @@ pub fn visitor(merchant_id: &str, timeline: &Timeline) -> String {
         Some(merchant_id),
         &body,
     )
+}
+
+fn ms(value: Option<i64>) -> String {
+    match value {
+        Some(ms) if ms >= 1_000 => format!("{:.1} s", ms as f64 / 1000.0),
+        Some(ms) => format!("{ms} ms"),
+        None => "–".into(),
+    }
+}
+
+/// The delivery health page: figures per destination, paused destinations (with a
+/// resume button), incidents.
+pub fn health(merchant_id: &str, overview: &crate::ops_store::HealthOverview) -> String {
+    let mut body = String::from("<h1>Delivery health</h1>");
+    if !overview.paused.is_empty() {
+        body.push_str("<section id=\"paused\"><h2>Paused</h2>");
+        for paused in &overview.paused {
+            let _ = write!(
+                body,
+                "<div class=\"note\"><p><strong>{}</strong> paused since {}: {} conversions held, not sent and not lost.</p>\
+                 <form method=\"post\" action=\"/app/health/resume\"><input type=\"hidden\" name=\"destination\" value=\"{0}\">\
+                 <button type=\"submit\">Resume {0}</button></form></div>",
+                escape(&paused.destination),
+                time(paused.paused_since),
+                paused.held
+            );
+        }
+        body.push_str("</section>");
+    }
+    body.push_str("<section><h2>Destinations</h2>");
+    if overview.destinations.is_empty() {
+        body.push_str("<p class=\"muted\">No deliveries in the last 7 days.</p>");
+    } else {
+        body.push_str(
+            "<table class=\"list\" id=\"destinations\"><thead><tr><th>Destination</th><th>Window</th><th>Planned</th><th>Delivered</th>\
+             <th>Retried</th><th>Dead-lettered</th><th>Skipped</th><th>p50</th><th>p95</th><th>Match</th></tr></thead><tbody>",
+        );
+        for (name, figures) in &overview.destinations {
+            for (label, w) in [
+                ("last hour", &figures.last_hour),
+                ("last day", &figures.last_day),
+                ("7 days", &figures.last_7_days),
+            ] {
+                let _ = write!(
+                    body,
+                    "<tr><td data-label=\"Destination\">{}</td><td data-label=\"Window\">{label}</td>\
+                     <td data-label=\"Planned\" class=\"num\">{}</td><td data-label=\"Delivered\" class=\"num\">{}</td>\
+                     <td data-label=\"Retried\" class=\"num\">{}</td><td data-label=\"Dead-lettered\" class=\"num\">{}</td>\
+                     <td data-label=\"Skipped\" class=\"num\">{}</td><td data-label=\"p50\" class=\"num\">{}</td>\
+                     <td data-label=\"p95\" class=\"num\">{}</td><td data-label=\"Match\" class=\"num\">{}</td></tr>",
+                    escape(name),
+                    w.planned,
+                    w.delivered,
+                    w.retried,
+                    w.dead_lettered,
+                    w.skipped,
+                    ms(w.latency_p50_ms),
+                    ms(w.latency_p95_ms),
+                    w.match_score.map_or("–".into(), |s| format!("{s:.0}")),
+                );
+            }
+            let _ = write!(
+                body,
+                "<tr class=\"sub\"><td colspan=\"10\">Last success {}; last error {}</td></tr>",
+                figures
+                    .last_success_at
+                    .map(time)
+                    .unwrap_or_else(|| "never".into()),
+                match (&figures.last_error_at, &figures.last_error) {
+                    (Some(at), Some(error)) => format!("{} ({})", time(*at), escape(error)),
+                    (Some(at), None) => time(*at),
+                    _ => "none".into(),
+                }
+            );
+        }
+        body.push_str("</tbody></table>");
+    }
+    body.push_str("</section><section><h2>Incidents</h2>");
+    if overview.incidents.is_empty() {
+        body.push_str("<p class=\"muted\">No anomaly so far.</p>");
+    } else {
+        body.push_str("<table class=\"list\" id=\"incidents\"><thead><tr><th>Opened</th><th>What</th><th>Status</th></tr></thead><tbody>");
+        for incident in &overview.incidents {
+            let status = match (&incident.resolved_at, &incident.resolved_by) {
+                (Some(at), Some(by)) => format!("resolved {} by {}", time(*at), escape(by)),
+                _ if incident.paused => "open: destination paused".into(),
+                _ => "open".into(),
+            };
+            let _ = write!(
+                body,
+                "<tr><td data-label=\"Opened\">{}</td><td data-label=\"What\">{}</td><td data-label=\"Status\">{status}</td></tr>",
+                time(incident.opened_at),
+                escape(&incident.summary)
+            );
+        }
+        body.push_str("</tbody></table>");
+    }
+    body.push_str("</section>");
+    layout("Delivery health", Some(merchant_id), &body)
 }
 
 /// A page for an error the reader can act on (not found, sign in again).

@@ -56,6 +56,8 @@ pub enum RouteId {
     AppVisitor,
     AppStyles,
     AppScript,
+    AppHealth,
+    AppResume,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -174,6 +176,8 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/app/session", RouteId::AppSignIn),
     route("POST", "/app/sign-out", RouteId::AppSignOut),
     route("GET", "/app/visitors/{visitor_id}", RouteId::AppVisitor),
+    route("GET", "/app/health", RouteId::AppHealth),
+    route("POST", "/app/health/resume", RouteId::AppResume),
     route("GET", "/app/assets/app.css", RouteId::AppStyles),
     route("GET", "/app/assets/app.js", RouteId::AppScript),
     route("GET", "/v1/admin/merchants", RouteId::AdminListMerchants),

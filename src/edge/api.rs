@@ -170,6 +170,8 @@ pub async fn admin(
         | RouteId::AppVisitor
         | RouteId::AppStyles
         | RouteId::AppScript
+        | RouteId::AppHealth
+        | RouteId::AppResume
         | RouteId::MerchantAuditExport
         | RouteId::MerchantHealth
         | RouteId::AdminAuditVerify

@@ -71,6 +71,16 @@ async fn session(req: &Request, env: &Env) -> Result<Option<Session>> {
         .map(|_| session))
 }
 
+/// Whether a form post comes from a page of this worker (`Origin` names it).
+fn same_origin(req: &Request) -> Result<bool> {
+    let url = req.url()?;
+    let own = url.origin().ascii_serialization();
+    Ok(req
+        .headers()
+        .get("origin")?
+        .is_some_and(|origin| origin == own))
+}
+
 fn error_page(merchant_id: &str, err: &ApiError) -> Result<Response> {
     let (status, title) = match err {
         ApiError::NotFound(_) => (404, "Not found"),
@@ -131,6 +141,61 @@ pub async fn handle(
                         runs: &overview.seed.runs,
                     }),
                 ),
+                Err(err) => error_page(merchant_id, &err),
+            }
+        }
+        RouteId::AppHealth => {
+            let loaded = async {
+                let (_, client) = intent_api::merchant_object(env, merchant_id).await?;
+                client.health().await.map_err(|err| {
+                    emit(crate::log::Log::error("health page: storage unavailable").reason(err));
+                    ApiError::Unavailable("storage is temporarily unavailable; retry".into())
+                })
+            }
+            .await;
+            match loaded {
+                Ok(overview) => html(200, pages::health(merchant_id, &overview)),
+                Err(err) => error_page(merchant_id, &err),
+            }
+        }
+        RouteId::AppResume => {
+            // Same-origin forms only (the cookie is SameSite=Strict as well).
+            if !same_origin(&req)? {
+                return html(
+                    403,
+                    pages::message(
+                        Some(merchant_id),
+                        "Refused",
+                        "The form must come from this site.",
+                    ),
+                );
+            }
+            let body = match read_body_limited(&mut req, MAX_SIGN_IN_BYTES).await? {
+                Ok(body) => body,
+                Err(_) => return redirect("/app/health", None),
+            };
+            let destination = url::form_urlencoded::parse(&body)
+                .find(|(name, _)| name == "destination")
+                .map(|(_, value)| value.into_owned())
+                .unwrap_or_default();
+            if crate::destinations::find(&destination).is_none() {
+                return error_page(
+                    merchant_id,
+                    &ApiError::NotFound(format!("destination {destination}")),
+                );
+            }
+            let resumed = async {
+                let (_, client) = intent_api::merchant_object(env, merchant_id).await?;
+                client
+                    .resume_destination(&destination, &format!("merchant:{}", session.key_id))
+                    .await
+                    .map_err(|_| {
+                        ApiError::Unavailable("storage is temporarily unavailable; retry".into())
+                    })
+            }
+            .await;
+            match resumed {
+                Ok(_) => redirect("/app/health", None),
                 Err(err) => error_page(merchant_id, &err),
             }
         }

@@ -290,7 +290,9 @@ async fn route(req: Request, env: &Env, ctx: &Context) -> Result<Response> {
         | RouteId::AppSignOut
         | RouteId::AppVisitor
         | RouteId::AppStyles
-        | RouteId::AppScript => app::handle(id, &params, req, env).await,
+        | RouteId::AppScript
+        | RouteId::AppHealth
+        | RouteId::AppResume => app::handle(id, &params, req, env).await,
         RouteId::AdminListMerchants
         | RouteId::AdminCreateMerchant
         | RouteId::AdminGetMerchant

@@ -22,13 +22,13 @@ const STARTER_EMAIL: &str = "grace.hopper@example.com";
 const SEGMENT: &str = "urn:li:dmpSegment:7001";
 const USERS_PATH: &str = "/rest/dmpSegments/7001/users";
 
-fn output_dir() -> PathBuf {
+pub(crate) fn output_dir() -> PathBuf {
     let dir = PathBuf::from(ROOT).join("target/e2e-output/intent");
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
-fn chromium(args: &[String]) -> Value {
+pub(crate) fn chromium(args: &[String]) -> Value {
     let output = Command::new("node")
         .arg(format!("{ROOT}/tests/it/support/chromium.cjs"))
         .args(args)

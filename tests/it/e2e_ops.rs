@@ -159,14 +159,42 @@ fn e2e_ops_failure_spike_pauses_alerts_and_resume_delivers_held_events_once_in_o
         "nothing reaches Meta while paused"
     );
 
-    // 4. Resume: every held event is delivered once, in the order it arrived.
-    let resumed = worker.admin(
-        "POST",
-        "/v1/admin/merchants/m_ops/destinations/meta/resume",
-        None,
+    // 4. The merchant resumes from the health page, in Chromium: every held event is
+    //    delivered once, in the order it arrived.
+    let key = worker
+        .admin("POST", "/v1/admin/merchants/m_ops/api-keys", None)
+        .json()["api_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let page = crate::e2e_intent::chromium(&[
+        "health".into(),
+        format!("http://localhost:{}", worker.port),
+        key,
+        "meta".into(),
+        crate::e2e_intent::output_dir()
+            .to_string_lossy()
+            .into_owned(),
+    ]);
+    let paused_text = page["before"]["paused"].as_str().unwrap_or_default();
+    assert!(
+        paused_text.contains("meta paused since")
+            && paused_text.contains(&format!("{} conversions held", order.len())),
+        "{page}"
     );
-    assert_eq!(resumed.status, 200, "{}", resumed.body);
-    assert_eq!(resumed.json()["released_jobs"], order.len());
+    assert!(page["before"]["csp"]
+        .as_str()
+        .unwrap()
+        .contains("default-src 'none'"));
+    assert!(page["before"]["destinations"].as_array().unwrap().len() >= 3);
+    assert_eq!(page["after"]["paused"], false, "{page}");
+    assert!(
+        page["after"]["incidents"][0]
+            .as_str()
+            .unwrap()
+            .contains("by merchant:"),
+        "{page}"
+    );
     let delivered = eventually(WAIT, "the held events at Meta", || {
         let requests = platforms.requests_to(EVENTS);
         let after: Vec<String> = requests[sent_before..]
@@ -189,7 +217,10 @@ fn e2e_ops_failure_spike_pauses_alerts_and_resume_delivers_held_events_once_in_o
         .json();
     assert_eq!(health["paused"], json!([]));
     assert_eq!(health["incidents"][0]["status"], "resolved");
-    assert_eq!(health["incidents"][0]["resolved_by"], "operator");
+    assert!(health["incidents"][0]["resolved_by"]
+        .as_str()
+        .unwrap()
+        .starts_with("merchant:"));
     assert!(
         health["destinations"]["meta"]["last_hour"]["delivered"]
             .as_u64()
@@ -201,6 +232,9 @@ fn e2e_ops_failure_spike_pauses_alerts_and_resume_delivers_held_events_once_in_o
         .admin("GET", "/v1/admin/merchants/m_ops/audit/verify", None)
         .json();
     assert_eq!(chain["intact"], true, "{chain}");
+    for shot in page["screenshots"].as_array().unwrap() {
+        println!("screenshot: {}", shot.as_str().unwrap());
+    }
     let merchant_view = http(
         "GET",
         worker.port,

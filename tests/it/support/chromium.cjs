@@ -182,11 +182,46 @@ async function pages(workerUrl, apiKey, visitorId, outDir) {
   return { csp, wrong_key: wrongKey, cookie, home, visitor, phone_scroll_width: phoneWidth, signed_out: signedOut, screenshots };
 }
 
+// node chromium.cjs health <worker url> <api key> <destination> <out dir>
+//   Signs in, reads the health page, resumes the paused destination with its button.
+async function health(workerUrl, apiKey, destination, outDir) {
+  const browser = await launch();
+  const page = await browser.newPage();
+  await page.setViewport({ width: 1280, height: 900 });
+  await page.goto(workerUrl + "/app", { waitUntil: "networkidle0" });
+  await page.type("#api_key", apiKey);
+  await Promise.all([page.waitForNavigation({ waitUntil: "networkidle0" }), page.click("button[type=submit]")]);
+  const response = await page.goto(workerUrl + "/app/health", { waitUntil: "networkidle0" });
+  const before = {
+    status: response.status(),
+    csp: response.headers()["content-security-policy"] || null,
+    paused: await page.$eval("#paused", (el) => el.textContent).catch(() => null),
+    destinations: await page.$$eval("#destinations tbody tr", (trs) => trs.map((tr) => tr.textContent.trim())),
+    incidents: await page.$$eval("#incidents tbody tr", (trs) => trs.map((tr) => tr.textContent.trim())),
+  };
+  const shots = [path.join(outDir, "health-paused.png"), path.join(outDir, "health-resumed.png")];
+  await page.screenshot({ path: shots[0], fullPage: true });
+  await Promise.all([
+    page.waitForNavigation({ waitUntil: "networkidle0" }),
+    page.click("#paused form button[type=submit]"),
+  ]);
+  const after = {
+    url: page.url(),
+    paused: (await page.$("#paused")) !== null,
+    incidents: await page.$$eval("#incidents tbody tr", (trs) => trs.map((tr) => tr.textContent.trim())),
+  };
+  await page.screenshot({ path: shots[1], fullPage: true });
+  await browser.close();
+  return { destination, before, after, screenshots: shots };
+}
+
 async function main() {
   const [mode, ...args] = process.argv.slice(2);
   const outDir = args[3];
   fs.mkdirSync(outDir, { recursive: true });
-  const result = mode === "journey" ? await journey(...args) : await pages(...args);
+  const result = mode === "journey" ? await journey(...args)
+    : mode === "health" ? await health(...args)
+    : await pages(...args);
   process.stdout.write(JSON.stringify(result));
 }
 
