@@ -71,14 +71,19 @@ async fn session(req: &Request, env: &Env) -> Result<Option<Session>> {
         .map(|_| session))
 }
 
-/// Whether a form post comes from a page of this worker (`Origin` names it).
+/// Whether a form post comes from a page of this worker: its `Origin` names the host
+/// the request was sent to.
 fn same_origin(req: &Request) -> Result<bool> {
-    let url = req.url()?;
-    let own = url.origin().ascii_serialization();
-    Ok(req
-        .headers()
-        .get("origin")?
-        .is_some_and(|origin| origin == own))
+    let (Some(origin), Some(host)) = (req.headers().get("origin")?, req.headers().get("host")?)
+    else {
+        return Ok(false);
+    };
+    Ok(url::Url::parse(&origin).is_ok_and(|origin| {
+        let port = origin.port().map(|p| format!(":{p}")).unwrap_or_default();
+        origin
+            .host_str()
+            .is_some_and(|h| format!("{h}{port}").eq_ignore_ascii_case(&host))
+    }))
 }
 
 fn error_page(merchant_id: &str, err: &ApiError) -> Result<Response> {

@@ -124,6 +124,8 @@ fn e2e_ops_failure_spike_pauses_alerts_and_resume_delivers_held_events_once_in_o
     assert_eq!(pauses[0].body, "status=PAUSED");
 
     // 3. While paused: the retries and two new conversions are held, nothing is sent.
+    //    Meta has recovered: it answers 200 from now on.
+    platforms.unscript(EVENTS);
     let sent_before = platforms.requests_to(EVENTS).len();
     for (i, fixture) in [
         "customer.subscription.updated.upgrade.json",

@@ -201,6 +201,14 @@ impl StandIn {
         }
     }
 
+    /// Drops the answers still queued for `path_fragment`: it answers 200 from now on.
+    pub fn unscript(&self, path_fragment: &str) {
+        self.scripts
+            .lock()
+            .unwrap()
+            .retain(|(fragment, _)| fragment != path_fragment);
+    }
+
     pub fn requests_to(&self, path_fragment: &str) -> Vec<Recorded> {
         self.requests
             .lock()
