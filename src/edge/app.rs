@@ -71,19 +71,16 @@ async fn session(req: &Request, env: &Env) -> Result<Option<Session>> {
         .map(|_| session))
 }
 
-/// Whether a form post comes from a page of this worker: its `Origin` names the host
-/// the request was sent to.
+/// Whether a form post comes from a page of this worker: the browser says so
+/// (`Sec-Fetch-Site: same-origin`, which no page can set), or its `Origin` is the
+/// request's own.
 fn same_origin(req: &Request) -> Result<bool> {
-    let (Some(origin), Some(host)) = (req.headers().get("origin")?, req.headers().get("host")?)
-    else {
-        return Ok(false);
-    };
-    Ok(url::Url::parse(&origin).is_ok_and(|origin| {
-        let port = origin.port().map(|p| format!(":{p}")).unwrap_or_default();
-        origin
-            .host_str()
-            .is_some_and(|h| format!("{h}{port}").eq_ignore_ascii_case(&host))
-    }))
+    let headers = req.headers();
+    if headers.get("sec-fetch-site")?.as_deref() == Some("same-origin") {
+        return Ok(true);
+    }
+    let own = req.url()?.origin().ascii_serialization();
+    Ok(headers.get("origin")?.is_some_and(|origin| origin == own))
 }
 
 fn error_page(merchant_id: &str, err: &ApiError) -> Result<Response> {
