@@ -32,6 +32,7 @@ pub mod plans;
 pub mod records;
 pub mod rejections;
 pub mod retention;
+pub mod rfm;
 pub mod routes;
 pub mod secrets;
 pub mod seed;
