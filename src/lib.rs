@@ -33,6 +33,7 @@ pub mod records;
 pub mod rejections;
 pub mod retention;
 pub mod rfm;
+pub mod rfm_store;
 pub mod routes;
 pub mod secrets;
 pub mod seed;

@@ -187,12 +187,21 @@ pub const SCHEMA: &[&str] = &[
      CREATE TABLE IF NOT EXISTS incidents (id INTEGER PRIMARY KEY, merchant_id TEXT NOT NULL, kind TEXT NOT NULL,
        destination TEXT, opened_at INTEGER NOT NULL, summary TEXT NOT NULL, figures TEXT NOT NULL, status TEXT NOT NULL,
        paused INTEGER NOT NULL DEFAULT 0, resolved_at INTEGER, resolved_by TEXT, actions TEXT);",
+    // v5: daily RFM scores and LTV per subscriber (`crate::rfm`), replaced each day.
+    "CREATE TABLE IF NOT EXISTS rfm_settings (id INTEGER PRIMARY KEY CHECK (id = 1), carry_on_events INTEGER NOT NULL,
+       updated_at INTEGER NOT NULL);
+     CREATE TABLE IF NOT EXISTS rfm_scores (merchant_id TEXT NOT NULL, customer_key TEXT NOT NULL, cohort TEXT NOT NULL,
+       r INTEGER NOT NULL, f INTEGER NOT NULL, m INTEGER NOT NULL, segment TEXT NOT NULL, recency_days INTEGER,
+       frequency INTEGER NOT NULL, monetary TEXT NOT NULL, ltv TEXT, computed_at INTEGER NOT NULL,
+       PRIMARY KEY (merchant_id, customer_key)) WITHOUT ROWID;",
 ];
 
 /// Tables holding the merchant's records, in the order whole-merchant deletion and
 /// counting walk them (the views `deliveries` and `delivery_attempts` read
 /// `canonical_events` and `attempt_log`).
-pub const TABLES: [&str; 24] = [
+pub const TABLES: [&str; 26] = [
+    "rfm_scores",
+    "rfm_settings",
     "incidents",
     "anomaly_settings",
     "audit_heads",
@@ -1013,8 +1022,52 @@ impl<'a> Records<'a> {
                 answer.tokens.insert(destination.clone(), token);
             }
         }
+        self.carry_rfm(&mut admitted)?;
         answer.admitted = admitted;
         Ok(answer)
+    }
+
+    /// Where the merchant turned it on, the customer's RFM segment and predicted LTV
+    /// travel with the event (`rfm_segment`, `ltv_model` properties).
+    fn carry_rfm(&self, admitted: &mut [Admitted]) -> Result<()> {
+        let on = self
+            .sql
+            .query(
+                "SELECT carry_on_events FROM rfm_settings WHERE id = 1",
+                vec![],
+            )?
+            .first()
+            .and_then(|r| r.get("carry_on_events").and_then(Value::as_i64))
+            == Some(1);
+        if !on {
+            return Ok(());
+        }
+        for member in admitted.iter_mut() {
+            let event = &mut member.job.event;
+            let Some(key) = identity::keys(event).into_iter().next() else {
+                continue;
+            };
+            let rows = self.sql.query(
+                "SELECT segment, ltv FROM rfm_scores WHERE merchant_id = ?1 AND customer_key = ?2",
+                vec![self.merchant(), key.into()],
+            )?;
+            let Some(row) = rows.first() else { continue };
+            if let Some(segment) = row.get("segment").and_then(Value::as_str) {
+                event
+                    .properties
+                    .insert("rfm_segment".into(), segment.to_string());
+            }
+            let ltv = row
+                .get("ltv")
+                .and_then(Value::as_str)
+                .and_then(|t| serde_json::from_str::<Value>(t).ok());
+            if let Some(value) = ltv.as_ref().and_then(|l| l["predicted_ltv"].as_f64()) {
+                event
+                    .properties
+                    .insert("ltv_model".into(), format!("{value:.2}"));
+            }
+        }
+        Ok(())
     }
 
     /// Everything one queue batch decided for this merchant, in one call: per event, one

@@ -78,7 +78,7 @@ impl RetentionPolicy {
     /// its row and go with it; an event with a delivery still pending is never purged
     /// (its job is on a queue). Attempts are logs and follow their own window.
     pub fn regional_purges(&self, now_ms: i64) -> Vec<Purge> {
-        let rules: [(u32, &'static str, &'static str); 14] = [
+        let rules: [(u32, &'static str, &'static str); 15] = [
             (self.events_days, "canonical_events", "received_at"),
             (self.attempts_days, "attempt_log", "attempted_at"),
             (self.dead_letters_days, "dead_letters", "dead_lettered_at"),
@@ -93,6 +93,7 @@ impl RetentionPolicy {
             (self.identity_days, "intent_alerts", "created_at"),
             (self.identity_days, "seed_uploads", "uploaded_at"),
             (self.events_days, "seed_runs", "started_at"),
+            (self.customers_days, "rfm_scores", "computed_at"),
         ];
         rules
             .into_iter()

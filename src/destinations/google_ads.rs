@@ -1350,6 +1350,40 @@ mod tests {
     }
 
     #[test]
+    fn named_campaigns_are_paused_by_a_status_only_mutate() {
+        let operator =
+            crate::destinations::OperatorCredentials::default().with(DEVELOPER_TOKEN, "DEV");
+        let endpoints = Endpoints::default();
+        let context = BuildContext {
+            endpoints: &endpoints,
+            operator: &operator,
+            now_s: NOW,
+            access_token: Some("ya29.token"),
+        };
+        let req = pause_campaigns(
+            &merchant(json!({})),
+            &context,
+            &["111".into(), "222".into()],
+        )
+        .unwrap();
+        assert_eq!(
+            req.url,
+            format!("https://googleads.googleapis.com/{DEFAULT_API_VERSION}/customers/1234567890/campaigns:mutate")
+        );
+        let body: Value = serde_json::from_str(&req.body).unwrap();
+        assert_eq!(
+            body,
+            json!({ "operations": [
+                { "update": { "resourceName": "customers/1234567890/campaigns/111", "status": "PAUSED" }, "updateMask": "status" },
+                { "update": { "resourceName": "customers/1234567890/campaigns/222", "status": "PAUSED" }, "updateMask": "status" }
+            ]})
+        );
+        assert!(req
+            .headers
+            .contains(&("developer-token".into(), "DEV".into())));
+    }
+
+    #[test]
     fn oauth_refresh_request_and_answers() {
         let operator = crate::destinations::OperatorCredentials::default()
             .with(OAUTH_CLIENT_ID, "cid.apps.googleusercontent.com")

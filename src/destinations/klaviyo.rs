@@ -149,6 +149,20 @@ pub fn create_event_body(
     if let Some(country) = &event.customer.country {
         profile.insert("location".into(), json!({ "country": country }));
     }
+    // The RFM segment and predicted LTV are facts about the person: profile properties.
+    let mut profile_properties = Map::new();
+    if let Some(segment) = event.property("rfm_segment") {
+        profile_properties.insert("rfm_segment".into(), json!(segment));
+    }
+    if let Some(ltv) = event
+        .property("ltv_model")
+        .and_then(|v| v.parse::<f64>().ok())
+    {
+        profile_properties.insert("ltv_model".into(), json!(ltv));
+    }
+    if !profile_properties.is_empty() {
+        profile.insert("properties".into(), Value::Object(profile_properties));
+    }
 
     let mut properties = Map::new();
     properties.insert("canonical_event".into(), json!(event.name.as_str()));
@@ -185,6 +199,9 @@ pub fn create_event_body(
         }
     }
     for (key, value) in &event.properties {
+        if key == "rfm_segment" || key == "ltv_model" {
+            continue;
+        }
         properties
             .entry(key.clone())
             .or_insert_with(|| json!(value));
@@ -274,6 +291,23 @@ mod tests {
             .trial_end_at(1_767_225_600)
             .arr(58800, "usd")
             .done()
+    }
+
+    #[test]
+    fn the_rfm_segment_and_ltv_are_profile_properties_when_carried() {
+        let merchant = merchant(json!({ "private_api_key": "pk_live_abcdef123456" }));
+        let mut event = event(EventName::TrialConverted);
+        event
+            .properties
+            .insert("rfm_segment".into(), "at_risk".into());
+        event.properties.insert("ltv_model".into(), "120.50".into());
+        let req = build_for_test(build, &[event], &merchant, &Endpoints::default(), 0).unwrap();
+        let body: Value = serde_json::from_str(&req.body).unwrap();
+        let attributes = &body["data"]["attributes"];
+        let profile = &attributes["profile"]["data"]["attributes"]["properties"];
+        assert_eq!(profile["rfm_segment"], "at_risk");
+        assert_eq!(profile["ltv_model"], 120.5);
+        assert!(attributes["properties"].get("rfm_segment").is_none());
     }
 
     #[test]

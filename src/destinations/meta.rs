@@ -260,6 +260,16 @@ pub fn server_event(
     if let Some(plan_id) = &event.subscription.plan_id {
         custom_data.insert("plan_id".into(), json!(plan_id));
     }
+    // The customer's RFM segment and predicted LTV, where the merchant carries them.
+    if let Some(segment) = event.property("rfm_segment") {
+        custom_data.insert("rfm_segment".into(), json!(segment));
+    }
+    if let Some(ltv) = event
+        .property("ltv_model")
+        .and_then(|v| v.parse::<f64>().ok())
+    {
+        custom_data.insert("ltv_model".into(), json!(ltv));
+    }
 
     Ok(json!({
         "event_name": config.event_names.get(event.name).unwrap_or(event_name(event.name)),
@@ -382,6 +392,39 @@ mod tests {
             .arr(58800, "usd")
             .livemode(false)
             .done()
+    }
+
+    #[test]
+    fn the_rfm_segment_and_ltv_ride_in_custom_data_when_carried() {
+        let mut event = trial();
+        event
+            .properties
+            .insert("rfm_segment".into(), "champions".into());
+        event.properties.insert("ltv_model".into(), "913.49".into());
+        let req = build_for_test(build, &[event], &merchant(), &Endpoints::default(), NOW).unwrap();
+        let body: serde_json::Value = serde_json::from_str(&req.body).unwrap();
+        let custom = &body["data"][0]["custom_data"];
+        assert_eq!(custom["rfm_segment"], "champions");
+        assert_eq!(custom["ltv_model"], 913.49);
+        let plain =
+            build_for_test(build, &[trial()], &merchant(), &Endpoints::default(), NOW).unwrap();
+        assert!(!plain.body.contains("rfm_segment"));
+    }
+
+    #[test]
+    fn a_named_campaign_is_paused_through_the_marketing_api() {
+        let context = BuildContext {
+            endpoints: &Endpoints::default(),
+            operator: &crate::destinations::OperatorCredentials::default(),
+            now_s: NOW,
+            access_token: None,
+        };
+        let req = pause_campaigns(&merchant(), &context, &["120210000000001".into()]).unwrap();
+        assert_eq!(req.url, "https://graph.facebook.com/v25.0/120210000000001");
+        assert_eq!(req.body, "status=PAUSED");
+        assert!(req
+            .headers
+            .contains(&("authorization".into(), "Bearer EAAB/secret+token".into())));
     }
 
     #[test]

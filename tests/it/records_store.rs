@@ -663,3 +663,74 @@ fn a_failure_spike_pauses_the_destination_and_resume_releases_held_jobs_once_in_
     assert_eq!(meta.last_hour.failed_attempts, 3);
     assert_eq!(meta.last_hour.planned, 3);
 }
+
+/// RFM in the object: billing events become scored subscribers, and where the merchant
+/// turns it on, the segment and predicted LTV travel on the events admitted for delivery.
+#[test]
+fn rfm_scores_subscribers_and_carries_the_segment_on_admitted_events() {
+    use tracklayer::rfm_store::RfmStore;
+    let sql = store();
+    let records = Records::new(&sql, MERCHANT);
+    for (i, fixture) in [
+        "customer.subscription.created.active.json",
+        "invoice.paid.renewal.json",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let prepared = ready(
+            records
+                .prepare(
+                    stripe(fixture, &format!("evt_rfm_{i}")),
+                    &merchant(),
+                    NOW_MS,
+                )
+                .unwrap(),
+        );
+        records
+            .commit(&prepared.dedup_key, &prepared.output, NOW_MS)
+            .unwrap();
+    }
+    let rfm = RfmStore::new(&sql, MERCHANT);
+    let subscribers = rfm.subscribers().unwrap();
+    assert!(!subscribers.is_empty());
+    assert!(
+        subscribers.iter().all(|s| !s.payments.is_empty()),
+        "{subscribers:?}"
+    );
+    let segments = rfm.compute(NOW_MS + 86_400_000).unwrap();
+    assert_eq!(segments.values().sum::<usize>(), subscribers.len());
+    let scores = rfm.scores(None, 10, 0).unwrap();
+    assert_eq!(scores.len(), subscribers.len());
+    assert!(scores[0].ltv.is_some(), "{:?}", scores[0]);
+    let (counts, computed_at) = rfm.segments().unwrap();
+    assert_eq!(computed_at, Some(NOW_MS + 86_400_000));
+    assert_eq!(counts.values().sum::<i64>() as usize, scores.len());
+
+    // Off by default: nothing is added to outbound events.
+    let output = stripe("customer.subscription.updated.upgrade.json", "evt_rfm_up");
+    let prepared = ready(records.prepare(output, &merchant(), NOW_MS + 2).unwrap());
+    let job = prepared.plan_jobs[0].clone();
+    let admit = |records: &Records| {
+        records
+            .admit(AdmitRequest {
+                messages: vec![(0, EventMessage::for_jobs([&job], false).remove(0))],
+                now_ms: NOW_MS + 3,
+                ..AdmitRequest::default()
+            })
+            .unwrap()
+            .admitted
+    };
+    let plain = admit(&records);
+    assert!(plain[0].job.event.property("rfm_segment").is_none());
+    rfm.set_carry_on_events(true, NOW_MS).unwrap();
+    let carried = admit(&records);
+    let event = &carried[0].job.event;
+    let key = tracklayer::identity::keys(event)[0].clone();
+    let own = scores
+        .iter()
+        .find(|s| s.key == key)
+        .expect("scored customer");
+    assert_eq!(event.property("rfm_segment"), Some(own.segment.as_str()));
+    assert!(event.property("ltv_model").is_some());
+}
