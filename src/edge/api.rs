@@ -146,6 +146,9 @@ pub async fn admin(
         | RouteId::AdminHealthEvaluate
         | RouteId::AdminPauseDestination
         | RouteId::AdminResumeDestination => super::ops_api::admin(id, params, req, env).await,
+        RouteId::AdminRfm | RouteId::AdminRfmCompute => {
+            super::ops_api::rfm_admin(id, &merchant_id, req, env).await
+        }
         RouteId::AdminGetIntent | RouteId::AdminPutIntent | RouteId::AdminSeedSync => {
             super::intent_api::admin(id, &merchant_id, req, env).await
         }
@@ -174,6 +177,7 @@ pub async fn admin(
         | RouteId::AppResume
         | RouteId::MerchantAuditExport
         | RouteId::MerchantHealth
+        | RouteId::MerchantRfm
         | RouteId::AdminAuditVerify
         | RouteId::AdminAuditExport => Err(ApiError::NotFound("route".into())),
     };

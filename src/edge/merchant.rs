@@ -19,6 +19,7 @@ use crate::log::Log;
 use crate::ops_store::{Evaluation, HealthOverview, OpsStore};
 use crate::pixel::Capture;
 use crate::records::{self, AdmitAnswer, AdmitRequest, Claimed, Outcomes, Param, Records, Sql};
+use crate::rfm_store::RfmStore;
 use crate::sources::SourceOutput;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -122,6 +123,16 @@ pub struct SeedOverview {
     pub segment: Option<String>,
     pub uploaded_visitors: i64,
     pub runs: Vec<SeedRun>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct RfmQuery {
+    pub segment: Option<String>,
+    pub limit: i64,
+    pub offset: i64,
+    /// Turns carrying the segment and LTV on outbound events on or off.
+    #[serde(default)]
+    pub carry_on_events: Option<bool>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -727,6 +738,35 @@ impl Merchant {
                     .map_err(storage_error)?;
                 Self::answer(&sql, json!({ "recorded": true }))
             }
+            "/rfm/compute" => {
+                let segments = RfmStore::new(&sql, &merchant_id)
+                    .compute(now)
+                    .map_err(storage_error)?;
+                Self::answer(&sql, Wrapped { value: segments })
+            }
+            "/rfm" => {
+                let query: RfmQuery = req.json().await?;
+                let store = RfmStore::new(&sql, &merchant_id);
+                if let Some(on) = query.carry_on_events {
+                    store.set_carry_on_events(on, now).map_err(storage_error)?;
+                }
+                let (segments, computed_at) = store.segments().map_err(storage_error)?;
+                let subscribers = store
+                    .scores(query.segment.as_deref(), query.limit, query.offset)
+                    .map_err(storage_error)?;
+                let carry = store.carry_on_events().map_err(storage_error)?;
+                Self::answer(
+                    &sql,
+                    Wrapped {
+                        value: json!({
+                            "computed_at": computed_at,
+                            "segments": segments,
+                            "carry_on_events": carry,
+                            "subscribers": subscribers,
+                        }),
+                    },
+                )
+            }
             "/health" => {
                 let overview = OpsStore::new(&sql, &merchant_id)
                     .overview(now, 50)
@@ -1076,6 +1116,14 @@ impl MerchantClient {
         self.call::<_, Value>("/intent/seed/record", request)
             .await
             .map(|_| ())
+    }
+
+    pub async fn rfm_compute(&self) -> Result<Value> {
+        self.value("/rfm/compute", &json!({})).await
+    }
+
+    pub async fn rfm(&self, query: &RfmQuery) -> Result<Value> {
+        self.value("/rfm", query).await
     }
 
     pub async fn health(&self) -> Result<HealthOverview> {

@@ -278,6 +278,7 @@ async fn route(req: Request, env: &Env, ctx: &Context) -> Result<Response> {
             api::merchant_read(id, &param("merchant_id"), &param("view"), &req, env).await
         }
         RouteId::MerchantHealth => ops_api::merchant_read(&req, env, &param("merchant_id")).await,
+        RouteId::MerchantRfm => ops_api::rfm_read(&req, env, &param("merchant_id")).await,
         RouteId::MerchantAuditExport => {
             audit_api::merchant_export(&req, env, &param("merchant_id")).await
         }
@@ -323,7 +324,9 @@ async fn route(req: Request, env: &Env, ctx: &Context) -> Result<Response> {
         | RouteId::AdminHealthSettings
         | RouteId::AdminHealthEvaluate
         | RouteId::AdminPauseDestination
-        | RouteId::AdminResumeDestination => api::admin(id, &params, req, env).await,
+        | RouteId::AdminResumeDestination
+        | RouteId::AdminRfm
+        | RouteId::AdminRfmCompute => api::admin(id, &params, req, env).await,
     }
 }
 
@@ -459,6 +462,13 @@ async fn daily(env: &Env, cron: &str, scheduled_ms: i64) -> Result<()> {
                             .reason(err),
                     );
                 }
+            }
+            if let Err(err) = client.rfm_compute().await {
+                emit(
+                    crate::log::Log::error("RFM not computed; tomorrow's run tries again")
+                        .merchant(&route.merchant_id)
+                        .reason(err),
+                );
             }
             match client.purge().await {
                 Ok(counts) => {

@@ -296,3 +296,66 @@ async fn pause_campaigns(env: &Env, merchant_id: &str, settings: &AnomalySetting
     }
     calls
 }
+
+fn rfm_query(req: &Request) -> std::result::Result<super::merchant::RfmQuery, ApiError> {
+    let page = super::intent_api::page_of(req)?;
+    let segment = req
+        .url()
+        .map_err(unavailable)?
+        .query_pairs()
+        .find(|(k, _)| k == "segment")
+        .map(|(_, v)| v.into_owned());
+    Ok(super::merchant::RfmQuery {
+        segment,
+        limit: page.limit,
+        offset: page.offset,
+        carry_on_events: None,
+    })
+}
+
+/// `GET /v1/merchants/{id}/rfm` with the merchant's own API key.
+pub async fn rfm_read(req: &Request, env: &Env, merchant_id: &str) -> Result<Response> {
+    let owner = match authenticate_merchant_key(req, env).await? {
+        Ok(owner) => owner,
+        Err(err) => return api_error(&err),
+    };
+    if !constant_time_eq(owner.as_bytes(), merchant_id.as_bytes()) {
+        return api_error(&ApiError::ForeignMerchant);
+    }
+    let answer = async {
+        let query = rfm_query(req)?;
+        let (_, client) = merchant_object(env, merchant_id).await?;
+        client.rfm(&query).await.map_err(unavailable)
+    }
+    .await;
+    match answer {
+        Ok(body) => json_response(200, &body),
+        Err(err) => api_error(&err),
+    }
+}
+
+/// The operator's RFM routes: read, or compute now (optionally turning the carrying of
+/// segment and LTV on outbound events on or off).
+pub async fn rfm_admin(id: RouteId, merchant_id: &str, mut req: Request, env: &Env) -> Answer {
+    let (_, client) = merchant_object(env, merchant_id).await?;
+    let mut query = rfm_query(&req)?;
+    if id == RouteId::AdminRfmCompute {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Compute {
+            #[serde(default)]
+            carry_on_events: Option<bool>,
+        }
+        let body = req.bytes().await.map_err(unavailable)?;
+        let compute: Compute = if body.is_empty() {
+            Compute {
+                carry_on_events: None,
+            }
+        } else {
+            parse_body(&body)?
+        };
+        query.carry_on_events = compute.carry_on_events;
+        client.rfm_compute().await.map_err(unavailable)?;
+    }
+    Ok((200, client.rfm(&query).await.map_err(unavailable)?))
+}

@@ -229,6 +229,29 @@ fn e2e_ops_failure_spike_pauses_alerts_and_resume_delivers_held_events_once_in_o
             .unwrap()
             >= 5
     );
+    // RFM over the same merchant's billing events, carried on events from now on.
+    let rfm = worker.admin(
+        "POST",
+        "/v1/admin/merchants/m_ops/rfm/compute",
+        Some(&json!({ "carry_on_events": true })),
+    );
+    assert_eq!(rfm.status, 200, "{}", rfm.body);
+    let rfm = rfm.json();
+    assert_eq!(rfm["carry_on_events"], true);
+    assert!(
+        rfm["segments"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| n.as_i64().unwrap())
+            .sum::<i64>()
+            >= 1,
+        "{rfm}"
+    );
+    assert!(
+        rfm["subscribers"][0]["ltv"]["expected_lifetime_months"].is_number(),
+        "{rfm}"
+    );
     // The pause and the resume are in the audit chain.
     let chain = worker
         .admin("GET", "/v1/admin/merchants/m_ops/audit/verify", None)
