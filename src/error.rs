@@ -152,6 +152,19 @@ impl IngestError {
     }
 }
 
+impl From<crate::config::SettingsError> for IngestError {
+    fn from(err: crate::config::SettingsError) -> Self {
+        match err {
+            crate::config::SettingsError::NotConfigured(name) => IngestError::SourceNotConfigured {
+                source_name: name.into(),
+            },
+            crate::config::SettingsError::Misconfigured(name) => IngestError::SourceMisconfigured {
+                source_name: name.into(),
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,18 +222,5 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("limit is 5"));
-    }
-}
-
-impl From<crate::config::SettingsError> for IngestError {
-    fn from(err: crate::config::SettingsError) -> Self {
-        match err {
-            crate::config::SettingsError::NotConfigured(name) => IngestError::SourceNotConfigured {
-                source_name: name.into(),
-            },
-            crate::config::SettingsError::Misconfigured(name) => IngestError::SourceMisconfigured {
-                source_name: name.into(),
-            },
-        }
     }
 }

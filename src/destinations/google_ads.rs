@@ -1142,7 +1142,8 @@ mod tests {
             .unwrap();
         let start = conversion_at(EventName::SubscriptionStarted, NOW - 3 * 86_400, "tl_start");
         let cancel = cancellation(NOW);
-        for state in [UploadState::Pending] {
+        {
+            let state = UploadState::Pending;
             assert!(matches!(
                 plan_correction(&cancel, &[(start.clone(), state)], &config),
                 CorrectionPlan::Wait(_)

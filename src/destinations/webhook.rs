@@ -225,7 +225,7 @@ mod tests {
         let event = crate::event::tests_support::event();
         let req = build_for_test(
             build,
-            &[event.clone()],
+            std::slice::from_ref(&event),
             &merchant(),
             &Endpoints::default(),
             NOW,

@@ -283,7 +283,7 @@ fn corrections_carry_a_currency_and_a_negative_value() {
     assert!(checked >= 5, "only {checked} corrections checked");
 }
 
-/// 3. Plan changes: a change of price, plan or quantity that changes recurring revenue
+/// Property 3, plan changes: a change of price, plan or quantity that changes recurring revenue
 /// is an upgrade or a downgrade with `mrr_delta`, for every source whose payload (or the
 /// stored state) makes both revenues computable. Lemon Squeezy states no price: its
 /// upgrade is recognised by the proration it charges and carries no `mrr_delta`.
