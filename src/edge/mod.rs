@@ -91,7 +91,7 @@ pub fn operator_settings(env: &Env) -> OperatorSettings {
     };
     let number = |name: &str| var(name).and_then(|v| v.parse::<u32>().ok());
     // Every registered destination names its own override variables.
-    let endpoints = Endpoints::from_vars(&var);
+    let endpoints = Endpoints::from_vars(var);
     // TrackLayer's own secrets, as each destination declares them: worker secrets
     // (plain vars also work locally).
     let secret = |name: &str| {
