@@ -396,8 +396,12 @@ fn ms(value: Option<i64>) -> String {
 }
 
 /// The delivery health page: figures per destination, paused destinations (with a
-/// resume button), incidents.
-pub fn health(merchant_id: &str, overview: &crate::ops_store::HealthOverview) -> String {
+/// resume button), incidents, and the RFM segments with the subscribers' LTV.
+pub fn health(
+    merchant_id: &str,
+    overview: &crate::ops_store::HealthOverview,
+    rfm: &serde_json::Value,
+) -> String {
     let mut body = String::from("<h1>Delivery health</h1>");
     if !overview.paused.is_empty() {
         body.push_str("<section id=\"paused\"><h2>Paused</h2>");
@@ -483,7 +487,67 @@ pub fn health(merchant_id: &str, overview: &crate::ops_store::HealthOverview) ->
         body.push_str("</tbody></table>");
     }
     body.push_str("</section>");
+    body.push_str(&rfm_section(rfm));
     layout("Delivery health", Some(merchant_id), &body)
+}
+
+fn rfm_section(rfm: &serde_json::Value) -> String {
+    let mut body = String::from("<section id=\"rfm\"><h2>Subscribers: RFM segments and LTV</h2>");
+    let Some(at) = rfm["computed_at"].as_i64() else {
+        body.push_str("<p class=\"muted\">Not computed yet: the daily job scores subscribers at 09:00 UTC.</p></section>");
+        return body;
+    };
+    let _ = write!(body, "<p class=\"muted\">Computed {}.", time(at));
+    if rfm["carry_on_events"] == serde_json::json!(true) {
+        body.push_str(" Segments and predicted LTV ride on outbound events.");
+    }
+    body.push_str("</p><dl class=\"facts\" id=\"segments\">");
+    for (segment, count) in rfm["segments"].as_object().into_iter().flatten() {
+        let _ = write!(body, "<dt>{}</dt><dd>{}</dd>", escape(segment), count);
+    }
+    body.push_str("</dl><table class=\"list\" id=\"subscribers\"><thead><tr><th>Subscriber</th><th>Segment</th><th>R F M</th>\
+        <th>Last paid</th><th>Paid periods</th><th>Net revenue</th><th>Predicted LTV</th></tr></thead><tbody>");
+    for subscriber in rfm["subscribers"].as_array().into_iter().flatten() {
+        let monetary = subscriber["monetary"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(currency, amount)| format!("{} {}", amount, currency.to_uppercase()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let ltv = &subscriber["ltv"];
+        let ltv_text = match ltv["predicted_ltv"].as_f64() {
+            Some(value) => format!(
+                "{value:.2} {} <span class=\"muted\">({} per period × {} months; churn {:.1} %/month, cohort {} of {})</span>",
+                escape(&ltv["currency"].as_str().unwrap_or_default().to_uppercase()),
+                ltv["arpa"],
+                ltv["expected_lifetime_months"],
+                ltv["monthly_churn"].as_f64().unwrap_or(0.0) * 100.0,
+                escape(ltv["cohort"].as_str().unwrap_or_default()),
+                ltv["cohort_size"]
+            ),
+            None => "–".into(),
+        };
+        let _ = write!(
+            body,
+            "<tr><td data-label=\"Subscriber\"><code>{}</code></td><td data-label=\"Segment\">{}</td>\
+             <td data-label=\"R F M\">{} {} {}</td><td data-label=\"Last paid\">{}</td>\
+             <td data-label=\"Paid periods\" class=\"num\">{}</td><td data-label=\"Net revenue\">{}</td>\
+             <td data-label=\"Predicted LTV\">{ltv_text}</td></tr>",
+            escape(subscriber["key"].as_str().unwrap_or_default()),
+            escape(subscriber["segment"].as_str().unwrap_or_default()),
+            subscriber["r"],
+            subscriber["f"],
+            subscriber["m"],
+            subscriber["recency_days"]
+                .as_i64()
+                .map_or("never".to_string(), |d| format!("{d} days ago")),
+            subscriber["frequency"],
+            escape(&monetary),
+        );
+    }
+    body.push_str("</tbody></table></section>");
+    body
 }
 
 /// A page for an error the reader can act on (not found, sign in again).
@@ -535,6 +599,42 @@ mod tests {
         assert!(
             html.contains("<time datetime=\"2026-05-28T20:26:40Z\">2026-05-28 20:26 UTC</time>")
         );
+    }
+
+    #[test]
+    fn the_health_page_shows_rfm_with_the_ltv_inputs_escaped() {
+        let overview = crate::ops_store::HealthOverview {
+            destinations: Default::default(),
+            paused: vec![],
+            incidents: vec![],
+            settings: Default::default(),
+        };
+        let rfm = serde_json::json!({
+            "computed_at": 1_780_000_000_000i64,
+            "carry_on_events": true,
+            "segments": { "champions": 1 },
+            "subscribers": [{
+                "key": "customer:<b>", "segment": "champions", "r": 5, "f": 5, "m": 5,
+                "recency_days": 2, "frequency": 6, "monetary": { "usd": 294.0 },
+                "ltv": { "currency": "usd", "arpa": 49.0, "monthly_churn": 0.0536,
+                         "expected_lifetime_months": 18.6, "predicted_ltv": 913.49,
+                         "cohort": "2026-06", "cohort_size": 5 }
+            }]
+        });
+        let html = health("acme", &overview, &rfm);
+        assert!(html.contains("913.49 USD"), "{html}");
+        assert!(
+            html.contains("49.0 per period × 18.6 months; churn 5.4 %/month"),
+            "{html}"
+        );
+        assert!(html.contains("customer:&lt;b&gt;"));
+        assert!(html.contains("ride on outbound events"));
+        let none = health(
+            "acme",
+            &overview,
+            &serde_json::json!({ "computed_at": null }),
+        );
+        assert!(none.contains("Not computed yet"));
     }
 
     #[test]

@@ -149,14 +149,25 @@ pub async fn handle(
         RouteId::AppHealth => {
             let loaded = async {
                 let (_, client) = intent_api::merchant_object(env, merchant_id).await?;
-                client.health().await.map_err(|err| {
+                let unavailable = |err: worker::Error| {
                     emit(crate::log::Log::error("health page: storage unavailable").reason(err));
                     ApiError::Unavailable("storage is temporarily unavailable; retry".into())
-                })
+                };
+                let overview = client.health().await.map_err(unavailable)?;
+                let rfm = client
+                    .rfm(&super::merchant::RfmQuery {
+                        segment: None,
+                        limit: DEFAULT_PAGE,
+                        offset: 0,
+                        carry_on_events: None,
+                    })
+                    .await
+                    .map_err(unavailable)?;
+                Ok::<_, ApiError>((overview, rfm))
             }
             .await;
             match loaded {
-                Ok(overview) => html(200, pages::health(merchant_id, &overview)),
+                Ok((overview, rfm)) => html(200, pages::health(merchant_id, &overview, &rfm)),
                 Err(err) => error_page(merchant_id, &err),
             }
         }

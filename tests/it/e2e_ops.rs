@@ -161,8 +161,32 @@ fn e2e_ops_failure_spike_pauses_alerts_and_resume_delivers_held_events_once_in_o
         "nothing reaches Meta while paused"
     );
 
+    // RFM over the same merchant's billing events, carried on events from now on.
+    let rfm = worker.admin(
+        "POST",
+        "/v1/admin/merchants/m_ops/rfm/compute",
+        Some(&json!({ "carry_on_events": true })),
+    );
+    assert_eq!(rfm.status, 200, "{}", rfm.body);
+    let rfm = rfm.json();
+    assert_eq!(rfm["carry_on_events"], true);
+    assert!(
+        rfm["segments"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| n.as_i64().unwrap())
+            .sum::<i64>()
+            >= 1,
+        "{rfm}"
+    );
+    assert!(
+        rfm["subscribers"][0]["ltv"]["expected_lifetime_months"].is_number(),
+        "{rfm}"
+    );
+
     // 4. The merchant resumes from the health page, in Chromium: every held event is
-    //    delivered once, in the order it arrived.
+    //    delivered once, in the order it arrived, carrying its customer's RFM segment.
     let key = worker
         .admin("POST", "/v1/admin/merchants/m_ops/api-keys", None)
         .json()["api_key"]
@@ -189,6 +213,11 @@ fn e2e_ops_failure_spike_pauses_alerts_and_resume_delivers_held_events_once_in_o
         .unwrap()
         .contains("default-src 'none'"));
     assert!(page["before"]["destinations"].as_array().unwrap().len() >= 3);
+    let rfm_text = page["before"]["rfm"].as_str().unwrap_or_default();
+    assert!(
+        rfm_text.contains("Predicted LTV") && rfm_text.contains("ride on outbound events"),
+        "{page}"
+    );
     assert_eq!(page["after"]["paused"], false, "{page}");
     assert!(
         page["after"]["incidents"][0]
@@ -214,6 +243,10 @@ fn e2e_ops_failure_spike_pauses_alerts_and_resume_delivers_held_events_once_in_o
     let unique: BTreeSet<&String> = after.iter().collect();
     assert_eq!(unique.len(), after.len(), "each event once: {after:?}");
     assert_eq!(after, order, "in the order they arrived");
+    let carried = platforms.requests_to(EVENTS)[sent_before..]
+        .iter()
+        .any(|r| r.body.contains("\"rfm_segment\"") && r.body.contains("\"ltv_model\""));
+    assert!(carried, "segment and LTV in Meta's custom_data");
     let health = worker
         .admin("GET", "/v1/admin/merchants/m_ops/health", None)
         .json();
@@ -228,29 +261,6 @@ fn e2e_ops_failure_spike_pauses_alerts_and_resume_delivers_held_events_once_in_o
             .as_u64()
             .unwrap()
             >= 5
-    );
-    // RFM over the same merchant's billing events, carried on events from now on.
-    let rfm = worker.admin(
-        "POST",
-        "/v1/admin/merchants/m_ops/rfm/compute",
-        Some(&json!({ "carry_on_events": true })),
-    );
-    assert_eq!(rfm.status, 200, "{}", rfm.body);
-    let rfm = rfm.json();
-    assert_eq!(rfm["carry_on_events"], true);
-    assert!(
-        rfm["segments"]
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|n| n.as_i64().unwrap())
-            .sum::<i64>()
-            >= 1,
-        "{rfm}"
-    );
-    assert!(
-        rfm["subscribers"][0]["ltv"]["expected_lifetime_months"].is_number(),
-        "{rfm}"
     );
     // The pause and the resume are in the audit chain.
     let chain = worker

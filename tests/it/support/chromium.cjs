@@ -198,6 +198,7 @@ async function health(workerUrl, apiKey, destination, outDir) {
     paused: await page.$eval("#paused", (el) => el.textContent).catch(() => null),
     destinations: await page.$$eval("#destinations tbody tr", (trs) => trs.map((tr) => tr.textContent.trim())),
     incidents: await page.$$eval("#incidents tbody tr", (trs) => trs.map((tr) => tr.textContent.trim())),
+    rfm: await page.$eval("#rfm", (el) => el.textContent).catch(() => null),
   };
   const shots = [path.join(outDir, "health-paused.png"), path.join(outDir, "health-resumed.png")];
   await page.screenshot({ path: shots[0], fullPage: true });
