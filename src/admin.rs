@@ -91,6 +91,19 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
     crate::input::from_slice(body).map_err(|e| invalid(format!("invalid JSON body: {e}")))
 }
 
+/// A settings body parsed and checked by its own rules: 400 if it is not the shape,
+/// 422 `invalid_config` naming `name` if a value is refused.
+pub fn parse_settings<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    name: &str,
+    validated: impl FnOnce(T) -> Result<T, String>,
+) -> Result<T, ApiError> {
+    validated(parse_body(body)?).map_err(|reason| ApiError::InvalidConfig {
+        name: name.into(),
+        reason,
+    })
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewMerchant {

@@ -426,33 +426,7 @@ fn build(
             ),
         });
     }
-    let developer_token =
-        context
-            .operator
-            .get(DEVELOPER_TOKEN)
-            .ok_or(BuildError::OperatorMisconfigured(
-                "GOOGLE_ADS_DEVELOPER_TOKEN is not set",
-            ))?;
-    let access_token = context
-        .access_token
-        .ok_or(BuildError::Misconfigured(NAME))?;
-    let base = format!(
-        "{}/{}/customers/{}",
-        context.endpoints.url(&API),
-        config.api_version,
-        config.customer_id.0
-    );
-    let mut headers = vec![
-        (
-            "authorization".to_string(),
-            format!("Bearer {access_token}"),
-        ),
-        ("developer-token".to_string(), developer_token.to_string()),
-        ("content-type".to_string(), "application/json".to_string()),
-    ];
-    if let Some(manager) = &config.login_customer_id {
-        headers.push(("login-customer-id".into(), manager.0.clone()));
-    }
+    let (base, headers) = customer_request(&config, context)?;
 
     // Conversions and adjustments are two endpoints: one plan, rows in each request kept
     // in queue order.
@@ -850,14 +824,12 @@ fn classify(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
     }
 }
 
-/// `POST /{version}/customers/{id}/campaigns:mutate`: each named campaign's status set
-/// to `PAUSED` (update mask `status`), nothing else touched.
-fn pause_campaigns(
-    merchant: &MerchantConfig,
+/// The customer's API base URL and the headers every call on it carries: the OAuth
+/// token, TrackLayer's developer token and, through a manager account, its id.
+fn customer_request(
+    config: &GoogleAdsConfig,
     context: &BuildContext,
-    campaign_ids: &[String],
-) -> Result<OutboundRequest, BuildError> {
-    let config: GoogleAdsConfig = merchant.destination_config(NAME)?;
+) -> Result<(String, Vec<(String, String)>), BuildError> {
     let developer_token =
         context
             .operator
@@ -868,20 +840,11 @@ fn pause_campaigns(
     let access_token = context
         .access_token
         .ok_or(BuildError::Misconfigured(NAME))?;
-    let customer = &config.customer_id.0;
-    let operations: Vec<serde_json::Value> = campaign_ids
-        .iter()
-        .map(|id| {
-            serde_json::json!({
-                "update": { "resourceName": format!("customers/{customer}/campaigns/{id}"), "status": "PAUSED" },
-                "updateMask": "status",
-            })
-        })
-        .collect();
-    let url = format!(
-        "{}/{}/customers/{customer}/campaigns:mutate",
+    let base = format!(
+        "{}/{}/customers/{}",
         context.endpoints.url(&API),
-        config.api_version
+        config.api_version,
+        config.customer_id.0
     );
     let mut headers = vec![
         (
@@ -894,6 +857,29 @@ fn pause_campaigns(
     if let Some(manager) = &config.login_customer_id {
         headers.push(("login-customer-id".into(), manager.0.clone()));
     }
+    Ok((base, headers))
+}
+
+/// `POST /{version}/customers/{id}/campaigns:mutate`: each named campaign's status set
+/// to `PAUSED` (update mask `status`), nothing else touched.
+fn pause_campaigns(
+    merchant: &MerchantConfig,
+    context: &BuildContext,
+    campaign_ids: &[String],
+) -> Result<OutboundRequest, BuildError> {
+    let config: GoogleAdsConfig = merchant.destination_config(NAME)?;
+    let (base, headers) = customer_request(&config, context)?;
+    let customer = &config.customer_id.0;
+    let operations: Vec<serde_json::Value> = campaign_ids
+        .iter()
+        .map(|id| {
+            serde_json::json!({
+                "update": { "resourceName": format!("customers/{customer}/campaigns/{id}"), "status": "PAUSED" },
+                "updateMask": "status",
+            })
+        })
+        .collect();
+    let url = format!("{base}/campaigns:mutate");
     Ok(OutboundRequest {
         method: "POST",
         log_url: url.clone(),

@@ -9,8 +9,8 @@ use super::routing::{ApiKeyRow, MerchantRoute, PixelRow, Routing};
 use super::settings::{forget_merchants, SettingsStore};
 use super::{authenticate_merchant_key, keyring, now_ms};
 use crate::admin::{
-    integration, parse_body, region_name, view, ApiError, IntegrationKind, MerchantPatch,
-    NewMerchant, ReplayFilter,
+    integration, parse_body, parse_settings, region_name, view, ApiError, IntegrationKind,
+    MerchantPatch, NewMerchant, ReplayFilter,
 };
 use crate::config::MerchantStatus;
 use crate::hashing::constant_time_eq;
@@ -558,13 +558,7 @@ async fn get_pixel(req: &Request, env: &Env, merchant_id: &str) -> Answer {
 /// Creates the pixel (new public key) or updates its settings (same key).
 async fn put_pixel(mut req: Request, env: &Env, merchant_id: &str) -> Answer {
     let body = req.bytes().await.map_err(unavailable)?;
-    let settings: PixelSettings = parse_body(&body)?;
-    let settings = settings
-        .validated()
-        .map_err(|reason| ApiError::InvalidConfig {
-            name: "pixel".into(),
-            reason,
-        })?;
+    let settings: PixelSettings = parse_settings(&body, "pixel", PixelSettings::validated)?;
     let routing = Routing::from_env(env).map_err(unavailable)?;
     route_of(&routing, merchant_id).await?;
     let new_key =

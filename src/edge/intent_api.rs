@@ -7,7 +7,7 @@ use super::merchant::{IntentPage, MerchantClient, SeedOverview, StoredIntent};
 use super::metrics::Phase;
 use super::routing::{MerchantRoute, Routing};
 use super::{authenticate_merchant_key, now_ms};
-use crate::admin::{parse_body, ApiError};
+use crate::admin::{parse_settings, ApiError};
 use crate::hashing::constant_time_eq;
 use crate::intent::IntentSettings;
 use crate::intent_store::{Timeline, VisitorSummary};
@@ -215,13 +215,8 @@ pub async fn admin(id: RouteId, merchant_id: &str, mut req: Request, env: &Env) 
         }
         RouteId::AdminPutIntent => {
             let body = req.bytes().await.map_err(unavailable)?;
-            let settings: IntentSettings = parse_body(&body)?;
-            let settings = settings
-                .validated()
-                .map_err(|reason| ApiError::InvalidConfig {
-                    name: "intent".into(),
-                    reason,
-                })?;
+            let settings: IntentSettings =
+                parse_settings(&body, "intent", IntentSettings::validated)?;
             let (route, client) = merchant_object(env, merchant_id).await?;
             if settings.linkedin_seed.is_some() {
                 route.plan.require(Feature::LinkedinSeedSync)?;

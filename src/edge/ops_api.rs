@@ -10,7 +10,7 @@ use super::metrics::Phase;
 use super::routing::Routing;
 use super::settings::cached_merchant;
 use super::{authenticate_merchant_key, emit, now_ms, operator_settings, outbound};
-use crate::admin::{parse_body, ApiError};
+use crate::admin::{parse_body, parse_settings, ApiError};
 use crate::config::Region;
 use crate::destinations::{BuildContext, OutboundRequest};
 use crate::hashing::constant_time_eq;
@@ -75,13 +75,8 @@ pub async fn admin(
         RouteId::AdminHealth => Ok((200, overview(env, merchant_id).await?)),
         RouteId::AdminHealthSettings => {
             let body = req.bytes().await.map_err(unavailable)?;
-            let settings: AnomalySettings = parse_body(&body)?;
-            let settings = settings
-                .validated()
-                .map_err(|reason| ApiError::InvalidConfig {
-                    name: "health".into(),
-                    reason,
-                })?;
+            let settings: AnomalySettings =
+                parse_settings(&body, "health", AnomalySettings::validated)?;
             let (_, client) = merchant_object(env, merchant_id).await?;
             client
                 .health_settings(&settings)
