@@ -350,10 +350,13 @@ impl Merchant {
     }
 
     /// The settings, after turning forms left open past their window into abandons,
-    /// so what is read is current even before the wake-up runs.
-    fn current_intent(&self, intent: &IntentStore, now: i64) -> Result<IntentSettings> {
+    /// so what is read is current even before the wake-up runs. An abandon found here
+    /// may have queued an alert: the alarm is moved up to send it.
+    async fn current_intent(&self, intent: &IntentStore<'_>, now: i64) -> Result<IntentSettings> {
         let settings = self.intent_settings(intent)?;
-        intent.expire_due(&settings, now).map_err(storage_error)?;
+        if intent.expire_due(&settings, now).map_err(storage_error)? > 0 {
+            self.schedule_wakeup(intent).await?;
+        }
         Ok(settings)
     }
 
@@ -427,7 +430,12 @@ impl Merchant {
             return Ok(());
         };
         let intent = IntentStore::new(&sql, &merchant_id);
-        let settings = self.current_intent(&intent, now_ms())?;
+        // The alarm itself: abandons first (their alerts go out just below), and the
+        // next alarm is set at the end.
+        let settings = self.intent_settings(&intent)?;
+        intent
+            .expire_due(&settings, now_ms())
+            .map_err(storage_error)?;
         let alerts = intent
             .due_alerts(now_ms(), ALERTS_PER_WAKEUP)
             .map_err(storage_error)?;
@@ -678,7 +686,7 @@ impl Merchant {
             "/intent/visitors" | "/intent/queue" => {
                 let page: IntentPage = req.json().await?;
                 let intent = IntentStore::new(&sql, &merchant_id);
-                let settings = self.current_intent(&intent, now)?;
+                let settings = self.current_intent(&intent, now).await?;
                 let rows = if path == "/intent/queue" {
                     intent.queue(&settings, now, page.limit, page.offset)
                 } else {
@@ -690,7 +698,7 @@ impl Merchant {
             "/intent/timeline" => {
                 let request: TimelineRequest = req.json().await?;
                 let intent = IntentStore::new(&sql, &merchant_id);
-                let settings = self.current_intent(&intent, now)?;
+                let settings = self.current_intent(&intent, now).await?;
                 let timeline = intent
                     .timeline(&settings, now, &request.visitor_id, request.limit)
                     .map_err(storage_error)?;
@@ -727,7 +735,7 @@ impl Merchant {
             "/intent/seed/prepare" => {
                 let request: SeedPrepareRequest = req.json().await?;
                 let intent = IntentStore::new(&sql, &merchant_id);
-                let settings = self.current_intent(&intent, now)?;
+                let settings = self.current_intent(&intent, now).await?;
                 let prepared = self.prepare_seed(&intent, &settings, &request, now)?;
                 Self::answer(&sql, Wrapped { value: prepared })
             }
