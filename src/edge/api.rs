@@ -7,7 +7,7 @@ use super::merchant::MerchantClient;
 use super::metrics::{self, Phase};
 use super::routing::{ApiKeyRow, MerchantRoute, PixelRow, Routing};
 use super::settings::{forget_merchants, SettingsStore};
-use super::{authenticate_merchant_key, keyring, now_ms};
+use super::{authorize_merchant, keyring, now_ms};
 use crate::admin::{
     integration, parse_body, parse_settings, region_name, view, ApiError, IntegrationKind,
     MerchantPatch, NewMerchant, ReplayFilter,
@@ -773,12 +773,8 @@ pub async fn merchant_read(
     req: &Request,
     env: &Env,
 ) -> Result<Response> {
-    let owner = match authenticate_merchant_key(req, env).await? {
-        Ok(owner) => owner,
-        Err(err) => return api_error(&err),
-    };
-    if !constant_time_eq(owner.as_bytes(), merchant_id.as_bytes()) {
-        return api_error(&ApiError::ForeignMerchant);
+    if let Err(err) = authorize_merchant(req, env, merchant_id).await? {
+        return api_error(&err);
     }
     let answer = if id == RouteId::MerchantSelf {
         own_merchant(env, merchant_id).await

@@ -6,10 +6,9 @@
 use super::http::{api_error, json_response};
 use super::intent_api::merchant_object;
 use super::merchant::AuditPage;
-use super::{authenticate_merchant_key, emit};
+use super::{authorize_merchant, emit};
 use crate::admin::ApiError;
 use crate::audit::AuditRecord;
-use crate::hashing::constant_time_eq;
 use crate::plans::Feature;
 use crate::routes::RouteId;
 use serde_json::{json, Value};
@@ -128,12 +127,8 @@ async fn export(req: &Request, env: &Env, merchant_id: &str) -> Result<Response>
 
 /// `GET /v1/merchants/{id}/audit/export` with the merchant's own API key.
 pub async fn merchant_export(req: &Request, env: &Env, merchant_id: &str) -> Result<Response> {
-    let owner = match authenticate_merchant_key(req, env).await? {
-        Ok(owner) => owner,
-        Err(err) => return api_error(&err),
-    };
-    if !constant_time_eq(owner.as_bytes(), merchant_id.as_bytes()) {
-        return api_error(&ApiError::ForeignMerchant);
+    if let Err(err) = authorize_merchant(req, env, merchant_id).await? {
+        return api_error(&err);
     }
     export(req, env, merchant_id).await
 }

@@ -6,9 +6,8 @@ use super::http::{api_error, json_response};
 use super::merchant::{IntentPage, MerchantClient, SeedOverview, StoredIntent};
 use super::metrics::Phase;
 use super::routing::{MerchantRoute, Routing};
-use super::{authenticate_merchant_key, now_ms};
+use super::{authorize_merchant, now_ms};
 use crate::admin::{parse_settings, ApiError};
-use crate::hashing::constant_time_eq;
 use crate::intent::IntentSettings;
 use crate::intent_store::{Timeline, VisitorSummary};
 use crate::plans::Feature;
@@ -66,10 +65,6 @@ pub fn page_of(req: &Request) -> std::result::Result<IntentPage, ApiError> {
         }
     }
     Ok(page)
-}
-
-pub fn is_visitor_id(id: &str) -> bool {
-    crate::identity::is_visitor_id(id)
 }
 
 /// Settings as a merchant may read them: the alert URL (a credential) masked.
@@ -146,7 +141,7 @@ pub async fn timeline(
     merchant_id: &str,
     visitor_id: &str,
 ) -> std::result::Result<Timeline, ApiError> {
-    if !is_visitor_id(visitor_id) {
+    if !crate::identity::is_visitor_id(visitor_id) {
         return Err(ApiError::InvalidRequest(
             "visitor_id must be 32 lowercase hex digits".into(),
         ));
@@ -174,12 +169,8 @@ pub async fn merchant_read(
             .unwrap_or_default()
     };
     let merchant_id = param("merchant_id");
-    let owner = match authenticate_merchant_key(req, env).await? {
-        Ok(owner) => owner,
-        Err(err) => return api_error(&err),
-    };
-    if !constant_time_eq(owner.as_bytes(), merchant_id.as_bytes()) {
-        return api_error(&ApiError::ForeignMerchant);
+    if let Err(err) = authorize_merchant(req, env, merchant_id).await? {
+        return api_error(&err);
     }
     let answer: Answer = async {
         match id {

@@ -217,6 +217,22 @@ pub async fn authenticate_merchant_key(
     Ok(Ok(row.merchant_id))
 }
 
+/// The request's merchant API key must be `merchant_id`'s own: a missing, revoked or
+/// unknown key is 401 `invalid_api_key`, another merchant's is 403 `forbidden`.
+pub async fn authorize_merchant(
+    req: &Request,
+    env: &Env,
+    merchant_id: &str,
+) -> Result<std::result::Result<(), ApiError>> {
+    Ok(match authenticate_merchant_key(req, env).await? {
+        Ok(owner) if crate::hashing::constant_time_eq(owner.as_bytes(), merchant_id.as_bytes()) => {
+            Ok(())
+        }
+        Ok(_) => Err(ApiError::ForeignMerchant),
+        Err(err) => Err(err),
+    })
+}
+
 pub const OPENAPI_DOCUMENT: &str = include_str!("../../openapi.json");
 
 #[event(fetch)]

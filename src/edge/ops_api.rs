@@ -9,11 +9,10 @@ use super::merchant::MerchantClient;
 use super::metrics::Phase;
 use super::routing::Routing;
 use super::settings::cached_merchant;
-use super::{authenticate_merchant_key, emit, now_ms, operator_settings, outbound};
+use super::{authorize_merchant, emit, now_ms, operator_settings, outbound};
 use crate::admin::{parse_body, parse_settings, ApiError};
 use crate::config::Region;
 use crate::destinations::{BuildContext, OutboundRequest};
-use crate::hashing::constant_time_eq;
 use crate::health::AnomalySettings;
 use crate::log::Log;
 use crate::ops_store::Incident;
@@ -33,12 +32,8 @@ fn unavailable(err: worker::Error) -> ApiError {
 
 /// `GET /v1/merchants/{id}/health` with the merchant's own API key.
 pub async fn merchant_read(req: &Request, env: &Env, merchant_id: &str) -> Result<Response> {
-    let owner = match authenticate_merchant_key(req, env).await? {
-        Ok(owner) => owner,
-        Err(err) => return api_error(&err),
-    };
-    if !constant_time_eq(owner.as_bytes(), merchant_id.as_bytes()) {
-        return api_error(&ApiError::ForeignMerchant);
+    if let Err(err) = authorize_merchant(req, env, merchant_id).await? {
+        return api_error(&err);
     }
     match overview(env, merchant_id).await {
         Ok(body) => json_response(200, &body),
@@ -310,12 +305,8 @@ fn rfm_query(req: &Request) -> std::result::Result<super::merchant::RfmQuery, Ap
 
 /// `GET /v1/merchants/{id}/rfm` with the merchant's own API key.
 pub async fn rfm_read(req: &Request, env: &Env, merchant_id: &str) -> Result<Response> {
-    let owner = match authenticate_merchant_key(req, env).await? {
-        Ok(owner) => owner,
-        Err(err) => return api_error(&err),
-    };
-    if !constant_time_eq(owner.as_bytes(), merchant_id.as_bytes()) {
-        return api_error(&ApiError::ForeignMerchant);
+    if let Err(err) = authorize_merchant(req, env, merchant_id).await? {
+        return api_error(&err);
     }
     let answer = async {
         let query = rfm_query(req)?;
