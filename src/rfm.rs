@@ -199,18 +199,30 @@ pub fn score(subscribers: &[Subscriber], now_s: i64) -> Vec<Score> {
         } else {
             MAX_LIFETIME_MONTHS
         };
+        // Each member's net revenue in its main currency, computed once for the cohort.
+        let currencies: Vec<Option<String>> = members.iter().map(|s| main_currency(s)).collect();
+        let nets: Vec<BTreeMap<String, i64>> = members.iter().map(|s| net_by_currency(s)).collect();
+        let net_in_main = |j: usize| -> f64 {
+            currencies[j]
+                .as_ref()
+                .map_or(0.0, |c| *nets[j].get(c).unwrap_or(&0) as f64)
+        };
+        let mut peers_by_currency: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        for (j, currency) in currencies.iter().enumerate() {
+            if let Some(currency) = currency {
+                peers_by_currency
+                    .entry(currency.as_str())
+                    .or_default()
+                    .push(net_in_main(j));
+            }
+        }
         for (i, subscriber) in members.iter().enumerate() {
-            let net = net_by_currency(subscriber);
-            let currency = main_currency(subscriber);
-            let m = match &currency {
-                Some(currency) => {
-                    let peers: Vec<f64> = members
-                        .iter()
-                        .filter(|s| main_currency(s).as_deref() == Some(currency))
-                        .map(|s| *net_by_currency(s).get(currency).unwrap_or(&0) as f64)
-                        .collect();
-                    quintile(*net.get(currency).unwrap_or(&0) as f64, &peers)
-                }
+            let net = &nets[i];
+            let currency = &currencies[i];
+            let m = match currency {
+                Some(currency) => peers_by_currency
+                    .get(currency.as_str())
+                    .map_or(1, |peers| quintile(net_in_main(i), peers)),
                 None => 1,
             };
             let r = if recency(subscriber).is_some() {
