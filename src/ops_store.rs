@@ -38,6 +38,8 @@ pub struct Evaluation {
     pub opened: Vec<Incident>,
     /// Resolved because the figures recovered (merchants with `auto_resume`).
     pub resolved: Vec<Incident>,
+    /// The settings judged by: what the caller alerts and pauses with.
+    pub settings: AnomalySettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -201,7 +203,10 @@ impl<'a> OpsStore<'a> {
             now_ms,
             &settings,
         ));
-        let mut evaluation = Evaluation::default();
+        let mut evaluation = Evaluation {
+            settings: settings.clone(),
+            ..Evaluation::default()
+        };
         for anomaly in &found {
             if self
                 .open_incident(anomaly.kind, anomaly.destination.as_deref())?

@@ -124,7 +124,7 @@ pub async fn evaluate(
     if evaluation.opened.is_empty() {
         return Ok(Vec::new());
     }
-    let settings = client.health().await?.settings;
+    let settings = &evaluation.settings;
     let mut opened = Vec::new();
     for mut incident in evaluation.opened {
         emit(
@@ -133,8 +133,8 @@ pub async fn evaluate(
                 .text("kind", crate::ops_store::kind_name(incident.kind))
                 .text("summary", &incident.summary),
         );
-        let alert = send_alert(env, merchant_id, &incident, &settings).await;
-        let campaigns = pause_campaigns(env, merchant_id, &settings).await;
+        let alert = send_alert(env, merchant_id, &incident, settings).await;
+        let campaigns = pause_campaigns(env, merchant_id, settings).await;
         let actions = json!({ "alert": alert, "campaigns": campaigns });
         client
             .record_incident_actions(incident.id, &actions)
