@@ -474,18 +474,7 @@ impl Merchant {
                 alert.email.as_deref(),
                 timeline_url.as_deref(),
             );
-            let request = crate::destinations::OutboundRequest {
-                method: "POST",
-                url: url.clone(),
-                log_url: url,
-                headers: vec![("Content-Type".into(), "application/json".into())],
-                body: message.to_string(),
-            };
-            let error = match super::outbound::send(&request).await {
-                Ok(answer) if (200..300).contains(&answer.status) => None,
-                Ok(answer) => Some(format!("HTTP {}", answer.status)),
-                Err(err) => Some(err),
-            };
+            let error = super::outbound::post_alert(&url, &message).await.err();
             if let Some(error) = &error {
                 emit(
                     Log::warn("high-intent alert not delivered; retrying later")

@@ -12,7 +12,7 @@ use super::settings::cached_merchant;
 use super::{authorize_merchant, emit, now_ms, operator_settings, outbound};
 use crate::admin::{parse_body, parse_settings, ApiError};
 use crate::config::Region;
-use crate::destinations::{BuildContext, OutboundRequest};
+use crate::destinations::BuildContext;
 use crate::health::AnomalySettings;
 use crate::log::Log;
 use crate::ops_store::Incident;
@@ -194,16 +194,8 @@ async fn send_alert(
         "paused": incident.paused,
         "figures": incident.figures,
     });
-    let request = OutboundRequest {
-        method: "POST",
-        url: url.clone(),
-        log_url: url,
-        headers: vec![("content-type".into(), "application/json".into())],
-        body: message.to_string(),
-    };
-    match outbound::send(&request).await {
-        Ok(answer) if (200..300).contains(&answer.status) => json!({ "sent": true }),
-        Ok(answer) => json!({ "sent": false, "reason": format!("HTTP {}", answer.status) }),
+    match outbound::post_alert(&url, &message).await {
+        Ok(()) => json!({ "sent": true }),
         Err(reason) => json!({ "sent": false, "reason": reason }),
     }
 }

@@ -73,3 +73,19 @@ pub async fn send(request: &OutboundRequest) -> Result<Answer, String> {
         }
     }
 }
+
+/// POSTs a JSON alert to a merchant's webhook (Slack-compatible receivers): `Err` says
+/// why it was not taken (an HTTP status outside 2xx, a network error, a timeout).
+pub async fn post_alert(url: &str, message: &serde_json::Value) -> Result<(), String> {
+    let request = OutboundRequest {
+        method: "POST",
+        url: url.to_string(),
+        log_url: url.to_string(),
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: message.to_string(),
+    };
+    match send(&request).await? {
+        answer if (200..300).contains(&answer.status) => Ok(()),
+        answer => Err(format!("HTTP {}", answer.status)),
+    }
+}
