@@ -258,30 +258,29 @@ async fn deliver_merchant(
         let destination = members[0].job.destination.clone();
         let mut health = answer.health.get(&destination).cloned().unwrap_or_default();
         let now = now_ms();
-        if health.admit(now) == delivery::Admission::Paused {
-            // Off the queue, still pending in the object: resuming re-enqueues them in
-            // order, and the sweeper leaves a paused destination's jobs alone.
-            emit(
-                Log::warn("destination paused: jobs kept pending until it is resumed")
-                    .merchant(merchant_id)
-                    .destination(&destination)
-                    .number("held", members.len() as i64),
-            );
-            for member in &members {
-                outcomes.held.push((
-                    member.job.event.event_id.clone(),
-                    member.job.destination.clone(),
-                ));
-                settled.push((member.message, member.job.clone(), Step::Ack));
-            }
-            continue;
-        }
         let (send, hold_seconds) = match health.admit(now) {
             delivery::Admission::SendAll => (members.len(), 0),
             // The rest come back shortly: released by then if the probe is answered.
             delivery::Admission::ProbeOne => (1, PROBE_FOLLOWERS_WAIT_SECONDS),
             delivery::Admission::Hold { seconds } => (0, seconds),
-            delivery::Admission::Paused => (0, 0),
+            delivery::Admission::Paused => {
+                // Off the queue, still pending in the object: resuming re-enqueues them
+                // in order, and the sweeper leaves a paused destination's jobs alone.
+                emit(
+                    Log::warn("destination paused: jobs kept pending until it is resumed")
+                        .merchant(merchant_id)
+                        .destination(&destination)
+                        .number("held", members.len() as i64),
+                );
+                for member in &members {
+                    outcomes.held.push((
+                        member.job.event.event_id.clone(),
+                        member.job.destination.clone(),
+                    ));
+                    settled.push((member.message, member.job.clone(), Step::Ack));
+                }
+                continue;
+            }
         };
         let (sent_members, held) = members.split_at(send);
         let mut run = send::Run {
