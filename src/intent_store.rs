@@ -6,6 +6,7 @@
 //! statements commit together inside the object.
 
 use crate::intent::{self, Activity, IntentSettings, Qualification, Rule, VisitorState};
+use crate::records::{row_int as int, row_text as text};
 use crate::records::{Param, RecordsError, Result, Sql};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -163,14 +164,6 @@ fn to_json<T: Serialize>(value: &T) -> Result<String> {
 
 fn from_text<T: DeserializeOwned>(text: &str) -> Result<T> {
     serde_json::from_str(text).map_err(|e| RecordsError(e.to_string()))
-}
-
-fn int(row: &Map<String, Value>, name: &str) -> Option<i64> {
-    row.get(name).and_then(Value::as_i64)
-}
-
-fn text(row: &Map<String, Value>, name: &str) -> Option<String> {
-    row.get(name).and_then(Value::as_str).map(str::to_string)
 }
 
 fn visitor_id(visitor_key: &str) -> String {

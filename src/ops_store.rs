@@ -7,9 +7,10 @@ use crate::event::CanonicalEvent;
 use crate::health::{
     self, AnomalyKind, AnomalySettings, AttemptSample, DeliverySample, DestinationFigures,
 };
+use crate::records::{row_int as int, row_text as text};
 use crate::records::{Param, RecordsError, Result, Sql};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
 /// How far back the figures and the drift detector read.
@@ -62,14 +63,6 @@ pub struct HealthOverview {
 pub struct OpsStore<'a> {
     sql: &'a dyn Sql,
     merchant_id: &'a str,
-}
-
-fn text(row: &Map<String, Value>, name: &str) -> Option<String> {
-    row.get(name).and_then(Value::as_str).map(str::to_string)
-}
-
-fn int(row: &Map<String, Value>, name: &str) -> Option<i64> {
-    row.get(name).and_then(Value::as_i64)
 }
 
 fn of<T: serde::de::DeserializeOwned>(value: Value) -> Result<T> {

@@ -79,6 +79,16 @@ impl<T: Into<Param>> From<Option<T>> for Param {
     }
 }
 
+/// A text column of a row as `Sql::query` returns it.
+pub fn row_text(row: &Map<String, Value>, name: &str) -> Option<String> {
+    row.get(name).and_then(Value::as_str).map(str::to_string)
+}
+
+/// An integer column of a row as `Sql::query` returns it.
+pub fn row_int(row: &Map<String, Value>, name: &str) -> Option<i64> {
+    row.get(name).and_then(Value::as_i64)
+}
+
 /// The SQLite a merchant's records live in. Placeholders are numbered (`?1`).
 pub trait Sql {
     /// Rows as JSON objects (integers as numbers, text as strings, NULL as null).
