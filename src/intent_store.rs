@@ -153,6 +153,11 @@ pub struct SeedRun {
     pub segment_status: Option<String>,
 }
 
+/// What a visitor summary reads.
+const VISITOR_COLUMNS: &str =
+    "SELECT visitor_key, state, first_seen, last_seen, page_views, qualified_at, \
+     qualified_rule FROM intent_visitors";
+
 pub struct IntentStore<'a> {
     sql: &'a dyn Sql,
     merchant_id: &'a str,
@@ -484,15 +489,12 @@ impl<'a> IntentStore<'a> {
         limit: i64,
         offset: i64,
     ) -> Result<Vec<VisitorSummary>> {
-        let rows = self.sql.query(
-            "SELECT visitor_key, state, first_seen, last_seen, page_views, qualified_at, qualified_rule \
-             FROM intent_visitors WHERE merchant_id = ?1 AND rank_key > 0 \
-             ORDER BY rank_key DESC, visitor_key LIMIT ?2 OFFSET ?3",
+        self.summaries(
+            settings,
+            now_ms,
+            "merchant_id = ?1 AND rank_key > 0 ORDER BY rank_key DESC, visitor_key LIMIT ?2 OFFSET ?3",
             vec![self.merchant(), limit.into(), offset.into()],
-        )?;
-        rows.iter()
-            .map(|row| self.summary(settings, now_ms, row))
-            .collect()
+        )
     }
 
     /// The high-intent queue: visitors in the order they qualified, newest first.
@@ -503,13 +505,26 @@ impl<'a> IntentStore<'a> {
         limit: i64,
         offset: i64,
     ) -> Result<Vec<VisitorSummary>> {
-        let rows = self.sql.query(
-            "SELECT visitor_key, state, first_seen, last_seen, page_views, qualified_at, qualified_rule \
-             FROM intent_visitors WHERE merchant_id = ?1 AND qualified_at IS NOT NULL \
-             ORDER BY qualified_at DESC, visitor_key LIMIT ?2 OFFSET ?3",
+        self.summaries(
+            settings,
+            now_ms,
+            "merchant_id = ?1 AND qualified_at IS NOT NULL ORDER BY qualified_at DESC, visitor_key \
+             LIMIT ?2 OFFSET ?3",
             vec![self.merchant(), limit.into(), offset.into()],
-        )?;
-        rows.iter()
+        )
+    }
+
+    /// Visitor summaries of the rows `condition` (WHERE … ORDER BY … LIMIT) selects.
+    fn summaries(
+        &self,
+        settings: &IntentSettings,
+        now_ms: i64,
+        condition: &str,
+        params: Vec<Param>,
+    ) -> Result<Vec<VisitorSummary>> {
+        self.sql
+            .query(&format!("{VISITOR_COLUMNS} WHERE {condition}"), params)?
+            .iter()
             .map(|row| self.summary(settings, now_ms, row))
             .collect()
     }
@@ -525,8 +540,7 @@ impl<'a> IntentStore<'a> {
     ) -> Result<Option<Timeline>> {
         let key = crate::pixel::visitor_key(visitor_id);
         let rows = self.sql.query(
-            "SELECT visitor_key, state, first_seen, last_seen, page_views, qualified_at, qualified_rule \
-             FROM intent_visitors WHERE merchant_id = ?1 AND visitor_key = ?2",
+            &format!("{VISITOR_COLUMNS} WHERE merchant_id = ?1 AND visitor_key = ?2"),
             vec![self.merchant(), key.as_str().into()],
         )?;
         let Some(row) = rows.first() else {
