@@ -2,7 +2,7 @@
 //! (`/v1/merchants/{id}/…`, merchant API key). Rules live in `crate::admin`; this file
 //! reads requests, calls the stores and answers.
 
-use super::http::{api_error, json_response};
+use super::http::{api_error, json_response, storage_unavailable as unavailable};
 use super::merchant::MerchantClient;
 use super::metrics::{self, Phase};
 use super::routing::{ApiKeyRow, MerchantRoute, PixelRow, Routing};
@@ -22,11 +22,6 @@ use serde_json::{json, Value};
 use worker::{Env, Request, Response, Result};
 
 type Answer = std::result::Result<(u16, Value), ApiError>;
-
-fn unavailable(err: worker::Error) -> ApiError {
-    super::emit(crate::log::Log::error("admin API: storage unavailable").reason(err));
-    ApiError::Unavailable("storage is temporarily unavailable; retry".into())
-}
 
 fn random_bytes<const N: usize>() -> std::result::Result<[u8; N], ApiError> {
     let mut bytes = [0u8; N];

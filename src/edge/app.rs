@@ -2,7 +2,7 @@
 //! each visitor's timeline. HTML comes from `crate::pages`, sessions from
 //! `crate::sessions`; this file reads requests and sets headers.
 
-use super::http::read_body_limited;
+use super::http::{read_body_limited, storage_unavailable};
 use super::intent_api::{self, DEFAULT_PAGE};
 use super::merchant::IntentPage;
 use super::routing::Routing;
@@ -149,11 +149,7 @@ pub async fn handle(
         RouteId::AppHealth => {
             let loaded = async {
                 let (_, client) = intent_api::merchant_object(env, merchant_id).await?;
-                let unavailable = |err: worker::Error| {
-                    emit(crate::log::Log::error("health page: storage unavailable").reason(err));
-                    ApiError::Unavailable("storage is temporarily unavailable; retry".into())
-                };
-                let overview = client.health().await.map_err(unavailable)?;
+                let overview = client.health().await.map_err(storage_unavailable)?;
                 let rfm = client
                     .rfm(&super::merchant::RfmQuery {
                         segment: None,
@@ -162,7 +158,7 @@ pub async fn handle(
                         carry_on_events: None,
                     })
                     .await
-                    .map_err(unavailable)?;
+                    .map_err(storage_unavailable)?;
                 Ok::<_, ApiError>((overview, rfm))
             }
             .await;
@@ -202,9 +198,7 @@ pub async fn handle(
                 client
                     .resume_destination(&destination, &format!("merchant:{}", session.key_id))
                     .await
-                    .map_err(|_| {
-                        ApiError::Unavailable("storage is temporarily unavailable; retry".into())
-                    })
+                    .map_err(storage_unavailable)
             }
             .await;
             match resumed {

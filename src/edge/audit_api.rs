@@ -3,7 +3,7 @@
 //! it) exports it as NDJSON for a SIEM. Rules are in `crate::audit`; entries live in
 //! the merchant's object.
 
-use super::http::{api_error, json_response};
+use super::http::{api_error, json_response, storage_unavailable as unavailable};
 use super::intent_api::merchant_object;
 use super::merchant::AuditPage;
 use super::{authorize_merchant, emit};
@@ -15,11 +15,6 @@ use serde_json::{json, Value};
 use worker::{Env, Request, Response, Result};
 
 const EXPORT_PAGE: i64 = 1_000;
-
-fn unavailable(err: worker::Error) -> ApiError {
-    emit(crate::log::Log::error("audit: storage unavailable").reason(err));
-    ApiError::Unavailable("storage is temporarily unavailable; retry".into())
-}
 
 /// The record of an operator change that succeeded: the route and what it named, never
 /// the body (it may hold secrets).

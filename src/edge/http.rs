@@ -49,6 +49,13 @@ pub fn with_header(response: Response, name: &str, value: &str) -> Result<Respon
     Ok(response)
 }
 
+/// A storage call that failed under an API route: logged with its reason, answered as
+/// a 503 the caller may retry.
+pub fn storage_unavailable(err: worker::Error) -> crate::admin::ApiError {
+    super::emit(crate::log::Log::error("API: storage unavailable").reason(err));
+    crate::admin::ApiError::Unavailable("storage is temporarily unavailable; retry".into())
+}
+
 pub fn api_error(err: &crate::admin::ApiError) -> Result<Response> {
     json_response(err.status(), &err.body())
 }

@@ -2,7 +2,7 @@
 //! API key), the operator's settings and "sync now" (`/v1/admin/merchants/{id}/intent…`),
 //! and the reads the timeline pages share. The data lives in the merchant's object.
 
-use super::http::{api_error, json_response};
+use super::http::{api_error, json_response, storage_unavailable as unavailable};
 use super::merchant::{IntentPage, MerchantClient, SeedOverview, StoredIntent};
 use super::metrics::Phase;
 use super::routing::{MerchantRoute, Routing};
@@ -21,11 +21,6 @@ pub const DEFAULT_PAGE: i64 = 50;
 pub const MAX_PAGE: i64 = 500;
 /// Timeline entries of each kind read for one visitor.
 pub const TIMELINE_LIMIT: i64 = 500;
-
-fn unavailable(err: worker::Error) -> ApiError {
-    super::emit(crate::log::Log::error("intent: storage unavailable").reason(err));
-    ApiError::Unavailable("storage is temporarily unavailable; retry".into())
-}
 
 /// The merchant's route and a client of its object.
 pub async fn merchant_object(

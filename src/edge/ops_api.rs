@@ -3,7 +3,7 @@
 //! sets off (the alert webhook, the opted-in campaign pauses). Figures and detectors are
 //! `crate::health`; the state is in the merchant's object (`crate::ops_store`).
 
-use super::http::{api_error, json_response};
+use super::http::{api_error, json_response, storage_unavailable as unavailable};
 use super::intent_api::merchant_object;
 use super::merchant::MerchantClient;
 use super::metrics::Phase;
@@ -24,11 +24,6 @@ type Answer = std::result::Result<(u16, Value), ApiError>;
 
 /// An operator's stand-in for every merchant's incident alerts (tests only).
 pub const ALERT_TEST_URL_VAR: &str = "OPS_ALERT_TEST_URL";
-
-fn unavailable(err: worker::Error) -> ApiError {
-    emit(Log::error("health: storage unavailable").reason(err));
-    ApiError::Unavailable("storage is temporarily unavailable; retry".into())
-}
 
 /// `GET /v1/merchants/{id}/health` with the merchant's own API key.
 pub async fn merchant_read(req: &Request, env: &Env, merchant_id: &str) -> Result<Response> {
