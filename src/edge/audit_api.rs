@@ -3,7 +3,7 @@
 //! it) exports it as NDJSON for a SIEM. Rules are in `crate::audit`; entries live in
 //! the merchant's object.
 
-use super::http::{api_error, json_response, storage_unavailable as unavailable};
+use super::http::{api_error, json_response, query_numbers, storage_unavailable as unavailable};
 use super::intent_api::merchant_object;
 use super::merchant::AuditPage;
 use super::{authorize_merchant, emit};
@@ -68,26 +68,13 @@ pub async fn append(env: &Env, merchant_id: &str, record: &AuditRecord) {
 }
 
 fn page_of(req: &Request) -> std::result::Result<AuditPage, ApiError> {
-    let url = req.url().map_err(unavailable)?;
-    let mut page = AuditPage {
-        after: 0,
-        limit: EXPORT_PAGE,
-    };
-    for (name, value) in url.query_pairs() {
-        let number = || {
-            value
-                .parse::<i64>()
-                .ok()
-                .filter(|n| *n >= 0)
-                .ok_or_else(|| ApiError::InvalidRequest(format!("{name} must be a whole number")))
-        };
-        match name.as_ref() {
-            "after" => page.after = number()?,
-            "limit" => page.limit = number()?.clamp(1, EXPORT_PAGE),
-            _ => {}
-        }
-    }
-    Ok(page)
+    let numbers = query_numbers(req, &["after", "limit"])?;
+    Ok(AuditPage {
+        after: numbers.get("after").copied().unwrap_or(0),
+        limit: numbers
+            .get("limit")
+            .map_or(EXPORT_PAGE, |l| (*l).clamp(1, EXPORT_PAGE)),
+    })
 }
 
 /// NDJSON, one entry per line; `x-next-after` names the next page's `after`.

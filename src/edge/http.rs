@@ -49,6 +49,30 @@ pub fn with_header(response: Response, name: &str, value: &str) -> Result<Respon
     Ok(response)
 }
 
+/// The non-negative whole-number query parameters among `names` (the last given
+/// wins); any other value for one of them is a 400 naming it.
+pub fn query_numbers(
+    req: &Request,
+    names: &[&str],
+) -> std::result::Result<std::collections::BTreeMap<String, i64>, crate::admin::ApiError> {
+    let url = req.url().map_err(storage_unavailable)?;
+    let mut found = std::collections::BTreeMap::new();
+    for (name, value) in url.query_pairs() {
+        if !names.contains(&name.as_ref()) {
+            continue;
+        }
+        let number = value
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| {
+                crate::admin::ApiError::InvalidRequest(format!("{name} must be a whole number"))
+            })?;
+        found.insert(name.into_owned(), number);
+    }
+    Ok(found)
+}
+
 /// A storage call that failed under an API route: logged with its reason, answered as
 /// a 503 the caller may retry.
 pub fn storage_unavailable(err: worker::Error) -> crate::admin::ApiError {

@@ -2,7 +2,7 @@
 //! API key), the operator's settings and "sync now" (`/v1/admin/merchants/{id}/intent…`),
 //! and the reads the timeline pages share. The data lives in the merchant's object.
 
-use super::http::{api_error, json_response, storage_unavailable as unavailable};
+use super::http::{api_error, json_response, query_numbers, storage_unavailable as unavailable};
 use super::merchant::{IntentPage, MerchantClient, SeedOverview, StoredIntent};
 use super::metrics::Phase;
 use super::routing::{MerchantRoute, Routing};
@@ -40,26 +40,13 @@ pub async fn merchant_object(
 
 /// `limit` and `offset` from the query string, bounded.
 pub fn page_of(req: &Request) -> std::result::Result<IntentPage, ApiError> {
-    let url = req.url().map_err(unavailable)?;
-    let mut page = IntentPage {
-        limit: DEFAULT_PAGE,
-        offset: 0,
-    };
-    for (name, value) in url.query_pairs() {
-        let number = || {
-            value
-                .parse::<i64>()
-                .ok()
-                .filter(|n| *n >= 0)
-                .ok_or_else(|| ApiError::InvalidRequest(format!("{name} must be a whole number")))
-        };
-        match name.as_ref() {
-            "limit" => page.limit = number()?.clamp(1, MAX_PAGE),
-            "offset" => page.offset = number()?,
-            _ => {}
-        }
-    }
-    Ok(page)
+    let numbers = query_numbers(req, &["limit", "offset"])?;
+    Ok(IntentPage {
+        limit: numbers
+            .get("limit")
+            .map_or(DEFAULT_PAGE, |l| (*l).clamp(1, MAX_PAGE)),
+        offset: numbers.get("offset").copied().unwrap_or(0),
+    })
 }
 
 /// Settings as a merchant may read them: the alert URL (a credential) masked.
