@@ -25,6 +25,27 @@ fn event_ids(body: &str) -> Vec<String> {
         .collect()
 }
 
+/// Posts signed Stripe fixtures one by one; returns the ids of the events forwarded,
+/// in the order they arrived.
+fn post_conversions(worker: &Worker, prefix: &str, fixtures: &[&str]) -> Vec<String> {
+    let mut forwarded = Vec::new();
+    for (i, fixture) in fixtures.iter().enumerate() {
+        let event = stripe_event(fixture, &format!("{prefix}_{i}"));
+        let answer = post_stripe(worker, "m_ops", SECRET, &event);
+        assert_eq!(answer.status, 202, "{}", answer.body);
+        forwarded.extend(
+            answer.json()["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["forwarded"] == true)
+                .map(|e| e["event_id"].as_str().unwrap().to_string()),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    forwarded
+}
+
 #[test]
 fn e2e_ops_failure_spike_pauses_alerts_and_resume_delivers_held_events_once_in_order() {
     let platforms = StandIn::start();
@@ -60,27 +81,15 @@ fn e2e_ops_failure_spike_pauses_alerts_and_resume_delivers_held_events_once_in_o
     assert_eq!(settings.status, 200, "{}", settings.body);
 
     // 1. Three conversions; Meta fails them.
-    let mut order = Vec::new();
-    for (i, fixture) in [
-        "customer.subscription.created.active.json",
-        "customer.subscription.created.trialing.json",
-        "invoice.paid.renewal.json",
-    ]
-    .iter()
-    .enumerate()
-    {
-        let event = stripe_event(fixture, &format!("evt_ops_{i}"));
-        let answer = post_stripe(&worker, "m_ops", SECRET, &event);
-        assert_eq!(answer.status, 202, "{}", answer.body);
-        order.extend(
-            answer.json()["events"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| e["event_id"].as_str().unwrap().to_string()),
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let mut order = post_conversions(
+        &worker,
+        "evt_ops",
+        &[
+            "customer.subscription.created.active.json",
+            "customer.subscription.created.trialing.json",
+            "invoice.paid.renewal.json",
+        ],
+    );
     eventually(WAIT, "three failed attempts at Meta", || {
         let failed: usize = platforms
             .requests_to(EVENTS)
@@ -127,26 +136,14 @@ fn e2e_ops_failure_spike_pauses_alerts_and_resume_delivers_held_events_once_in_o
     //    Meta has recovered: it answers 200 from now on.
     platforms.unscript(EVENTS);
     let sent_before = platforms.requests_to(EVENTS).len();
-    for (i, fixture) in [
-        "customer.subscription.updated.upgrade.json",
-        "customer.subscription.deleted.json",
-    ]
-    .iter()
-    .enumerate()
-    {
-        let event = stripe_event(fixture, &format!("evt_ops_paused_{i}"));
-        let answer = post_stripe(&worker, "m_ops", SECRET, &event);
-        assert_eq!(answer.status, 202, "{}", answer.body);
-        order.extend(
-            answer.json()["events"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|e| e["forwarded"] == true)
-                .map(|e| e["event_id"].as_str().unwrap().to_string()),
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    order.extend(post_conversions(
+        &worker,
+        "evt_ops_paused",
+        &[
+            "customer.subscription.updated.upgrade.json",
+            "customer.subscription.deleted.json",
+        ],
+    ));
     let health = eventually(WAIT, "every job held", || {
         let health = worker
             .admin("GET", "/v1/admin/merchants/m_ops/health", None)
