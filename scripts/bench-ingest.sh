@@ -66,18 +66,21 @@ for binding in DB DB_US DB_EU; do
   wrangler d1 migrations apply "$binding" --local --persist-to "$STATE" -c wrangler.bench.generated.toml >/dev/null
 done
 TL_PORT=$(free_port)
+TL_INSPECTOR=$(free_port)
 ADMIN="bench-admin-token"
 setsid bash -c "export TRACKLAYER_SKIP_BUILD=1; exec wrangler dev -c wrangler.bench.generated.toml --local --ip 127.0.0.1 \
-  --port $TL_PORT --inspector-port $(free_port) --persist-to '$STATE' --show-interactive-dev-session=false \
+  --port $TL_PORT --inspector-port $TL_INSPECTOR --persist-to '$STATE' --show-interactive-dev-session=false \
   --var ADMIN_TOKEN:$ADMIN --var MASTER_KEYS:b1:KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio= \
   --var LOCAL_WORKERD_WITHOUT_JURISDICTIONS:true --var META_API_BASE_URL:http://127.0.0.1:$SINK_PORT \
   --var LOG_LEVEL:$LOG_LEVEL" \
   </dev/null >"$WORK/tracklayer.log" 2>&1 &
 PIDS+=($!)
+TL_PID=$!
 ECHO_PORT=$(free_port)
 setsid bash -c "cd benches/echo-worker && export TRACKLAYER_SKIP_BUILD=1 && exec wrangler dev --local --ip 127.0.0.1 \
   --port $ECHO_PORT --inspector-port $(free_port) --show-interactive-dev-session=false" </dev/null >"$WORK/echo.log" 2>&1 &
 PIDS+=($!)
+ECHO_PID=$!
 wait_ready "$TL_PORT" /healthz
 wait_ready "$ECHO_PORT" /
 
@@ -137,14 +140,34 @@ request = function()
 end
 LUA
 
-run_wrk() { # name url bodies
+# CPU seconds used by a process tree (wrangler, workerd and their threads): steadier
+# than requests/s on a shared machine, where wrk competes for the same cores.
+cpu_seconds() {
+  local pids=("$1") i=0
+  while [ "$i" -lt "${#pids[@]}" ]; do
+    pids+=($(pgrep -P "${pids[$i]}" || true)); i=$((i + 1))
+  done
+  local ticks=0 pid
+  for pid in "${pids[@]}"; do
+    ticks=$((ticks + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+  done
+  python3 -c "import os,sys; print(int(sys.argv[1]) / os.sysconf('SC_CLK_TCK'))" "$ticks"
+}
+
+run_wrk() { # name url bodies process
+  local cpu_before; cpu_before=$(cpu_seconds "$4")
   BENCH_BODIES="$3" wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" --latency -s "$WORK/post.lua" "$2" >"$WORK/$1.out" 2>&1
   local rps p50 p99 non2xx
   rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/$1.out")
   p50=$(awk '$1=="50%" {print $2}' "$WORK/$1.out")
   p99=$(awk '$1=="99%" {print $2}' "$WORK/$1.out")
   non2xx=$(awk '/Non-2xx/ {print $NF}' "$WORK/$1.out")
-  printf '%-12s %10s req/s   p50 %8s   p99 %8s   non-2xx %s\n' "$1" "$rps" "$p50" "$p99" "${non2xx:-0}"
+  local requests cpu_ms
+  requests=$(awk '/requests in/ {print $1}' "$WORK/$1.out")
+  cpu_ms=$(python3 -c "import sys; print(f'{1000 * (float(sys.argv[2]) - float(sys.argv[1])) / max(int(sys.argv[3]), 1):.2f}')" \
+    "$cpu_before" "$(cpu_seconds "$4")" "${requests:-0}")
+  printf '%-12s %10s req/s   p50 %8s   p99 %8s   non-2xx %s   CPU %s ms/request\n' "$1" "$rps" "$p50" "$p99" "${non2xx:-0}" "$cpu_ms"
+  echo "$cpu_ms" >"$WORK/$1.cpu"
   echo "$rps" >"$WORK/$1.rps"
 }
 
@@ -156,12 +179,20 @@ head -"$MERCHANTS" "$WORK/bodies.0.txt" | while IFS=$'\t' read -r path sig body;
   curl -fsS -o /dev/null -H "stripe-signature: $sig" -H "content-type: application/json" \
     --data-binary "$body" "http://127.0.0.1:$TL_PORT$path"; done
 metrics >"$WORK/metrics.before.json"
-run_wrk echo-1 "http://127.0.0.1:$ECHO_PORT/" ""
+run_wrk echo-1 "http://127.0.0.1:$ECHO_PORT/" "" "$ECHO_PID"
 sign_bodies 1
-run_wrk tracklayer-1 "http://127.0.0.1:$TL_PORT/" "$WORK/bodies.1.txt"
-run_wrk echo-2 "http://127.0.0.1:$ECHO_PORT/" ""
+# BENCH_PROFILE=file.cpuprofile records a V8 CPU profile of TrackLayer's first run
+# through the inspector (scripts/profile.mjs prints where the time went). Profiling
+# slows the worker: read that run's rate with care.
+if [ -n "${BENCH_PROFILE:-}" ]; then
+  node scripts/profile.mjs record "$TL_INSPECTOR" $((SECONDS_PER_RUN - 3)) "$BENCH_PROFILE" &
+  PROFILER=$!
+fi
+run_wrk tracklayer-1 "http://127.0.0.1:$TL_PORT/" "$WORK/bodies.1.txt" "$TL_PID"
+if [ -n "${PROFILER:-}" ]; then wait "$PROFILER"; fi
+run_wrk echo-2 "http://127.0.0.1:$ECHO_PORT/" "" "$ECHO_PID"
 sign_bodies 2
-run_wrk tracklayer-2 "http://127.0.0.1:$TL_PORT/" "$WORK/bodies.2.txt"
+run_wrk tracklayer-2 "http://127.0.0.1:$TL_PORT/" "$WORK/bodies.2.txt" "$TL_PID"
 metrics >"$WORK/metrics.after.json"
 python3 - "$WORK" <<'PY'
 import json, sys
@@ -170,6 +201,11 @@ r = lambda n: float(open(f"{w}/{n}.rps").read() or 0)
 echo = (r("echo-1") + r("echo-2")) / 2
 tl = (r("tracklayer-1") + r("tracklayer-2")) / 2
 print(f"bench: echo {echo:.0f} req/s, TrackLayer {tl:.0f} req/s: {100 * tl / echo:.1f} % of echo")
+c = lambda n: float(open(f"{w}/{n}.cpu").read() or 0)
+echo_cpu = (c("echo-1") + c("echo-2")) / 2
+tl_cpu = (c("tracklayer-1") + c("tracklayer-2")) / 2
+print(f"bench: CPU per request (worker process tree): echo {echo_cpu:.2f} ms, TrackLayer {tl_cpu:.2f} ms "
+      f"(TrackLayer's CPU includes its queue consumer's deliveries): echo's is {100 * echo_cpu / max(tl_cpu, 1e-9):.1f} % of it")
 before = json.load(open(f"{w}/metrics.before.json"))["ingest"]
 after = json.load(open(f"{w}/metrics.after.json"))["ingest"]
 d = {k: after[k] - before[k] for k in after}

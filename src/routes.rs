@@ -368,16 +368,44 @@ pub enum Resolution {
     NotFound,
 }
 
-/// Matches `path` against one pattern. Literal segments win over parameters: routes are
-/// tried literal-first (see [`resolve`]).
-fn match_pattern(pattern: &'static str, path: &str) -> Option<Vec<(&'static str, String)>> {
-    let pattern_segments: Vec<&'static str> = pattern.trim_start_matches('/').split('/').collect();
-    let path_segments: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
-    if pattern_segments.len() != path_segments.len() {
+/// A route with its pattern split once: resolving runs on every request, so the
+/// table is compiled and ordered the first time it is needed, not per call.
+struct CompiledRoute {
+    route: &'static Route,
+    segments: Vec<&'static str>,
+    literals: usize,
+}
+
+/// Routes ordered by specificity: more literal segments first, so
+/// `/merchants/{id}/api-keys` wins over `/merchants/{id}/{view}`.
+fn compiled_routes() -> &'static [CompiledRoute] {
+    static COMPILED: std::sync::OnceLock<Vec<CompiledRoute>> = std::sync::OnceLock::new();
+    COMPILED.get_or_init(|| {
+        let mut routes: Vec<CompiledRoute> = ROUTES
+            .iter()
+            .map(|route| {
+                let segments: Vec<&'static str> =
+                    route.pattern.trim_start_matches('/').split('/').collect();
+                let literals = segments.iter().filter(|s| !s.starts_with('{')).count();
+                CompiledRoute {
+                    route,
+                    segments,
+                    literals,
+                }
+            })
+            .collect();
+        routes.sort_by_key(|r| std::cmp::Reverse(r.literals));
+        routes
+    })
+}
+
+/// Matches the path's segments against one pattern's.
+fn match_segments(pattern: &[&'static str], path: &[&str]) -> Option<Vec<(&'static str, String)>> {
+    if pattern.len() != path.len() {
         return None;
     }
     let mut params = Vec::new();
-    for (expected, actual) in pattern_segments.iter().zip(&path_segments) {
+    for (expected, actual) in pattern.iter().zip(path) {
         match expected.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
             Some(name) if !actual.is_empty() && *actual != "." && *actual != ".." => {
                 params.push((name, actual.to_string()))
@@ -390,34 +418,29 @@ fn match_pattern(pattern: &'static str, path: &str) -> Option<Vec<(&'static str,
     Some(params)
 }
 
-/// How specific a pattern is: more literal segments first, so
-/// `/merchants/{id}/api-keys` wins over `/merchants/{id}/{view}`.
-fn literal_count(pattern: &str) -> usize {
-    pattern.split('/').filter(|s| !s.starts_with('{')).count()
-}
-
 pub fn resolve(method: &str, path: &str) -> Resolution {
-    let mut candidates: Vec<&Route> = ROUTES.iter().collect();
-    candidates.sort_by_key(|r| std::cmp::Reverse(literal_count(r.pattern)));
+    let Some(relative) = path.strip_prefix('/') else {
+        return Resolution::NotFound;
+    };
+    let path_segments: Vec<&str> = relative.split('/').collect();
     let mut allowed = Vec::new();
     let mut best_literals = None;
-    for route in candidates {
-        let Some(params) = match_pattern(route.pattern, path) else {
+    for compiled in compiled_routes() {
+        let Some(params) = match_segments(&compiled.segments, &path_segments) else {
             continue;
         };
-        let literals = literal_count(route.pattern);
         // Only the most specific matching pattern's methods count.
-        if best_literals.is_some_and(|best| literals < best) {
+        if best_literals.is_some_and(|best| compiled.literals < best) {
             break;
         }
-        best_literals = Some(literals);
-        if route.method.eq_ignore_ascii_case(method) {
+        best_literals = Some(compiled.literals);
+        if compiled.route.method.eq_ignore_ascii_case(method) {
             return Resolution::Found {
-                id: route.id,
+                id: compiled.route.id,
                 params,
             };
         }
-        allowed.push(route.method);
+        allowed.push(compiled.route.method);
     }
     if allowed.is_empty() {
         Resolution::NotFound

@@ -3,6 +3,7 @@
 //! `crate::records`). One object runs one merchant's work in order, so the dedup claim
 //! and "enqueued once" need no cross-request bookkeeping.
 
+use super::http::{request_json, response_text};
 use super::metrics::{self, Phase};
 use super::regions::{enqueue_jobs, enqueue_jobs_after, merchant_namespace};
 use super::{emit, now_ms, retention_policy};
@@ -588,14 +589,14 @@ impl Merchant {
             Region::Us
         };
         if path == "/ingest" {
-            let request: IngestRequest = req.json().await?;
+            let request: IngestRequest = request_json(&mut req).await?;
             return self.ingest(request).await;
         }
         if path == "/sweep" {
             return self.sweep(&merchant_id, region).await;
         }
         if path == "/replay" {
-            let request: ReplayRequest = req.json().await?;
+            let request: ReplayRequest = request_json(&mut req).await?;
             return self.replay(&merchant_id, region, request).await;
         }
         if path == "/forget" {
@@ -621,7 +622,7 @@ impl Merchant {
         let now = now_ms();
         match path.as_str() {
             "/visitor" => {
-                let capture: Capture = req.json().await?;
+                let capture: Capture = request_json(&mut req).await?;
                 self.remember_owner(&records, region)?;
                 records
                     .record_visitor(&capture, now)
@@ -651,7 +652,7 @@ impl Merchant {
             "/intent/settings" => {
                 let intent = IntentStore::new(&sql, &merchant_id);
                 if req.method() == Method::Put {
-                    let settings: IntentSettings = req.json().await?;
+                    let settings: IntentSettings = request_json(&mut req).await?;
                     self.remember_owner(&records, region)?;
                     intent
                         .save_settings(&settings, now)
@@ -673,7 +674,7 @@ impl Merchant {
                 )
             }
             "/intent/visitors" | "/intent/queue" => {
-                let page: IntentPage = req.json().await?;
+                let page: IntentPage = request_json(&mut req).await?;
                 let intent = IntentStore::new(&sql, &merchant_id);
                 let settings = self.current_intent(&intent, now).await?;
                 let rows = if path == "/intent/queue" {
@@ -685,7 +686,7 @@ impl Merchant {
                 Self::answer(&sql, Wrapped { value: rows })
             }
             "/intent/timeline" => {
-                let request: TimelineRequest = req.json().await?;
+                let request: TimelineRequest = request_json(&mut req).await?;
                 let intent = IntentStore::new(&sql, &merchant_id);
                 let settings = self.current_intent(&intent, now).await?;
                 let timeline = intent
@@ -722,14 +723,14 @@ impl Merchant {
                 )
             }
             "/intent/seed/prepare" => {
-                let request: SeedPrepareRequest = req.json().await?;
+                let request: SeedPrepareRequest = request_json(&mut req).await?;
                 let intent = IntentStore::new(&sql, &merchant_id);
                 let settings = self.current_intent(&intent, now).await?;
                 let prepared = self.prepare_seed(&intent, &settings, &request, now)?;
                 Self::answer(&sql, Wrapped { value: prepared })
             }
             "/intent/seed/segment" => {
-                let segment: String = req.json().await?;
+                let segment: String = request_json(&mut req).await?;
                 IntentStore::new(&sql, &merchant_id)
                     .remember_segment(&segment)
                     .map_err(storage_error)?;
@@ -742,7 +743,7 @@ impl Merchant {
                 Self::answer(&sql, Wrapped { value: segments })
             }
             "/rfm" => {
-                let query: RfmQuery = req.json().await?;
+                let query: RfmQuery = request_json(&mut req).await?;
                 let store = RfmStore::new(&sql, &merchant_id);
                 if let Some(on) = query.carry_on_events {
                     store.set_carry_on_events(on, now).map_err(storage_error)?;
@@ -771,7 +772,7 @@ impl Merchant {
                 Self::answer(&sql, Wrapped { value: overview })
             }
             "/health/settings" => {
-                let settings: AnomalySettings = req.json().await?;
+                let settings: AnomalySettings = request_json(&mut req).await?;
                 self.remember_owner(&records, region)?;
                 OpsStore::new(&sql, &merchant_id)
                     .save_settings(&settings, now)
@@ -813,14 +814,14 @@ impl Merchant {
                 )
             }
             "/health/pause" => {
-                let destination: String = req.json().await?;
+                let destination: String = request_json(&mut req).await?;
                 OpsStore::new(&sql, &merchant_id)
                     .pause(&destination, None, now)
                     .map_err(storage_error)?;
                 Self::answer(&sql, json!({ "paused": destination }))
             }
             "/health/resume" => {
-                let request: ResumeRequest = req.json().await?;
+                let request: ResumeRequest = request_json(&mut req).await?;
                 let ops = OpsStore::new(&sql, &merchant_id);
                 let messages = self
                     .resume(
@@ -835,20 +836,20 @@ impl Merchant {
                 Self::answer(&sql, json!({ "queue_messages": messages }))
             }
             "/health/actions" => {
-                let request: ActionsRequest = req.json().await?;
+                let request: ActionsRequest = request_json(&mut req).await?;
                 OpsStore::new(&sql, &merchant_id)
                     .record_actions(request.incident, &request.actions)
                     .map_err(storage_error)?;
                 Self::answer(&sql, json!({ "recorded": true }))
             }
             "/audit/append" => {
-                let record: crate::audit::AuditRecord = req.json().await?;
+                let record: crate::audit::AuditRecord = request_json(&mut req).await?;
                 self.remember_owner(&records, region)?;
                 let entry = records.append_audit(record, now).map_err(storage_error)?;
                 Self::answer(&sql, Wrapped { value: entry })
             }
             "/audit/entries" => {
-                let page: AuditPage = req.json().await?;
+                let page: AuditPage = request_json(&mut req).await?;
                 let entries = records
                     .audit_entries(page.after, page.limit)
                     .map_err(storage_error)?;
@@ -864,7 +865,7 @@ impl Merchant {
                 )
             }
             "/audit/sign" => {
-                let day: String = req.json().await?;
+                let day: String = request_json(&mut req).await?;
                 let key = self
                     .env
                     .secret(AUDIT_KEY_SECRET)
@@ -880,31 +881,31 @@ impl Merchant {
                 Self::answer(&sql, Wrapped { value: head })
             }
             "/intent/seed/record" => {
-                let request: SeedRecordRequest = req.json().await?;
+                let request: SeedRecordRequest = request_json(&mut req).await?;
                 IntentStore::new(&sql, &merchant_id)
                     .record_seed_run(&request.run, &request.uploaded)
                     .map_err(storage_error)?;
                 Self::answer(&sql, json!({ "recorded": true }))
             }
             "/admit" => {
-                let request: AdmitRequest = req.json().await?;
+                let request: AdmitRequest = request_json(&mut req).await?;
                 let answer = records.admit(request).map_err(storage_error)?;
                 Self::answer(&sql, Wrapped { value: answer })
             }
             "/outcomes" => {
-                let outcomes: Outcomes = req.json().await?;
+                let outcomes: Outcomes = request_json(&mut req).await?;
                 records.record_outcomes(&outcomes).map_err(storage_error)?;
                 Self::answer(&sql, json!({ "recorded": true }))
             }
             "/dead-letter" => {
-                let letter: DeadLetter = req.json().await?;
+                let letter: DeadLetter = request_json(&mut req).await?;
                 records
                     .record_dead_letter(&letter, now)
                     .map_err(storage_error)?;
                 Self::answer(&sql, json!({ "recorded": true }))
             }
             "/list" => {
-                let query: ListQuery = req.json().await?;
+                let query: ListQuery = request_json(&mut req).await?;
                 let rows = records.list(&query).map_err(storage_error)?;
                 Self::answer(&sql, Wrapped { value: rows })
             }
@@ -913,7 +914,7 @@ impl Merchant {
                 Self::answer(&sql, Wrapped { value: rows })
             }
             "/erase" => {
-                let request: EraseRequest = req.json().await?;
+                let request: EraseRequest = request_json(&mut req).await?;
                 let counts = records
                     .erase_customer(request.email.as_deref(), request.customer_id.as_deref())
                     .map_err(storage_error)?;
@@ -1037,15 +1038,16 @@ impl MerchantClient {
         );
         let request = Request::new_with_init(&url, &init)?;
         metrics::object_call(self.phase);
-        let mut response = self.stub.fetch_with_request(request).await?;
-        if response.status_code() != 200 {
-            let text = response.text().await.unwrap_or_default();
+        let response = self.stub.fetch_with_request(request).await?;
+        let status = response.status_code();
+        let text = response_text(response).await?;
+        if status != 200 {
             return Err(worker::Error::RustError(format!(
-                "merchant object {path} answered {}: {text}",
-                response.status_code()
+                "merchant object {path} answered {status}: {text}"
             )));
         }
-        let answer: Answer<T> = response.json().await?;
+        let answer: Answer<T> =
+            serde_json::from_str(&text).map_err(|e| worker::Error::RustError(e.to_string()))?;
         metrics::rows_written(self.phase, answer.rows_written);
         Ok(answer.body)
     }

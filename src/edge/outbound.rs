@@ -52,14 +52,17 @@ pub async fn send(request: &OutboundRequest) -> Result<Answer, String> {
     let timer = Box::pin(Delay::from(TIMEOUT));
     let raced = select(sending, timer).await;
     match raced {
-        Either::Left((Ok(mut response), _)) => {
+        Either::Left((Ok(response), _)) => {
             let header = |name: &str| response.headers().get(name).ok().flatten();
             let retry_after = header("retry-after");
             let created_id = header("x-restli-id").or_else(|| header("x-linkedin-id"));
             let location = header("location");
-            let body = response.text().await.unwrap_or_default();
+            let status = response.status_code();
+            let body = super::http::response_text(response)
+                .await
+                .unwrap_or_default();
             Ok(Answer {
-                status: response.status_code(),
+                status,
                 retry_after,
                 created_id,
                 location,
