@@ -96,8 +96,11 @@ function children(file, pattern, rows = 25) {
   console.log(table(into, total, rows));
 }
 
-if (command === "record") await record(...args);
-else if (command === "top") top(args[0], Number(args[1] || 40));
+if (command === "record") {
+  await record(...args);
+  // The closed socket can keep the event loop alive for a while.
+  process.exit(0);
+} else if (command === "top") top(args[0], Number(args[1] || 40));
 else if (command === "children") children(args[0], args[1], Number(args[2] || 25));
 else {
   console.error("usage: profile.mjs record <port> <seconds> <out> | top <file> [rows] | children <file> <regex> [rows]");
