@@ -10,15 +10,19 @@ pub const MAX_FIELD_CHARS: usize = 300;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
+    /// A line per accepted webhook: each is also an event record and an audit entry.
+    Debug,
     Info,
     Warn,
     Error,
 }
 
 impl Level {
-    /// The operator's `LOG_LEVEL` (`info`, `warn`, `error`); anything else is `info`.
+    /// The operator's `LOG_LEVEL` (`debug`, `info`, `warn`, `error`); anything else is
+    /// `info`.
     pub fn parse(text: &str) -> Level {
         match text.trim().to_ascii_lowercase().as_str() {
+            "debug" => Level::Debug,
             "warn" | "warning" => Level::Warn,
             "error" => Level::Error,
             _ => Level::Info,
@@ -27,6 +31,7 @@ impl Level {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Level::Debug => "debug",
             Level::Info => "info",
             Level::Warn => "warn",
             Level::Error => "error",
@@ -47,6 +52,10 @@ impl Log {
         fields.insert("level".into(), level.as_str().into());
         fields.insert("msg".into(), cut(message).into());
         Log { level, fields }
+    }
+
+    pub fn debug(message: &str) -> Self {
+        Log::new(Level::Debug, message)
     }
 
     pub fn info(message: &str) -> Self {

@@ -32,8 +32,8 @@ use routing::Routing;
 use serde_json::json;
 use settings::SettingsStore;
 use worker::{
-    console_error, console_log, console_warn, event, Context, Date, Env, MessageBatch, Request,
-    Response, Result, ScheduleContext, ScheduledEvent,
+    console_debug, console_error, console_log, console_warn, event, Context, Date, Env,
+    MessageBatch, Request, Response, Result, ScheduleContext, ScheduledEvent,
 };
 
 // The Durable Object class must be exported from the wasm module.
@@ -65,6 +65,7 @@ pub fn emit(log: crate::log::Log) {
         return;
     }
     match log.level {
+        crate::log::Level::Debug => console_debug!("{}", log.line()),
         crate::log::Level::Info => console_log!("{}", log.line()),
         crate::log::Level::Warn => console_warn!("{}", log.line()),
         crate::log::Level::Error => console_error!("{}", log.line()),
