@@ -27,6 +27,11 @@ impl std::error::Error for InputError {}
 
 /// `T` from JSON bytes.
 pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, InputError> {
+    // Well-formed input is parsed once without tracking paths (every webhook pays for
+    // this); only a failure is parsed again, to name the field.
+    if let Ok(value) = serde_json::from_slice(bytes) {
+        return Ok(value);
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(from_path_error)?;
     deserializer.end().map_err(|e| InputError {
@@ -38,6 +43,10 @@ pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, InputError> {
 
 /// `T` from an already parsed JSON value.
 pub fn from_value<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, InputError> {
+    // As in `from_slice`: paths are tracked only to explain a failure.
+    if let Ok(parsed) = T::deserialize(value) {
+        return Ok(parsed);
+    }
     serde_path_to_error::deserialize(value).map_err(from_path_error)
 }
 
