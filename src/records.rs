@@ -417,11 +417,120 @@ pub struct Outcomes {
 pub struct Records<'a> {
     sql: &'a dyn Sql,
     merchant_id: &'a str,
+    memory: Memory<'a>,
+}
+
+/// What the merchant's object keeps in memory between requests, so the hot path reads
+/// less: the audit chain's head (the object is its only writer, so an append writes
+/// without reading first) and the notifications between claim and commit. A fresh
+/// instance starts empty and reads what it needs; nothing here is the record.
+#[derive(Debug, Default)]
+pub struct ObjectMemory {
+    audit_head: std::cell::RefCell<Option<(i64, String)>>,
+    /// Dedup key → lease end (ms). A claim is held in memory only: one object runs
+    /// one merchant's requests in one instance, and a crash forgets a claim without
+    /// losing anything (nothing was committed; the retry finds the recorded events and
+    /// enqueues none twice, and the sweeper sends what was recorded and never sent).
+    /// The lease still ends, so a request that never finished cannot block retries.
+    claims: std::cell::RefCell<HashMap<String, i64>>,
+    /// Subscription states as last read or written here, by ordering key (`None`: none
+    /// stored). Written through by `commit`, the only writer of subscription state, so
+    /// a commit after the queue await needs no second read even when other requests
+    /// ran meanwhile.
+    subscriptions: std::cell::RefCell<HashMap<String, Option<SubscriptionState>>>,
+}
+
+impl ObjectMemory {
+    /// Forgets everything (the store was wiped).
+    pub fn clear(&self) {
+        self.audit_head.replace(None);
+        self.claims.borrow_mut().clear();
+        self.subscriptions.borrow_mut().clear();
+    }
+
+    fn subscription(&self, ordering_key: &str) -> Option<Option<SubscriptionState>> {
+        self.subscriptions.borrow().get(ordering_key).cloned()
+    }
+
+    fn remember_subscription(&self, ordering_key: &str, state: Option<SubscriptionState>) {
+        let mut subscriptions = self.subscriptions.borrow_mut();
+        if subscriptions.len() >= MAX_SUBSCRIPTIONS_IN_MEMORY {
+            subscriptions.clear();
+        }
+        subscriptions.insert(ordering_key.to_string(), state);
+    }
+
+    fn forget_subscription(&self, ordering_key: &str) {
+        self.subscriptions.borrow_mut().remove(ordering_key);
+    }
+
+    /// Claims `key` unless a live claim holds it.
+    fn claim(&self, key: &str, now_ms: i64) -> bool {
+        let mut claims = self.claims.borrow_mut();
+        let record = claims.get(key).map(|lease_until| SeenRecord {
+            committed: false,
+            lease_until_ms: *lease_until,
+        });
+        if ledger::claim(record, now_ms) != ClaimOutcome::New {
+            return false;
+        }
+        if claims.len() >= MAX_CLAIMS_IN_MEMORY {
+            claims.retain(|_, lease_until| *lease_until > now_ms);
+        }
+        claims.insert(key.to_string(), now_ms + ledger::CLAIM_LEASE_MS);
+        true
+    }
+
+    fn release(&self, key: &str) {
+        self.claims.borrow_mut().remove(key);
+    }
+}
+
+/// Expired claims are pruned when this many are held.
+const MAX_CLAIMS_IN_MEMORY: usize = 1024;
+/// Remembered subscription states are dropped (and read again) past this many.
+const MAX_SUBSCRIPTIONS_IN_MEMORY: usize = 4096;
+
+enum Memory<'a> {
+    Own(ObjectMemory),
+    Shared(&'a ObjectMemory),
+}
+
+impl Memory<'_> {
+    fn get(&self) -> &ObjectMemory {
+        match self {
+            Memory::Own(memory) => memory,
+            Memory::Shared(memory) => memory,
+        }
+    }
+}
+
+/// What one statement reads for a notification before anything is written: whether
+/// it was committed before, and the stored context its events are enriched with.
+#[derive(Debug, Deserialize)]
+struct IntakeRead {
+    seen: Option<i64>,
+    customer: Option<String>,
+    crm: Option<String>,
+    subscription: Option<String>,
+    /// JSON array of this notification's event ids already enqueued.
+    enqueued: Option<String>,
 }
 
 impl<'a> Records<'a> {
     pub fn new(sql: &'a dyn Sql, merchant_id: &'a str) -> Self {
-        Records { sql, merchant_id }
+        Records {
+            sql,
+            merchant_id,
+            memory: Memory::Own(ObjectMemory::default()),
+        }
+    }
+
+    /// Records that keep their memory in `memory`, which outlives them: the object's,
+    /// shared by every request it serves.
+    pub fn with_memory(mut self, memory: &'a ObjectMemory) -> Self {
+        self.memory = Memory::Shared(memory);
+        self
     }
 
     fn rows<T: DeserializeOwned>(&self, sql: &str, params: Vec<Param>) -> Result<Vec<T>> {
@@ -463,9 +572,10 @@ impl<'a> Records<'a> {
 
     // ---- intake ------------------------------------------------------------------
 
-    /// Claims the notification, reads the stored context, plans, records events and
-    /// jobs, and marks the events this call will enqueue. The caller enqueues, then
-    /// calls [`Records::commit`] (or [`Records::abandon`] if the queue refused).
+    /// Claims the notification, reads what is stored about it (one statement), plans,
+    /// records events and jobs, and marks the events this call will enqueue. The caller
+    /// enqueues, then calls [`Records::commit`] (or [`Records::abandon`] if the queue
+    /// refused).
     pub fn prepare(
         &self,
         output: SourceOutput,
@@ -473,25 +583,55 @@ impl<'a> Records<'a> {
         now_ms: i64,
     ) -> Result<Claimed> {
         let dedup_key = format!("{}:{}", output.source, output.source_event_id);
-        match self.claim(&dedup_key, now_ms)? {
-            ClaimOutcome::Duplicate => {
-                return Ok(Claimed::Duplicate(
-                    json!({ "status": "duplicate", "source_event_id": output.source_event_id }),
-                ))
-            }
-            ClaimOutcome::InFlight => return Ok(Claimed::InFlight),
-            ClaimOutcome::New => {}
+        let memory = self.memory.get();
+        if !memory.claim(&dedup_key, now_ms) {
+            return Ok(Claimed::InFlight);
         }
-        let context = self.stored_context(&output)?;
+        let prepared = self.read_and_record(output, merchant, &dedup_key, now_ms);
+        if !matches!(prepared, Ok(Claimed::Ready(_))) {
+            memory.release(&dedup_key);
+        }
+        prepared
+    }
+
+    fn read_and_record(
+        &self,
+        output: SourceOutput,
+        merchant: &MerchantConfig,
+        dedup_key: &str,
+        now_ms: i64,
+    ) -> Result<Claimed> {
+        let (seen, context, mut enqueued) = self.intake_read(dedup_key, &output)?;
+        if seen {
+            return Ok(Claimed::Duplicate(
+                json!({ "status": "duplicate", "source_event_id": output.source_event_id }),
+            ));
+        }
+        // Read just now, and every write goes through `commit`: current until then.
+        self.memory
+            .get()
+            .remember_subscription(&output.ordering_key, context.subscription.clone());
+        let read_ids: Vec<String> = output.events.iter().map(|e| e.event_id.clone()).collect();
         let plan = ingest::plan(output, merchant, &context);
-        let ids: Vec<&str> = plan
+        // Enrichment may reclassify an event (a renewal that converts a trial), which
+        // gives it a new id: only those are looked up again.
+        let reclassified: Vec<&str> = plan
             .output
             .events
             .iter()
             .map(|e| e.event_id.as_str())
+            .filter(|id| !read_ids.iter().any(|read| read == id))
             .collect();
-        // Decided before the write, which marks them: a sibling already enqueued its own.
-        let enqueue_events = self.events_to_enqueue(&ids)?;
+        if !reclassified.is_empty() {
+            enqueued.extend(self.enqueued_among(&reclassified)?);
+        }
+        // A sibling notification already enqueued its own jobs for these.
+        let mut enqueue_events: Vec<String> = Vec::with_capacity(plan.output.events.len());
+        for event in &plan.output.events {
+            if !enqueued.contains(&event.event_id) && !enqueue_events.contains(&event.event_id) {
+                enqueue_events.push(event.event_id.clone());
+            }
+        }
         self.record_ingest(&plan.output, &plan.jobs, &enqueue_events, now_ms)?;
         let summary = summary(&plan, &enqueue_events);
         let jobs = plan
@@ -500,7 +640,7 @@ impl<'a> Records<'a> {
             .filter(|job| enqueue_events.contains(&job.event.event_id))
             .collect();
         Ok(Claimed::Ready(Box::new(Prepared {
-            dedup_key,
+            dedup_key: dedup_key.to_string(),
             output: plan.output,
             plan_jobs: jobs,
             enqueue_events,
@@ -510,24 +650,41 @@ impl<'a> Records<'a> {
 
     /// The jobs are on the queue: the notification is done, and the subscription's
     /// state moves on.
-    pub fn commit(&self, dedup_key: &str, output: &SourceOutput, now_ms: i64) -> Result<()> {
-        self.exec(
-            "UPDATE seen SET committed = 1 WHERE key = ?1",
-            vec![dedup_key.into()],
-        )?;
+    pub fn commit(&self, prepared: &Prepared, now_ms: i64) -> Result<()> {
+        let output = &prepared.output;
+        let memory = self.memory.get();
+        let committed = self.exec(
+            "INSERT INTO seen (key, committed, lease_until, first_seen) VALUES (?1, 1, 0, ?2) \
+             ON CONFLICT (key) DO UPDATE SET committed = 1",
+            vec![prepared.dedup_key.as_str().into(), now_ms.into()],
+        );
+        memory.release(&prepared.dedup_key);
+        committed?;
         if !output.events.is_empty() {
             self.append_audit(accepted_record(output), now_ms)?;
         }
         let Some(observation) = &output.subscription else {
             return Ok(());
         };
-        let current = self.subscription_state(&output.ordering_key)?;
+        let key = output.ordering_key.as_str();
+        // Other requests may have moved the state on while this one awaited the queue.
+        let current = match memory.subscription(key) {
+            Some(known) => known,
+            None => self.subscription_state(key)?,
+        };
         if let Some(next) = ledger::next_state(current.as_ref(), observation) {
-            self.exec(
+            let written = self.exec(
                 "INSERT INTO subscription_state (ordering_key, state, updated_at) VALUES (?1, ?2, ?3) \
                  ON CONFLICT (ordering_key) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
-                vec![output.ordering_key.as_str().into(), to_json(&next)?.into(), now_ms.into()],
-            )?;
+                vec![key.into(), to_json(&next)?.into(), now_ms.into()],
+            );
+            match written {
+                Ok(_) => memory.remember_subscription(key, Some(next)),
+                Err(err) => {
+                    memory.forget_subscription(key);
+                    return Err(err);
+                }
+            }
         }
         Ok(())
     }
@@ -535,37 +692,8 @@ impl<'a> Records<'a> {
     /// The queue refused: the events are not enqueued and the claim is released, so
     /// the source's retry does it all again.
     pub fn abandon(&self, prepared: &Prepared) -> Result<()> {
-        self.set_enqueued(&prepared.enqueue_events, None)?;
-        self.exec(
-            "DELETE FROM seen WHERE key = ?1 AND committed = 0",
-            vec![prepared.dedup_key.as_str().into()],
-        )?;
-        Ok(())
-    }
-
-    fn claim(&self, key: &str, now_ms: i64) -> Result<ClaimOutcome> {
-        #[derive(Deserialize)]
-        struct Row {
-            committed: i64,
-            lease_until: i64,
-        }
-        let existing: Vec<Row> = self.rows(
-            "SELECT committed, lease_until FROM seen WHERE key = ?1",
-            vec![key.into()],
-        )?;
-        let record = existing.first().map(|r| SeenRecord {
-            committed: r.committed != 0,
-            lease_until_ms: r.lease_until,
-        });
-        let outcome = ledger::claim(record, now_ms);
-        if outcome == ClaimOutcome::New {
-            self.exec(
-                "INSERT INTO seen (key, committed, lease_until, first_seen) VALUES (?1, 0, ?2, ?3) \
-                 ON CONFLICT (key) DO UPDATE SET lease_until = excluded.lease_until",
-                vec![key.into(), (now_ms + ledger::CLAIM_LEASE_MS).into(), now_ms.into()],
-            )?;
-        }
-        Ok(outcome)
+        self.memory.get().release(&prepared.dedup_key);
+        self.set_enqueued(&prepared.enqueue_events, None)
     }
 
     pub fn subscription_state(&self, ordering_key: &str) -> Result<Option<SubscriptionState>> {
@@ -582,31 +710,32 @@ impl<'a> Records<'a> {
             .and_then(|r| serde_json::from_str(&r.state).ok()))
     }
 
-    /// Subscription state, known customer and CRM deal context for one notification.
-    fn stored_context(&self, output: &SourceOutput) -> Result<StoredContext> {
+    /// One statement for everything intake reads about a notification: whether it was
+    /// committed before, the subscription's state, the known customer, the newest CRM
+    /// deal context under its identities, and which of its events are already enqueued.
+    fn intake_read(
+        &self,
+        dedup_key: &str,
+        output: &SourceOutput,
+    ) -> Result<(bool, StoredContext, Vec<String>)> {
         // CRM notifications carry the billing customer id of another source: there is
         // no stored customer or deal context to read for them.
         let from_crm = output.crm_context.is_some();
-        let customer = match output
+        let customer_id = output
             .events
             .iter()
-            .find_map(|e| e.customer.customer_id.clone())
-            .filter(|_| !from_crm)
-        {
-            Some(customer_id) => self.known_customer(output.source, &customer_id)?,
-            None => None,
-        };
-        let crm = if from_crm {
-            None
-        } else {
-            let mut keys = Vec::new();
+            .find_map(|e| e.customer.customer_id.as_deref())
+            .filter(|_| !from_crm);
+        // Deal context is looked up under each event's email (the stored customer's
+        // when the event has none) and billing customer id.
+        let mut keys = Vec::new();
+        let mut needs_stored_email = false;
+        if !from_crm {
             for event in &output.events {
-                let email = event
-                    .customer
-                    .email
-                    .as_deref()
-                    .or(customer.as_ref().and_then(|c| c.email.as_deref()));
-                keys.extend(email.map(CrmContext::email_key));
+                match event.customer.email.as_deref() {
+                    Some(email) => keys.push(CrmContext::email_key(email)),
+                    None => needs_stored_email = true,
+                }
                 keys.extend(
                     event
                         .customer
@@ -617,51 +746,49 @@ impl<'a> Records<'a> {
             }
             keys.sort();
             keys.dedup();
-            self.crm_context(&keys)?
+        }
+        let event_ids: Vec<&str> = output.events.iter().map(|e| e.event_id.as_str()).collect();
+        // `'email:' || lower(trim(email))` is `CrmContext::email_key` of a stored email
+        // (stored trimmed; SQLite's lower() folds ASCII, as to_ascii_lowercase does).
+        let rows: Vec<IntakeRead> = self.rows(
+            "SELECT \
+               (SELECT committed FROM seen WHERE key = ?1 AND committed = 1) AS seen, \
+               (SELECT json_object('email', email, 'last_cancelled_at', last_cancelled_at_s, \
+                  'last_cancelled_subscription', last_cancelled_subscription) FROM customers \
+                WHERE merchant_id = ?2 AND source = ?3 AND customer_id = ?4) AS customer, \
+               (SELECT context FROM crm_context WHERE merchant_id = ?2 AND ( \
+                  identity_key IN (SELECT value FROM json_each(?5)) \
+                  OR (?6 = 1 AND identity_key = (SELECT 'email:' || lower(trim(email)) FROM customers \
+                      WHERE merchant_id = ?2 AND source = ?3 AND customer_id = ?4 AND email IS NOT NULL))) \
+                ORDER BY observed_at_s DESC LIMIT 1) AS crm, \
+               (SELECT state FROM subscription_state WHERE ordering_key = ?7) AS subscription, \
+               (SELECT json_group_array(event_id) FROM canonical_events WHERE enqueued_at IS NOT NULL \
+                  AND event_id IN (SELECT value FROM json_each(?8))) AS enqueued",
+            vec![
+                dedup_key.into(),
+                self.merchant(),
+                output.source.into(),
+                customer_id.into(),
+                to_json(&keys)?.into(),
+                i64::from(needs_stored_email && customer_id.is_some()).into(),
+                output.ordering_key.as_str().into(),
+                to_json(&event_ids)?.into(),
+            ],
+        )?;
+        let Some(read) = rows.into_iter().next() else {
+            return Err(RecordsError("the intake read returned no row".into()));
         };
-        Ok(StoredContext {
-            subscription: self.subscription_state(&output.ordering_key)?,
+        fn parse<T: DeserializeOwned>(text: Option<String>) -> Option<T> {
+            text.and_then(|t| serde_json::from_str(&t).ok())
+        }
+        let customer: Option<KnownCustomer> = parse(read.customer);
+        let context = StoredContext {
+            subscription: parse(read.subscription),
             customer,
-            crm,
-        })
-    }
-
-    pub fn known_customer(&self, source: &str, customer_id: &str) -> Result<Option<KnownCustomer>> {
-        #[derive(Deserialize)]
-        struct Row {
-            email: Option<String>,
-            last_cancelled_at_s: Option<i64>,
-            last_cancelled_subscription: Option<String>,
-        }
-        let rows: Vec<Row> = self.rows(
-            "SELECT email, last_cancelled_at_s, last_cancelled_subscription FROM customers \
-             WHERE merchant_id = ?1 AND source = ?2 AND customer_id = ?3",
-            vec![self.merchant(), source.into(), customer_id.into()],
-        )?;
-        Ok(rows.into_iter().next().map(|r| KnownCustomer {
-            email: r.email,
-            last_cancelled_at: r.last_cancelled_at_s,
-            last_cancelled_subscription: r.last_cancelled_subscription,
-        }))
-    }
-
-    /// The newest CRM deal context stored under any of these identity keys.
-    pub fn crm_context(&self, keys: &[String]) -> Result<Option<CrmContext>> {
-        #[derive(Deserialize)]
-        struct Row {
-            context: String,
-        }
-        if keys.is_empty() {
-            return Ok(None);
-        }
-        let rows: Vec<Row> = self.rows(
-            "SELECT context FROM crm_context WHERE merchant_id = ?1 \
-             AND identity_key IN (SELECT value FROM json_each(?2)) ORDER BY observed_at_s DESC LIMIT 1",
-            vec![self.merchant(), to_json(&keys)?.into()],
-        )?;
-        Ok(rows
-            .first()
-            .and_then(|r| serde_json::from_str(&r.context).ok()))
+            crm: if from_crm { None } else { parse(read.crm) },
+        };
+        let enqueued: Vec<String> = parse(read.enqueued).unwrap_or_default();
+        Ok((read.seen.is_some(), context, enqueued))
     }
 
     /// Records what one verified notification produced: events (siblings merged),
@@ -896,29 +1023,18 @@ impl<'a> Records<'a> {
         Ok(())
     }
 
-    /// Of these events, the ones whose delivery jobs are not on the queue yet (new, or
-    /// stored but never enqueued). One logical conversion reported by two webhooks is
-    /// enqueued once.
-    fn events_to_enqueue(&self, event_ids: &[&str]) -> Result<Vec<String>> {
+    /// Of these events, the ones whose jobs are on the queue already.
+    fn enqueued_among(&self, event_ids: &[&str]) -> Result<Vec<String>> {
         #[derive(Deserialize)]
         struct Row {
             event_id: String,
         }
-        if event_ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let enqueued: Vec<Row> = self.rows(
+        let rows: Vec<Row> = self.rows(
             "SELECT event_id FROM canonical_events WHERE enqueued_at IS NOT NULL \
              AND event_id IN (SELECT value FROM json_each(?1))",
             vec![to_json(&event_ids)?.into()],
         )?;
-        let mut pending: Vec<String> = Vec::with_capacity(event_ids.len());
-        for id in event_ids {
-            if !enqueued.iter().any(|r| r.event_id == *id) && !pending.iter().any(|p| p == id) {
-                pending.push(id.to_string());
-            }
-        }
-        Ok(pending)
+        Ok(rows.into_iter().map(|r| r.event_id).collect())
     }
 
     fn set_enqueued(&self, event_ids: &[String], at_ms: Option<i64>) -> Result<()> {
@@ -1802,9 +1918,13 @@ impl<'a> Records<'a> {
 
     /// Appends one entry after the current head.
     pub fn append_audit(&self, record: AuditRecord, now_ms: i64) -> Result<AuditEntry> {
-        let head = self.audit_head()?;
+        let cached = self.memory.get().audit_head.borrow().clone();
+        let head = match cached {
+            Some(head) => Some(head),
+            None => self.audit_head()?,
+        };
         let entry = audit::link(head.as_ref().map(|(s, h)| (*s, h.as_str())), now_ms, record);
-        self.exec(
+        let written = self.exec(
             "INSERT INTO audit_log (seq, merchant_id, at_ms, kind, actor, subject, details, prev_hash, hash) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             vec![
@@ -1818,7 +1938,12 @@ impl<'a> Records<'a> {
                 entry.prev_hash.as_str().into(),
                 entry.hash.as_str().into(),
             ],
-        )?;
+        );
+        self.memory
+            .get()
+            .audit_head
+            .replace(written.is_ok().then(|| (entry.seq, entry.hash.clone())));
+        written?;
         Ok(entry)
     }
 

@@ -19,7 +19,9 @@ use crate::ledger;
 use crate::log::Log;
 use crate::ops_store::{Evaluation, HealthOverview, OpsStore};
 use crate::pixel::Capture;
-use crate::records::{self, AdmitAnswer, AdmitRequest, Claimed, Outcomes, Param, Records, Sql};
+use crate::records::{
+    self, AdmitAnswer, AdmitRequest, Claimed, ObjectMemory, Outcomes, Param, Records, Sql,
+};
 use crate::rfm_store::RfmStore;
 use crate::sources::SourceOutput;
 use serde::de::DeserializeOwned;
@@ -234,6 +236,8 @@ pub struct Merchant {
     owner_recorded: Cell<bool>,
     /// The intent settings, read once per instance (this object is their only writer).
     intent_settings: RefCell<Option<IntentSettings>>,
+    /// What the records keep between requests (see `ObjectMemory`).
+    memory: ObjectMemory,
 }
 
 impl Merchant {
@@ -247,6 +251,11 @@ impl Merchant {
             self.migrated.set(true);
         }
         Ok(sql)
+    }
+
+    /// The merchant's records in this object, sharing the instance's memory.
+    fn records<'a>(&'a self, sql: &'a ObjectSql, merchant_id: &'a str) -> Records<'a> {
+        Records::new(sql, merchant_id).with_memory(&self.memory)
     }
 
     /// Which merchant and region this object holds, written by its first write.
@@ -270,7 +279,7 @@ impl Merchant {
     async fn ingest(&self, request: IngestRequest) -> Result<Response> {
         let sql = self.sql().map_err(storage_error)?;
         let merchant = &request.merchant;
-        let records = Records::new(&sql, &merchant.merchant_id);
+        let records = self.records(&sql, &merchant.merchant_id);
         self.remember_owner(&records, merchant.region)?;
         // Operators may shorten a source's sibling wait (tests do).
         let wait_override = self
@@ -323,7 +332,7 @@ impl Merchant {
             }
             // The jobs are on the queue: a failure from here on is repaired by the
             // lease (a redelivery finds the events enqueued) and the sweeper.
-            if let Err(err) = records.commit(&prepared.dedup_key, &prepared.output, now) {
+            if let Err(err) = records.commit(&prepared, now) {
                 emit(
                     Log::error("dedup commit failed; the event is recorded and enqueued")
                         .merchant(&merchant.merchant_id)
@@ -536,7 +545,7 @@ impl Merchant {
     /// Re-enqueues pending jobs nothing is working on.
     async fn sweep(&self, merchant_id: &str, region: Region) -> Result<Response> {
         let sql = self.sql().map_err(storage_error)?;
-        let records = Records::new(&sql, merchant_id);
+        let records = self.records(&sql, merchant_id);
         let now = now_ms();
         let jobs = records
             .stale_jobs(
@@ -563,7 +572,7 @@ impl Merchant {
         request: ReplayRequest,
     ) -> Result<Response> {
         let sql = self.sql().map_err(storage_error)?;
-        let records = Records::new(&sql, merchant_id);
+        let records = self.records(&sql, merchant_id);
         let jobs = records
             .replay(request.job_id.as_deref(), &request.filter, now_ms())
             .map_err(storage_error)?;
@@ -603,7 +612,7 @@ impl Merchant {
             // Whole-merchant deletion: nothing of this object stays behind.
             let counts = {
                 let sql = self.sql().map_err(storage_error)?;
-                Records::new(&sql, &merchant_id)
+                self.records(&sql, &merchant_id)
                     .counts()
                     .map_err(storage_error)?
             };
@@ -612,13 +621,14 @@ impl Merchant {
             self.migrated.set(false);
             self.owner_recorded.set(false);
             self.intent_settings.replace(None);
+            self.memory.clear();
             return Response::from_json(&Answer {
                 rows_written: 0,
                 body: Value::Object(counts),
             });
         }
         let sql = self.sql().map_err(storage_error)?;
-        let records = Records::new(&sql, &merchant_id);
+        let records = self.records(&sql, &merchant_id);
         let now = now_ms();
         match path.as_str() {
             "/visitor" => {
@@ -960,6 +970,7 @@ impl DurableObject for Merchant {
             migrated: Cell::new(false),
             owner_recorded: Cell::new(false),
             intent_settings: RefCell::new(None),
+            memory: ObjectMemory::default(),
         }
     }
 

@@ -88,8 +88,16 @@ fn merchant() -> MerchantConfig {
 
 /// A Stripe fixture as Stripe would send it: fresh id, signed.
 fn stripe(fixture: &str, event_id: &str) -> SourceOutput {
+    stripe_created(fixture, event_id, None)
+}
+
+/// As [`stripe`], sent at `created` (unix seconds) instead of the fixture's time.
+fn stripe_created(fixture: &str, event_id: &str, created: Option<i64>) -> SourceOutput {
     let mut payload: Value = serde_json::from_slice(&mapping::fixture("stripe", fixture)).unwrap();
     payload["id"] = json!(event_id);
+    if let Some(created) = created {
+        payload["created"] = json!(created);
+    }
     let body = serde_json::to_vec(&payload).unwrap();
     let now = payload["created"].as_i64().unwrap();
     let headers = Headers::new().with(
@@ -130,9 +138,7 @@ fn a_notification_is_claimed_once_and_a_redelivery_is_a_duplicate() {
             .unwrap(),
         Claimed::InFlight
     ));
-    records
-        .commit(&prepared.dedup_key, &prepared.output, NOW_MS)
-        .unwrap();
+    records.commit(&prepared, NOW_MS).unwrap();
     match records.prepare(output, &merchant(), NOW_MS + 2).unwrap() {
         Claimed::Duplicate(summary) => assert_eq!(summary["status"], "duplicate"),
         _ => panic!("a committed notification is a duplicate"),
@@ -143,6 +149,160 @@ fn a_notification_is_claimed_once_and_a_redelivery_is_a_duplicate() {
         1,
         "the subscription's state moved on"
     );
+}
+
+/// The claim is one statement on the common path. A claim whose holder died is taken
+/// over once its lease has run out, not before; a committed one stays a duplicate.
+#[test]
+fn an_expired_claim_is_taken_over_and_a_committed_one_stays_a_duplicate() {
+    use tracklayer::ledger::CLAIM_LEASE_MS;
+    let sql = store();
+    let records = Records::new(&sql, MERCHANT);
+    let output = stripe("customer.subscription.created.active.json", "evt_lease_1");
+    let _died = ready(
+        records
+            .prepare(output.clone(), &merchant(), NOW_MS)
+            .unwrap(),
+    );
+    let lease_end = NOW_MS + CLAIM_LEASE_MS;
+    assert!(matches!(
+        records
+            .prepare(output.clone(), &merchant(), lease_end - 1)
+            .unwrap(),
+        Claimed::InFlight
+    ));
+    let taken = ready(
+        records
+            .prepare(output.clone(), &merchant(), lease_end)
+            .unwrap(),
+    );
+    records.commit(&taken, lease_end).unwrap();
+    assert!(matches!(
+        records
+            .prepare(output, &merchant(), lease_end + CLAIM_LEASE_MS)
+            .unwrap(),
+        Claimed::Duplicate(_)
+    ));
+    assert_eq!(count(&sql, "SELECT count(*) AS n FROM seen"), 1);
+}
+
+/// A store that counts the statements whose text contains `pattern`.
+struct Counting<'a> {
+    inner: &'a Sqlite,
+    pattern: &'static str,
+    seen: std::cell::Cell<usize>,
+}
+
+impl<'a> Counting<'a> {
+    fn new(inner: &'a Sqlite, pattern: &'static str) -> Self {
+        Counting {
+            inner,
+            pattern,
+            seen: std::cell::Cell::new(0),
+        }
+    }
+
+    fn tally(&self, sql: &str) {
+        if sql.contains(self.pattern) {
+            self.seen.set(self.seen.get() + 1);
+        }
+    }
+}
+
+impl Sql for Counting<'_> {
+    fn query(&self, sql: &str, params: Vec<Param>) -> records::Result<Vec<Map<String, Value>>> {
+        self.tally(sql);
+        self.inner.query(sql, params)
+    }
+    fn execute(&self, sql: &str, params: Vec<Param>) -> records::Result<u64> {
+        self.tally(sql);
+        self.inner.execute(sql, params)
+    }
+}
+
+/// While one notification awaits the queue, the object may accept a newer one for the
+/// same subscription and commit it. The older one's commit then starts from the newer
+/// state (the object remembers what it wrote), so the newer observation stays; the
+/// state is not read a second time. An instance that remembers nothing reads it.
+#[test]
+fn a_newer_state_committed_while_an_older_notification_awaited_the_queue_stays() {
+    use tracklayer::records::ObjectMemory;
+    let fixture = "customer.subscription.created.active.json";
+    let state = |sql: &Sqlite| {
+        sql.query("SELECT state FROM subscription_state", vec![])
+            .unwrap()
+            .iter()
+            .map(|row| {
+                let state: Value = serde_json::from_str(row["state"].as_str().unwrap()).unwrap();
+                state["source_event_id"].as_str().unwrap().to_string()
+            })
+            .collect::<Vec<_>>()
+    };
+    let sqlite = store();
+    let sql = Counting::new(
+        &sqlite,
+        "SELECT state FROM subscription_state WHERE ordering_key = ?1",
+    );
+    let memory = ObjectMemory::default();
+    let records = Records::new(&sql, MERCHANT).with_memory(&memory);
+    let older = stripe_created(fixture, "evt_order_old", Some(1_767_229_200));
+    let newer = stripe_created(fixture, "evt_order_new", Some(1_767_229_260));
+    let awaiting = ready(records.prepare(older.clone(), &merchant(), NOW_MS).unwrap());
+    let meanwhile = ready(
+        records
+            .prepare(newer.clone(), &merchant(), NOW_MS + 1)
+            .unwrap(),
+    );
+    records.commit(&meanwhile, NOW_MS + 1).unwrap();
+    records.commit(&awaiting, NOW_MS + 2).unwrap();
+    assert_eq!(state(&sqlite), ["evt_order_new"]);
+    assert_eq!(sql.seen.get(), 0, "no second read of the state");
+
+    // A fresh instance (a restart between the two) reads the stored state once.
+    let sqlite = store();
+    let sql = Counting::new(
+        &sqlite,
+        "SELECT state FROM subscription_state WHERE ordering_key = ?1",
+    );
+    let first = Records::new(&sql, MERCHANT);
+    let prepared_newer = ready(first.prepare(newer, &merchant(), NOW_MS).unwrap());
+    let prepared_older = ready(first.prepare(older, &merchant(), NOW_MS).unwrap());
+    first.commit(&prepared_newer, NOW_MS).unwrap();
+    Records::new(&sql, MERCHANT)
+        .commit(&prepared_older, NOW_MS + 1)
+        .unwrap();
+    assert_eq!(state(&sqlite), ["evt_order_new"]);
+    assert_eq!(sql.seen.get(), 1);
+}
+
+/// The object remembers the chain's head between requests: appends read nothing after
+/// the first, and the chain they build verifies, across a cleared memory too.
+#[test]
+fn audit_appends_through_the_object_memory_build_a_valid_chain() {
+    use tracklayer::audit::AuditRecord;
+    use tracklayer::records::ObjectMemory;
+    let sqlite = store();
+    let sql = Counting::new(&sqlite, "FROM audit_log ORDER BY seq DESC");
+    let memory = ObjectMemory::default();
+    let record = |i: i64| AuditRecord {
+        kind: "operator.change".into(),
+        actor: "operator".into(),
+        subject: format!("destinations/{i}"),
+        details: json!({ "status": 200 }),
+    };
+    for i in 0..3 {
+        // A new `Records` per request, one memory per object.
+        let records = Records::new(&sql, MERCHANT).with_memory(&memory);
+        records.append_audit(record(i), NOW_MS + i).unwrap();
+    }
+    assert_eq!(sql.seen.get(), 1, "only the first append reads the head");
+    memory.clear();
+    let records = Records::new(&sql, MERCHANT).with_memory(&memory);
+    records.append_audit(record(3), NOW_MS + 3).unwrap();
+    records.append_audit(record(4), NOW_MS + 4).unwrap();
+    assert_eq!(sql.seen.get(), 2, "a cleared cache reads the head once");
+    let verified = records.verify_audit(MERCHANT).unwrap();
+    assert_eq!((verified.entries, verified.broken), (5, None));
 }
 
 #[test]
@@ -172,9 +332,7 @@ fn one_conversion_reported_by_two_notifications_is_enqueued_once_and_merged() {
     );
     let invoice = stripe("invoice.paid.trial-end.json", "evt_rec_3b");
     let first = ready(records.prepare(update, &merchant(), NOW_MS).unwrap());
-    records
-        .commit(&first.dedup_key, &first.output, NOW_MS)
-        .unwrap();
+    records.commit(&first, NOW_MS).unwrap();
     let second = ready(records.prepare(invoice, &merchant(), NOW_MS + 1).unwrap());
     let shared: Vec<&String> = second
         .output
@@ -492,9 +650,7 @@ fn the_audit_chain_records_accepted_notifications_and_names_a_tampered_entry() {
             .prepare(output.clone(), &merchant(), NOW_MS + 1)
             .unwrap(),
     );
-    records
-        .commit(&prepared.dedup_key, &prepared.output, NOW_MS + 1)
-        .unwrap();
+    records.commit(&prepared, NOW_MS + 1).unwrap();
     assert!(matches!(
         records.prepare(output, &merchant(), NOW_MS + 2).unwrap(),
         Claimed::Duplicate(_)
@@ -580,9 +736,7 @@ fn a_failure_spike_pauses_the_destination_and_resume_releases_held_jobs_once_in_
                 .prepare(stripe(fixture, &format!("evt_ops_{i}")), &merchant(), at)
                 .unwrap(),
         );
-        records
-            .commit(&prepared.dedup_key, &prepared.output, at)
-            .unwrap();
+        records.commit(&prepared, at).unwrap();
         meta_jobs.extend(
             prepared
                 .plan_jobs
@@ -687,9 +841,7 @@ fn rfm_scores_subscribers_and_carries_the_segment_on_admitted_events() {
                 )
                 .unwrap(),
         );
-        records
-            .commit(&prepared.dedup_key, &prepared.output, NOW_MS)
-            .unwrap();
+        records.commit(&prepared, NOW_MS).unwrap();
     }
     let rfm = RfmStore::new(&sql, MERCHANT);
     let subscribers = rfm.subscribers().unwrap();
