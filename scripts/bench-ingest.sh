@@ -2,9 +2,11 @@
 # Ingest throughput, measured against the floor in the same run: a bare Rust echo worker
 # built with the same toolchain. Both run under `wrangler dev` (local workerd); wrk
 # (Debian package) posts for BENCH_SECONDS (15) with BENCH_CONNECTIONS (16), interleaved
-# echo, TrackLayer, echo, TrackLayer. TrackLayer gets distinct, freshly signed Stripe
-# webhooks for a Scale merchant with a Meta destination (a local sink answers 200), so
-# the queue consumer runs too. The ingest rate limit is raised in a generated config so
+# echo, TrackLayer, echo, TrackLayer. Both get distinct, freshly signed Stripe webhooks
+# (the same bytes: the echo reads each and sends it back); TrackLayer's are for a Scale
+# merchant with a Meta destination (a local sink answers 200), so the queue consumer
+# runs too. BENCH_ECHO_BODY=ping posts the echo a 10-byte body instead (the floor this
+# script measured before 2026-11-30). The ingest rate limit is raised in a generated config so
 # it is not what is measured. Prints requests/s, p50, p99 and the ratio.
 # BENCH_MERCHANTS (1) spreads the webhooks over that many merchants: each merchant's
 # records are one Durable Object, which runs its requests one at a time.
@@ -19,6 +21,7 @@ MERCHANTS="${BENCH_MERCHANTS:-1}"
 LOG_LEVEL="${BENCH_LOG_LEVEL:-info}"
 # BENCH_DESTINATIONS=0 connects no destination: ingest alone, no queue or consumer work.
 DESTINATIONS="${BENCH_DESTINATIONS:-1}"
+ECHO_BODY="${BENCH_ECHO_BODY:-webhooks}"
 WORK="$(mktemp -d /tmp/tracklayer-bench.XXXXXX)"
 PIDS=()
 cleanup() {
@@ -172,14 +175,17 @@ run_wrk() { # name url bodies process
 }
 
 metrics() { curl -fsS -H "authorization: Bearer $ADMIN" "http://127.0.0.1:$TL_PORT/v1/admin/metrics"; }
-echo "bench: $CONNECTIONS connections, ${SECONDS_PER_RUN}s per run, $MERCHANTS merchant(s), LOG_LEVEL=$LOG_LEVEL, destinations: $DESTINATIONS"
+echo "bench: $CONNECTIONS connections, ${SECONDS_PER_RUN}s per run, $MERCHANTS merchant(s), LOG_LEVEL=$LOG_LEVEL, destinations: $DESTINATIONS, echo body: $ECHO_BODY"
 # One warm-up webhook, so the merchant's settings are cached as in steady state.
 sign_bodies 0
 head -"$MERCHANTS" "$WORK/bodies.0.txt" | while IFS=$'\t' read -r path sig body; do
   curl -fsS -o /dev/null -H "stripe-signature: $sig" -H "content-type: application/json" \
     --data-binary "$body" "http://127.0.0.1:$TL_PORT$path"; done
 metrics >"$WORK/metrics.before.json"
-run_wrk echo-1 "http://127.0.0.1:$ECHO_PORT/" "" "$ECHO_PID"
+echo_bodies() { # run
+  if [ "$ECHO_BODY" = ping ]; then echo ""; else sign_bodies "$1"; echo "$WORK/bodies.$1.txt"; fi
+}
+run_wrk echo-1 "http://127.0.0.1:$ECHO_PORT/" "$(echo_bodies 11)" "$ECHO_PID"
 sign_bodies 1
 # BENCH_PROFILE=file.cpuprofile records a V8 CPU profile of TrackLayer's first run
 # through the inspector (scripts/profile.mjs prints where the time went). Profiling
@@ -190,7 +196,7 @@ if [ -n "${BENCH_PROFILE:-}" ]; then
 fi
 run_wrk tracklayer-1 "http://127.0.0.1:$TL_PORT/" "$WORK/bodies.1.txt" "$TL_PID"
 if [ -n "${PROFILER:-}" ]; then wait "$PROFILER"; fi
-run_wrk echo-2 "http://127.0.0.1:$ECHO_PORT/" "" "$ECHO_PID"
+run_wrk echo-2 "http://127.0.0.1:$ECHO_PORT/" "$(echo_bodies 12)" "$ECHO_PID"
 sign_bodies 2
 run_wrk tracklayer-2 "http://127.0.0.1:$TL_PORT/" "$WORK/bodies.2.txt" "$TL_PID"
 metrics >"$WORK/metrics.after.json"
