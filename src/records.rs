@@ -1261,9 +1261,7 @@ impl<'a> Records<'a> {
             }
             self.insert_dead_letter(letter, now)?;
         }
-        for (event_id, deliveries) in &rows {
-            self.put_deliveries(event_id, deliveries)?;
-        }
+        self.put_deliveries(&rows)?;
         let mut by_event: BTreeMap<&str, Vec<&AttemptRecord>> = BTreeMap::new();
         for record in &outcomes.attempts {
             by_event
@@ -1271,6 +1269,8 @@ impl<'a> Records<'a> {
                 .or_default()
                 .push(record);
         }
+        // One attempt-log row per event, all in one statement.
+        let mut logs = Vec::with_capacity(by_event.len());
         for (event_id, records) in by_event {
             let attempts: Vec<Value> = records
                 .iter()
@@ -1282,14 +1282,15 @@ impl<'a> Records<'a> {
                     })
                 })
                 .collect();
+            let attempted_at = records.iter().map(|r| r.at_ms).max().unwrap_or(now);
+            logs.push(json!([event_id, attempted_at, to_json(&attempts)?]));
+        }
+        if !logs.is_empty() {
             self.exec(
-                "INSERT INTO attempt_log (event_id, merchant_id, attempted_at, attempts) VALUES (?1, ?2, ?3, ?4)",
-                vec![
-                    event_id.into(),
-                    self.merchant(),
-                    records.iter().map(|r| r.at_ms).max().unwrap_or(now).into(),
-                    to_json(&attempts)?.into(),
-                ],
+                "INSERT INTO attempt_log (event_id, merchant_id, attempted_at, attempts) \
+                 SELECT json_extract(value, '$[0]'), ?2, json_extract(value, '$[1]'), json_extract(value, '$[2]') \
+                 FROM json_each(?1)",
+                vec![to_json(&logs)?.into(), self.merchant()],
             )?;
         }
         for (destination, health) in &outcomes.health {
@@ -1351,17 +1352,27 @@ impl<'a> Records<'a> {
         self.event_column("deliveries", event_ids)
     }
 
-    /// Writes an event's deliveries back, with its pending count.
-    fn put_deliveries(&self, event_id: &str, deliveries: &Deliveries) -> Result<()> {
-        let (pending, pending_since) = pending_of(deliveries);
+    /// Writes events' deliveries back, with their pending counts: one statement for the
+    /// whole batch (the consumer settles up to a hundred events at a time).
+    fn put_deliveries(&self, rows: &HashMap<String, Deliveries>) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut updates = Vec::with_capacity(rows.len());
+        for (event_id, deliveries) in rows {
+            let (pending, pending_since) = pending_of(deliveries);
+            updates.push(json!([
+                event_id,
+                to_json(deliveries)?,
+                pending,
+                pending_since
+            ]));
+        }
         self.exec(
-            "UPDATE canonical_events SET deliveries = ?2, pending = ?3, pending_since = ?4 WHERE event_id = ?1",
-            vec![
-                event_id.into(),
-                to_json(deliveries)?.into(),
-                pending.into(),
-                pending_since.into(),
-            ],
+            "UPDATE canonical_events SET deliveries = json_extract(u.value, '$[1]'), \
+             pending = json_extract(u.value, '$[2]'), pending_since = json_extract(u.value, '$[3]') \
+             FROM json_each(?1) AS u WHERE canonical_events.event_id = json_extract(u.value, '$[0]')",
+            vec![to_json(&updates)?.into()],
         )?;
         Ok(())
     }
@@ -1759,9 +1770,7 @@ impl<'a> Records<'a> {
             )?;
             replayed.push(job);
         }
-        for (event_id, deliveries) in &rows {
-            self.put_deliveries(event_id, deliveries)?;
-        }
+        self.put_deliveries(&rows)?;
         Ok(replayed)
     }
 
