@@ -505,6 +505,19 @@ impl Memory<'_> {
     }
 }
 
+/// Whether the merchant carries RFM segments on events (`rfm_settings`); read here
+/// for admission and by `RfmStore` for its settings.
+pub fn rfm_carried_on_events(sql: &dyn Sql) -> Result<bool> {
+    Ok(sql
+        .query(
+            "SELECT carry_on_events FROM rfm_settings WHERE id = 1",
+            vec![],
+        )?
+        .first()
+        .and_then(|r| r.get("carry_on_events").and_then(Value::as_i64))
+        == Some(1))
+}
+
 /// What one statement reads for a notification before anything is written: whether
 /// it was committed before, and the stored context its events are enriched with.
 #[derive(Debug, Deserialize)]
@@ -1156,16 +1169,7 @@ impl<'a> Records<'a> {
     /// Where the merchant turned it on, the customer's RFM segment and predicted LTV
     /// travel with the event (`rfm_segment`, `ltv_model` properties).
     fn carry_rfm(&self, admitted: &mut [Admitted]) -> Result<()> {
-        let on = self
-            .sql
-            .query(
-                "SELECT carry_on_events FROM rfm_settings WHERE id = 1",
-                vec![],
-            )?
-            .first()
-            .and_then(|r| r.get("carry_on_events").and_then(Value::as_i64))
-            == Some(1);
-        if !on {
+        if !rfm_carried_on_events(self.sql)? {
             return Ok(());
         }
         for member in admitted.iter_mut() {

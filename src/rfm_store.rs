@@ -180,15 +180,7 @@ impl<'a> RfmStore<'a> {
     }
 
     pub fn carry_on_events(&self) -> Result<bool> {
-        Ok(self
-            .sql
-            .query(
-                "SELECT carry_on_events FROM rfm_settings WHERE id = 1",
-                vec![],
-            )?
-            .first()
-            .and_then(|r| r.get("carry_on_events").and_then(Value::as_i64))
-            == Some(1))
+        crate::records::rfm_carried_on_events(self.sql)
     }
 
     pub fn set_carry_on_events(&self, on: bool, now_ms: i64) -> Result<()> {
