@@ -151,15 +151,7 @@ pub fn create_event_body(
     }
     // The RFM segment and predicted LTV are facts about the person: profile properties.
     let mut profile_properties = Map::new();
-    if let Some(segment) = event.property("rfm_segment") {
-        profile_properties.insert("rfm_segment".into(), json!(segment));
-    }
-    if let Some(ltv) = event
-        .property("ltv_model")
-        .and_then(|v| v.parse::<f64>().ok())
-    {
-        profile_properties.insert("ltv_model".into(), json!(ltv));
-    }
+    super::insert_rfm_properties(event, &mut profile_properties);
     if !profile_properties.is_empty() {
         profile.insert("properties".into(), Value::Object(profile_properties));
     }

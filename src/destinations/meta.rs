@@ -260,16 +260,7 @@ pub fn server_event(
     if let Some(plan_id) = &event.subscription.plan_id {
         custom_data.insert("plan_id".into(), json!(plan_id));
     }
-    // The customer's RFM segment and predicted LTV, where the merchant carries them.
-    if let Some(segment) = event.property("rfm_segment") {
-        custom_data.insert("rfm_segment".into(), json!(segment));
-    }
-    if let Some(ltv) = event
-        .property("ltv_model")
-        .and_then(|v| v.parse::<f64>().ok())
-    {
-        custom_data.insert("ltv_model".into(), json!(ltv));
-    }
+    super::insert_rfm_properties(event, &mut custom_data);
 
     Ok(json!({
         "event_name": config.event_names.get(event.name).unwrap_or(event_name(event.name)),

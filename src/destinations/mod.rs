@@ -718,6 +718,23 @@ impl<'de> Deserialize<'de> for NameOverrides {
     }
 }
 
+/// The customer's RFM segment and predicted LTV, where the merchant carries them on
+/// events (`rfm_segment`, `ltv_model` as a number), into a payload's property map.
+pub fn insert_rfm_properties(
+    event: &CanonicalEvent,
+    properties: &mut serde_json::Map<String, serde_json::Value>,
+) {
+    if let Some(segment) = event.property("rfm_segment") {
+        properties.insert("rfm_segment".into(), serde_json::json!(segment));
+    }
+    if let Some(ltv) = event
+        .property("ltv_model")
+        .and_then(|v| v.parse::<f64>().ok())
+    {
+        properties.insert("ltv_model".into(), serde_json::json!(ltv));
+    }
+}
+
 pub fn truncate(text: &str, max_chars: usize) -> String {
     text.chars().take(max_chars).collect()
 }
