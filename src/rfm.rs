@@ -36,6 +36,16 @@ pub struct Subscriber {
     pub cancelled: bool,
 }
 
+impl Subscriber {
+    fn first_paid_s(&self) -> Option<i64> {
+        self.payments.iter().map(|(at, _, _)| *at).min()
+    }
+
+    fn last_paid_s(&self) -> Option<i64> {
+        self.payments.iter().map(|(at, _, _)| *at).max()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LtvModel {
     pub currency: String,
@@ -132,12 +142,7 @@ fn segment(r: u8, f: u8, m: u8, cancelled: bool) -> &'static str {
 pub fn score(subscribers: &[Subscriber], now_s: i64) -> Vec<Score> {
     let mut cohorts: BTreeMap<String, Vec<&Subscriber>> = BTreeMap::new();
     for subscriber in subscribers {
-        let first_paid = subscriber
-            .payments
-            .iter()
-            .map(|(at, _, _)| *at)
-            .min()
-            .unwrap_or(subscriber.first_seen_s);
+        let first_paid = subscriber.first_paid_s().unwrap_or(subscriber.first_seen_s);
         cohorts
             .entry(month_of(first_paid.min(subscriber.first_seen_s)))
             .or_default()
@@ -145,13 +150,7 @@ pub fn score(subscribers: &[Subscriber], now_s: i64) -> Vec<Score> {
     }
     let mut scores = Vec::new();
     for (cohort, members) in &cohorts {
-        let recency = |s: &Subscriber| {
-            s.payments
-                .iter()
-                .map(|(at, _, _)| *at)
-                .max()
-                .map(|last| ((now_s - last).max(0)) / DAY_S)
-        };
+        let recency = |s: &Subscriber| s.last_paid_s().map(|last| ((now_s - last).max(0)) / DAY_S);
         // Recency: fewer days is better, so rank the negation; never paid ranks last.
         let recencies: Vec<f64> = members
             .iter()
@@ -171,18 +170,9 @@ pub fn score(subscribers: &[Subscriber], now_s: i64) -> Vec<Score> {
             for (_, amount, currency) in &s.refunds {
                 periods.entry(currency.clone()).or_default().0 -= amount.abs();
             }
-            let start = s
-                .payments
-                .iter()
-                .map(|(at, _, _)| *at)
-                .min()
-                .unwrap_or(s.first_seen_s);
+            let start = s.first_paid_s().unwrap_or(s.first_seen_s);
             let end = if s.cancelled {
-                s.payments
-                    .iter()
-                    .map(|(at, _, _)| *at)
-                    .max()
-                    .unwrap_or(start)
+                s.last_paid_s().unwrap_or(start)
             } else {
                 now_s
             };
