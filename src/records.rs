@@ -422,8 +422,9 @@ pub struct Records<'a> {
 
 /// What the merchant's object keeps in memory between requests, so the hot path reads
 /// less: the audit chain's head (the object is its only writer, so an append writes
-/// without reading first) and the notifications between claim and commit. A fresh
-/// instance starts empty and reads what it needs; nothing here is the record.
+/// without reading first), the notifications between claim and commit, and the
+/// subscription states it last read or wrote. A fresh instance starts empty and reads
+/// what it needs; nothing here is the record.
 #[derive(Debug, Default)]
 pub struct ObjectMemory {
     audit_head: std::cell::RefCell<Option<(i64, String)>>,
