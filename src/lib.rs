@@ -19,6 +19,7 @@ pub mod hashing;
 pub mod health;
 pub mod identity;
 pub mod ingest;
+pub mod ingest_rate;
 pub mod input;
 pub mod intent;
 pub mod intent_store;

@@ -11,14 +11,12 @@ use super::{authenticate_merchant_key, emit, now_ms, record_rejection};
 use crate::config::MerchantConfig;
 use crate::error::IngestError;
 use crate::ingest;
+use crate::ingest_rate::{self, IngestRoute};
 use crate::log::Log;
 use crate::sources::{product, Headers, SourceOutput, SourceSpec, WebhookRequest};
 use serde_json::json;
 use worker::{Context, Env, Request, Response, Result};
 
-/// Requests per minute per merchant and route family that proved they hold the
-/// merchant's secret (signed webhooks, API-keyed product events).
-const RATE_LIMIT_BINDING: &str = "INGEST_RATE_LIMITER";
 /// Refusals before authentication, per client address and per merchant: a separate
 /// budget, so a forged flood never spends what the merchant's signed webhooks need.
 const UNVERIFIED_RATE_LIMIT_BINDING: &str = "UNVERIFIED_RATE_LIMITER";
@@ -31,18 +29,6 @@ async fn within_budget(env: &Env, binding: &str, key: String) -> Result<bool> {
         return Ok(true);
     };
     Ok(limiter.limit(key).await?.success)
-}
-
-/// Refuses with 429 once the merchant is over its authenticated ingest rate.
-async fn check_rate(env: &Env, merchant_id: &str, family: &str) -> EdgeResult<()> {
-    if within_budget(env, RATE_LIMIT_BINDING, format!("{merchant_id}/{family}")).await? {
-        Ok(())
-    } else {
-        Err(IngestError::RateLimited {
-            retry_after_seconds: RATE_LIMIT_PERIOD_SECONDS,
-        }
-        .into())
-    }
 }
 
 /// The caller's address as Cloudflare saw it.
@@ -255,9 +241,9 @@ async fn accept_webhook(
     };
     let now = now_ms();
     let outputs = ingest::verify_and_map(source.name, &merchant, &request, now / 1000)?;
-    // Only requests that proved they hold the secret spend the merchant's budget.
-    check_rate(env, &merchant_id, "webhook").await?;
-    let summaries = accept_all(env, merchant, outputs).await?;
+    // Only requests that proved they hold the secret reach the object, which counts
+    // them against the merchant's ingest rate.
+    let summaries = accept_all(env, merchant, IngestRoute::Webhook, outputs).await?;
     log_accepted(&merchant_id, source.name, &summaries, now_ms() - now);
     if let Some(acknowledgement) = source.acknowledgement {
         let (content_type, body) = acknowledgement();
@@ -299,21 +285,22 @@ async fn accept_product_events(
     env: &Env,
     merchant_id: &str,
 ) -> EdgeResult<Response> {
-    check_rate(env, merchant_id, "product-events").await?;
     let body = read_body(req).await?;
     let merchant = load_merchant(env, merchant_id).await?;
     if merchant.status == crate::config::MerchantStatus::Disabled {
         return Err(IngestError::MerchantDisabled(merchant_id.to_string()).into());
     }
     let outputs = product::map(merchant_id, &body, now_ms() / 1000)?;
-    let summaries = accept_all(env, merchant, outputs).await?;
+    let summaries = accept_all(env, merchant, IngestRoute::ProductEvents, outputs).await?;
     Ok(summary_response(summaries)?)
 }
 
-/// One call to the merchant's object for every notification of the request.
+/// One call to the merchant's object for every notification of the request; the
+/// object also counts the request against the merchant's ingest rate for `route`.
 async fn accept_all(
     env: &Env,
     merchant: MerchantConfig,
+    route: IngestRoute,
     outputs: Vec<SourceOutput>,
 ) -> EdgeResult<Vec<serde_json::Value>> {
     let client = MerchantClient::new(env, merchant.region, &merchant.merchant_id, Phase::Ingest)?;
@@ -324,13 +311,22 @@ async fn accept_all(
         sources: Default::default(),
         ..merchant
     };
-    let answer = client.ingest(&IngestRequest { merchant, outputs }).await;
+    let answer = client
+        .ingest(&IngestRequest {
+            merchant,
+            route,
+            outputs,
+        })
+        .await;
     let refused = match answer {
         Ok(IngestAnswer::Done { summaries, .. }) => {
             metrics::unit(Phase::Ingest);
             return Ok(summaries);
         }
         Ok(IngestAnswer::InFlight) => IngestError::InFlight,
+        Ok(IngestAnswer::RateLimited) => IngestError::RateLimited {
+            retry_after_seconds: ingest_rate::PERIOD_SECONDS,
+        },
         Ok(IngestAnswer::Unavailable) => {
             IngestError::Unavailable("could not persist the event".into())
         }

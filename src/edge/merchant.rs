@@ -11,6 +11,7 @@ use crate::admin::{ListQuery, ReplayFilter};
 use crate::config::{MerchantConfig, Region};
 use crate::delivery::{DeadLetter, DeliveryJob};
 use crate::health::AnomalySettings;
+use crate::ingest_rate::{self, IngestRate, IngestRoute};
 use crate::intent::{Activity, FormStep, IntentSettings, SeedSettings};
 use crate::intent_store::{
     IntentStore, SeedBatch, SeedCandidate, SeedRun, SeedRunStatus, Timeline, VisitorSummary,
@@ -41,6 +42,8 @@ pub const BINDING: &str = "MERCHANTS";
 #[derive(Serialize, Deserialize)]
 pub struct IngestRequest {
     pub merchant: MerchantConfig,
+    /// Whose budget the request spends (see `crate::ingest_rate`).
+    pub route: IngestRoute,
     pub outputs: Vec<SourceOutput>,
 }
 
@@ -55,6 +58,8 @@ pub enum IngestAnswer {
     },
     InFlight,
     Unavailable,
+    /// Over the merchant's ingest rate: nothing was claimed or recorded.
+    RateLimited,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -238,6 +243,10 @@ pub struct Merchant {
     intent_settings: RefCell<Option<IntentSettings>>,
     /// What the records keep between requests (see `ObjectMemory`).
     memory: ObjectMemory,
+    /// The merchant's authenticated ingest rate, counted here (see `crate::ingest_rate`).
+    ingest_rate: RefCell<IngestRate>,
+    /// `INGEST_RATE_LIMIT`, read once per instance.
+    ingest_limit: Cell<Option<u32>>,
 }
 
 impl Merchant {
@@ -276,8 +285,29 @@ impl Merchant {
         })
     }
 
+    /// Whether one more request on `route` fits the merchant's ingest rate.
+    fn within_ingest_rate(&self, route: IngestRoute) -> bool {
+        let limit = match self.ingest_limit.get() {
+            Some(limit) => limit,
+            None => {
+                let var = self
+                    .env
+                    .var("INGEST_RATE_LIMIT")
+                    .ok()
+                    .map(|v| v.to_string());
+                let limit = ingest_rate::limit_from(var.as_deref());
+                self.ingest_limit.set(Some(limit));
+                limit
+            }
+        };
+        self.ingest_rate.borrow_mut().admit(route, limit, now_ms())
+    }
+
     async fn ingest(&self, request: IngestRequest) -> Result<Response> {
         let sql = self.sql().map_err(storage_error)?;
+        if !self.within_ingest_rate(request.route) {
+            return Self::answer(&sql, IngestAnswer::RateLimited);
+        }
         let merchant = &request.merchant;
         let records = self.records(&sql, &merchant.merchant_id);
         self.remember_owner(&records, merchant.region)?;
@@ -971,6 +1001,8 @@ impl DurableObject for Merchant {
             owner_recorded: Cell::new(false),
             intent_settings: RefCell::new(None),
             memory: ObjectMemory::default(),
+            ingest_rate: RefCell::new(IngestRate::default()),
+            ingest_limit: Cell::new(None),
         }
     }
 

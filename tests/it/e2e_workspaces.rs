@@ -513,3 +513,96 @@ fn workspaces_keep_secrets_sealed_data_in_region_and_keys_scoped() {
     assert_eq!(spec.status, 200);
     assert_eq!(spec.json()["openapi"], "3.1.0");
 }
+
+#[test]
+fn the_merchant_object_limits_each_merchants_authenticated_ingest_rate() {
+    let worker = Worker::start(&[("INGEST_RATE_LIMIT", "4".into())]);
+    for merchant in ["m_rate", "m_rate_other"] {
+        worker.provision(
+            json!({ "merchant_id": merchant, "plan": "scale" }),
+            &[("stripe", json!({ "endpoint_secrets": [STRIPE_SECRET_US] }))],
+            &[],
+        );
+    }
+    // Distinct subscriptions, so each webhook is a new trial rather than a repeat.
+    let event = |id: &str| {
+        let mut event: serde_json::Value = serde_json::from_slice(&stripe_event(
+            "customer.subscription.created.trialing.json",
+            id,
+        ))
+        .unwrap();
+        event["data"]["object"]["id"] = json!(format!("sub_{id}"));
+        serde_json::to_vec(&event).unwrap()
+    };
+
+    // Four distinct signed webhooks fit the minute's budget; the fifth is refused
+    // before anything of it is claimed or recorded.
+    for i in 0..4 {
+        let answer = post_stripe(
+            &worker,
+            "m_rate",
+            STRIPE_SECRET_US,
+            &event(&format!("evt_rate_{i}")),
+        );
+        assert_eq!(answer.status, 202, "{}", answer.body);
+    }
+    let over = post_stripe(&worker, "m_rate", STRIPE_SECRET_US, &event("evt_rate_over"));
+    assert_eq!(over.status, 429, "{}", over.body);
+    assert_eq!(over.json()["error"]["code"], "rate_limited");
+    assert_eq!(over.header("retry-after").as_deref(), Some("60"));
+    assert_eq!(
+        worker.object_count(
+            None,
+            "SELECT count(*) AS n FROM canonical_events WHERE source_event_id = 'evt_rate_over'"
+        ),
+        0
+    );
+    assert_eq!(
+        worker.object_count(
+            None,
+            "SELECT count(DISTINCT source_event_id) AS n FROM canonical_events \
+             WHERE source_event_id LIKE 'evt_rate_%'"
+        ),
+        4
+    );
+
+    // The budget is the merchant's own, and product events have theirs.
+    let other = post_stripe(
+        &worker,
+        "m_rate_other",
+        STRIPE_SECRET_US,
+        &event("evt_rate_other"),
+    );
+    assert_eq!(other.status, 202, "{}", other.body);
+    let key = worker
+        .admin("POST", "/v1/admin/merchants/m_rate/api-keys", None)
+        .json()["api_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let signup = br#"{"event":"signup","user_id":"u_rate","email":"rate@example.com","event_id":"app-rate-1"}"#;
+    let product = with_key(&worker, "POST", "/v1/product-events", &key, signup);
+    assert_eq!(product.status, 202, "{}", product.body);
+
+    // The refusal is in the operator's rejected-request log under the merchant.
+    let log = eventually(WAIT, "the rate refusal in the rejected-request log", || {
+        let items = worker
+            .admin(
+                "GET",
+                "/v1/admin/rejected-requests?merchant_id=m_rate",
+                None,
+            )
+            .json()["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        items
+            .iter()
+            .any(|r| r["code"] == "rate_limited" && r["status"] == 429)
+            .then_some(items)
+    });
+    assert!(
+        log.iter().all(|r| r["code"] == "rate_limited"),
+        "only the over-budget webhook was refused: {log:?}"
+    );
+}
