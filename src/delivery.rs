@@ -102,18 +102,25 @@ pub const MAX_BATCH_BYTES: usize = 250 * 1024;
 
 /// Message bodies split into batches the queue accepts, in order.
 pub fn queue_batches(bodies: Vec<String>) -> Vec<Vec<String>> {
-    let mut batches: Vec<Vec<String>> = Vec::new();
-    let mut current: Vec<String> = Vec::new();
-    let mut bytes = 0;
-    for body in bodies {
+    queue_batches_by(bodies, |body| body.len())
+}
+
+/// Items (messages with whatever travels beside them) split into batches the queue
+/// accepts, in order; `bytes` is an item's message size.
+pub fn queue_batches_by<T>(items: Vec<T>, bytes: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+    let mut batches: Vec<Vec<T>> = Vec::new();
+    let mut current: Vec<T> = Vec::new();
+    let mut current_bytes = 0;
+    for item in items {
+        let size = bytes(&item);
         if !current.is_empty()
-            && (current.len() == MAX_BATCH_MESSAGES || bytes + body.len() > MAX_BATCH_BYTES)
+            && (current.len() == MAX_BATCH_MESSAGES || current_bytes + size > MAX_BATCH_BYTES)
         {
             batches.push(std::mem::take(&mut current));
-            bytes = 0;
+            current_bytes = 0;
         }
-        bytes += body.len();
-        current.push(body);
+        current_bytes += size;
+        current.push(item);
     }
     if !current.is_empty() {
         batches.push(current);

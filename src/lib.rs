@@ -15,6 +15,7 @@ pub mod destinations;
 pub mod enrich;
 pub mod error;
 pub mod event;
+pub mod group_commit;
 pub mod hashing;
 pub mod health;
 pub mod identity;

@@ -559,6 +559,10 @@ impl<'a> Records<'a> {
         self.sql.execute(sql, params)
     }
 
+    pub fn merchant_id(&self) -> &str {
+        self.merchant_id
+    }
+
     fn merchant(&self) -> Param {
         Param::from(self.merchant_id)
     }
@@ -705,6 +709,13 @@ impl<'a> Records<'a> {
 
     /// The queue refused: the events are not enqueued and the claim is released, so
     /// the source's retry does it all again.
+    /// Releases a claim whose outcome is unknown (the request sending its group went
+    /// away before the group finished), so the source's retry need not wait out the
+    /// lease.
+    pub fn release_claim(&self, dedup_key: &str) {
+        self.memory.get().release(dedup_key);
+    }
+
     pub fn abandon(&self, prepared: &Prepared) -> Result<()> {
         self.memory.get().release(&prepared.dedup_key);
         self.set_enqueued(&prepared.enqueue_events, None)

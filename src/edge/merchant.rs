@@ -5,11 +5,12 @@
 
 use super::http::{request_json, response_text};
 use super::metrics::{self, Phase};
-use super::regions::{enqueue_jobs, enqueue_jobs_after, merchant_namespace};
+use super::regions::{enqueue_jobs, merchant_namespace, send_batch};
 use super::{emit, now_ms, retention_policy};
 use crate::admin::{ListQuery, ReplayFilter};
 use crate::config::{MerchantConfig, Region};
-use crate::delivery::{DeadLetter, DeliveryJob};
+use crate::delivery::{self, DeadLetter, DeliveryJob, EventMessage};
+use crate::group_commit::Groups;
 use crate::health::AnomalySettings;
 use crate::ingest_rate::{self, IngestRate, IngestRoute};
 use crate::intent::{Activity, FormStep, IntentSettings, SeedSettings};
@@ -21,7 +22,7 @@ use crate::log::Log;
 use crate::ops_store::{Evaluation, HealthOverview, OpsStore};
 use crate::pixel::Capture;
 use crate::records::{
-    self, AdmitAnswer, AdmitRequest, Claimed, ObjectMemory, Outcomes, Param, Records, Sql,
+    self, AdmitAnswer, AdmitRequest, Claimed, ObjectMemory, Outcomes, Param, Prepared, Records, Sql,
 };
 use crate::rfm_store::RfmStore;
 use crate::sources::SourceOutput;
@@ -247,6 +248,24 @@ pub struct Merchant {
     ingest_rate: RefCell<IngestRate>,
     /// `INGEST_RATE_LIMIT`, read once per instance.
     ingest_limit: Cell<Option<u32>>,
+    /// Accepted notifications waiting for their group's queue send and commit.
+    enqueues: Groups<Enqueue, Enqueued>,
+}
+
+/// A claimed notification and its encoded queue messages, waiting for its group.
+struct Enqueue {
+    prepared: Box<Prepared>,
+    messages: Vec<String>,
+    delay_seconds: Option<u32>,
+    now: i64,
+}
+
+enum Enqueued {
+    Sent {
+        messages: usize,
+    },
+    /// The queue refused; the claim was released, so the source's retry does it again.
+    NotSent,
 }
 
 impl Merchant {
@@ -303,6 +322,73 @@ impl Merchant {
         self.ingest_rate.borrow_mut().admit(route, limit, now_ms())
     }
 
+    /// Sends one group's messages (as few `sendBatch` calls as the queue's limits
+    /// allow), then commits or abandons each notification in one synchronous pass, so
+    /// the group's commits are one storage transaction.
+    async fn send_group(
+        &self,
+        records: &Records<'_>,
+        region: Region,
+        group: Vec<Enqueue>,
+    ) -> Vec<Enqueued> {
+        let mut failed: Vec<Option<String>> = vec![None; group.len()];
+        let mut tagged: Vec<(usize, String, Option<u32>)> = Vec::new();
+        let mut counts = Vec::with_capacity(group.len());
+        let mut notifications = Vec::with_capacity(group.len());
+        for (index, item) in group.into_iter().enumerate() {
+            counts.push(item.messages.len());
+            tagged.extend(
+                item.messages
+                    .into_iter()
+                    .map(|body| (index, body, item.delay_seconds)),
+            );
+            notifications.push((item.prepared, item.now));
+        }
+        for batch in delivery::queue_batches_by(tagged, |(_, body, _)| body.len()) {
+            let members: Vec<usize> = batch.iter().map(|(index, _, _)| *index).collect();
+            let bodies = batch
+                .into_iter()
+                .map(|(_, body, delay)| (body, delay))
+                .collect();
+            if let Err(err) = send_batch(&self.env, region, bodies).await {
+                for index in members {
+                    failed[index] = Some(err.to_string());
+                }
+            }
+        }
+        notifications
+            .into_iter()
+            .zip(failed)
+            .zip(counts)
+            .map(|(((prepared, now), failed), messages)| match failed {
+                None => {
+                    // On the queue: a failure from here on is repaired by the lease (a
+                    // redelivery finds the events enqueued) and the sweeper.
+                    if let Err(err) = records.commit(&prepared, now) {
+                        emit(
+                            Log::error("dedup commit failed; the event is recorded and enqueued")
+                                .merchant(records.merchant_id())
+                                .reason(&err),
+                        );
+                    }
+                    Enqueued::Sent { messages }
+                }
+                Some(reason) => {
+                    emit(
+                        Log::error("webhook not enqueued; the source will retry")
+                            .merchant(records.merchant_id())
+                            .source(prepared.output.source)
+                            .reason(&reason),
+                    );
+                    if let Err(err) = records.abandon(&prepared) {
+                        emit(Log::error("claim not released").reason(&err));
+                    }
+                    Enqueued::NotSent
+                }
+            })
+            .collect()
+    }
+
     async fn ingest(&self, request: IngestRequest) -> Result<Response> {
         let sql = self.sql().map_err(storage_error)?;
         if !self.within_ingest_rate(request.route) {
@@ -345,31 +431,36 @@ impl Merchant {
                 .output
                 .sibling_wait_seconds
                 .map(|source_wait| wait_override.unwrap_or(source_wait));
-            let sent =
-                enqueue_jobs_after(&self.env, merchant.region, &prepared.plan_jobs, wait).await;
-            let sent = sent.map(|n| queue_messages += n);
-            if let Err(err) = sent {
-                emit(
-                    Log::error("webhook not enqueued; the source will retry")
-                        .merchant(&merchant.merchant_id)
-                        .source(source)
-                        .reason(&err),
-                );
-                if let Err(err) = records.abandon(&prepared) {
-                    emit(Log::error("claim not released").reason(&err));
+            let messages = EventMessage::for_jobs(&prepared.plan_jobs, wait.is_some())
+                .into_iter()
+                .map(EventMessage::encode)
+                .collect();
+            let dedup_key = prepared.dedup_key.clone();
+            let summary = prepared.summary.clone();
+            let item = Enqueue {
+                prepared,
+                messages,
+                delay_seconds: wait,
+                now,
+            };
+            let sent = self
+                .enqueues
+                .submit(item, |group| {
+                    self.send_group(&records, merchant.region, group)
+                })
+                .await;
+            match sent {
+                Some(Enqueued::Sent { messages }) => queue_messages += messages,
+                Some(Enqueued::NotSent) => return Self::answer(&sql, IngestAnswer::Unavailable),
+                None => {
+                    // The request sending this group went away: whether the jobs got
+                    // on the queue is unknown, so the source retries (a redelivery
+                    // enqueues at most what the consumer already treats as a repeat).
+                    records.release_claim(&dedup_key);
+                    return Self::answer(&sql, IngestAnswer::Unavailable);
                 }
-                return Self::answer(&sql, IngestAnswer::Unavailable);
             }
-            // The jobs are on the queue: a failure from here on is repaired by the
-            // lease (a redelivery finds the events enqueued) and the sweeper.
-            if let Err(err) = records.commit(&prepared, now) {
-                emit(
-                    Log::error("dedup commit failed; the event is recorded and enqueued")
-                        .merchant(&merchant.merchant_id)
-                        .reason(&err),
-                );
-            }
-            summaries.push(prepared.summary.clone());
+            summaries.push(summary);
         }
         Self::answer(
             &sql,
@@ -1003,6 +1094,7 @@ impl DurableObject for Merchant {
             memory: ObjectMemory::default(),
             ingest_rate: RefCell::new(IngestRate::default()),
             ingest_limit: Cell::new(None),
+            enqueues: Groups::default(),
         }
     }
 

@@ -57,23 +57,40 @@ pub async fn send_messages(
     if bodies.is_empty() {
         return Ok(0);
     }
-    let queue = env.queue(deliveries_binding(region))?;
     for batch in crate::delivery::queue_batches(bodies) {
-        // Pre-serialised JSON as text: what arrives is exactly what was sent.
-        let messages = batch
+        let batch = batch
             .into_iter()
-            .map(|body| {
-                let message =
-                    worker::MessageBuilder::new(body).content_type(worker::QueueContentType::Text);
-                match delay_seconds {
-                    Some(seconds) => message.delay_seconds(seconds).build(),
-                    None => message.build(),
-                }
-            })
-            .collect::<Vec<_>>();
-        queue.send_batch(messages).await?;
+            .map(|body| (body, delay_seconds))
+            .collect();
+        send_batch(env, region, batch).await?;
     }
     Ok(count)
+}
+
+/// Sends pre-encoded message bodies, each with its own delay, in one `sendBatch`
+/// (the caller keeps within the batch limits: `delivery::queue_batches_by`).
+pub async fn send_batch(
+    env: &Env,
+    region: Region,
+    batch: Vec<(String, Option<u32>)>,
+) -> Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let messages = batch
+        .into_iter()
+        .map(|(body, delay_seconds)| {
+            let message =
+                worker::MessageBuilder::new(body).content_type(worker::QueueContentType::Text);
+            match delay_seconds {
+                Some(seconds) => message.delay_seconds(seconds).build(),
+                None => message.build(),
+            }
+        })
+        .collect::<Vec<_>>();
+    env.queue(deliveries_binding(region))?
+        .send_batch(messages)
+        .await
 }
 
 /// The region a queue belongs to, from its name (`tracklayer-deliveries-eu[-dlq]`).
