@@ -10,6 +10,10 @@
 # it is not what is measured. Prints requests/s, p50, p99 and the ratio.
 # BENCH_MERCHANTS (1) spreads the webhooks over that many merchants: each merchant's
 # records are one Durable Object, which runs its requests one at a time.
+# BENCH_LOCAL_OBSERVABILITY=0 turns off, for both workers, wrangler dev's local
+# observability collector (X_LOCAL_OBSERVABILITY): on by default, it receives every
+# invocation, storage statement and subrequest as a trace event on the worker's own
+# thread, which production does not do.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
@@ -22,6 +26,9 @@ LOG_LEVEL="${BENCH_LOG_LEVEL:-info}"
 # BENCH_DESTINATIONS=0 connects no destination: ingest alone, no queue or consumer work.
 DESTINATIONS="${BENCH_DESTINATIONS:-1}"
 ECHO_BODY="${BENCH_ECHO_BODY:-webhooks}"
+if [ "${BENCH_LOCAL_OBSERVABILITY:-1}" = 0 ]; then
+  export X_LOCAL_OBSERVABILITY=false
+fi
 WORK="$(mktemp -d /tmp/tracklayer-bench.XXXXXX)"
 PIDS=()
 cleanup() {
@@ -175,7 +182,7 @@ run_wrk() { # name url bodies process
 }
 
 metrics() { curl -fsS -H "authorization: Bearer $ADMIN" "http://127.0.0.1:$TL_PORT/v1/admin/metrics"; }
-echo "bench: $CONNECTIONS connections, ${SECONDS_PER_RUN}s per run, $MERCHANTS merchant(s), LOG_LEVEL=$LOG_LEVEL, destinations: $DESTINATIONS, echo body: $ECHO_BODY"
+echo "bench: $CONNECTIONS connections, ${SECONDS_PER_RUN}s per run, $MERCHANTS merchant(s), LOG_LEVEL=$LOG_LEVEL, destinations: $DESTINATIONS, echo body: $ECHO_BODY, local observability: ${X_LOCAL_OBSERVABILITY:-true}"
 # One warm-up webhook, so the merchant's settings are cached as in steady state.
 sign_bodies 0
 head -"$MERCHANTS" "$WORK/bodies.0.txt" | while IFS=$'\t' read -r path sig body; do

@@ -37,6 +37,19 @@ fn with_key(
     )
 }
 
+/// The merchant's rejected-request log once it holds a row with `code` (refusals are
+/// counted in memory and written in batches).
+fn rejected_log_once_it_has(worker: &Worker, merchant: &str, code: &str) -> Vec<serde_json::Value> {
+    let path = format!("/v1/admin/rejected-requests?merchant_id={merchant}");
+    eventually(WAIT, &format!("{code} in the rejected-request log"), || {
+        let items = worker.admin("GET", &path, None).json()["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        items.iter().any(|r| r["code"] == code).then_some(items)
+    })
+}
+
 #[test]
 fn workspaces_keep_secrets_sealed_data_in_region_and_keys_scoped() {
     let meta = StandIn::start();
@@ -476,22 +489,7 @@ fn workspaces_keep_secrets_sealed_data_in_region_and_keys_scoped() {
         rejected_rows() - rows_before < 5,
         "rows written during the flood"
     );
-    let log = eventually(WAIT, "the rejected-request log", || {
-        let items = worker
-            .admin(
-                "GET",
-                "/v1/admin/rejected-requests?merchant_id=m_flood",
-                None,
-            )
-            .json()["items"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        items
-            .iter()
-            .any(|r| r["code"] == "unverified_rate_limited")
-            .then_some(items)
-    });
+    let log = rejected_log_once_it_has(&worker, "m_flood", "unverified_rate_limited");
     let invalid: i64 = log
         .iter()
         .filter(|r| r["code"] == "signature_invalid")
@@ -585,22 +583,10 @@ fn the_merchant_object_limits_each_merchants_authenticated_ingest_rate() {
     assert_eq!(product.status, 202, "{}", product.body);
 
     // The refusal is in the operator's rejected-request log under the merchant.
-    let log = eventually(WAIT, "the rate refusal in the rejected-request log", || {
-        let items = worker
-            .admin(
-                "GET",
-                "/v1/admin/rejected-requests?merchant_id=m_rate",
-                None,
-            )
-            .json()["items"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        items
-            .iter()
-            .any(|r| r["code"] == "rate_limited" && r["status"] == 429)
-            .then_some(items)
-    });
+    let log = rejected_log_once_it_has(&worker, "m_rate", "rate_limited");
+    assert!(log
+        .iter()
+        .any(|r| r["code"] == "rate_limited" && r["status"] == 429));
     assert!(
         log.iter().all(|r| r["code"] == "rate_limited"),
         "only the over-budget webhook was refused: {log:?}"
