@@ -225,7 +225,8 @@ d = {k: after[k] - before[k] for k in after}
 n = max(d["units"], 1)
 print(f"bench: per accepted webhook (warm, {d['units']} webhooks): {d['d1_queries'] / n:.3f} D1 queries, "
       f"{d['object_calls'] / n:.3f} Durable Object calls, {d['rows_written'] / n:.1f} rows written, "
-      f"{d['queue_messages_sent'] / n:.2f} queue messages")
+      f"{d['queue_messages_sent'] / n:.2f} queue messages in {d.get('queue_send_calls', 0) / n:.2f} sendBatch calls "
+      f"(the merchant object's group commit)")
 PY
 # What the refused requests were, from the worker's structured log lines.
 echo "bench: TrackLayer refusals by reason:"

@@ -56,6 +56,10 @@ pub enum IngestAnswer {
         /// Queue messages sent (one per event with its destinations).
         #[serde(default)]
         queue_messages: usize,
+        /// `sendBatch` calls this request made for its group (0 when another request
+        /// sent the group it joined).
+        #[serde(default)]
+        queue_sends: usize,
     },
     InFlight,
     Unavailable,
@@ -261,9 +265,8 @@ struct Enqueue {
 }
 
 enum Enqueued {
-    Sent {
-        messages: usize,
-    },
+    /// `queue_sends`: the group's `sendBatch` calls, counted on its first notification.
+    Sent { messages: usize, queue_sends: usize },
     /// The queue refused; the claim was released, so the source's retry does it again.
     NotSent,
 }
@@ -344,7 +347,9 @@ impl Merchant {
             );
             notifications.push((item.prepared, item.now));
         }
+        let mut queue_sends = 0;
         for batch in delivery::queue_batches_by(tagged, |(_, body, _)| body.len()) {
+            queue_sends += 1;
             let members: Vec<usize> = batch.iter().map(|(index, _, _)| *index).collect();
             let bodies = batch
                 .into_iter()
@@ -356,37 +361,38 @@ impl Merchant {
                 }
             }
         }
-        notifications
-            .into_iter()
-            .zip(failed)
-            .zip(counts)
-            .map(|(((prepared, now), failed), messages)| match failed {
-                None => {
-                    // On the queue: a failure from here on is repaired by the lease (a
-                    // redelivery finds the events enqueued) and the sweeper.
-                    if let Err(err) = records.commit(&prepared, now) {
-                        emit(
-                            Log::error("dedup commit failed; the event is recorded and enqueued")
-                                .merchant(records.merchant_id())
-                                .reason(&err),
-                        );
-                    }
-                    Enqueued::Sent { messages }
-                }
-                Some(reason) => {
+        // One synchronous pass: the group's commits are one storage transaction.
+        let mut results = Vec::with_capacity(notifications.len());
+        for (index, ((prepared, now), failed)) in notifications.into_iter().zip(failed).enumerate()
+        {
+            let Some(reason) = failed else {
+                // On the queue: a failure from here on is repaired by the lease (a
+                // redelivery finds the events enqueued) and the sweeper.
+                if let Err(err) = records.commit(&prepared, now) {
                     emit(
-                        Log::error("webhook not enqueued; the source will retry")
+                        Log::error("dedup commit failed; the event is recorded and enqueued")
                             .merchant(records.merchant_id())
-                            .source(prepared.output.source)
-                            .reason(&reason),
+                            .reason(&err),
                     );
-                    if let Err(err) = records.abandon(&prepared) {
-                        emit(Log::error("claim not released").reason(&err));
-                    }
-                    Enqueued::NotSent
                 }
-            })
-            .collect()
+                results.push(Enqueued::Sent {
+                    messages: counts[index],
+                    queue_sends: if index == 0 { queue_sends } else { 0 },
+                });
+                continue;
+            };
+            emit(
+                Log::error("webhook not enqueued; the source will retry")
+                    .merchant(records.merchant_id())
+                    .source(prepared.output.source)
+                    .reason(&reason),
+            );
+            if let Err(err) = records.abandon(&prepared) {
+                emit(Log::error("claim not released").reason(&err));
+            }
+            results.push(Enqueued::NotSent);
+        }
+        results
     }
 
     async fn ingest(&self, request: IngestRequest) -> Result<Response> {
@@ -405,6 +411,7 @@ impl Merchant {
             .and_then(|v| v.to_string().parse::<u32>().ok());
         let mut summaries = Vec::with_capacity(request.outputs.len());
         let mut queue_messages = 0;
+        let mut queue_sends = 0;
         for output in request.outputs {
             let now = now_ms();
             let source = output.source;
@@ -450,7 +457,13 @@ impl Merchant {
                 })
                 .await;
             match sent {
-                Some(Enqueued::Sent { messages }) => queue_messages += messages,
+                Some(Enqueued::Sent {
+                    messages,
+                    queue_sends: sends,
+                }) => {
+                    queue_messages += messages;
+                    queue_sends += sends;
+                }
                 Some(Enqueued::NotSent) => return Self::answer(&sql, IngestAnswer::Unavailable),
                 None => {
                     // The request sending this group went away: whether the jobs got
@@ -467,6 +480,7 @@ impl Merchant {
             IngestAnswer::Done {
                 summaries,
                 queue_messages,
+                queue_sends,
             },
         )
     }
@@ -1193,8 +1207,14 @@ impl MerchantClient {
 
     pub async fn ingest(&self, request: &IngestRequest) -> Result<IngestAnswer> {
         let answer: IngestAnswer = self.call("/ingest", request).await?;
-        if let IngestAnswer::Done { queue_messages, .. } = &answer {
+        if let IngestAnswer::Done {
+            queue_messages,
+            queue_sends,
+            ..
+        } = &answer
+        {
             metrics::queue_sent(self.phase, *queue_messages);
+            metrics::queue_send_calls(self.phase, *queue_sends);
         }
         Ok(answer)
     }

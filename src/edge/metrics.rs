@@ -23,6 +23,9 @@ pub struct Counters {
     pub object_calls: u64,
     pub rows_written: u64,
     pub queue_messages_sent: u64,
+    /// `sendBatch` calls: below one per webhook when the merchant object's group
+    /// commit carries several notifications in one.
+    pub queue_send_calls: u64,
     pub queue_messages_acked: u64,
     pub queue_messages_retried: u64,
     pub events_delivered: u64,
@@ -64,6 +67,9 @@ pub fn rows_written(phase: Phase, n: u64) {
 }
 pub fn queue_sent(phase: Phase, n: usize) {
     with(phase, |c| c.queue_messages_sent += n as u64);
+}
+pub fn queue_send_calls(phase: Phase, n: usize) {
+    with(phase, |c| c.queue_send_calls += n as u64);
 }
 pub fn queue_settled(acked: usize, retried: usize, delivered: usize) {
     with(Phase::Delivery, |c| {
