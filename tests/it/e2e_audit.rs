@@ -41,12 +41,7 @@ fn e2e_audit_chain_signs_exports_and_names_a_tampered_entry() {
         &[],
         &[],
     );
-    let key = worker
-        .admin("POST", "/v1/admin/merchants/m_audit/api-keys", None)
-        .json()["api_key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let key = worker.create_api_key("m_audit");
     let event = stripe_event("customer.subscription.created.active.json", "evt_audit_e2e");
     assert_eq!(post_stripe(&worker, "m_audit", SECRET, &event).status, 202);
 
@@ -101,12 +96,7 @@ fn e2e_audit_chain_signs_exports_and_names_a_tampered_entry() {
     assert_eq!(page.body.lines().count(), 1);
     assert_eq!(page.header("x-next-after").as_deref(), Some("4"));
     // The export is an Enterprise feature.
-    let pro_key = worker
-        .admin("POST", "/v1/admin/merchants/m_audit_pro/api-keys", None)
-        .json()["api_key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pro_key = worker.create_api_key("m_audit_pro");
     let refused = export(&pro_key, "m_audit_pro", "");
     assert_eq!(refused.status, 403, "{}", refused.body);
     assert_eq!(export(&key, "m_audit_pro", "").status, 403);

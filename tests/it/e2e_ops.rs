@@ -184,12 +184,7 @@ fn e2e_ops_failure_spike_pauses_alerts_and_resume_delivers_held_events_once_in_o
 
     // 4. The merchant resumes from the health page, in Chromium: every held event is
     //    delivered once, in the order it arrived, carrying its customer's RFM segment.
-    let key = worker
-        .admin("POST", "/v1/admin/merchants/m_ops/api-keys", None)
-        .json()["api_key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let key = worker.create_api_key("m_ops");
     let page = crate::e2e_intent::chromium(&[
         "health".into(),
         format!("http://localhost:{}", worker.port),

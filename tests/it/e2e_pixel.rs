@@ -305,12 +305,7 @@ fn pixel_click_ids_reach_the_conversion_weeks_later() {
         .as_str()
         .unwrap()
         .to_string();
-    let api_key = worker
-        .admin("POST", "/v1/admin/merchants/m_px/api-keys", None)
-        .json()["api_key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let api_key = worker.create_api_key("m_px");
     let auth = format!("Bearer {api_key}");
     let signup = http(
         "POST",

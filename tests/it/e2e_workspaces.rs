@@ -243,12 +243,7 @@ fn workspaces_keep_secrets_sealed_data_in_region_and_keys_scoped() {
     );
     assert_eq!(created.status, 201, "{}", created.body);
     let us_key = created.json()["api_key"].as_str().unwrap().to_string();
-    let eu_key = worker
-        .admin("POST", "/v1/admin/merchants/m_eu/api-keys", None)
-        .json()["api_key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let eu_key = worker.create_api_key("m_eu");
     let listed = worker.admin("GET", "/v1/admin/merchants/m_us/api-keys", None);
     assert!(
         !listed.body.contains(&us_key) && !listed.body.contains("secret_hash"),
@@ -572,12 +567,7 @@ fn the_merchant_object_limits_each_merchants_authenticated_ingest_rate() {
         &event("evt_rate_other"),
     );
     assert_eq!(other.status, 202, "{}", other.body);
-    let key = worker
-        .admin("POST", "/v1/admin/merchants/m_rate/api-keys", None)
-        .json()["api_key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let key = worker.create_api_key("m_rate");
     let signup = br#"{"event":"signup","user_id":"u_rate","email":"rate@example.com","event_id":"app-rate-1"}"#;
     let product = with_key(&worker, "POST", "/v1/product-events", &key, signup);
     assert_eq!(product.status, 202, "{}", product.body);

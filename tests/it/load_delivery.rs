@@ -121,12 +121,7 @@ fn delivery_throughput_and_cost_per_batch() {
             ),
         ],
     );
-    let key = worker
-        .admin("POST", "/v1/admin/merchants/m_load/api-keys", None)
-        .json()["api_key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let key = worker.create_api_key("m_load");
     let auth = format!("Bearer {key}");
     let before = metrics(&worker);
 

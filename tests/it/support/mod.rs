@@ -488,6 +488,16 @@ impl Worker {
         )
     }
 
+    /// A new API key for `merchant`, created through the admin API.
+    pub fn create_api_key(&self, merchant: &str) -> String {
+        let path = format!("/v1/admin/merchants/{merchant}/api-keys");
+        let created = self.admin("POST", &path, None);
+        match created.json()["api_key"].as_str() {
+            Some(key) => key.to_string(),
+            None => panic!("{path}: {} {}", created.status, created.body),
+        }
+    }
+
     /// Creates a merchant (`{"merchant_id", "plan", "region", ...}`) and its integrations
     /// through the admin API, as an operator would.
     pub fn provision(
