@@ -63,8 +63,9 @@ impl<T, R> Drop for HandOver<'_, T, R> {
 }
 
 impl<T, R> Groups<T, R> {
-    /// Requests waiting for a group (for tests and logs).
-    pub fn waiting(&self) -> usize {
+    /// Requests waiting for a group.
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
         self.waiting.borrow().len()
     }
 

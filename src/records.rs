@@ -707,8 +707,6 @@ impl<'a> Records<'a> {
         Ok(())
     }
 
-    /// The queue refused: the events are not enqueued and the claim is released, so
-    /// the source's retry does it all again.
     /// Releases a claim whose outcome is unknown (the request sending its group went
     /// away before the group finished), so the source's retry need not wait out the
     /// lease.
@@ -716,8 +714,10 @@ impl<'a> Records<'a> {
         self.memory.get().release(dedup_key);
     }
 
+    /// The queue refused: the events are not enqueued and the claim is released, so
+    /// the source's retry does it all again.
     pub fn abandon(&self, prepared: &Prepared) -> Result<()> {
-        self.memory.get().release(&prepared.dedup_key);
+        self.release_claim(&prepared.dedup_key);
         self.set_enqueued(&prepared.enqueue_events, None)
     }
 

@@ -30,19 +30,8 @@ pub async fn enqueue_jobs<'a>(
     region: Region,
     jobs: impl IntoIterator<Item = &'a crate::delivery::DeliveryJob>,
 ) -> Result<usize> {
-    enqueue_jobs_after(env, region, jobs, None).await
-}
-
-/// [`enqueue_jobs`], or with `wait_seconds`: by reference and delayed, so the consumer
-/// reads the stored event after sibling notifications merged their values into it.
-pub async fn enqueue_jobs_after<'a>(
-    env: &Env,
-    region: Region,
-    jobs: impl IntoIterator<Item = &'a crate::delivery::DeliveryJob>,
-    wait_seconds: Option<u32>,
-) -> Result<usize> {
-    let messages = crate::delivery::EventMessage::for_jobs(jobs, wait_seconds.is_some());
-    send_messages(env, region, messages, wait_seconds).await
+    let messages = crate::delivery::EventMessage::for_jobs(jobs, false);
+    send_messages(env, region, messages, None).await
 }
 
 /// Sends event messages, delayed by `delay_seconds` if given. Returns how many.
@@ -77,6 +66,7 @@ pub async fn send_batch(
     if batch.is_empty() {
         return Ok(());
     }
+    // Pre-serialised JSON as text: what arrives is exactly what was sent.
     let messages = batch
         .into_iter()
         .map(|(body, delay_seconds)| {
